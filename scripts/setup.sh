@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every system package vmtun's build, demo, tests and benchmarks need (Debian).
+# Idempotent: packages already present are left alone. Called by both README commands.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential pkg-config   # cc for -sys crates
+  libpcap-dev                  # pcap crate (cutover watcher)
+  libnftnl-dev libmnl-dev      # nftnl crate (netfilter over netlink)
+  iproute2                     # ip netns, veth: the namespace lab
+  nftables iptables            # inspecting netfilter in tests; the seed's cutover for comparison
+  iperf3 iputils-ping          # transfer and RTT checks
+  tcpdump                      # the seed's cutover, for comparison
+  wireguard-go wireguard-tools # interoperability tests against a stock WireGuard
+  procps psmisc                # ps, pkill-free process inspection in tests
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages: ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

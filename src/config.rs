@@ -1,0 +1,651 @@
+//! The TOML config of the user contract (DESIGN.md), parsed into validated types.
+//!
+//! Every mistake an operator can make in the file is found here, as one line naming the
+//! field, before anything on the host is touched. This module reads the config and the
+//! private key file; it changes nothing.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::Deserialize;
+
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+
+/// WireGuard's default tunnel MTU (1500 minus the IPv6 + UDP + WireGuard overhead).
+pub const DEFAULT_MTU: u16 = 1420;
+/// WireGuard's customary port.
+pub const DEFAULT_PORT: u16 = 51820;
+/// Linux's limit on interface names (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+/// Routing table ids the kernel reserves (unspec, default, main, local).
+const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
+
+/// A config problem: one line, naming the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// A validated config: what `vmtun up` and friends act on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages and for instance naming.
+    pub path: PathBuf,
+    /// This host's tunnel interface.
+    pub interface: Interface,
+    /// The other ends of the tunnel.
+    pub peers: Vec<Peer>,
+    /// The move's routing, when this host takes part in one.
+    pub migration: Option<Migration>,
+    /// Which addresses live behind which VM interface (for `vif-up`).
+    pub vms: Vec<Vm>,
+}
+
+/// `[interface]`: the TUN device and this host's identity.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    /// TUN device name; also keys the control socket and state file.
+    pub name: String,
+    /// This host's static key.
+    pub private_key: PrivateKey,
+    /// UDP port to listen on.
+    pub listen_port: u16,
+    /// This host's address inside the tunnel, with the tunnel network's prefix length.
+    pub address: IpNet,
+    /// TUN MTU.
+    pub mtu: u16,
+}
+
+/// `[[peer]]`: one remote host and the addresses it may carry (cryptokey routing).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's identity.
+    pub public_key: PublicKey,
+    /// Where to send first; learned from authenticated packets when absent.
+    pub endpoint: Option<SocketAddr>,
+    /// Destinations routed to this peer and sources accepted from it.
+    pub allowed_ips: Vec<IpNet>,
+    /// Optional symmetric key mixed into the handshake.
+    pub preshared_key: Option<PresharedKey>,
+    /// Send a keepalive after this much silence (keeps NAT state alive).
+    pub persistent_keepalive: Option<Duration>,
+}
+
+/// Which side of the move this host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The host the VMs leave: routes the subnets into the tunnel.
+    Old,
+    /// The host the VMs arrive at: sends their replies back through the tunnel until cutover.
+    New,
+}
+
+/// How the new host learns that the provider has switched the subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CutoverMode {
+    /// Watch the bridge for the first packet that arrives natively.
+    Auto,
+    /// Wait for `vmtun cutover`.
+    Manual,
+}
+
+/// `[migration]`: the routing of the move.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// Old or new host.
+    pub role: Role,
+    /// The VMs' routed subnets.
+    pub subnets: Vec<Ipv4Net>,
+    /// The other host's tunnel address.
+    pub via: IpAddr,
+    /// Prefix of the VM-facing interfaces (`vif` matches vif0..vif7).
+    pub vif_prefix: String,
+    /// Role new: where natively routed packets arrive.
+    pub bridge: String,
+    /// Role new: routing table for VM replies via the tunnel.
+    pub table: u32,
+    /// Role new: mark that selects `table`.
+    pub fwmark: u32,
+    /// Role new: automatic or manual cutover.
+    pub cutover: CutoverMode,
+}
+
+/// `[[vm]]`: the addresses behind one VM interface.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// The VM's host-side interface (libvirt's `<target dev=...>`).
+    pub vif: String,
+    /// Its public addresses, each routed as a /32 on `vif`.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: RawInterface,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+    migration: Option<RawMigration>,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: String,
+    private_key: Option<String>,
+    private_key_file: Option<PathBuf>,
+    listen_port: Option<u16>,
+    address: String,
+    mtu: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: String,
+    endpoint: Option<String>,
+    allowed_ips: Vec<String>,
+    preshared_key: Option<String>,
+    persistent_keepalive: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    role: Role,
+    subnets: Vec<String>,
+    via: String,
+    vif_prefix: Option<String>,
+    bridge: Option<String>,
+    table: Option<u32>,
+    fwmark: Option<u32>,
+    cutover: Option<CutoverMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    vif: String,
+    addresses: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; the private key file is resolved relative to it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .or_else(|e| err(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text, path).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Validates config text; `path` names it and anchors a relative `private_key_file`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let interface = interface(raw.interface, path)?;
+        let mut peers = Vec::with_capacity(raw.peer.len());
+        for (i, p) in raw.peer.into_iter().enumerate() {
+            peers.push(peer(p, i)?);
+        }
+        check_peers(&peers, &interface)?;
+        let migration = match raw.migration {
+            Some(m) => Some(migration(m, &interface, &peers)?),
+            None => None,
+        };
+        let vms = vms(raw.vm, migration.as_ref())?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            interface,
+            peers,
+            migration,
+            vms,
+        })
+    }
+
+    /// The `[[vm]]` whose interface is `vif`.
+    pub fn vm(&self, vif: &str) -> Option<&Vm> {
+        self.vms.iter().find(|vm| vm.vif == vif)
+    }
+}
+
+/// toml's errors span several lines with a source excerpt; the operator gets one.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            // Name the key on that line too: toml's message often names only the value.
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !msg.contains(*k));
+            match key {
+                Some(key) => ConfigError(format!("line {line}: {key}: {msg}")),
+                None => ConfigError(format!("line {line}: {msg}")),
+            }
+        }
+        None => ConfigError(msg),
+    }
+}
+
+fn ifname(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFNAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        err(format!(
+            "{field}: {name:?} is not a valid interface name (1-{MAX_IFNAME} characters, no '/', ':' or spaces)"
+        ))
+    }
+}
+
+fn interface(raw: RawInterface, config_path: &Path) -> Result<Interface, ConfigError> {
+    ifname("interface.name", &raw.name)?;
+    let private_key = match (raw.private_key, raw.private_key_file) {
+        (Some(text), None) => PrivateKey::from_base64(&text)
+            .or_else(|e| err(format!("interface.private_key: {e}")))?,
+        (None, Some(file)) => {
+            let file = config_path.parent().unwrap_or(Path::new(".")).join(file);
+            private_key_file(&file)?
+        }
+        (Some(_), Some(_)) => {
+            return err("interface: set private_key or private_key_file, not both");
+        }
+        (None, None) => return err("interface: missing private_key (or private_key_file)"),
+    };
+    let address = prefix("interface.address", &raw.address, false)?;
+    let mtu = raw.mtu.unwrap_or(DEFAULT_MTU);
+    if !(576..=9000).contains(&mtu) {
+        return err(format!("interface.mtu: {mtu} is outside 576..=9000"));
+    }
+    Ok(Interface {
+        name: raw.name,
+        private_key,
+        listen_port: raw.listen_port.unwrap_or(DEFAULT_PORT),
+        address,
+        mtu,
+    })
+}
+
+/// Reads a private key file, refusing one that others can read (as ssh does).
+fn private_key_file(file: &Path) -> Result<PrivateKey, ConfigError> {
+    let shown = file.display();
+    let meta = std::fs::metadata(file)
+        .or_else(|e| err(format!("interface.private_key_file: {shown}: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return err(format!(
+            "interface.private_key_file: {shown} has permissions {mode:04o}, readable by group or others; run chmod 600 {shown}"
+        ));
+    }
+    let text = std::fs::read_to_string(file)
+        .or_else(|e| err(format!("interface.private_key_file: {shown}: {e}")))?;
+    PrivateKey::from_base64(&text)
+        .or_else(|e| err(format!("interface.private_key_file: {shown}: {e}")))
+}
+
+/// Parses `a.b.c.d/len`; `network` demands that host bits be zero (a route or filter),
+/// otherwise they are expected (an interface address).
+fn prefix(field: &str, text: &str, network: bool) -> Result<IpNet, ConfigError> {
+    let net: IpNet = text.parse().or_else(|_| {
+        err(format!(
+            "{field}: {text:?} is not an address with a prefix length (like 203.0.113.0/29)"
+        ))
+    })?;
+    if network && net.trunc() != net {
+        return err(format!(
+            "{field}: {text} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn peer(raw: RawPeer, i: usize) -> Result<Peer, ConfigError> {
+    let field = |name: &str| format!("peer[{i}].{name}");
+    let public_key = PublicKey::from_base64(&raw.public_key)
+        .or_else(|e| err(format!("{}: {e}", field("public_key"))))?;
+    let endpoint = match raw.endpoint {
+        Some(text) => Some(text.parse::<SocketAddr>().or_else(|_| {
+            err(format!(
+                "{}: {text:?} is not IP:PORT (names are not resolved)",
+                field("endpoint")
+            ))
+        })?),
+        None => None,
+    };
+    let mut allowed_ips = Vec::with_capacity(raw.allowed_ips.len());
+    for text in &raw.allowed_ips {
+        let net = prefix(&field("allowed_ips"), text, true)?;
+        if let Some(other) = allowed_ips
+            .iter()
+            .find(|o: &&IpNet| o.contains(&net) || net.contains(*o))
+        {
+            return err(format!("{}: {net} overlaps {other}", field("allowed_ips")));
+        }
+        allowed_ips.push(net);
+    }
+    let preshared_key = match raw.preshared_key {
+        Some(text) => Some(
+            PresharedKey::from_base64(&text)
+                .or_else(|e| err(format!("{}: {e}", field("preshared_key"))))?,
+        ),
+        None => None,
+    };
+    let persistent_keepalive = raw
+        .persistent_keepalive
+        .filter(|&s| s > 0)
+        .map(|s| Duration::from_secs(s.into()));
+    Ok(Peer {
+        public_key,
+        endpoint,
+        allowed_ips,
+        preshared_key,
+        persistent_keepalive,
+    })
+}
+
+fn check_peers(peers: &[Peer], interface: &Interface) -> Result<(), ConfigError> {
+    if peers.is_empty() {
+        return err("no [[peer]]: a tunnel needs at least one");
+    }
+    let own = interface.private_key.public_key();
+    let mut keys = HashSet::new();
+    for (i, p) in peers.iter().enumerate() {
+        if p.public_key == own {
+            return err(format!(
+                "peer[{i}].public_key: is this host's own public key"
+            ));
+        }
+        if !keys.insert(p.public_key) {
+            return err(format!(
+                "peer[{i}].public_key: duplicate peer {}",
+                p.public_key
+            ));
+        }
+        for net in &p.allowed_ips {
+            for (j, q) in peers.iter().enumerate().take(i) {
+                if q.allowed_ips.contains(net) {
+                    return err(format!(
+                        "peer[{i}].allowed_ips: {net} is also in peer[{j}].allowed_ips"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The peer that cryptokey routing picks for `addr` (longest prefix).
+fn route_to(peers: &[Peer], addr: IpAddr) -> Option<(usize, IpNet)> {
+    peers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.allowed_ips.iter().map(move |n| (i, *n)))
+        .filter(|(_, n)| n.contains(&addr))
+        .max_by_key(|(_, n)| n.prefix_len())
+}
+
+fn migration(
+    raw: RawMigration,
+    interface: &Interface,
+    peers: &[Peer],
+) -> Result<Migration, ConfigError> {
+    if raw.subnets.is_empty() {
+        return err("migration.subnets: empty; list the VMs' routed subnets");
+    }
+    let mut subnets: Vec<Ipv4Net> = Vec::new();
+    for text in &raw.subnets {
+        let IpNet::V4(net) = prefix("migration.subnets", text, true)? else {
+            return err(format!("migration.subnets: {text} is not IPv4"));
+        };
+        if let Some(other) = subnets
+            .iter()
+            .find(|o| o.contains(&net) || net.contains(*o))
+        {
+            return err(format!("migration.subnets: {net} overlaps {other}"));
+        }
+        subnets.push(net);
+    }
+    let via: IpAddr = raw
+        .via
+        .parse()
+        .or_else(|_| err(format!("migration.via: {:?} is not an IP address", raw.via)))?;
+    if !interface.address.trunc().contains(&via) || via == interface.address.addr() {
+        return err(format!(
+            "migration.via: {via} must be the other host's address in {}",
+            interface.address.trunc()
+        ));
+    }
+    let Some((via_peer, _)) = route_to(peers, via) else {
+        return err(format!("migration.via: {via} is in no peer's allowed_ips"));
+    };
+    match raw.role {
+        Role::Old => {
+            for net in &subnets {
+                match route_to(peers, IpAddr::V4(net.network())) {
+                    Some((i, n)) if n.contains(&IpNet::V4(*net)) && i == via_peer => {}
+                    _ => {
+                        return err(format!(
+                            "migration.subnets: {net} must be inside peer[{via_peer}].allowed_ips (the new host's), or the tunnel drops the VMs' traffic"
+                        ));
+                    }
+                }
+            }
+        }
+        Role::New => {
+            let everything: IpNet = "0.0.0.0/0".parse().expect("constant prefix");
+            if !peers[via_peer].allowed_ips.contains(&everything) {
+                return err(format!(
+                    "peer[{via_peer}].allowed_ips: must include 0.0.0.0/0 on role new (the VMs' replies go to any address through the old host)"
+                ));
+            }
+        }
+    }
+    let vif_prefix = raw.vif_prefix.unwrap_or_else(|| "vif".into());
+    if vif_prefix.is_empty() || vif_prefix.len() >= MAX_IFNAME {
+        return err(format!(
+            "migration.vif_prefix: {vif_prefix:?} must have 1-14 characters"
+        ));
+    }
+    ifname("migration.vif_prefix", &vif_prefix)?;
+    let bridge = raw.bridge.unwrap_or_else(|| "br0".into());
+    ifname("migration.bridge", &bridge)?;
+    let table = raw.table.unwrap_or(201);
+    if RESERVED_TABLES.contains(&table) {
+        return err(format!(
+            "migration.table: {table} is reserved by the kernel (0, 253, 254, 255)"
+        ));
+    }
+    let fwmark = raw.fwmark.unwrap_or(1);
+    if fwmark == 0 {
+        return err("migration.fwmark: 0 means no mark; use a non-zero value");
+    }
+    Ok(Migration {
+        role: raw.role,
+        subnets,
+        via,
+        vif_prefix,
+        bridge,
+        table,
+        fwmark,
+        cutover: raw.cutover.unwrap_or(CutoverMode::Auto),
+    })
+}
+
+fn vms(raw: Vec<RawVm>, migration: Option<&Migration>) -> Result<Vec<Vm>, ConfigError> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(migration) = migration else {
+        return err("vm: [[vm]] entries need a [migration] section");
+    };
+    let mut vms: Vec<Vm> = Vec::with_capacity(raw.len());
+    for (i, vm) in raw.into_iter().enumerate() {
+        let field = format!("vm[{i}]");
+        ifname(&format!("{field}.vif"), &vm.vif)?;
+        if !vm.vif.starts_with(&migration.vif_prefix) {
+            return err(format!(
+                "{field}.vif: {} does not start with migration.vif_prefix {:?}",
+                vm.vif, migration.vif_prefix
+            ));
+        }
+        if vms.iter().any(|o| o.vif == vm.vif) {
+            return err(format!("{field}.vif: {} is listed twice", vm.vif));
+        }
+        let mut addresses = Vec::with_capacity(vm.addresses.len());
+        for text in &vm.addresses {
+            let addr: Ipv4Addr = text.parse().or_else(|_| {
+                err(format!(
+                    "{field}.addresses: {text:?} is not an IPv4 address"
+                ))
+            })?;
+            if !migration.subnets.iter().any(|n| n.contains(&addr)) {
+                return err(format!(
+                    "{field}.addresses: {addr} is in none of migration.subnets"
+                ));
+            }
+            if vms.iter().any(|o| o.addresses.contains(&addr)) || addresses.contains(&addr) {
+                return err(format!("{field}.addresses: {addr} is listed twice"));
+            }
+            addresses.push(addr);
+        }
+        vms.push(Vm {
+            vif: vm.vif,
+            addresses,
+        });
+    }
+    Ok(vms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    const PUB_B: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+    // Public keys of the all-0x02 and all-0x01 private keys (from `wg pubkey`).
+    const PUB_D: &str = "zo060cy2M+x7cMF4FKXHbs0CloUFDTRHRboFhw5YfVk=";
+    const PUB_C: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
+
+    fn good() -> String {
+        format!(
+            r#"
+[interface]
+name = "vmtun0"
+private_key = "{KEY_A}"
+listen_port = 51820
+address = "100.64.0.1/24"
+
+[[peer]]
+public_key = "{PUB_C}"
+endpoint = "198.18.0.2:51820"
+allowed_ips = ["100.64.0.2/32", "203.0.113.0/29"]
+
+[migration]
+role = "old"
+subnets = ["203.0.113.0/29"]
+via = "100.64.0.2"
+
+[[vm]]
+vif = "vif0"
+addresses = ["203.0.113.2"]
+"#
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/vmtun/test.toml"))
+    }
+
+    #[test]
+    fn the_contract_example_parses_with_defaults() {
+        let c = parse(&good()).unwrap();
+        assert_eq!(c.interface.mtu, DEFAULT_MTU);
+        let m = c.migration.unwrap();
+        assert_eq!(
+            (m.table, m.fwmark, m.vif_prefix.as_str(), m.bridge.as_str()),
+            (201, 1, "vif", "br0")
+        );
+        assert_eq!(m.cutover, CutoverMode::Auto);
+        assert_eq!(c.vms[0].addresses, vec![Ipv4Addr::new(203, 0, 113, 2)]);
+    }
+
+    /// Each bad config must fail with one line that names the field.
+    #[test]
+    fn bad_configs_name_the_field() {
+        let g = good();
+        let cases: Vec<(String, &str)> = vec![
+            (g.replace("listen_port", "lisen_port"), "unknown field `lisen_port`"),
+            (g.replace(KEY_A, "not-base64!"), "interface.private_key: not valid base64"),
+            (g.replace(PUB_C, "AAAA"), "peer[0].public_key: decodes to 3 bytes"),
+            (g.replace("203.0.113.0/29\"]\n\n[migration]", "203.0.113.0/33\"]\n\n[migration]"), "peer[0].allowed_ips"),
+            (g.replace("\"203.0.113.0/29\"]\n\n[migration]", "\"203.0.113.1/29\"]\n\n[migration]"), "host bits set"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"old.example:51820\""), "peer[0].endpoint"),
+            (g.replace("address = \"100.64.0.1/24\"\n", ""), "missing field `address`"),
+            (g.replace("name = \"vmtun0\"", "name = \"a-name-far-too-long\""), "interface.name"),
+            (g.replace("role = \"old\"", "role = \"sideways\""), "unknown variant `sideways`"),
+            (g.replace("via = \"100.64.0.2\"", "via = \"100.64.1.2\""), "migration.via"),
+            (g.replace("addresses = [\"203.0.113.2\"]", "addresses = [\"198.51.100.2\"]"), "vm[0].addresses"),
+            (g.replace("vif = \"vif0\"", "vif = \"eth0\""), "vm[0].vif"),
+            (g.replace("listen_port = 51820", "listen_port = 70000"), "listen_port"),
+            (g.replace("[migration]", "mtu = 100\n[migration]").replace("listen_port = 51820\n", "listen_port = 51820\nmtu = 100\n"), "mtu"),
+            (
+                g.replace(
+                    "[migration]",
+                    &format!("[[peer]]\npublic_key = \"{PUB_C}\"\nallowed_ips = [\"100.64.0.3/32\"]\n\n[migration]"),
+                ),
+                "peer[1].public_key: duplicate peer",
+            ),
+            (
+                g.replace(
+                    "[migration]",
+                    &format!("[[peer]]\npublic_key = \"{PUB_D}\"\nallowed_ips = [\"100.64.0.2/32\"]\n\n[migration]"),
+                ),
+                "peer[1].allowed_ips: 100.64.0.2/32 is also in peer[0]",
+            ),
+            (g.replace(PUB_C, PUB_B), "peer[0].public_key: is this host's own public key"),
+            (g.replace("\"100.64.0.2/32\", \"203.0.113.0/29\"", "\"100.64.0.2/32\""), "migration.subnets"),
+            (g.replace("role = \"old\"", "role = \"new\""), "must include 0.0.0.0/0"),
+        ];
+        for (text, expected) in cases {
+            let e = parse(&text).expect_err(expected).to_string();
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+            assert!(!e.contains('\n'), "error spans several lines: {e:?}");
+        }
+    }
+
+    #[test]
+    fn private_key_file_must_not_be_readable_by_others() {
+        let dir = std::env::temp_dir().join(format!("vmtun-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("private.key");
+        std::fs::write(&file, KEY_A).unwrap();
+        let text = good().replace(
+            &format!("private_key = \"{KEY_A}\""),
+            &format!("private_key_file = \"{}\"", file.display()),
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("permissions 0644"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(parse(&text).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
