@@ -1,0 +1,16 @@
+//! vmtun moves running VMs between hosts in different data centres while they keep their
+//! public addresses. It carries the VMs' subnet through a WireGuard-compatible tunnel and
+//! sets up (and undoes) the routing of the move.
+//!
+//! The layers, from the bytes up:
+//! - [`keys`] and [`config`]: pure values; every input error is found here, before any
+//!   change to the host.
+//! - `wire` and `noise`: the sans-IO protocol core. Bytes and `now` go in, bytes and timer
+//!   deadlines come out; no sockets, no clock reads.
+//! - `driver`: the only event loop (tokio); it moves packets between the TUN device, the
+//!   UDP socket and the core.
+//! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
+//!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
+
+pub mod config;
+pub mod keys;
