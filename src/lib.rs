@@ -14,3 +14,4 @@
 
 pub mod config;
 pub mod keys;
+pub mod lab;

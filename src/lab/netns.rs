@@ -1,0 +1,207 @@
+//! [`Netns`]: one network namespace the lab created, with a unique name, deleted (with
+//! everything in it) when the guard drops. Commands run in it through `ip -n` and
+//! `ip netns exec`; Rust code runs in it on a dedicated thread that has `setns`-ed into it.
+
+use super::process::{Process, run_checked};
+use super::registry::{self, destroy_netns, register, sweep_stale};
+use super::{LAB_PREFIX, LabError, Result, check_lab_address, next_serial};
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::thread::JoinHandle;
+
+/// A network namespace owned by the lab. Dropping it kills the processes inside by PID and
+/// deletes it; veths and bridges inside go with it.
+///
+/// Declare process guards *after* the namespaces they run in, so they drop first and can
+/// stop gracefully.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `vmtunlab-<pid>-<serial>-<tag>` with loopback up. `tag` (letters, digits) only
+    /// makes `ip netns list` readable. Sweeps namespaces of dead lab processes first.
+    pub fn new(tag: &str) -> Result<Self> {
+        sweep_stale();
+        let name = format!(
+            "{LAB_PREFIX}-{}-{}-{tag}",
+            std::process::id(),
+            next_serial()
+        );
+        run_checked(
+            &format!("creating namespace {name}"),
+            Command::new("ip").args(["netns", "add", &name]),
+        )?;
+        register(&name);
+        let ns = Self { name };
+        ns.link_up("lo")?;
+        Ok(ns)
+    }
+
+    /// The namespace's name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that will run `program` inside the namespace (`ip netns exec`), ready for
+    /// more arguments; `ip` execs the program, so the child's PID is the program's.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `program args` inside the namespace to completion; its stdout if it succeeded.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        run_checked(
+            &format!("running {program} in {}", self.name),
+            self.command(program).args(args),
+        )
+    }
+
+    /// Runs `ip -n NS args`: the usual way to change links, addresses and routes here.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run_checked(
+            &format!("ip {} in {}", args.join(" "), self.name),
+            Command::new("ip").args(["-n", &self.name]).args(args),
+        )
+    }
+
+    /// Starts a long-running `program args` inside the namespace under a [`Process`]
+    /// guard, its output logged under `log_dir` as `<label>.stdout` / `<label>.stderr`.
+    pub fn spawn(
+        &self,
+        label: &str,
+        log_dir: &Path,
+        program: impl AsRef<OsStr>,
+        args: &[&str],
+    ) -> Result<Process> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        Process::spawn(label, log_dir, cmd)
+    }
+
+    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.run("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Reads a sysctl inside the namespace.
+    pub fn sysctl_value(&self, key: &str) -> Result<String> {
+        self.run("sysctl", &["-n", key])
+            .map(|out| out.trim().to_owned())
+    }
+
+    /// Turns IPv6 off in the namespace (existing and future interfaces), so router
+    /// solicitations and DAD do not add stray packets to counters tests compare.
+    pub fn disable_ipv6(&self) -> Result<()> {
+        self.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+    }
+
+    /// Brings `dev` up.
+    pub fn link_up(&self, dev: &str) -> Result<()> {
+        self.ip(&["link", "set", dev, "up"]).map(drop)
+    }
+
+    /// Adds `cidr` (e.g. `198.18.0.1/24`) to `dev`; refuses addresses outside the lab ranges.
+    pub fn add_address(&self, dev: &str, cidr: &str) -> Result<()> {
+        check_lab_address(cidr)?;
+        self.ip(&["addr", "add", cidr, "dev", dev]).map(drop)
+    }
+
+    /// Removes `cidr` from `dev`.
+    pub fn del_address(&self, dev: &str, cidr: &str) -> Result<()> {
+        self.ip(&["addr", "del", cidr, "dev", dev]).map(drop)
+    }
+
+    /// Creates a bridge `name` inside the namespace and brings it up.
+    pub fn add_bridge(&self, name: &str) -> Result<()> {
+        self.ip(&["link", "add", name, "type", "bridge"])?;
+        self.link_up(name)
+    }
+
+    /// Enslaves `dev` to the bridge `bridge` (both in this namespace).
+    pub fn set_master(&self, dev: &str, bridge: &str) -> Result<()> {
+        self.ip(&["link", "set", dev, "master", bridge]).map(drop)
+    }
+
+    /// Whether an interface called `dev` exists in the namespace.
+    pub fn has_link(&self, dev: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", "dev", dev])
+            .output()
+            .map(|out| out.status.success())
+            .unwrap_or(false)
+    }
+
+    /// One counter of `dev`, e.g. `rx_packets` (`/sys/class/net/DEV/statistics/`, seen from
+    /// inside the namespace).
+    pub fn link_stat(&self, dev: &str, counter: &str) -> Result<u64> {
+        let path = format!("/sys/class/net/{dev}/statistics/{counter}");
+        let text = self.run("cat", &[&path])?;
+        text.trim()
+            .parse()
+            .map_err(|_| LabError::Failed(format!("{path} in {} read {text:?}", self.name)))
+    }
+
+    /// PIDs of the processes currently inside the namespace.
+    pub fn pids(&self) -> Vec<u32> {
+        registry::pids_in(&self.name)
+    }
+
+    /// Runs `f` on a new OS thread that has entered this namespace: sockets it opens live
+    /// here. The thread checks it really is in the namespace before calling `f`, so a failed
+    /// `setns` can never run `f` in the root namespace.
+    pub fn thread<T, F>(&self, label: &str, f: F) -> Result<JoinHandle<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let name = self.name.clone();
+        std::thread::Builder::new()
+            .name(format!("{label}@{name}"))
+            .spawn(move || {
+                enter(&name)?;
+                f()
+            })
+            .map_err(|e| LabError::io(format!("starting thread {label} for {}", self.name), e))
+    }
+}
+
+/// Moves the calling thread into namespace `name` and proves it by comparing namespace
+/// inodes. Private: only threads made by [`Netns::thread`] may change namespace.
+fn enter(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).map_err(|e| LabError::io(format!("opening {path}"), e))?;
+    // SAFETY: setns(2) on an fd we hold open; affects only the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(LabError::io(
+            format!("entering namespace {name}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let target = file
+        .metadata()
+        .map_err(|e| LabError::io(format!("stat {path}"), e))?;
+    let current = std::fs::metadata("/proc/thread-self/ns/net")
+        .map_err(|e| LabError::io("stat /proc/thread-self/ns/net", e))?;
+    if (target.dev(), target.ino()) != (current.dev(), current.ino()) {
+        return Err(LabError::Failed(format!(
+            "thread is not in namespace {name} after setns: refusing to continue"
+        )));
+    }
+    Ok(())
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        destroy_netns(&self.name);
+        registry::unregister(&self.name);
+    }
+}

@@ -1,0 +1,294 @@
+//! `vmtun` under test: its config as the user writes it, an instance running in a
+//! namespace (`vmtun up`), and its `status --json`.
+
+use super::{KeyPair, LabError, Netns, PORT, Result, Scratch, TUNNEL_PREFIX, VMTUN, WAIT};
+use ::vmtun::lab::{self, Process};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// One `[[peer]]` section.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCfg {
+    /// The peer's public key.
+    pub public_key: String,
+    /// `ip:port`, or `None` to learn it from authenticated packets.
+    pub endpoint: Option<String>,
+    /// Cryptokey routing prefixes.
+    pub allowed_ips: Vec<String>,
+    /// Optional pre-shared key.
+    pub preshared_key: Option<String>,
+    /// Optional keepalive interval in seconds.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl PeerCfg {
+    /// A peer reachable at `endpoint` (if any) owning the tunnel address `tunnel_addr`/32.
+    pub fn new(public_key: &str, endpoint: Option<&str>, tunnel_addr: &str) -> Self {
+        Self {
+            public_key: public_key.to_owned(),
+            endpoint: endpoint.map(|e| format!("{e}:{PORT}")),
+            allowed_ips: vec![format!("{tunnel_addr}/32")],
+            ..Self::default()
+        }
+    }
+}
+
+/// A whole vmtun config (the `[interface]` section and its peers).
+#[derive(Clone, Debug)]
+pub struct VmtunCfg {
+    /// TUN device name; unique on the host (see [`lab::unique_ifname`]).
+    pub name: String,
+    /// This host's key pair.
+    pub keys: KeyPair,
+    /// UDP port.
+    pub listen_port: u16,
+    /// Tunnel address with prefix, e.g. `100.64.0.1/24`.
+    pub address: String,
+    /// Optional MTU.
+    pub mtu: Option<u16>,
+    /// The peers.
+    pub peers: Vec<PeerCfg>,
+}
+
+impl VmtunCfg {
+    /// A config with a fresh unique device name, the usual port and `tunnel_addr`/24.
+    pub fn new(keys: &KeyPair, tunnel_addr: &str, peers: Vec<PeerCfg>) -> Self {
+        Self {
+            name: lab::unique_ifname("vt"),
+            keys: keys.clone(),
+            listen_port: PORT,
+            address: format!("{tunnel_addr}/{TUNNEL_PREFIX}"),
+            mtu: None,
+            peers,
+        }
+    }
+
+    /// The TOML text the user would write.
+    pub fn to_toml(&self) -> String {
+        let mut text = format!(
+            "[interface]\nname = {:?}\nprivate_key = {:?}\nlisten_port = {}\naddress = {:?}\n",
+            self.name, self.keys.private, self.listen_port, self.address
+        );
+        if let Some(mtu) = self.mtu {
+            text += &format!("mtu = {mtu}\n");
+        }
+        for peer in &self.peers {
+            text += &format!("\n[[peer]]\npublic_key = {:?}\n", peer.public_key);
+            if let Some(endpoint) = &peer.endpoint {
+                text += &format!("endpoint = {endpoint:?}\n");
+            }
+            text += &format!("allowed_ips = {:?}\n", peer.allowed_ips);
+            if let Some(psk) = &peer.preshared_key {
+                text += &format!("preshared_key = {psk:?}\n");
+            }
+            if let Some(keepalive) = peer.persistent_keepalive {
+                text += &format!("persistent_keepalive = {keepalive}\n");
+            }
+        }
+        text
+    }
+}
+
+/// A `vmtun up` running in a namespace. Dropping it stops the process (SIGTERM, then
+/// SIGKILL), printing its stderr if the test is failing.
+pub struct Vmtun<'a> {
+    ns: &'a Netns,
+    log_dir: PathBuf,
+    /// The config it runs with.
+    pub cfg: VmtunCfg,
+    /// Where that config is written.
+    pub path: PathBuf,
+    process: Option<Process>,
+}
+
+impl<'a> Vmtun<'a> {
+    /// Writes `cfg` (mode 0600) into `scratch` and starts `vmtun up -c` in `ns`, returning
+    /// once the TUN device carries its address and the UDP port is bound.
+    pub fn start(ns: &'a Netns, scratch: &Scratch, cfg: VmtunCfg) -> Result<Self> {
+        let path = scratch.write(&format!("{}.toml", cfg.name), &cfg.to_toml(), 0o600)?;
+        let mut vmtun = Self {
+            ns,
+            log_dir: scratch.path().to_owned(),
+            cfg,
+            path,
+            process: None,
+        };
+        vmtun.launch()?;
+        Ok(vmtun)
+    }
+
+    /// Starts `vmtun up` again with the same config (after [`Self::kill`]).
+    pub fn launch(&mut self) -> Result<()> {
+        let path = self.path.to_string_lossy().into_owned();
+        let mut cmd = self.ns.command(VMTUN);
+        cmd.args(["up", "-c", &path]).env("RUST_LOG", "debug");
+        self.process = Some(Process::spawn(
+            &format!("vmtun-{}", self.cfg.name),
+            &self.log_dir,
+            cmd,
+        )?);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let name = self.cfg.name.clone();
+        let address = self.cfg.address.clone();
+        let port = self.cfg.listen_port;
+        let ns = self.ns;
+        let process = self.process.as_mut().expect("launched");
+        let ready = lab::wait_for(WAIT, &format!("vmtun {name} to come up"), || {
+            if let Some(status) = process.exit_status() {
+                return Some(Err(LabError::Failed(format!(
+                    "vmtun up exited with {status} before coming up:\n{}",
+                    process.stderr_tail()
+                ))));
+            }
+            let has_address = ns
+                .ip(&["-o", "addr", "show", "dev", &name])
+                .map(|out| out.contains(&address))
+                .unwrap_or(false);
+            let bound = ns
+                .run("ss", &["-Hlun", &format!("sport = :{port}")])
+                .map(|out| !out.trim().is_empty())
+                .unwrap_or(false);
+            (has_address && bound).then_some(Ok(()))
+        });
+        match ready {
+            Ok(result) => result,
+            Err(timeout) => Err(LabError::Failed(format!(
+                "{timeout}; device: {:?}; stderr:\n{}",
+                ns.ip(&["addr", "show", "dev", &name]),
+                process.stderr_tail()
+            ))),
+        }
+    }
+
+    /// This instance's public key.
+    pub fn public_key(&self) -> &str {
+        &self.cfg.keys.public
+    }
+
+    /// The TUN device name.
+    pub fn ifname(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// `vmtun status -c FILE --json`, run in the instance's namespace.
+    pub fn status(&self) -> Result<Status> {
+        let path = self.path.to_string_lossy().into_owned();
+        let out = self.ns.run(VMTUN, &["status", "-c", &path, "--json"])?;
+        serde_json::from_str(&out)
+            .map(Status)
+            .map_err(|e| LabError::Failed(format!("`vmtun status --json` printed invalid JSON ({e}): {out}")))
+    }
+
+    /// SIGKILL, as a crash: no cleanup runs.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(process) = self.process.as_mut() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// `vmtun down -c FILE` in the namespace, then waits for the `up` process to exit.
+    pub fn down(&mut self) -> Result<()> {
+        let path = self.path.to_string_lossy().into_owned();
+        self.ns.run(VMTUN, &["down", "-c", &path])?;
+        if let Some(process) = self.process.as_mut() {
+            process.wait_timeout(WAIT)?;
+        }
+        Ok(())
+    }
+
+    /// The running process, for its logs.
+    pub fn process(&self) -> Option<&Process> {
+        self.process.as_ref()
+    }
+
+    /// Packets the tunnel delivered to the kernel through the TUN device (the kernel counts
+    /// what vmtun writes into the TUN as received).
+    pub fn tun_rx_packets(&self) -> Result<u64> {
+        self.ns.link_stat(&self.cfg.name, "rx_packets")
+    }
+}
+
+/// A parsed `vmtun status --json`.
+#[derive(Clone, Debug)]
+pub struct Status(pub Value);
+
+impl Status {
+    /// The peer entry for `public_key`.
+    pub fn peer(&self, public_key: &str) -> Option<&Value> {
+        self.0["peers"]
+            .as_array()?
+            .iter()
+            .find(|peer| peer["public_key"].as_str() == Some(public_key))
+    }
+
+    /// Seconds since the last handshake with `public_key`; `None` if never (or unknown peer).
+    pub fn handshake_secs(&self, public_key: &str) -> Option<f64> {
+        self.peer(public_key)?["last_handshake_secs"].as_f64()
+    }
+
+    /// The endpoint vmtun currently uses for `public_key`.
+    pub fn endpoint(&self, public_key: &str) -> Option<String> {
+        self.peer(public_key)?["endpoint"].as_str().map(str::to_owned)
+    }
+
+    /// A per-peer counter such as `rx_bytes` (0 if absent).
+    pub fn peer_counter(&self, public_key: &str, counter: &str) -> u64 {
+        self.peer(public_key)
+            .and_then(|peer| peer[counter].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Every drop counted, interface-wide and per peer, all reasons together.
+    pub fn drops_total(&self) -> u64 {
+        let sum = |drops: &Value| {
+            drops
+                .as_object()
+                .map(|map| map.values().filter_map(Value::as_u64).sum::<u64>())
+                .unwrap_or(0)
+        };
+        let peers: u64 = self.0["peers"]
+            .as_array()
+            .map(|peers| peers.iter().map(|peer| sum(&peer["drops"])).sum())
+            .unwrap_or(0);
+        sum(&self.0["drops"]) + peers
+    }
+
+    /// Drops of one reason (e.g. `replay`), interface-wide and per peer together.
+    pub fn drops(&self, reason: &str) -> u64 {
+        let peers: u64 = self.0["peers"]
+            .as_array()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .filter_map(|peer| peer["drops"][reason].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.0["drops"][reason].as_u64().unwrap_or(0) + peers
+    }
+}
+
+/// Runs `vmtun ARGS` in `ns` to completion within `timeout` (killing it otherwise): exit
+/// code, stdout, stderr. For commands expected to fail.
+pub fn run_vmtun(ns: &Netns, scratch: &Scratch, label: &str, args: &[&str], timeout: Duration) -> Result<(Option<i32>, String, String)> {
+    let mut cmd: Command = ns.command(VMTUN);
+    cmd.args(args);
+    let mut process = Process::spawn(label, scratch.path(), cmd)?;
+    match process.wait_timeout(timeout) {
+        Ok(status) => Ok((status.code(), process.stdout(), process.stderr())),
+        Err(_) => {
+            process.kill()?;
+            Err(LabError::Failed(format!(
+                "`vmtun {}` was still running after {timeout:?} (expected it to exit); stderr:\n{}",
+                args.join(" "),
+                process.stderr()
+            )))
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The tunnel harness shared by the namespace tests: topologies built from the lab
+//! (`vmtun::lab`), `vmtun` and `wireguard-go` instances, ping, a checksummed TCP transfer
+//! and a UDP capture. Every test calls [`preflight`] first, so a missing tool or a
+//! non-root run fails loudly instead of skipping.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
+
+pub mod capture;
+pub mod transfer;
+pub mod instance;
+pub mod wggo;
+
+pub use instance::{PeerCfg, Status, Vmtun, VmtunCfg, run_vmtun};
+pub use wggo::WgGo;
+
+pub use ::vmtun::lab::{self, LabError, Netns, Result, Scratch, wait_for, wait_until};
+use std::process::Command;
+use std::time::Duration;
+
+/// Default bound for things that should happen at once (a device appearing, a ping).
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The underlay: host A, host B, and extra hosts on a switched underlay.
+pub const UNDERLAY_A: &str = "198.18.0.1";
+/// Host B's underlay address.
+pub const UNDERLAY_B: &str = "198.18.0.2";
+/// Prefix length of the underlay subnet.
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// Tunnel addresses of A, B (and C, the stranger in the attacker tests).
+pub const TUNNEL_A: &str = "100.64.0.1";
+/// B's tunnel address.
+pub const TUNNEL_B: &str = "100.64.0.2";
+/// C's tunnel address.
+pub const TUNNEL_C: &str = "100.64.0.3";
+/// Prefix length of the tunnel subnet.
+pub const TUNNEL_PREFIX: u8 = 24;
+/// Every tunnel endpoint listens here (each in its own namespace).
+pub const PORT: u16 = 51820;
+/// Name of the underlay interface in every host namespace.
+pub const UNDERLAY_DEV: &str = "ul0";
+/// Bytes of the big transfer the tests require.
+pub const BIG: usize = 50 * 1024 * 1024;
+
+/// Path of the `vmtun` binary under test.
+pub const VMTUN: &str = env!("CARGO_BIN_EXE_vmtun");
+
+/// Fails the test (never skips it) unless we are root and every `tools` binary is on
+/// `PATH`; installs the lab's Ctrl-C cleanup.
+pub fn preflight(tools: &[&str]) {
+    // SAFETY: geteuid(2) has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the namespace tests need root (they create network namespaces): run them as root, e.g. via scripts/test.sh"
+    );
+    for tool in ["ip", "sysctl", "ss"].iter().chain(tools) {
+        assert!(
+            on_path(tool),
+            "`{tool}` is not installed or not on PATH: run scripts/setup.sh"
+        );
+    }
+    lab::install_signal_cleanup().expect("installing the lab's signal cleanup");
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// A host namespace with its underlay interface `ul0` addressed and IPv6 off.
+fn host(tag: &str) -> Result<Netns> {
+    let ns = Netns::new(tag)?;
+    ns.disable_ipv6()?;
+    Ok(ns)
+}
+
+/// Two hosts joined by one veth: the plain underlay.
+///
+/// ```text
+///   ns a                          ns b
+///   ul0 198.18.0.1/24 ─────────── ul0 198.18.0.2/24
+/// ```
+pub struct Pair {
+    /// Configs, keys and logs of this test.
+    pub scratch: Scratch,
+    /// Host A.
+    pub a: Netns,
+    /// Host B.
+    pub b: Netns,
+}
+
+impl Pair {
+    /// Builds the pair; `test` tags the namespaces and the scratch directory.
+    pub fn new(test: &str) -> Result<Self> {
+        let scratch = Scratch::new(test)?;
+        let a = host("a")?;
+        let b = host("b")?;
+        lab::veth(&a, UNDERLAY_DEV, &b, UNDERLAY_DEV)?;
+        a.add_address(UNDERLAY_DEV, &format!("{UNDERLAY_A}/{UNDERLAY_PREFIX}"))?;
+        b.add_address(UNDERLAY_DEV, &format!("{UNDERLAY_B}/{UNDERLAY_PREFIX}"))?;
+        Ok(Self { scratch, a, b })
+    }
+}
+
+/// Hosts on a switched underlay: a bridge in its own namespace, one veth per host.
+///
+/// ```text
+///   ns a ul0 .1 ──┐
+///   ns b ul0 .2 ──┼── br0 (ns sw)        all in 198.18.0.0/24
+///   ns m ul0 .3 ──┘   ...
+/// ```
+pub struct Lan {
+    /// Configs, keys and logs of this test.
+    pub scratch: Scratch,
+    /// The switch; declared after the hosts' users, dropped last among the namespaces.
+    pub switch: Netns,
+    ports: std::cell::Cell<u32>,
+}
+
+impl Lan {
+    /// Builds the switch (a bridge `br0` in namespace `sw`).
+    pub fn new(test: &str) -> Result<Self> {
+        let scratch = Scratch::new(test)?;
+        let switch = host("sw")?;
+        switch.add_bridge("br0")?;
+        Ok(Self {
+            scratch,
+            switch,
+            ports: std::cell::Cell::new(0),
+        })
+    }
+
+    /// A new host namespace plugged into the switch with underlay address `addr`
+    /// (e.g. `198.18.0.3`, /24).
+    pub fn host(&self, tag: &str, addr: &str) -> Result<Netns> {
+        let ns = host(tag)?;
+        let port = format!("p{}", self.ports.get());
+        self.ports.set(self.ports.get() + 1);
+        lab::veth(&ns, UNDERLAY_DEV, &self.switch, &port)?;
+        self.switch.set_master(&port, "br0")?;
+        ns.add_address(UNDERLAY_DEV, &format!("{addr}/{UNDERLAY_PREFIX}"))?;
+        Ok(ns)
+    }
+}
+
+/// A private/public key pair in WireGuard's base64 form.
+#[derive(Clone, Debug)]
+pub struct KeyPair {
+    /// Private key.
+    pub private: String,
+    /// Public key.
+    pub public: String,
+}
+
+/// A key pair from `vmtun keygen` / `vmtun pubkey` (pure commands: no namespace needed).
+pub fn vmtun_keypair() -> KeyPair {
+    keypair(VMTUN, "keygen", "pubkey")
+}
+
+/// A key pair from `wg genkey` / `wg pubkey`.
+pub fn wg_keypair() -> KeyPair {
+    keypair("wg", "genkey", "pubkey")
+}
+
+fn keypair(program: &str, genkey: &str, pubkey: &str) -> KeyPair {
+    use std::io::Write as _;
+    let out = Command::new(program)
+        .arg(genkey)
+        .output()
+        .unwrap_or_else(|e| panic!("running `{program} {genkey}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{program} {genkey}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let private = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut child = Command::new(program)
+        .arg(pubkey)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running `{program} {pubkey}`: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(format!("{private}\n").as_bytes())
+        .expect("writing the private key to pubkey");
+    let out = child.wait_with_output().expect("waiting for pubkey");
+    assert!(
+        out.status.success(),
+        "`{program} {pubkey}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(public.len(), 44, "`{program} {pubkey}` printed {public:?}");
+    KeyPair { private, public }
+}
+
+/// One ICMP echo from `ns` to `addr` with a one-second deadline.
+pub fn ping_once(ns: &Netns, addr: &str) -> bool {
+    ns.command("ping")
+        .args(["-c", "1", "-W", "1", "-q", addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Pings until one echo is answered, at most `timeout`.
+pub fn wait_ping(ns: &Netns, addr: &str, timeout: Duration) -> Result<()> {
+    wait_until(timeout, &format!("a ping from {} to {addr}", ns.name()), || {
+        ping_once(ns, addr)
+    })
+}
+
+/// Turns a failed lab step into a test failure that also says which step.
+pub fn check(condition: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if condition {
+        Ok(())
+    } else {
+        Err(LabError::Failed(message()))
+    }
+}

@@ -1,0 +1,99 @@
+//! A stock WireGuard peer: `wireguard-go` in a namespace, configured with `wg set` and
+//! `ip`, the reference vmtun must interoperate with.
+
+use super::{KeyPair, LabError, Netns, PeerCfg, Result, Scratch, TUNNEL_PREFIX, WAIT};
+use ::vmtun::lab::{self, Process};
+
+/// A `wireguard-go` running in the foreground in a namespace, stopped on drop.
+pub struct WgGo<'a> {
+    ns: &'a Netns,
+    /// Interface name (unique on the host: its UAPI socket lives in the shared `/run`).
+    pub name: String,
+    /// Its key pair.
+    pub keys: KeyPair,
+    _process: Process,
+}
+
+impl<'a> WgGo<'a> {
+    /// Starts `wireguard-go` in `ns` listening on `port`, with tunnel address
+    /// `tunnel_addr`/24 and one peer, and waits until the device is up.
+    pub fn start(
+        ns: &'a Netns,
+        scratch: &Scratch,
+        keys: &KeyPair,
+        port: u16,
+        tunnel_addr: &str,
+        peer: &PeerCfg,
+    ) -> Result<Self> {
+        let name = lab::unique_ifname("wg");
+        let mut cmd = ns.command("wireguard-go");
+        cmd.arg(&name).env("WG_PROCESS_FOREGROUND", "1").env("LOG_LEVEL", "debug");
+        let mut process = Process::spawn(&format!("wireguard-go-{name}"), scratch.path(), cmd)?;
+        lab::wait_until(WAIT, &format!("wireguard-go to create {name}"), || {
+            process.is_running() && ns.has_link(&name)
+        })
+        .map_err(|e| LabError::Failed(format!("{e}\n{}", process.stderr_tail())))?;
+
+        let key_file = scratch.write(&format!("{name}.key"), &keys.private, 0o600)?;
+        let key_file = key_file.to_string_lossy().into_owned();
+        let port = port.to_string();
+        let allowed = peer.allowed_ips.join(",");
+        let mut args: Vec<&str> = vec![
+            "set", &name, "private-key", &key_file, "listen-port", &port, "peer",
+            &peer.public_key, "allowed-ips", &allowed,
+        ];
+        if let Some(endpoint) = &peer.endpoint {
+            args.extend(["endpoint", endpoint]);
+        }
+        let keepalive = peer.persistent_keepalive.map(|k| k.to_string());
+        if let Some(keepalive) = &keepalive {
+            args.extend(["persistent-keepalive", keepalive]);
+        }
+        let psk_file = match &peer.preshared_key {
+            Some(psk) => Some(
+                scratch
+                    .write(&format!("{name}.psk"), psk, 0o600)?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            None => None,
+        };
+        if let Some(psk_file) = &psk_file {
+            args.extend(["preshared-key", psk_file]);
+        }
+        ns.run("wg", &args)?;
+        ns.add_address(&name, &format!("{tunnel_addr}/{TUNNEL_PREFIX}"))?;
+        ns.link_up(&name)?;
+        Ok(Self {
+            ns,
+            name,
+            keys: keys.clone(),
+            _process: process,
+        })
+    }
+
+    /// Seconds since the epoch of the last handshake with `public_key` (`wg show
+    /// latest-handshakes`); `None` if there was none.
+    pub fn latest_handshake(&self, public_key: &str) -> Option<u64> {
+        let out = self.ns.run("wg", &["show", &self.name, "latest-handshakes"]).ok()?;
+        out.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(public_key))
+                .then(|| fields.next()?.parse::<u64>().ok())
+                .flatten()
+                .filter(|&t| t != 0)
+        })
+    }
+
+    /// The endpoint wireguard-go uses for `public_key` (`wg show endpoints`).
+    pub fn endpoint(&self, public_key: &str) -> Option<String> {
+        let out = self.ns.run("wg", &["show", &self.name, "endpoints"]).ok()?;
+        out.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(public_key))
+                .then(|| fields.next().map(str::to_owned))
+                .flatten()
+                .filter(|e| e != "(none)")
+        })
+    }
+}
