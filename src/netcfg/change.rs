@@ -1,0 +1,489 @@
+//! The host changes vmtun makes, as plain values: what `--dry-run` prints, what the journal
+//! records in its state file, and what the OS edge applies and reverts.
+//!
+//! Nothing here touches the kernel. Each [`Change`] knows how to print itself (as the `ip`,
+//! `sysctl` or `nft` command an operator would type), how to print its inverse, and how to
+//! name itself in an error message.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+/// A routing table number (`ip route ... table N`), kept apart from marks and priorities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TableId(pub u32);
+
+impl TableId {
+    /// The main table (`RT_TABLE_MAIN` in `linux/rtnetlink.h`), where routes go by default.
+    pub const MAIN: TableId = TableId(254);
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == TableId::MAIN {
+            f.write_str("main")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// A packet mark (`skb->mark`), set by vmtun's nft rule and matched by its policy rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FwMark(pub u32);
+
+impl fmt::Display for FwMark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `ip rule` and `nft` both print marks in hex.
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A sysctl, stored as its path below `/proc/sys` (`net/ipv4/conf/vmtun0/rp_filter`), so an
+/// interface name containing a dot stays unambiguous.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SysctlKey(String);
+
+impl SysctlKey {
+    /// `net.ipv4.ip_forward`: the host must forward for roles old and new.
+    pub fn ip_forward() -> Self {
+        SysctlKey("net/ipv4/ip_forward".into())
+    }
+
+    /// A per-interface IPv4 setting, `net.ipv4.conf.IFACE.NAME`.
+    pub fn ipv4_conf(iface: &str, name: &str) -> Self {
+        SysctlKey(format!("net/ipv4/conf/{iface}/{name}"))
+    }
+
+    /// The path relative to `/proc/sys`.
+    pub fn path(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SysctlKey {
+    /// Prints the key as sysctl(8) does: slashes become dots and dots become slashes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dotted: String = self
+            .0
+            .chars()
+            .map(|c| match c {
+                '/' => '.',
+                '.' => '/',
+                c => c,
+            })
+            .collect();
+        f.write_str(&dotted)
+    }
+}
+
+/// A route vmtun adds (and deletes on undo).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// Destination prefix; `0.0.0.0/0` for a default route.
+    pub dest: IpNet,
+    /// Next hop; `None` for a route straight onto the link (`scope link`).
+    pub via: Option<IpAddr>,
+    /// Output interface.
+    pub dev: String,
+    /// Routing table.
+    pub table: TableId,
+}
+
+/// A policy rule `fwmark M lookup T priority P`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rule {
+    /// Mark to match (full 32-bit mask).
+    pub fwmark: FwMark,
+    /// Table to look up.
+    pub table: TableId,
+    /// Rule priority (lower runs first; main is 32766).
+    pub priority: u32,
+}
+
+/// A sysctl write, with the value it replaced so that undo restores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sysctl {
+    /// Which sysctl.
+    pub key: SysctlKey,
+    /// The value vmtun writes.
+    pub value: String,
+    /// The value read just before writing; `None` until the journal captured it.
+    pub previous: Option<String>,
+}
+
+/// What an nft rule of vmtun's does; every rule also carries a comment naming it, by which
+/// vmtun finds it again (rule handles are not known before the kernel assigns them).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum NftRuleKind {
+    /// `iifname "vif*" ip saddr NET [ip saddr & MASK != @SET] counter meta mark set M`:
+    /// VM replies leave through the tunnel until the cutover.
+    Mark {
+        /// Interface name prefix of the VM interfaces.
+        vif_prefix: String,
+        /// The VM subnet whose sources are marked.
+        subnet: Ipv4Net,
+        /// The mark the policy rule matches.
+        fwmark: FwMark,
+        /// The cutover set: while it holds the subnet, the rule no longer marks.
+        skip_set: Option<String>,
+    },
+    /// `iifname "BRIDGE" ip daddr NET counter add @SET { NET's address }`: the first packet
+    /// for the subnet arriving natively flips the cutover inside the kernel.
+    Native {
+        /// The interface native traffic arrives on.
+        bridge: String,
+        /// The VM subnet.
+        subnet: Ipv4Net,
+        /// The cutover set the subnet is added to.
+        set: String,
+    },
+}
+
+impl NftRuleKind {
+    /// The rule's comment, unique per kind and subnet within vmtun's table.
+    pub fn comment(&self) -> String {
+        match self {
+            NftRuleKind::Mark { subnet, .. } => format!("vmtun mark {subnet}"),
+            NftRuleKind::Native { subnet, .. } => format!("vmtun native {subnet}"),
+        }
+    }
+}
+
+/// One host change vmtun makes. Applying a plan means applying these in order; undo reverts
+/// them in reverse order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// `ip addr add ADDR dev DEV` (the kernel adds the connected route with it).
+    Address {
+        /// Interface.
+        dev: String,
+        /// Address with prefix length.
+        addr: IpNet,
+    },
+    /// `ip link set dev DEV mtu MTU`, restoring the previous MTU on undo.
+    Mtu {
+        /// Interface.
+        dev: String,
+        /// New MTU.
+        mtu: u32,
+        /// MTU before the change, captured when applied.
+        previous: Option<u32>,
+    },
+    /// `ip link set dev DEV up`; undo sets it down again only if it was down.
+    LinkUp {
+        /// Interface.
+        dev: String,
+        /// Whether it was up before, captured when applied.
+        was_up: Option<bool>,
+    },
+    /// `ip route add ...`.
+    Route(Route),
+    /// `ip rule add fwmark M lookup T priority P`.
+    Rule(Rule),
+    /// `sysctl -w KEY=VALUE`.
+    Sysctl(Sysctl),
+    /// `nft add table ip NAME`: vmtun's own table; created exclusively, so it never adopts a
+    /// table it did not make.
+    NftTable {
+        /// Table name.
+        name: String,
+    },
+    /// A base chain in vmtun's table, `type filter hook prerouting priority mangle`.
+    NftChain {
+        /// Table name.
+        table: String,
+        /// Chain name.
+        name: String,
+    },
+    /// A dynamic set of IPv4 addresses (`flags dynamic`) that rules may fill from the
+    /// packet path.
+    NftSet {
+        /// Table name.
+        table: String,
+        /// Set name.
+        name: String,
+    },
+    /// A rule in vmtun's chain.
+    NftRule {
+        /// Table name.
+        table: String,
+        /// Chain name.
+        chain: String,
+        /// What the rule does.
+        rule: NftRuleKind,
+    },
+}
+
+/// Which way a change is being carried out, so an error can say "adding" or "removing".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Making the change.
+    Apply,
+    /// Undoing it.
+    Revert,
+}
+
+/// The priority of nft's `mangle` hook priority name (`NF_IP_PRI_MANGLE`, linux/netfilter_ipv4.h).
+pub const NF_IP_PRI_MANGLE: i32 = -150;
+
+impl Change {
+    /// Names the change with a verb, for error messages:
+    /// `adding route 203.0.113.0/29 via 100.64.0.2 dev vmtun0 table 201`.
+    pub fn describe(&self, action: Action) -> String {
+        let apply = action == Action::Apply;
+        let (add, del) = ("adding", "removing");
+        let verb = if apply { add } else { del };
+        match self {
+            Change::Address { dev, addr } => format!("{verb} address {addr} on {dev}"),
+            Change::Mtu { dev, mtu, previous } => match (apply, previous) {
+                (true, _) => format!("setting mtu {mtu} on {dev}"),
+                (false, Some(p)) => format!("restoring mtu {p} on {dev}"),
+                (false, None) => format!("restoring mtu on {dev}"),
+            },
+            Change::LinkUp { dev, .. } => {
+                if apply {
+                    format!("setting link {dev} up")
+                } else {
+                    format!("setting link {dev} down")
+                }
+            }
+            Change::Route(r) => format!("{verb} route {}", RouteSpec(r)),
+            Change::Rule(r) => format!("{verb} rule {}", RuleSpec(r)),
+            Change::Sysctl(s) => match (apply, &s.previous) {
+                (true, _) => format!("setting sysctl {}={}", s.key, s.value),
+                (false, Some(p)) => format!("restoring sysctl {}={p}", s.key),
+                (false, None) => format!("restoring sysctl {}", s.key),
+            },
+            Change::NftTable { name } => format!("{verb} nft table ip {name}"),
+            Change::NftChain { table, name } => format!("{verb} nft chain ip {table} {name}"),
+            Change::NftSet { table, name } => format!("{verb} nft set ip {table} {name}"),
+            Change::NftRule { table, chain, rule } => {
+                format!(
+                    "{verb} nft rule ip {table} {chain} (comment \"{}\")",
+                    rule.comment()
+                )
+            }
+        }
+    }
+
+    /// The command that undoes this change, for `--dry-run` and logs.
+    pub fn inverse(&self) -> Inverse<'_> {
+        Inverse(self)
+    }
+}
+
+/// `route` printed as `ip route` prints it, table omitted when main.
+struct RouteSpec<'a>(&'a Route);
+
+impl fmt::Display for RouteSpec<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        if r.dest.prefix_len() == 0 {
+            f.write_str("default")?;
+        } else {
+            write!(f, "{}", r.dest)?;
+        }
+        if let Some(via) = r.via {
+            write!(f, " via {via}")?;
+        }
+        write!(f, " dev {}", r.dev)?;
+        if r.table != TableId::MAIN {
+            write!(f, " table {}", r.table)?;
+        }
+        Ok(())
+    }
+}
+
+struct RuleSpec<'a>(&'a Rule);
+
+impl fmt::Display for RuleSpec<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        write!(
+            f,
+            "fwmark {} lookup {} priority {}",
+            r.fwmark, r.table, r.priority
+        )
+    }
+}
+
+/// The network address of `net` and the netmask, as nft prints `ip saddr & MASK`.
+fn net_and_mask(net: &Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
+    (net.network(), net.netmask())
+}
+
+impl fmt::Display for NftRuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NftRuleKind::Mark {
+                vif_prefix,
+                subnet,
+                fwmark,
+                skip_set,
+            } => {
+                write!(f, "iifname \"{vif_prefix}*\" ip saddr {subnet}")?;
+                if let Some(set) = skip_set {
+                    let (_, mask) = net_and_mask(subnet);
+                    write!(f, " ip saddr & {mask} != @{set}")?;
+                }
+                write!(f, " counter meta mark set {fwmark}")?;
+            }
+            NftRuleKind::Native {
+                bridge,
+                subnet,
+                set,
+            } => {
+                let (net, _) = net_and_mask(subnet);
+                write!(
+                    f,
+                    "iifname \"{bridge}\" ip daddr {subnet} counter add @{set} {{ {net} }}"
+                )?;
+            }
+        }
+        write!(f, " comment \"{}\"", self.comment())
+    }
+}
+
+impl fmt::Display for Change {
+    /// The change as the command an operator would type for it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Address { dev, addr } => write!(f, "ip addr add {addr} dev {dev}"),
+            Change::Mtu { dev, mtu, .. } => write!(f, "ip link set dev {dev} mtu {mtu}"),
+            Change::LinkUp { dev, .. } => write!(f, "ip link set dev {dev} up"),
+            Change::Route(r) => write!(f, "ip route add {}", RouteSpec(r)),
+            Change::Rule(r) => write!(f, "ip rule add {}", RuleSpec(r)),
+            Change::Sysctl(s) => {
+                write!(f, "sysctl -w {}={}", s.key, s.value)?;
+                if let Some(p) = &s.previous {
+                    write!(f, "  # was {p}")?;
+                }
+                Ok(())
+            }
+            Change::NftTable { name } => write!(f, "nft add table ip {name}"),
+            Change::NftChain { table, name } => write!(
+                f,
+                "nft add chain ip {table} {name} '{{ type filter hook prerouting priority mangle; policy accept; }}'"
+            ),
+            Change::NftSet { table, name } => write!(
+                f,
+                "nft add set ip {table} {name} '{{ type ipv4_addr; flags dynamic; }}'"
+            ),
+            Change::NftRule { table, chain, rule } => {
+                write!(f, "nft add rule ip {table} {chain} {rule}")
+            }
+        }
+    }
+}
+
+/// Prints the command that undoes a [`Change`]; see [`Change::inverse`].
+pub struct Inverse<'a>(&'a Change);
+
+impl fmt::Display for Inverse<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Change::Address { dev, addr } => write!(f, "ip addr del {addr} dev {dev}"),
+            Change::Mtu {
+                dev,
+                previous: Some(p),
+                ..
+            } => write!(f, "ip link set dev {dev} mtu {p}"),
+            Change::Mtu { dev, .. } => write!(f, "ip link set dev {dev} mtu <previous>"),
+            Change::LinkUp {
+                dev,
+                was_up: Some(true),
+            } => write!(f, "true  # {dev} was already up"),
+            Change::LinkUp { dev, .. } => write!(f, "ip link set dev {dev} down"),
+            Change::Route(r) => write!(f, "ip route del {}", RouteSpec(r)),
+            Change::Rule(r) => write!(f, "ip rule del {}", RuleSpec(r)),
+            Change::Sysctl(s) => match &s.previous {
+                Some(p) => write!(f, "sysctl -w {}={p}", s.key),
+                None => write!(f, "sysctl -w {}=<previous>", s.key),
+            },
+            Change::NftTable { name } => write!(f, "nft delete table ip {name}"),
+            Change::NftChain { table, name } => write!(f, "nft delete chain ip {table} {name}"),
+            Change::NftSet { table, name } => write!(f, "nft delete set ip {table} {name}"),
+            Change::NftRule { table, chain, rule } => write!(
+                f,
+                "nft delete rule ip {table} {chain} handle <handle of comment \"{}\">",
+                rule.comment()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Change {
+        Change::Route(Route {
+            dest: "203.0.113.0/29".parse().unwrap(),
+            via: Some("100.64.0.2".parse().unwrap()),
+            dev: "vmtun0".into(),
+            table: TableId(201),
+        })
+    }
+
+    #[test]
+    fn route_prints_like_ip() {
+        assert_eq!(
+            route().to_string(),
+            "ip route add 203.0.113.0/29 via 100.64.0.2 dev vmtun0 table 201"
+        );
+        assert_eq!(
+            route().inverse().to_string(),
+            "ip route del 203.0.113.0/29 via 100.64.0.2 dev vmtun0 table 201"
+        );
+        assert_eq!(
+            route().describe(Action::Apply),
+            "adding route 203.0.113.0/29 via 100.64.0.2 dev vmtun0 table 201"
+        );
+    }
+
+    #[test]
+    fn sysctl_key_prints_like_sysctl() {
+        let k = SysctlKey::ipv4_conf("eth0.100", "rp_filter");
+        assert_eq!(k.path(), "net/ipv4/conf/eth0.100/rp_filter");
+        assert_eq!(k.to_string(), "net.ipv4.conf.eth0/100.rp_filter");
+    }
+
+    #[test]
+    fn mark_rule_prints_like_nft() {
+        let c = Change::NftRule {
+            table: "vmtun".into(),
+            chain: "prerouting".into(),
+            rule: NftRuleKind::Mark {
+                vif_prefix: "vif".into(),
+                subnet: "203.0.113.0/29".parse().unwrap(),
+                fwmark: FwMark(1),
+                skip_set: Some("native".into()),
+            },
+        };
+        assert_eq!(
+            c.to_string(),
+            "nft add rule ip vmtun prerouting iifname \"vif*\" ip saddr 203.0.113.0/29 \
+             ip saddr & 255.255.255.248 != @native counter meta mark set 0x1 \
+             comment \"vmtun mark 203.0.113.0/29\""
+        );
+    }
+
+    #[test]
+    fn change_round_trips_through_json() {
+        let c = Change::Sysctl(Sysctl {
+            key: SysctlKey::ipv4_conf("br0", "rp_filter"),
+            value: "2".into(),
+            previous: Some("1".into()),
+        });
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Change>(&s).unwrap(), c);
+    }
+}

@@ -1,0 +1,50 @@
+//! netcfg owns every change vmtun makes to the host's network configuration: addresses, link
+//! settings, routes, policy rules, sysctls and vmtun's own nftables table. It must not touch
+//! anything it did not create, and it never spawns `ip`, `sysctl` or `nft`: all of it goes
+//! over netlink (and `/proc/sys`) in-process.
+//!
+//! A pure core and a thin OS edge:
+//! - [`plan`] and [`vif_up`] turn typed inputs into an ordered `Vec<`[`Change`]`>`, which
+//!   prints as the commands it stands for (`--dry-run`).
+//! - [`Journal`] applies a plan through a [`NetOps`], rolls back on the first failure,
+//!   records what it applied in a state file, and undoes it in reverse order.
+//! - [`SystemOps`] is the real [`NetOps`] (rtnetlink, nftnl, `/proc/sys`); [`FakeOps`] is a
+//!   recording fake over a simulated host for unit tests.
+//! - [`remove_mark_rule`] is the cutover's atomic finalization.
+//!
+//! Everything acts on the network namespace of the calling thread, which is how the tests
+//! run it inside namespaces of their own.
+
+mod change;
+mod error;
+mod fake;
+mod journal;
+mod nfsock;
+mod nft;
+mod ops;
+mod plan;
+mod prereq;
+mod rtnl;
+mod sysctl;
+mod system;
+
+#[cfg(test)]
+mod ns_tests;
+#[cfg(test)]
+mod testns;
+
+pub use change::{
+    Action, Change, FwMark, Inverse, NF_IP_PRI_MANGLE, NftRuleKind, Route, Rule, Sysctl, SysctlKey,
+    TableId,
+};
+pub use error::{Cause, NetError};
+pub use fake::{Call, FakeOps};
+pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_state_file};
+pub use nft::{MarkRemoval, remove_mark_rule};
+pub use ops::NetOps;
+pub use plan::{
+    DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_NATIVE_SET, NFT_TABLE, NewParams, OldParams, Role,
+    TunnelParams, plan, vif_up,
+};
+pub use prereq::check_prerequisites;
+pub use system::SystemOps;

@@ -1,0 +1,472 @@
+//! vmtun's nftables objects over netlink, in-process (nftnl over libnftnl; no `nft` binary).
+//!
+//! vmtun owns one table (family `ip`, see [`super::NFT_TABLE`]), created exclusively so it
+//! never adopts someone else's. Every change is one nftnl batch, which the kernel applies
+//! atomically. Rules carry a comment naming them; since rule handles are assigned by the
+//! kernel, vmtun finds its rules again by listing the chain and matching the comment.
+//!
+//! The cutover set (`native`, `type ipv4_addr; flags dynamic`) is filled from the packet
+//! path: the native rule adds the subnet's network address the first time a packet for the
+//! subnet arrives on the bridge, and the mark rule looks the (masked) source up in the set
+//! and stops marking once it is there. So the very first native packet flips the routing of
+//! the VM replies inside the kernel; [`remove_mark_rule`] then finalizes in one batch.
+
+use std::ffi::{CStr, CString};
+use std::net::Ipv4Addr;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nftnl::expr::{
+    Bitwise, Cmp, CmpOp, Counter, Expression, Immediate, InterfaceName, Ipv4HeaderField, Meta,
+    NetworkHeaderField, Payload, Register,
+};
+use nftnl::nftnl_sys as sys;
+use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
+
+use super::change::{Action, Change, NF_IP_PRI_MANGLE, NftRuleKind};
+use super::error::{Cause, NetError};
+use super::nfsock::NfSock;
+use super::plan::NFT_CHAIN;
+
+/// vmtun's tables are IPv4-only (the VM subnets are IPv4), so no `meta nfproto` guard is
+/// needed before matching `ip saddr`.
+const FAMILY: ProtoFamily = ProtoFamily::Ipv4;
+
+/// Capacity of the cutover set: one element per subnet, with room to spare.
+const NATIVE_SET_SIZE: u32 = 64;
+
+/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: the type of a rule in a dump reply
+/// (linux/netfilter/nfnetlink.h, nf_tables.h).
+const NEWRULE_TYPE: u16 = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | libc::NFT_MSG_NEWRULE as u16;
+
+fn cstring(s: &str) -> Result<CString, Cause> {
+    CString::new(s).map_err(|_| Cause::Netlink(format!("name {s:?} contains a NUL byte")))
+}
+
+/// Sends `batch` on a fresh socket and waits for the kernel's verdict; returns how long the
+/// commit took, from sending to the last acknowledgement.
+fn commit(batch: Batch) -> Result<Duration, Cause> {
+    let batch = batch.finalize();
+    let seqs = batch.sequence_numbers();
+    let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
+    let t0 = Instant::now();
+    sock.send_batch(&batch).map_err(|e| Cause::from_io(&e))?;
+    sock.wait_acks(seqs)?;
+    Ok(t0.elapsed())
+}
+
+/// Wraps an add message so it fails with `File exists` instead of reusing an object: nftnl
+/// adds tables, chains and sets without `NLM_F_EXCL` (like `nft add`), and vmtun must only
+/// ever delete objects it created.
+struct Exclusive<'a, T: NlMsg>(&'a T);
+
+// SAFETY: writes exactly what the inner message writes, then only changes header flags.
+unsafe impl<T: NlMsg> NlMsg for Exclusive<'_, T> {
+    unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
+        unsafe { self.0.write(buf, seq, msg_type) };
+        let hdr = buf as *mut libc::nlmsghdr;
+        // SAFETY: the inner write put a complete nlmsghdr at `buf`.
+        unsafe {
+            let mut h = hdr.read_unaligned();
+            h.nlmsg_flags |= (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+            hdr.write_unaligned(h);
+        }
+    }
+}
+
+/// A set (named, dynamic, `ipv4_addr`), written with raw libnftnl calls because nftnl's
+/// `Set` has no way to set the flags and size a dynamic set needs.
+struct DynamicSet(NonNull<sys::nftnl_set>);
+
+impl DynamicSet {
+    fn new(table: &CStr, name: &CStr) -> Self {
+        // SAFETY: libnftnl allocation and attribute setters; strings are copied.
+        unsafe {
+            let s = sys::nftnl_set_alloc();
+            let s = NonNull::new(s).unwrap_or_else(|| std::process::abort());
+            let p = s.as_ptr();
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FAMILY as u16, FAMILY as u32);
+            sys::nftnl_set_set_str(p, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(p, sys::NFTNL_SET_NAME as u16, name.as_ptr());
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_ID as u16, 1);
+            // `flags dynamic`: the kernel picks a backend that supports updates from the
+            // packet path (the dynset expression refuses sets without one).
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_EVAL as u32);
+            // TYPE_IPADDR (7) as nft's datatype table numbers it; 4-byte keys.
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, 7);
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, 4);
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, NATIVE_SET_SIZE);
+            DynamicSet(s)
+        }
+    }
+}
+
+impl Drop for DynamicSet {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed once.
+        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
+    }
+}
+
+// SAFETY: writes one NEWSET/DELSET message built by libnftnl.
+unsafe impl NlMsg for DynamicSet {
+    unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
+        let ty = match msg_type {
+            MsgType::Add => libc::NFT_MSG_NEWSET,
+            MsgType::Del => libc::NFT_MSG_DELSET,
+        };
+        let flags = match msg_type {
+            MsgType::Add => libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
+            MsgType::Del => libc::NLM_F_ACK,
+        };
+        unsafe {
+            let h = sys::nftnl_nlmsg_build_hdr(
+                buf as *mut libc::c_char,
+                ty as u16,
+                FAMILY as u16,
+                flags as u16,
+                seq,
+            );
+            sys::nftnl_set_nlmsg_build_payload(h, self.0.as_ptr());
+        }
+    }
+}
+
+/// `lookup reg 1 set NAME [inverted]`, by set name (the set lives in an earlier batch).
+struct Lookup {
+    set: CString,
+    inverted: bool,
+}
+
+impl Expression for Lookup {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: libnftnl allocation and setters; the name is copied.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"lookup".as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            sys::nftnl_expr_set_u32(
+                p,
+                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
+            if self.inverted {
+                sys::nftnl_expr_set_u32(
+                    p,
+                    sys::NFTNL_EXPR_LOOKUP_FLAGS as u16,
+                    libc::NFT_LOOKUP_F_INV as u32,
+                );
+            }
+            e
+        }
+    }
+}
+
+/// `dynset add reg_key 1 set NAME`: adds register 1 to the set from the packet path.
+struct DynsetAdd {
+    set: CString,
+}
+
+impl Expression for DynsetAdd {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: libnftnl allocation and setters; the name is copied.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"dynset".as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            sys::nftnl_expr_set_u32(
+                p,
+                sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                p,
+                sys::NFTNL_EXPR_DYNSET_OP as u16,
+                libc::NFT_DYNSET_OP_ADD as u32,
+            );
+            sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, self.set.as_ptr());
+            e
+        }
+    }
+}
+
+fn chain<'a>(table: &'a Table, name: &CStr) -> Chain<'a> {
+    let mut c = Chain::new(name, table);
+    c.set_hook(Hook::PreRouting, NF_IP_PRI_MANGLE);
+    c.set_type(ChainType::Filter);
+    c.set_policy(Policy::Accept);
+    c
+}
+
+/// Appends `ip saddr|daddr NET` (payload, mask, compare); register 1 then holds the masked
+/// address, i.e. the subnet's network address.
+fn match_subnet(rule: &mut nftnl::Rule, field: Ipv4HeaderField, net: &Ipv4Net) {
+    rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(field)));
+    rule.add_expr(&Bitwise::new(net.netmask(), Ipv4Addr::UNSPECIFIED));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, net.network()));
+}
+
+fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rule<'a>, Cause> {
+    let mut r = nftnl::Rule::new(chain);
+    match kind {
+        NftRuleKind::Mark {
+            vif_prefix,
+            subnet,
+            fwmark,
+            skip_set,
+        } => {
+            r.add_expr(&Meta::IifName);
+            r.add_expr(&Cmp::new(
+                CmpOp::Eq,
+                InterfaceName::StartingWith(cstring(vif_prefix)?),
+            ));
+            match_subnet(&mut r, Ipv4HeaderField::Saddr, subnet);
+            if let Some(set) = skip_set {
+                // Register 1 holds `ip saddr & MASK`: skip once the subnet went native.
+                r.add_expr(&Lookup {
+                    set: cstring(set)?,
+                    inverted: true,
+                });
+            }
+            r.add_expr(&Counter);
+            r.add_expr(&Immediate::new(fwmark.0, Register::Reg1));
+            r.add_expr(&Meta::Mark { set: true });
+        }
+        NftRuleKind::Native {
+            bridge,
+            subnet,
+            set,
+        } => {
+            r.add_expr(&Meta::IifName);
+            r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(bridge)?)));
+            match_subnet(&mut r, Ipv4HeaderField::Daddr, subnet);
+            r.add_expr(&Counter);
+            // A constant element: one rule per subnet, so the key is the subnet itself.
+            r.add_expr(&Immediate::new(subnet.network().octets(), Register::Reg1));
+            r.add_expr(&DynsetAdd { set: cstring(set)? });
+        }
+    }
+    r.set_comment(cstring(&kind.comment())?)
+        .map_err(|e| Cause::Netlink(e.into()))?;
+    Ok(r)
+}
+
+/// A rule found in a chain listing.
+#[derive(Debug, Clone)]
+pub(crate) struct ListedRule {
+    pub handle: u64,
+    pub comment: Option<String>,
+}
+
+/// Lists the rules of `table`/`chain` with their handles and comments. A missing table or
+/// chain is `No such file or directory`.
+pub(crate) fn list_rules(table: &str, chain_name: &str) -> Result<Vec<ListedRule>, Cause> {
+    let t = cstring(table)?;
+    let c = cstring(chain_name)?;
+    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+    // SAFETY: the buffer holds the largest message; the rule object is freed below.
+    let len = unsafe {
+        let r = sys::nftnl_rule_alloc();
+        if r.is_null() {
+            std::process::abort();
+        }
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
+        let h = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr() as *mut libc::c_char,
+            libc::NFT_MSG_GETRULE as u16,
+            FAMILY as u16,
+            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
+            1,
+        );
+        sys::nftnl_rule_nlmsg_build_payload(h, r);
+        sys::nftnl_rule_free(r);
+        (*h).nlmsg_len as usize
+    };
+    let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
+    sock.send(&buf[..len]).map_err(|e| Cause::from_io(&e))?;
+    let mut out = Vec::new();
+    for m in sock.dump()? {
+        if m.ty != NEWRULE_TYPE {
+            continue;
+        }
+        // libnftnl reads the message in place; copy it to aligned storage first.
+        let mut aligned = vec![0u64; m.bytes.len().div_ceil(8)];
+        // SAFETY: `aligned` has room for the bytes; the parsed rule is freed below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                m.bytes.as_ptr(),
+                aligned.as_mut_ptr() as *mut u8,
+                m.bytes.len(),
+            );
+            let r = sys::nftnl_rule_alloc();
+            if r.is_null() {
+                std::process::abort();
+            }
+            if sys::nftnl_rule_nlmsg_parse(aligned.as_ptr() as *const libc::nlmsghdr, r) < 0 {
+                sys::nftnl_rule_free(r);
+                continue;
+            }
+            let handle = sys::nftnl_rule_get_u64(r, sys::NFTNL_RULE_HANDLE as u16);
+            let mut ulen: u32 = 0;
+            let ud = sys::nftnl_rule_get_data(r, sys::NFTNL_RULE_USERDATA as u16, &mut ulen);
+            let comment = if ud.is_null() {
+                None
+            } else {
+                comment_of(std::slice::from_raw_parts(ud as *const u8, ulen as usize))
+            };
+            sys::nftnl_rule_free(r);
+            out.push(ListedRule { handle, comment });
+        }
+    }
+    Ok(out)
+}
+
+/// The comment in a rule's user data: type-length-value records (`struct nftnl_udata`,
+/// one byte each for type and length), the comment being type `NFTNL_UDATA_RULE_COMMENT`
+/// with a NUL-terminated string.
+fn comment_of(mut ud: &[u8]) -> Option<String> {
+    while ud.len() >= 2 {
+        let (ty, len) = (ud[0], ud[1] as usize);
+        let value = ud.get(2..2 + len)?;
+        if u32::from(ty) == sys::NFTNL_UDATA_RULE_COMMENT {
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return Some(String::from_utf8_lossy(&value[..end]).into_owned());
+        }
+        ud = &ud[2 + len..];
+    }
+    None
+}
+
+/// Deletes the rules with these handles from `table`/`chain_name` in one batch; returns the
+/// commit time.
+fn delete_rules(table: &str, chain_name: &str, handles: &[u64]) -> Result<Duration, Cause> {
+    let t = Table::new(cstring(table)?, FAMILY);
+    let c = Chain::new(cstring(chain_name)?, &t);
+    let mut batch = Batch::new();
+    for h in handles {
+        let mut r = nftnl::Rule::new(&c);
+        r.set_handle(*h);
+        batch.add(&r, MsgType::Del);
+    }
+    commit(batch)
+}
+
+/// Applies or reverts one nft change (one batch). Other changes are not nft's.
+pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
+    let add = action == Action::Apply;
+    let mut batch = Batch::new();
+    match c {
+        Change::NftTable { name } => {
+            let t = Table::new(cstring(name)?, FAMILY);
+            if add {
+                batch.add(&Exclusive(&t), MsgType::Add);
+            } else {
+                batch.add(&t, MsgType::Del);
+            }
+            commit(batch)?;
+        }
+        Change::NftChain { table, name } => {
+            let t = Table::new(cstring(table)?, FAMILY);
+            let ch = chain(&t, &cstring(name)?);
+            if add {
+                batch.add(&Exclusive(&ch), MsgType::Add);
+            } else {
+                batch.add(&ch, MsgType::Del);
+            }
+            commit(batch)?;
+        }
+        Change::NftSet { table, name } => {
+            let s = DynamicSet::new(&cstring(table)?, &cstring(name)?);
+            batch.add(&s, if add { MsgType::Add } else { MsgType::Del });
+            commit(batch)?;
+        }
+        Change::NftRule { table, chain, rule } if add => {
+            let t = Table::new(cstring(table)?, FAMILY);
+            let ch = Chain::new(cstring(chain)?, &t);
+            let r = build_rule(&ch, rule)?;
+            batch.add(&r, MsgType::Add);
+            commit(batch)?;
+        }
+        Change::NftRule { table, chain, rule } => {
+            let comment = rule.comment();
+            let handles: Vec<u64> = list_rules(table, chain)?
+                .into_iter()
+                .filter(|r| r.comment.as_deref() == Some(comment.as_str()))
+                .map(|r| r.handle)
+                .collect();
+            if handles.is_empty() {
+                return Err(Cause::Errno(libc::ENOENT));
+            }
+            delete_rules(table, chain, &handles)?;
+        }
+        _ => return Err(Cause::Netlink("not an nftables change".into())),
+    }
+    Ok(())
+}
+
+/// The result of [`remove_mark_rule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkRemoval {
+    /// Subnets whose mark rule was removed (empty if none was left: already finalized).
+    pub removed: Vec<Ipv4Net>,
+    /// How long the netlink commit took, from sending the batch to the kernel's last
+    /// acknowledgement (listing the rules beforehand is not included).
+    pub commit: Duration,
+}
+
+/// Finalizes the cutover: removes the mark rules for `subnets` (all of vmtun's mark rules
+/// when empty) from `table`, in one atomic batch. Only vmtun's own rules go; the cutover set
+/// and the native rule stay until undo. Idempotent: with no mark rule left it removes
+/// nothing and succeeds. Called by the cutover watcher and `vmtun cutover`.
+pub fn remove_mark_rule(table: &str, subnets: &[Ipv4Net]) -> Result<MarkRemoval, NetError> {
+    let doing = || format!("removing the mark rules from nft table ip {table}");
+    let op_err = |cause| NetError::Op {
+        doing: doing(),
+        cause,
+    };
+    let rules = list_rules(table, NFT_CHAIN).map_err(op_err)?;
+    let mut handles = Vec::new();
+    let mut removed = Vec::new();
+    for r in rules {
+        let Some(net) = r
+            .comment
+            .as_deref()
+            .and_then(|c| c.strip_prefix("vmtun mark "))
+            .and_then(|n| n.parse::<Ipv4Net>().ok())
+        else {
+            continue;
+        };
+        if subnets.is_empty() || subnets.iter().any(|s| s.trunc() == net) {
+            handles.push(r.handle);
+            removed.push(net);
+        }
+    }
+    if handles.is_empty() {
+        return Ok(MarkRemoval {
+            removed,
+            commit: Duration::ZERO,
+        });
+    }
+    let commit = delete_rules(table, NFT_CHAIN, &handles).map_err(op_err)?;
+    Ok(MarkRemoval { removed, commit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_is_read_from_user_data() {
+        let mut ud = vec![0u8, 6];
+        ud.extend_from_slice(b"vmtun\0");
+        assert_eq!(comment_of(&ud).as_deref(), Some("vmtun"));
+        // Another record first, then a truncated one.
+        let mut ud2 = vec![9u8, 1, 0];
+        ud2.extend_from_slice(&ud);
+        assert_eq!(comment_of(&ud2).as_deref(), Some("vmtun"));
+        assert_eq!(comment_of(&[0, 9, b'x']), None);
+    }
+}
