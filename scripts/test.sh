@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and the real tests in network namespaces (needs root).
+# Exits non-zero if any test fails. The namespace tests create and delete their own
+# namespaces (vmtunlab-*) and never touch the root network namespace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test: the namespace tests need root; run as root (e.g. sudo scripts/test.sh)" >&2
+  exit 1
+fi
+
+# Two test threads per binary: each namespace test runs a tunnel on both ends and a
+# 50 MB transfer, and the machine has two cores.
+export RUST_BACKTRACE=1
+timeout --kill-after=30 1500 \
+  cargo test --release --all-targets -- --test-threads="${TEST_THREADS:-2}"

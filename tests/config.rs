@@ -1,0 +1,251 @@
+//! Bad configs are refused before anything changes, with one line naming the field; and
+//! `vmtun up --dry-run` shows its plan without touching the host.
+//!
+//! ```text
+//!   ns cfg                                   (vmtun runs here, so even a config that is
+//!   ┌────────────────────────────────┐        wrongly accepted changes nothing outside)
+//!   │ lo, ul0 198.18.0.1/24 ── veth ─┼── ns peer ul0 198.18.0.2/24
+//!   │ br0 (for the migration plan)   │
+//!   └────────────────────────────────┘
+//! ```
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// How long a refused `vmtun up` may take to exit.
+const EXIT_WITHIN: Duration = Duration::from_secs(10);
+
+/// A config that is valid, written around `{IFACE}`, `{KEY}`, `{PEER}` placeholders.
+const GOOD: &str = r#"[interface]
+name = "{IFACE}"
+private_key = "{KEY}"
+listen_port = 51820
+address = "100.64.0.1/24"
+
+[[peer]]
+public_key = "{PEER}"
+endpoint = "198.18.0.2:51820"
+allowed_ips = ["100.64.0.2/32"]
+"#;
+
+/// `[migration]` for the new host, appended to a config whose peer routes 0.0.0.0/0.
+const MIGRATION_NEW: &str = r#"
+[migration]
+role = "new"
+subnets = ["203.0.113.0/29"]
+via = "100.64.0.2"
+vif_prefix = "vif"
+bridge = "br0"
+table = 201
+fwmark = 1
+cutover = "manual"
+
+[[vm]]
+vif = "vif0"
+addresses = ["203.0.113.2"]
+"#;
+
+struct Case {
+    what: &'static str,
+    /// Turns the good config into the bad one.
+    edit: Box<dyn Fn(&str) -> String>,
+    /// The line must contain one of these (case-insensitive).
+    expect_any: &'static [&'static str],
+}
+
+fn case(
+    what: &'static str,
+    expect_any: &'static [&'static str],
+    edit: impl Fn(&str) -> String + 'static,
+) -> Case {
+    Case {
+        what,
+        edit: Box::new(edit),
+        expect_any,
+    }
+}
+
+fn cases(key_file_0644: String) -> Vec<Case> {
+    vec![
+        case("unknown key", &["colour"], |c| {
+            c.replace("listen_port = 51820", "listen_port = 51820\ncolour = \"blue\"")
+        }),
+        case("bad base64 public key", &["public_key"], |c| {
+            let start = c.find("public_key = \"").expect("template") + 14;
+            let end = start + c[start..].find('"').expect("template");
+            format!("{}not*base64!{}", &c[..start], &c[end..])
+        }),
+        case("bad base64 private key", &["private_key"], |c| {
+            let start = c.find("private_key = \"").expect("template") + 15;
+            let end = start + c[start..].find('"').expect("template");
+            format!("{}AAAA{}", &c[..start], &c[end..])
+        }),
+        case("bad prefix", &["allowed_ips"], |c| {
+            c.replace("100.64.0.2/32", "100.64.0.2/33")
+        }),
+        case("malformed address", &["address"], |c| {
+            c.replace("address = \"100.64.0.1/24\"", "address = \"100.64.0.300/24\"")
+        }),
+        case("duplicate peer", &["public_key", "duplicate"], |c| {
+            let peer = &c[c.find("[[peer]]").expect("template")..];
+            format!("{c}\n{}", peer.replace("100.64.0.2/32", "100.64.0.3/32"))
+        }),
+        case("overlapping allowed_ips", &["allowed_ips", "overlap"], |c| {
+            c.replace("[\"100.64.0.2/32\"]", "[\"100.64.0.0/24\", \"100.64.0.2/32\"]")
+        }),
+        case("missing private key", &["private_key"], |c| {
+            c.lines()
+                .filter(|l| !l.starts_with("private_key"))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        }),
+        case("missing peer public key", &["public_key"], |c| {
+            let peer = c.find("[[peer]]").expect("template");
+            let (head, tail) = c.split_at(peer);
+            let tail: String = tail
+                .lines()
+                .filter(|l| !l.starts_with("public_key"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            format!("{head}{tail}")
+        }),
+        case("port out of range", &["listen_port"], |c| {
+            c.replace("listen_port = 51820", "listen_port = 70000")
+        }),
+        case("endpoint without port", &["endpoint"], |c| {
+            c.replace("\"198.18.0.2:51820\"", "\"198.18.0.2\"")
+        }),
+        case(
+            "private_key_file readable by others",
+            &["permission", "0644", "chmod"],
+            move |c| {
+                let line = c
+                    .lines()
+                    .find(|l| l.starts_with("private_key"))
+                    .expect("template");
+                c.replace(line, &format!("private_key_file = {key_file_0644:?}"))
+            },
+        ),
+    ]
+}
+
+fn fill(template: &str, iface: &str, own: &KeyPair, peer: &KeyPair) -> String {
+    template
+        .replace("{IFACE}", iface)
+        .replace("{KEY}", &own.private)
+        .replace("{PEER}", &peer.public)
+}
+
+/// Everything `up` could change in a namespace, as text.
+fn snapshot(ns: &Netns) -> Result<String> {
+    let mut text = String::new();
+    for args in [
+        &["-d", "link", "show"][..],
+        &["addr", "show"],
+        &["route", "show", "table", "all"],
+        &["rule", "show"],
+        &["neigh", "show"],
+    ] {
+        text += &format!("## ip {}\n{}", args.join(" "), ns.ip(args)?);
+    }
+    text += &format!("## nft\n{}", ns.run("nft", &["list", "ruleset"])?);
+    let sysctls = ns.run("sysctl", &["-a"])?;
+    for line in sysctls.lines().filter(|l| {
+        l.starts_with("net.ipv4.conf.") || l.starts_with("net.ipv4.ip_forward")
+    }) {
+        text += line;
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+#[test]
+fn bad_configs_are_refused_with_one_line_naming_the_field() -> Result<()> {
+    preflight(&[]);
+    let net = Pair::new("badcfg")?;
+    let (own, peer) = (vmtun_keypair(), vmtun_keypair());
+    let key_file = net
+        .scratch
+        .write("open.key", &format!("{}\n", own.private), 0o644)?;
+    let before = snapshot(&net.a)?;
+    let mut failures = Vec::new();
+    for (i, case) in cases(key_file.to_string_lossy().into_owned()).iter().enumerate() {
+        let iface = lab::unique_ifname("vt");
+        let text = (case.edit)(&fill(GOOD, &iface, &own, &peer));
+        let path = net.scratch.write(&format!("bad{i}.toml"), &text, 0o600)?;
+        let path = path.to_string_lossy().into_owned();
+        let outcome = run_vmtun(&net.a, &net.scratch, &format!("bad{i}"), &["up", "-c", &path], EXIT_WITHIN);
+        let (code, _, stderr) = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                failures.push(format!("{}: {e}", case.what));
+                continue;
+            }
+        };
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let lower = stderr.to_lowercase();
+        if code == Some(0) || code.is_none() {
+            failures.push(format!("{}: exit {code:?}, expected non-zero", case.what));
+        } else if lines.len() != 1 {
+            failures.push(format!("{}: {} stderr lines, expected 1: {stderr:?}", case.what, lines.len()));
+        } else if !case.expect_any.iter().any(|w| lower.contains(&w.to_lowercase())) {
+            failures.push(format!("{}: {stderr:?} names none of {:?}", case.what, case.expect_any));
+        }
+        if net.a.has_link(&iface) {
+            failures.push(format!("{}: device {iface} was created", case.what));
+        }
+    }
+    let after = snapshot(&net.a)?;
+    check(before == after, || "refused configs changed the namespace".into())?;
+    check(failures.is_empty(), || {
+        format!("{} of the bad configs were not handled:\n  {}", failures.len(), failures.join("\n  "))
+    })
+}
+
+fn dry_run(migration: bool) -> Result<()> {
+    preflight(&["nft"]);
+    let net = Pair::new("dryrun")?;
+    net.a.add_bridge("br0")?;
+    let (own, peer) = (vmtun_keypair(), vmtun_keypair());
+    let iface = lab::unique_ifname("vt");
+    let mut text = fill(GOOD, &iface, &own, &peer);
+    if migration {
+        text = text.replace("[\"100.64.0.2/32\"]", "[\"0.0.0.0/0\"]") + MIGRATION_NEW;
+    }
+    let path = net.scratch.write("dry.toml", &text, 0o600)?;
+    let path = path.to_string_lossy().into_owned();
+    let before = snapshot(&net.a)?;
+    let (code, stdout, stderr) = run_vmtun(
+        &net.a,
+        &net.scratch,
+        "dry-run",
+        &["up", "-c", &path, "--dry-run"],
+        EXIT_WITHIN,
+    )?;
+    check(code == Some(0), || format!("`up --dry-run` exited {code:?}: {stderr}"))?;
+    check(!stdout.trim().is_empty(), || {
+        format!("`up --dry-run` printed no plan on stdout (stderr: {stderr})")
+    })?;
+    let after = snapshot(&net.a)?;
+    check(before == after, || {
+        format!("`up --dry-run` changed the namespace:\n--- before\n{before}\n--- after\n{after}")
+    })?;
+    let socket = format!("/run/vmtun/{iface}.sock");
+    check(!std::path::Path::new(&socket).exists(), || {
+        format!("`up --dry-run` left {socket}")
+    })?;
+    eprintln!("dry-run plan:\n{stdout}");
+    Ok(())
+}
+
+#[test]
+fn dry_run_changes_nothing() -> Result<()> {
+    dry_run(false)
+}
+
+#[test]
+fn dry_run_of_a_new_host_changes_nothing() -> Result<()> {
+    dry_run(true)
+}

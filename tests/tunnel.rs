@@ -1,0 +1,165 @@
+//! The tunnel as a user runs it: `vmtun up` on two hosts, then ping, a 50 MB transfer,
+//! the initiator roaming to a new underlay address mid-transfer, and either side crashing
+//! and coming back.
+//!
+//! ```text
+//!   ns a                                         ns b
+//!   ┌──────────────────────────┐                 ┌──────────────────────────┐
+//!   │ vmtun up -c a.toml       │                 │ vmtun up -c b.toml       │
+//!   │ tun 100.64.0.1/24        │                 │ tun 100.64.0.2/24        │
+//!   │ ul0 198.18.0.1/24 :51820 ├─────── veth ────┤ ul0 198.18.0.2/24 :51820 │
+//!   │   (roaming: → .11)       │                 │                          │
+//!   └──────────────────────────┘                 └──────────────────────────┘
+//! ```
+
+mod common;
+
+use common::transfer::{TRANSFER_TIMEOUT, Transfer, transfer};
+use common::*;
+use std::time::Duration;
+
+/// A configured pair: A knows B's endpoint; B knows A's only if `b_knows_a`.
+fn configs(b_knows_a: bool) -> (VmtunCfg, VmtunCfg) {
+    let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
+    let a = VmtunCfg::new(&ka, TUNNEL_A, vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)]);
+    let b_endpoint = b_knows_a.then_some(UNDERLAY_A);
+    let b = VmtunCfg::new(&kb, TUNNEL_B, vec![PeerCfg::new(&ka.public, b_endpoint, TUNNEL_A)]);
+    (a, b)
+}
+
+#[test]
+fn ping_both_ways_and_status_reports_the_session() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("ping")?;
+    let (ca, cb) = configs(true);
+    let b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+
+    let status = a.status()?;
+    check(status.0["interface"].as_str() == Some(a.ifname()), || {
+        format!("status names another interface: {:?}", status.0)
+    })?;
+    check(status.0["public_key"].as_str() == Some(a.public_key()), || {
+        format!("status shows another public key: {:?}", status.0)
+    })?;
+    let age = status.handshake_secs(b.public_key());
+    check(matches!(age, Some(secs) if (0.0..60.0).contains(&secs)), || {
+        format!("A's status shows handshake age {age:?} after a ping: {:?}", status.0)
+    })?;
+    for counter in ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets"] {
+        check(status.peer_counter(b.public_key(), counter) > 0, || {
+            format!("A's status shows {counter} = 0 after pings: {:?}", status.0)
+        })?;
+    }
+    let status_b = b.status()?;
+    check(status_b.handshake_secs(a.public_key()).is_some(), || {
+        format!("B's status shows no handshake: {:?}", status_b.0)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn transfer_50mb_sha256_matches() -> Result<()> {
+    preflight(&[]);
+    let net = Pair::new("xfer")?;
+    let (ca, cb) = configs(true);
+    let b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    let report = transfer(&net.a, &net.b, TUNNEL_B, BIG)?;
+    eprintln!("vmtun: {} bytes A->B in {:?}", report.received, report.elapsed);
+    let rx = b.status()?.peer_counter(a.public_key(), "rx_bytes");
+    check(rx >= BIG as u64, || {
+        format!("B's status counts rx_bytes {rx} after receiving {BIG} bytes")
+    })?;
+    Ok(())
+}
+
+/// A moves from 198.18.0.1 to 198.18.0.11 while sending; B has no configured endpoint for
+/// A and must follow it from authenticated packets.
+#[test]
+fn roaming_initiator_keeps_the_transfer() -> Result<()> {
+    preflight(&[]);
+    let net = Pair::new("roam")?;
+    // Deleting the primary address would otherwise delete the new secondary one with it.
+    net.a.sysctl(&format!("net.ipv4.conf.{UNDERLAY_DEV}.promote_secondaries"), "1")?;
+    let (ca, cb) = configs(false);
+    let b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    let old = format!("{UNDERLAY_A}:{PORT}");
+    let learned = b.status()?.endpoint(a.public_key());
+    check(learned.as_deref() == Some(&old[..]), || {
+        format!("B learned endpoint {learned:?}, expected {old}")
+    })?;
+
+    let xfer = Transfer::start(&net.a, &net.b, TUNNEL_B, BIG, Some(BIG / 5))?;
+    xfer.wait_milestone(Duration::from_secs(60))?;
+    net.a.add_address(UNDERLAY_DEV, "198.18.0.11/24")?;
+    net.a.del_address(UNDERLAY_DEV, &format!("{UNDERLAY_A}/{UNDERLAY_PREFIX}"))?;
+    let moved_mid_transfer = !xfer.is_done();
+    let report = xfer.finish(TRANSFER_TIMEOUT)?;
+    report.check(BIG)?;
+    check(moved_mid_transfer, || {
+        "the transfer finished before the address changed: the test proved nothing".into()
+    })?;
+    let new = format!("198.18.0.11:{PORT}");
+    wait_until(WAIT, "B to use A's new endpoint", || {
+        b.status()
+            .map(|s| s.endpoint(a.public_key()).as_deref() == Some(&new[..]))
+            .unwrap_or(false)
+    })?;
+    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    Ok(())
+}
+
+/// B crashes (SIGKILL) and starts again; A is left alone and must re-establish the session
+/// by itself (WireGuard's timers: no answer to data for 15 s starts a new handshake).
+#[test]
+fn restart_of_responder_recovers_without_touching_the_other_side() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("rstb")?;
+    let (ca, cb) = configs(true);
+    let mut b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    b.kill()?;
+    b.launch()?;
+    wait_ping(&net.a, TUNNEL_B, Duration::from_secs(40))?;
+    transfer(&net.a, &net.b, TUNNEL_B, BIG / 10)?;
+    let status = b.status()?;
+    check(status.handshake_secs(a.public_key()).is_some(), || {
+        format!("restarted B shows no handshake: {:?}", status.0)
+    })?;
+    Ok(())
+}
+
+/// A, the initiator, crashes and starts again: its new handshake must be accepted at once.
+#[test]
+fn restart_of_initiator_recovers() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("rsta")?;
+    let (ca, cb) = configs(true);
+    let _b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let mut a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    a.kill()?;
+    a.launch()?;
+    wait_ping(&net.a, TUNNEL_B, Duration::from_secs(20))?;
+    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    Ok(())
+}
+
+#[test]
+fn down_stops_the_instance_and_removes_the_device() -> Result<()> {
+    preflight(&[]);
+    let net = Pair::new("down")?;
+    let (ca, _) = configs(true);
+    let mut a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    a.down()?;
+    check(!net.a.has_link(a.ifname()), || {
+        format!("{} still exists after `vmtun down`", a.ifname())
+    })?;
+    Ok(())
+}
