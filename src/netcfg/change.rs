@@ -134,7 +134,8 @@ pub enum NftRuleKind {
         /// The cutover set: while it holds the subnet, the rule no longer marks.
         skip_set: Option<String>,
     },
-    /// `iifname "BRIDGE" ip daddr NET counter add @SET { NET's address }`: the first packet
+    /// `iifname "BRIDGE" ip daddr NET counter add @SET { ip daddr & MASK }` (the element is
+    /// the subnet's network address): the first packet
     /// for the subnet arriving natively flips the cutover inside the kernel.
     Native {
         /// The interface native traffic arrives on.
@@ -341,10 +342,10 @@ impl fmt::Display for NftRuleKind {
                 subnet,
                 set,
             } => {
-                let (net, _) = net_and_mask(subnet);
+                let (_, mask) = net_and_mask(subnet);
                 write!(
                     f,
-                    "iifname \"{bridge}\" ip daddr {subnet} counter add @{set} {{ {net} }}"
+                    "iifname \"{bridge}\" ip daddr {subnet} counter add @{set} {{ ip daddr & {mask} }}"
                 )?;
             }
         }

@@ -243,8 +243,10 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
             r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(bridge)?)));
             match_subnet(&mut r, Ipv4HeaderField::Daddr, subnet);
             r.add_expr(&Counter);
-            // A constant element: one rule per subnet, so the key is the subnet itself.
-            r.add_expr(&Immediate::new(subnet.network().octets(), Register::Reg1));
+            // Register 1 still holds `ip daddr & MASK`, which the match above proved to be
+            // the subnet's network address: that is the element (one per subnet). A
+            // constant loaded with `immediate` would do the same, but nft cannot type it
+            // when listing the rule.
             r.add_expr(&DynsetAdd { set: cstring(set)? });
         }
     }

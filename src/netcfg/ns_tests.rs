@@ -1,1 +1,342 @@
+//! netcfg against a real kernel, each test in network namespaces of its own (root needed,
+//! as in CI). Topology of the cutover test:
+//!
+//! ```text
+//!            HOST namespace (vmtun's role new)             PEER namespace
+//!   vmtun0 (a TUN device)
+//!   br0  198.18.0.1/24  ─────────── veth ───────────  up0 198.18.0.2/24
+//!                                                      (the provider: routes 203.0.113.0/29
+//!                                                       to the host once it has switched)
+//!   vif0 198.18.1.1/24  ─────────── veth ───────────  vm0 198.18.1.2/24, 203.0.113.2/32
+//!                                                      (the VM: replies from 203.0.113.2)
+//! ```
 
+use std::net::IpAddr;
+
+use super::testns::TestNs;
+use super::*;
+
+const TUN: &str = "vmtun0";
+const SUBNET: &str = "203.0.113.0/29";
+
+fn tunnel() -> TunnelParams {
+    TunnelParams {
+        tun: TUN.into(),
+        address: "100.64.0.1/24".parse().unwrap(),
+        mtu: Some(1420),
+    }
+}
+
+fn new_role() -> Role {
+    Role::New(NewParams {
+        subnets: vec![SUBNET.parse().unwrap()],
+        via: "100.64.0.2".parse().unwrap(),
+        table: TableId(201),
+        fwmark: FwMark(1),
+        rule_priority: DEFAULT_RULE_PRIORITY,
+        vif_prefix: "vif".into(),
+        bridge: "br0".into(),
+    })
+}
+
+/// Everything netcfg could touch, as text: rules, routes, nftables (iptables-nft rules
+/// included), addresses, links (MTU, state) and the sysctls of `ifaces`. Link qdiscs are
+/// left out: the kernel attaches a default qdisc the first time a link goes up, and keeps it.
+fn snapshot(ns: &TestNs, ifaces: &[&str]) -> String {
+    let mut s = ns.sh(
+        "ip rule; echo --; ip route show table all; echo --; nft list ruleset; echo --; \
+         iptables-save -t mangle | grep -v '^#'; echo --; ip -o addr; echo --; ip -o link | sed 's/qdisc [^ ]* //'",
+    );
+    for i in ifaces {
+        for k in ["rp_filter", "proxy_arp"] {
+            s += &ns.sh(&format!("echo {i}.{k}=$(sysctl -n net.ipv4.conf.{i}.{k})"));
+        }
+    }
+    s
+}
+
+/// A host namespace with a TUN device (persistent, as the driver's would be, but with no
+/// process attached: its routes show `linkdown`) and a bridge, forwarding on.
+fn host(tag: &str) -> TestNs {
+    let ns = TestNs::new(tag);
+    ns.sh(&format!(
+        "ip tuntap add {TUN} mode tun && ip link add br0 type bridge && ip link set br0 up && \
+         sysctl -qw net.ipv4.ip_forward=1"
+    ));
+    ns
+}
+
+/// State that belongs to someone else and must survive vmtun: an nft table, an iptables
+/// mangle rule, a policy rule and a route.
+fn add_foreign_state(ns: &TestNs) {
+    ns.sh("nft add table inet foreign && \
+         nft add chain inet foreign pre '{ type filter hook prerouting priority -150; }' && \
+         nft add rule inet foreign pre ip saddr 192.0.2.0/24 counter meta mark set 7 && \
+         iptables -t mangle -A PREROUTING -s 198.51.100.0/24 -j MARK --set-mark 9 && \
+         ip rule add fwmark 9 lookup 300 priority 500 && \
+         ip addr add 198.18.9.1/24 dev br0 && \
+         ip route add 192.0.2.0/24 via 198.18.9.2 dev br0");
+}
+
+fn state_dir(ns: &TestNs) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("{}-state", ns.name));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn role_new_applies_and_undo_restores_everything() {
+    let ns = host("apply");
+    add_foreign_state(&ns);
+    let ifaces = [TUN, "br0"];
+    let before = snapshot(&ns, &ifaces);
+    let dir = state_dir(&ns);
+    let role = new_role();
+    let p = plan(&tunnel(), Some(&role));
+
+    let journal = ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        check_prerequisites(&mut ops, Some(&role)).unwrap();
+        let mut j = Journal::create(&dir, "t").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        j
+    });
+
+    let rules = ns.sh("ip rule");
+    assert!(
+        rules.contains("10000:\tfrom all fwmark 0x1 lookup 201"),
+        "{rules}"
+    );
+    let t201 = ns.sh("ip route show table 201");
+    assert!(
+        t201.starts_with("default via 100.64.0.2 dev vmtun0 proto static"),
+        "{t201}"
+    );
+    let main = ns.sh("ip route show table main");
+    assert!(main.contains("100.64.0.0/24 dev vmtun0 proto kernel scope link src 100.64.0.1"));
+    let link = ns.sh("ip -o link show vmtun0");
+    assert!(link.contains("mtu 1420") && link.contains(",UP"), "{link}");
+    assert_eq!(
+        ns.sh("sysctl -n net.ipv4.conf.vmtun0.rp_filter").trim(),
+        "2"
+    );
+    assert_eq!(ns.sh("sysctl -n net.ipv4.conf.br0.rp_filter").trim(), "2");
+    let nft = ns.sh("nft list table ip vmtun");
+    println!("{nft}");
+    for want in [
+        "type filter hook prerouting priority mangle; policy accept;",
+        "type ipv4_addr",
+        "flags dynamic",
+        "iifname \"br0\" ip daddr 203.0.113.0/29 counter packets 0 bytes 0 add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
+        "iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter packets 0 bytes 0 meta mark set 0x00000001 comment \"vmtun mark 203.0.113.0/29\"",
+    ] {
+        assert!(nft.contains(want), "missing {want:?} in\n{nft}");
+    }
+    // The state file records every change with what it replaced.
+    let state = std::fs::read_to_string(dir.join("t.json")).unwrap();
+    assert!(state.contains("\"previous\": \"1\"") || state.contains("\"previous\": \"0\""));
+
+    // A second instance cannot take vmtun's table over.
+    let second = ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        let mut j = Journal::create(&dir.join("second"), "t").unwrap();
+        j.apply(&mut ops, &p[7..8])
+    });
+    assert_eq!(
+        second.unwrap_err().to_string(),
+        "adding nft table ip vmtun: File exists"
+    );
+
+    let removal = ns.run(|| remove_mark_rule(NFT_TABLE, &[]).unwrap());
+    assert_eq!(
+        removal.removed,
+        vec![SUBNET.parse::<ipnet::Ipv4Net>().unwrap()]
+    );
+    println!("mark rule removal commit: {:?}", removal.commit);
+    assert!(!ns.sh("nft list table ip vmtun").contains("mark set"));
+
+    // Undo from the state file, as `vmtun down` does after a crash.
+    drop(journal);
+    ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        undo_state_file(&mut ops, &dir.join("t.json")).unwrap();
+    });
+    assert!(!dir.join("t.json").exists());
+    assert_eq!(before, snapshot(&ns, &ifaces));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn failure_mid_plan_rolls_back_and_spares_foreign_state() {
+    let ns = host("fail");
+    add_foreign_state(&ns);
+    // Someone else's table with vmtun's name: vmtun must fail, not adopt or delete it.
+    ns.sh("nft add table ip vmtun && nft add chain ip vmtun theirs");
+    let ifaces = [TUN, "br0"];
+    let before = snapshot(&ns, &ifaces);
+    let dir = state_dir(&ns);
+    let p = plan(&tunnel(), Some(&new_role()));
+    let (err, leftover) = ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        let mut j = Journal::create(&dir, "t").unwrap();
+        let err = j.apply(&mut ops, &p).unwrap_err();
+        (err, j.state().changes.clone())
+    });
+    assert_eq!(err.to_string(), "adding nft table ip vmtun: File exists");
+    assert!(leftover.is_empty(), "{leftover:?}");
+    assert_eq!(before, snapshot(&ns, &ifaces));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn undo_tolerates_what_went_with_the_tun_device() {
+    let ns = host("gone");
+    let dir = state_dir(&ns);
+    let p = plan(&tunnel(), Some(&new_role()));
+    let mut j = ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        let mut j = Journal::create(&dir, "t").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        j
+    });
+    // The driver closes the TUN: the device, its address, routes and sysctls vanish.
+    ns.sh(&format!("ip link del {TUN}"));
+    ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        j.undo_all(&mut ops).unwrap();
+    });
+    assert_eq!(ns.sh("ip rule | grep -c fwmark || true").trim(), "0");
+    assert_eq!(ns.sh("nft list ruleset").trim(), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cutover_set_flips_marking_on_the_first_native_packet() {
+    let host = host("cut");
+    let peer = TestNs::new("peer");
+    host.sh(&format!(
+        "ip link del br0 && \
+         ip link add br0 type veth peer name up0 netns {p} && \
+         ip link add vif0 type veth peer name vm0 netns {p} && \
+         ip addr add 198.18.0.1/24 dev br0 && ip link set br0 up && \
+         ip addr add 198.18.1.1/24 dev vif0 && ip link set vif0 up",
+        p = peer.name
+    ));
+    let br0_mac = host.sh("cat /sys/class/net/br0/address");
+    let vif0_mac = host.sh("cat /sys/class/net/vif0/address");
+    peer.sh(&format!(
+        "ip addr add 198.18.0.2/24 dev up0 && ip link set up0 up && \
+         ip addr add 198.18.1.2/24 dev vm0 && ip addr add 203.0.113.2/32 dev vm0 && \
+         ip link set vm0 up && \
+         ip neigh replace 198.18.0.1 lladdr {} dev up0 nud permanent && \
+         ip neigh replace 198.18.1.1 lladdr {} dev vm0 nud permanent && \
+         ip route add 203.0.113.0/29 via 198.18.0.1 dev up0",
+        br0_mac.trim(),
+        vif0_mac.trim()
+    ));
+    let ifaces = [TUN, "br0", "vif0"];
+    let before = snapshot(&host, &ifaces);
+    let dir = state_dir(&host);
+    let p = plan(&tunnel(), Some(&new_role()));
+    let mut j = host.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        let mut j = Journal::create(&dir, "t").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        apply_idempotent(&mut ops, &vif_up("vif0", &[IpAddr::from([203, 0, 113, 2])])).unwrap();
+        j
+    });
+    // An observer after vmtun's chain counts marked packets.
+    host.sh("nft add table ip observe && \
+         nft add chain ip observe pre '{ type filter hook prerouting priority 0; }' && \
+         nft add rule ip observe pre meta mark 0x1 counter");
+    let marked = || {
+        let out = host.sh("nft list chain ip observe pre");
+        let i = out.find("packets ").expect("counter") + "packets ".len();
+        out[i..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let vm_reply = || peer.try_sh("ping -c1 -W0.2 -I 203.0.113.2 198.18.1.1");
+    let native = || peer.try_sh("ping -c1 -W0.2 203.0.113.3");
+    let set = || host.sh("nft list set ip vmtun native");
+
+    vm_reply();
+    assert_eq!(marked(), 1, "a VM packet is marked before the cutover");
+    assert!(!set().contains("elements"), "{}", set());
+
+    native();
+    assert!(set().contains("elements = { 203.0.113.0 }"), "{}", set());
+
+    vm_reply();
+    assert_eq!(
+        marked(),
+        1,
+        "no VM packet is marked after the first native one"
+    );
+
+    let removal = host.run(|| remove_mark_rule(NFT_TABLE, &[SUBNET.parse().unwrap()]).unwrap());
+    println!("mark rule removal commit: {:?}", removal.commit);
+    assert_eq!(removal.removed.len(), 1);
+    let again = host.run(|| remove_mark_rule(NFT_TABLE, &[]).unwrap());
+    assert!(again.removed.is_empty(), "finalizing twice is harmless");
+
+    host.sh("nft delete table ip observe");
+    host.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        j.undo_all(&mut ops).unwrap();
+    });
+    // vif-up's routes and proxy_arp belong to the VM interface and stay; remove them to
+    // compare the rest.
+    host.sh("ip route del 203.0.113.2/32 dev vif0 && sysctl -qw net.ipv4.conf.vif0.proxy_arp=0");
+    assert_eq!(before, snapshot(&host, &ifaces));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn vif_up_is_idempotent() {
+    let ns = TestNs::new("vif");
+    ns.sh("ip link add vif3 type veth peer name vif3p && ip link set vif3 up");
+    let p = vif_up(
+        "vif3",
+        &[IpAddr::from([192, 0, 2, 10]), IpAddr::from([192, 0, 2, 11])],
+    );
+    ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        apply_idempotent(&mut ops, &p).unwrap();
+        apply_idempotent(&mut ops, &p).unwrap();
+    });
+    let routes = ns.sh("ip route show dev vif3");
+    assert!(
+        routes.contains("192.0.2.10 proto static scope link"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("192.0.2.11 proto static scope link"),
+        "{routes}"
+    );
+    assert_eq!(ns.sh("sysctl -n net.ipv4.conf.vif3.proxy_arp").trim(), "1");
+}
+
+#[test]
+fn missing_forwarding_and_interfaces_are_named() {
+    let ns = TestNs::new("pre");
+    ns.sh("sysctl -qw net.ipv4.ip_forward=0");
+    let (pre, missing) = ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        let pre = check_prerequisites(&mut ops, Some(&new_role())).unwrap_err();
+        let missing = ops.apply(&plan(&tunnel(), None)[0]).unwrap_err();
+        (pre, missing)
+    });
+    assert_eq!(
+        pre.to_string(),
+        "sysctl net.ipv4.ip_forward is 0, but role new forwards packets: \
+         set it with `sysctl -w net.ipv4.ip_forward=1`"
+    );
+    assert_eq!(
+        missing.to_string(),
+        "adding address 100.64.0.1/24 on vmtun0: interface vmtun0 not found"
+    );
+}
