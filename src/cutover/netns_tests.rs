@@ -1,0 +1,476 @@
+//! The watcher tested for real, in network namespaces the tests create and delete (root
+//! only; they fail, never skip, without it). Nothing touches the root namespace.
+//!
+//! ```text
+//!  ns S: the provider's router                  ns N: the new host
+//!  +---------------------------------+          +-------------------------------------+
+//!  | cws<id> 198.18.0.2/24           |   veth   | cwn<id> ── port of bridge cwb<id>   |
+//!  |   mac 02:00:00:00:00:02         |==========|   cwb<id> 198.18.0.1/24 (watched)   |
+//!  | lo 203.0.113.3/32 (a "VM" src)  |          |   mac 02:00:00:00:00:01             |
+//!  | 203.0.113.0/24, 192.0.2.0/24,   |          | 203.0.113.4/32 via 198.18.0.2       |
+//!  | 198.51.100.0/24 via 198.18.0.1  |          |   (the host sending *out* of br)    |
+//!  +---------------------------------+          +-------------------------------------+
+//! ```
+//! Watched subnets: 203.0.113.0/29 and 198.51.100.0/24.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use super::capture::{PacketSocket, PcapCapture, Run, StopSignal, Wait};
+use super::classify::fixtures;
+use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN};
+use super::{CutoverError, CutoverState, Watcher};
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the cutover namespace tests need root (ip netns, AF_PACKET sockets): run them as root"
+    );
+}
+
+/// Runs `ip ARGS`, panicking with its stderr on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip(8): is iproute2 installed?");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A network namespace, deleted on drop (with everything in it).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: String) -> Self {
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (only that thread).
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        thread::scope(|s| s.spawn(|| self.enter_then(f)).join().expect("thread in netns"))
+    }
+
+    /// Enters this namespace on the calling thread, then runs `f`. For threads made for it.
+    fn enter_then<T>(&self, f: impl FnOnce() -> T) -> T {
+        let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        // SAFETY: setns on a valid namespace fd; it changes only the calling thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
+        f()
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn mac(bytes: [u8; 6]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The topology of the module diagram.
+struct Lab {
+    n: Netns,
+    s: Netns,
+    bridge: String,
+    sender_if: String,
+}
+
+impl Lab {
+    fn new() -> Self {
+        require_root();
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 1_000_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let n = Netns::new(format!("cw-{id}-n"));
+        let s = Netns::new(format!("cw-{id}-s"));
+        let (bridge, port, sender_if) = (format!("cwb{id}"), format!("cwn{id}"), format!("cws{id}"));
+        n.ip(&["link", "add", &bridge, "address", &mac(fixtures::HOST_MAC), "type", "bridge", "forward_delay", "0"]);
+        n.ip(&["link", "add", &port, "type", "veth", "peer", "name", &sender_if, "netns", &s.name]);
+        n.ip(&["link", "set", &port, "master", &bridge, "up"]);
+        n.ip(&["link", "set", &bridge, "up"]);
+        n.ip(&["addr", "add", "198.18.0.1/24", "dev", &bridge]);
+        n.ip(&["route", "add", "203.0.113.4/32", "via", "198.18.0.2"]);
+        s.ip(&["link", "set", &sender_if, "address", &mac(fixtures::ROUTER_MAC), "up"]);
+        s.ip(&["addr", "add", "198.18.0.2/24", "dev", &sender_if]);
+        s.ip(&["addr", "add", "203.0.113.3/32", "dev", "lo"]);
+        s.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.0.1"]);
+        s.ip(&["route", "add", "192.0.2.0/24", "via", "198.18.0.1"]);
+        s.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.0.1"]);
+        let lab = Lab { n, s, bridge, sender_if };
+        // Resolve the neighbours both ways now, so that later sends go out at once.
+        lab.from_s(None, "198.18.0.1", b"hello");
+        lab.from_n("198.18.0.2", b"hello");
+        thread::sleep(Duration::from_millis(50));
+        lab
+    }
+
+    fn subnets() -> Vec<Ipv4Net> {
+        vec!["203.0.113.0/29".parse().unwrap(), "198.51.100.0/24".parse().unwrap()]
+    }
+
+    /// A UDP datagram from S (optionally from a chosen source) to `dst`:9.
+    fn from_s(&self, src: Option<&str>, dst: &str, payload: &[u8]) {
+        self.s.run(|| send_udp(src, dst, payload));
+    }
+
+    /// A UDP datagram sent by N itself, out of the bridge.
+    fn from_n(&self, dst: &str, payload: &[u8]) {
+        self.n.run(|| send_udp(None, dst, payload));
+    }
+
+    /// Raw Ethernet frames sent from S's veth into the bridge port.
+    fn raw_from_s(&self, frames: &[Vec<u8>]) {
+        let ifname = self.sender_if.clone();
+        self.s.run(move || {
+            let index = super::capture::interface_index(&ifname).expect("sender veth");
+            // SAFETY: plain socket(2); closed below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            for frame in frames {
+                // SAFETY: all-zero sockaddr_ll is valid; fields set below.
+                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = index as i32;
+                addr.sll_halen = 6;
+                // SAFETY: frame and addr are live and their sizes passed.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(n, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: fd is ours and not used after.
+            unsafe { libc::close(fd) };
+        });
+    }
+
+    /// (rx, tx) packet counters of the bridge device in N.
+    fn bridge_counters(&self) -> (u64, u64) {
+        let out = Command::new("ip")
+            .args(["-n", &self.n.name, "-s", "-j", "link", "show", "dev", &self.bridge])
+            .output()
+            .expect("ip -s link");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+        let stats = &v[0]["stats64"];
+        (
+            stats["rx"]["packets"].as_u64().expect("rx packets"),
+            stats["tx"]["packets"].as_u64().expect("tx packets"),
+        )
+    }
+}
+
+fn send_udp(src: Option<&str>, dst: &str, payload: &[u8]) {
+    let bind: SocketAddr = format!("{}:0", src.unwrap_or("0.0.0.0")).parse().unwrap();
+    let socket = UdpSocket::bind(bind).expect("bind udp");
+    let dst: SocketAddr = format!("{dst}:9").parse().unwrap();
+    socket.send_to(payload, dst).expect("send udp");
+}
+
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    done()
+}
+
+#[test]
+fn fires_once_on_the_first_native_packet_and_never_on_noise() {
+    let lab = Lab::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let watcher = {
+        let (calls, seen) = (calls.clone(), seen.clone());
+        lab.n
+            .run(|| {
+                Watcher::spawn(&lab.bridge, Lab::subnets(), move |d: &super::Detection| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    *seen.lock().unwrap() = Some(*d);
+                    Ok::<(), std::io::Error>(())
+                })
+            })
+            .expect("watcher starts")
+    };
+    let (rx_before, tx_before) = lab.bridge_counters();
+
+    // Noise that must not fire: ARP, QEMU's RARP (broadcast and unicast), an IPv6 frame
+    // whose bytes mimic 203.0.113.2, a broadcast IPv4 frame to a VM.
+    let noise = vec![
+        fixtures::arp_request("198.18.0.2".parse().unwrap(), "203.0.113.2".parse().unwrap()),
+        fixtures::qemu_rarp(),
+        {
+            let mut f = fixtures::qemu_rarp();
+            f[..6].copy_from_slice(&fixtures::HOST_MAC);
+            f
+        },
+        fixtures::ipv6_lookalike(),
+        fixtures::udp4(
+            fixtures::BROADCAST,
+            "198.18.0.2".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+            b"broadcast",
+        ),
+    ];
+    lab.raw_from_s(&noise);
+    // Another subnet; a VM's outbound packet; VM-to-VM from outside; the host itself sending
+    // to a watched address out of the bridge.
+    lab.from_s(None, "192.0.2.1", b"other subnet");
+    lab.from_s(Some("203.0.113.3"), "198.18.0.1", b"vm outbound");
+    lab.from_s(Some("203.0.113.3"), "203.0.113.2", b"vm to vm");
+    lab.from_n("203.0.113.4", b"outgoing from the host");
+    thread::sleep(Duration::from_millis(300));
+
+    let (rx_after, tx_after) = lab.bridge_counters();
+    assert!(
+        rx_after - rx_before >= 8,
+        "the noise did not reach the bridge: rx {rx_before} -> {rx_after}"
+    );
+    assert!(tx_after > tx_before, "the host's own packet did not leave the bridge");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "fired on noise: {:?}", seen.lock().unwrap());
+    assert_eq!(watcher.state(), CutoverState::Watching);
+
+    // The first native packet, then more that must not call again.
+    let sent = Instant::now();
+    lab.from_s(None, "203.0.113.2", b"native");
+    assert!(
+        wait_for(Duration::from_secs(2), || watcher.record().is_some()),
+        "no cutover within 2 s of a native packet; state {:?}",
+        watcher.state()
+    );
+    let noticed = sent.elapsed();
+    for _ in 0..5 {
+        lab.from_s(None, "198.51.100.7", b"native again");
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let record = watcher.record().unwrap();
+    assert_eq!(record.subnet, "203.0.113.0/29".parse::<Ipv4Net>().unwrap());
+    assert_eq!(record.dst, "203.0.113.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(record.src, "198.18.0.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(record.error, None);
+    assert!(
+        record.latency > Duration::ZERO && record.latency < Duration::from_secs(1),
+        "implausible latency {:?}",
+        record.latency
+    );
+    assert!(record.latency <= noticed, "latency {:?} > observed {noticed:?}", record.latency);
+    assert_eq!(seen.lock().unwrap().unwrap().subnet, record.subnet);
+    match watcher.stop() {
+        CutoverState::Done(r) => assert_eq!(r, record),
+        other => panic!("after stop: {other:?}"),
+    }
+}
+
+#[test]
+fn stops_at_once_without_a_packet_and_reports_callback_errors() {
+    let lab = Lab::new();
+    let watcher = lab
+        .n
+        .run(|| Watcher::spawn(&lab.bridge, Lab::subnets(), |_: &super::Detection| Ok::<(), String>(())))
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    assert_eq!(watcher.stop(), CutoverState::Stopped);
+    assert!(t.elapsed() < Duration::from_millis(100), "stop took {:?}", t.elapsed());
+
+    let watcher = lab
+        .n
+        .run(|| {
+            Watcher::spawn(&lab.bridge, Lab::subnets(), |_: &super::Detection| {
+                Err("deleting rule 7 in table inet vmtun: No such file or directory")
+            })
+        })
+        .unwrap();
+    lab.from_s(None, "203.0.113.5", b"native");
+    assert!(wait_for(Duration::from_secs(2), || watcher.record().is_some()));
+    assert_eq!(
+        watcher.record().unwrap().error.as_deref(),
+        Some("deleting rule 7 in table inet vmtun: No such file or directory")
+    );
+}
+
+#[test]
+fn errors_name_the_bridge() {
+    let lab = Lab::new();
+    let err = lab
+        .n
+        .run(|| Watcher::spawn("br-nosuch0", Lab::subnets(), |_: &super::Detection| Ok::<(), String>(())))
+        .unwrap_err();
+    assert!(matches!(err, CutoverError::NoSuchInterface { .. }));
+    assert_eq!(err.to_string(), "bridge br-nosuch0: no such interface (check [migration] bridge)");
+    let err = lab
+        .n
+        .run(|| Watcher::spawn(&lab.bridge, vec![], |_: &super::Detection| Ok::<(), String>(())))
+        .unwrap_err();
+    assert!(matches!(err, CutoverError::NoSubnets));
+}
+
+/// The kernel-compiled filter agrees with the classifier on the fixtures (run through
+/// libpcap's BPF interpreter): it lets every native packet through.
+#[test]
+fn the_bpf_filter_passes_what_the_classifier_accepts() {
+    let c = Classifier::new(Lab::subnets());
+    let program = super::capture::compile_filter("test", &c).unwrap();
+    let host = fixtures::HOST_MAC;
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let native = fixtures::udp4(host, ip("198.18.0.2"), ip("203.0.113.7"), b"");
+    let native2 = fixtures::udp4(host, ip("198.18.0.2"), ip("198.51.100.1"), b"");
+    assert!(program.filter(&native) && c.classify(&native).is_some());
+    assert!(program.filter(&native2) && c.classify(&native2).is_some());
+    for refused in [
+        fixtures::arp_request(ip("198.18.0.2"), ip("203.0.113.2")),
+        fixtures::qemu_rarp(),
+        fixtures::ipv6_lookalike(),
+        fixtures::udp4(host, ip("198.18.0.2"), ip("203.0.113.8"), b""),
+        fixtures::udp4(host, ip("198.18.0.2"), ip("192.0.2.1"), b""),
+    ] {
+        assert!(!program.filter(&refused), "filter passed {refused:02x?}");
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every namespace of the machine.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    PacketSocket(Wait),
+    Pcap(Wait),
+}
+
+/// Measures send-to-detection latency for one capture source: see the figures in the module
+/// doc of `cutover`.
+fn measure(lab: &Lab, source: Source, count: usize, warmup: usize) -> Vec<Duration> {
+    let classifier = Classifier::new(Lab::subnets());
+    let stop = StopSignal::new().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    // Offset of our payload: Ethernet, IPv4 without options, UDP.
+    let payload_at = ETHERNET_HEADER_LEN + IPV4_MIN_HEADER_LEN + 8;
+    thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            lab.n.enter_then(|| {
+                let mut samples = Vec::with_capacity(count);
+                let mut on_frame = |frame: super::capture::Frame<'_>| {
+                    let now = monotonic_ns();
+                    classifier.classify(frame.data)?;
+                    let seq = u64::from_be_bytes(frame.data.get(payload_at..payload_at + 8)?.try_into().ok()?);
+                    let sent = u64::from_be_bytes(frame.data.get(payload_at + 8..payload_at + 16)?.try_into().ok()?);
+                    if seq as usize >= warmup {
+                        samples.push(Duration::from_nanos(now.saturating_sub(sent)));
+                    }
+                    (samples.len() == count).then_some(())
+                };
+                let run = match source {
+                    Source::PacketSocket(wait) => {
+                        let mut s = PacketSocket::open(&lab.bridge, &classifier, wait).unwrap();
+                        ready_tx.send(()).unwrap();
+                        s.run(&stop, &mut on_frame)
+                    }
+                    Source::Pcap(wait) => {
+                        let mut s = PcapCapture::open(&lab.bridge, &classifier, wait).unwrap();
+                        ready_tx.send(()).unwrap();
+                        s.run(&stop, &mut on_frame)
+                    }
+                };
+                assert!(matches!(run, Ok(Run::Done(()))));
+                samples
+            })
+        });
+        ready_rx.recv().unwrap();
+        lab.s.run(|| {
+            let socket = UdpSocket::bind("198.18.0.2:0").unwrap();
+            for seq in 0..(count + warmup) as u64 {
+                let mut payload = [0u8; 16];
+                payload[..8].copy_from_slice(&seq.to_be_bytes());
+                payload[8..].copy_from_slice(&monotonic_ns().to_be_bytes());
+                socket.send_to(&payload, "203.0.113.2:9").unwrap();
+                thread::sleep(Duration::from_millis(2));
+            }
+        });
+        receiver.join().unwrap()
+    })
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    format!(
+        "{name:<32} n={} p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs  max {:>7.1} µs",
+        samples.len(),
+        us(pick(0.5)),
+        us(pick(0.9)),
+        us(pick(0.99)),
+        us(pick(1.0)),
+    )
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture, as root"]
+fn compare_capture_latency() {
+    let lab = Lab::new();
+    let rounds = 3;
+    for round in 0..rounds {
+        for (name, source) in [
+            ("AF_PACKET poll+recv (watcher)", Source::PacketSocket(Wait::Stoppable)),
+            ("AF_PACKET blocking recv", Source::PacketSocket(Wait::Blocking)),
+            ("pcap immediate poll+next", Source::Pcap(Wait::Stoppable)),
+            ("pcap immediate blocking next", Source::Pcap(Wait::Blocking)),
+        ] {
+            let samples = measure(&lab, source, 200, 10);
+            println!("round {round} {}", summary(name, samples));
+        }
+    }
+}
