@@ -16,4 +16,4 @@ fi
 # 50 MB transfer, and the machine has two cores.
 export RUST_BACKTRACE=1
 timeout --kill-after=30 1500 \
-  cargo test --release --all-targets -- --test-threads="${TEST_THREADS:-2}"
+  cargo test --release -- --test-threads="${TEST_THREADS:-2}"

@@ -214,6 +214,17 @@ impl<'a> Vmtun<'a> {
     }
 }
 
+impl Drop for Vmtun<'_> {
+    fn drop(&mut self) {
+        // Stop the process first (its own guard would do it a moment later), then remove
+        // what a crashed instance may leave in the shared /run, for this device only.
+        drop(self.process.take());
+        for ext in ["sock", "lock", "json"] {
+            let _ = std::fs::remove_file(format!("/run/vmtun/{}.{ext}", self.cfg.name));
+        }
+    }
+}
+
 /// A parsed `vmtun status --json`.
 #[derive(Clone, Debug)]
 pub struct Status(pub Value);

@@ -224,3 +224,21 @@ pub fn check(condition: bool, message: impl FnOnce() -> String) -> Result<()> {
         Err(LabError::Failed(message()))
     }
 }
+
+/// `RcvbufErrors` of `/proc/net/snmp` in `ns`: UDP datagrams dropped because a socket's
+/// receive buffer was full.
+pub fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
+    let snmp = ns.run("cat", &["/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    names
+        .zip(values)
+        .and_then(|(names, values)| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(name, _)| *name == "RcvbufErrors")
+                .and_then(|(_, value)| value.parse().ok())
+        })
+        .ok_or_else(|| LabError::Failed(format!("no Udp RcvbufErrors in /proc/net/snmp: {snmp}")))
+}
