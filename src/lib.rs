@@ -15,3 +15,5 @@
 pub mod config;
 pub mod keys;
 pub mod lab;
+pub mod noise;
+pub mod wire;

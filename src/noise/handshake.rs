@@ -1,0 +1,253 @@
+//! The Noise IKpsk2 handshake in WireGuard's framing, run by snow. Owns snow's state
+//! between the two messages and the derivation of the transport keys; knows nothing of
+//! peers, timers or MACs (the caller adds mac1/mac2 and checks timestamps).
+
+use crate::keys::{KEY_LEN, PrivateKey, PublicKey};
+use crate::wire::{INITIATION_NOISE_LEN, Initiation, RESPONSE_NOISE_LEN, Response, TAG_LEN};
+
+use super::tai64n::{TAI64N_LEN, Tai64N};
+
+/// WireGuard's Noise protocol name; snow hashes it exactly as WireGuard's `CONSTRUCTION`.
+const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
+/// WireGuard's `IDENTIFIER`, mixed in as the Noise prologue.
+const PROLOGUE: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
+/// The psk token comes at the end of message 2: `psk2`.
+const PSK_POSITION: u8 = 2;
+
+/// Why a handshake message was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// Decryption or authentication failed (wrong key, wrong psk, corrupted).
+    #[error("handshake message did not authenticate")]
+    Decrypt,
+    /// Authenticated but with a payload of the wrong size.
+    #[error("handshake payload has the wrong length")]
+    Payload,
+    /// snow refused to set up the state: a bug, not a network condition.
+    #[error("noise state could not be built (please report)")]
+    Internal,
+}
+
+/// The two transport keys a completed handshake yields. Zeroed on drop.
+pub struct SessionKeys {
+    /// Key for what we send.
+    pub send: [u8; KEY_LEN],
+    /// Key for what we receive.
+    pub recv: [u8; KEY_LEN],
+}
+
+impl Drop for SessionKeys {
+    fn drop(&mut self) {
+        self.send.fill(0);
+        self.recv.fill(0);
+        // Keeps the optimiser from dropping the wipe of memory about to be freed.
+        std::hint::black_box((&self.send, &self.recv));
+    }
+}
+
+fn builder() -> Result<snow::Builder<'static>, HandshakeError> {
+    let params = NOISE_PARAMS.parse().map_err(|_| HandshakeError::Internal)?;
+    snow::Builder::new(params)
+        .prologue(PROLOGUE)
+        .map_err(|_| HandshakeError::Internal)
+}
+
+/// Splits a finished handshake into (initiator-to-responder, responder-to-initiator) keys:
+/// WireGuard's `KDF2(C, empty)`, the same split snow's transport mode makes.
+fn split(state: &mut snow::HandshakeState) -> ([u8; KEY_LEN], [u8; KEY_LEN]) {
+    state.dangerously_get_raw_split()
+}
+
+/// Our side of a handshake we started, waiting for the response.
+pub struct InitiatorHandshake {
+    state: snow::HandshakeState,
+    /// Our index for this handshake; the response names it, and it becomes the session's.
+    pub local_index: u32,
+}
+
+impl InitiatorHandshake {
+    /// Writes the header, sender index and Noise message 1 of an initiation into `msg`
+    /// (the caller adds the MACs).
+    pub fn start(
+        local: &PrivateKey,
+        remote: &PublicKey,
+        psk: &[u8; KEY_LEN],
+        local_index: u32,
+        timestamp: Tai64N,
+        msg: &mut Initiation<&mut [u8]>,
+    ) -> Result<Self, HandshakeError> {
+        let mut state = builder()?
+            .local_private_key(local.as_bytes())
+            .and_then(|b| b.remote_public_key(remote.as_bytes()))
+            .and_then(|b| b.psk(PSK_POSITION, psk))
+            .and_then(|b| b.build_initiator())
+            .map_err(|_| HandshakeError::Internal)?;
+        msg.init_header();
+        msg.set_sender_index(local_index);
+        let written = state
+            .write_message(timestamp.as_bytes(), msg.noise_mut())
+            .map_err(|_| HandshakeError::Internal)?;
+        if written != INITIATION_NOISE_LEN {
+            return Err(HandshakeError::Internal);
+        }
+        Ok(Self { state, local_index })
+    }
+
+    /// Reads the response. On failure the state is unchanged, so a forged response cannot
+    /// kill a handshake the real peer may still answer.
+    pub fn finish(&mut self, msg: &Response<&[u8]>) -> Result<SessionKeys, HandshakeError> {
+        let mut payload = [0u8; TAG_LEN];
+        let len = self
+            .state
+            .read_message(msg.noise(), &mut payload)
+            .map_err(|_| HandshakeError::Decrypt)?;
+        if len != 0 {
+            return Err(HandshakeError::Payload);
+        }
+        let (send, recv) = split(&mut self.state);
+        Ok(SessionKeys { send, recv })
+    }
+}
+
+/// An initiation we have read and authenticated (the initiator's static key decrypted),
+/// before we decide whether to answer it.
+pub struct ReceivedInitiation {
+    state: snow::HandshakeState,
+    /// Who sent it.
+    pub remote: PublicKey,
+    /// Its timestamp, to refuse replays.
+    pub timestamp: Tai64N,
+    /// The initiator's index, to put in the response.
+    pub sender_index: u32,
+}
+
+impl ReceivedInitiation {
+    /// Runs Noise message 1 (two DHs). Call only after mac1 verified.
+    pub fn read(local: &PrivateKey, msg: &Initiation<&[u8]>) -> Result<Self, HandshakeError> {
+        use crate::wire::HandshakeMessage as _;
+        let mut state = builder()?
+            .local_private_key(local.as_bytes())
+            .and_then(|b| b.build_responder())
+            .map_err(|_| HandshakeError::Internal)?;
+        let mut payload = [0u8; INITIATION_NOISE_LEN];
+        let len = state
+            .read_message(msg.noise(), &mut payload)
+            .map_err(|_| HandshakeError::Decrypt)?;
+        let stamp: [u8; TAI64N_LEN] = payload
+            .get(..len)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(HandshakeError::Payload)?;
+        let remote: [u8; KEY_LEN] = state
+            .get_remote_static()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(HandshakeError::Internal)?;
+        Ok(Self {
+            state,
+            remote: PublicKey::from_bytes(remote),
+            timestamp: Tai64N::from_bytes(stamp),
+            sender_index: msg.sender_index(),
+        })
+    }
+
+    /// Writes header, indices and Noise message 2 into `msg` (the caller adds the MACs)
+    /// and derives the session keys. `psk` is the initiator's, known only now.
+    pub fn respond(
+        mut self,
+        psk: &[u8; KEY_LEN],
+        local_index: u32,
+        msg: &mut Response<&mut [u8]>,
+    ) -> Result<SessionKeys, HandshakeError> {
+        self.state
+            .set_psk(usize::from(PSK_POSITION), psk)
+            .map_err(|_| HandshakeError::Internal)?;
+        msg.init_header();
+        msg.set_sender_index(local_index);
+        msg.set_receiver_index(self.sender_index);
+        let written = self
+            .state
+            .write_message(&[], msg.noise_mut())
+            .map_err(|_| HandshakeError::Internal)?;
+        if written != RESPONSE_NOISE_LEN {
+            return Err(HandshakeError::Internal);
+        }
+        let (initiator_to_responder, responder_to_initiator) = split(&mut self.state);
+        Ok(SessionKeys {
+            send: responder_to_initiator,
+            recv: initiator_to_responder,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{INITIATION_LEN, RESPONSE_LEN};
+    use std::time::{Duration, SystemTime};
+
+    struct Run {
+        keys_i: SessionKeys,
+        keys_r: SessionKeys,
+    }
+
+    fn handshake(psk_i: [u8; 32], psk_r: [u8; 32]) -> Result<Run, HandshakeError> {
+        let (si, sr) = (PrivateKey::generate(), PrivateKey::generate());
+        let stamp = Tai64N::from_system_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        let mut init = [0u8; INITIATION_LEN];
+        let mut hs = InitiatorHandshake::start(
+            &si,
+            &sr.public_key(),
+            &psk_i,
+            7,
+            stamp,
+            &mut Initiation::new_unchecked(&mut init[..]),
+        )?;
+        let received = ReceivedInitiation::read(&sr, &Initiation::new_checked(&init[..]).unwrap())?;
+        assert_eq!(received.remote, si.public_key());
+        assert_eq!(received.timestamp, stamp);
+        assert_eq!(received.sender_index, 7);
+        let mut resp = [0u8; RESPONSE_LEN];
+        let keys_r = received.respond(&psk_r, 9, &mut Response::new_unchecked(&mut resp[..]))?;
+        let resp = Response::new_checked(&resp[..]).unwrap();
+        assert_eq!(resp.receiver_index(), 7);
+        let keys_i = hs.finish(&resp)?;
+        Ok(Run { keys_i, keys_r })
+    }
+
+    #[test]
+    fn both_sides_derive_matching_keys() {
+        let run = handshake([0; 32], [0; 32]).unwrap();
+        assert_eq!(run.keys_i.send, run.keys_r.recv);
+        assert_eq!(run.keys_i.recv, run.keys_r.send);
+        assert_ne!(run.keys_i.send, run.keys_i.recv);
+        let run = handshake([3; 32], [3; 32]).unwrap();
+        assert_eq!(run.keys_i.send, run.keys_r.recv);
+    }
+
+    #[test]
+    fn wrong_psk_fails_at_the_initiator() {
+        assert_eq!(
+            handshake([1; 32], [2; 32]).err(),
+            Some(HandshakeError::Decrypt)
+        );
+    }
+
+    #[test]
+    fn initiation_for_someone_else_does_not_decrypt() {
+        let si = PrivateKey::generate();
+        let mut init = [0u8; INITIATION_LEN];
+        InitiatorHandshake::start(
+            &si,
+            &PrivateKey::generate().public_key(),
+            &[0; 32],
+            1,
+            Tai64N::from_bytes([0; 12]),
+            &mut Initiation::new_unchecked(&mut init[..]),
+        )
+        .unwrap();
+        let msg = Initiation::new_checked(&init[..]).unwrap();
+        assert_eq!(
+            ReceivedInitiation::read(&PrivateKey::generate(), &msg).err(),
+            Some(HandshakeError::Decrypt)
+        );
+    }
+}
