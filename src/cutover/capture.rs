@@ -1,10 +1,10 @@
 //! The OS edge of the cutover: receiving frames from the bridge, filtered in the kernel, with a
 //! kernel receive timestamp, and stoppable at any time through an eventfd.
 //!
-//! Two sources do the same job: [`PacketSocket`] (an `AF_PACKET` socket bound to the bridge for
-//! IPv4 only, with the classic BPF program libpcap compiles attached) and [`PcapCapture`]
-//! (libpcap in immediate mode). The watcher uses the packet socket: see the figures at the
-//! top of [`super`]. This file must not decide anything about the frames; the classifier does.
+//! [`PacketSocket`] is an `AF_PACKET` socket bound to the bridge for IPv4 only, with the classic
+//! BPF program libpcap compiles attached. `PcapCapture` (libpcap in immediate mode, tests only)
+//! does the same job for the latency comparison at the top of [`super`], which explains the
+//! choice. This file must not decide anything about the frames; the classifier does.
 
 use std::ffi::CString;
 use std::io;
@@ -159,7 +159,13 @@ impl PacketSocket {
         // Protocol 0: the socket receives nothing until bind(), so no frame slips in before
         // the filter is attached.
         // SAFETY: plain socket(2) call; a non-negative result is a new fd we own.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags, 0) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+                0,
+            )
+        };
         if raw < 0 {
             return Err(os("opening a packet socket"));
         }
@@ -171,13 +177,17 @@ impl PacketSocket {
         let filter = libc::sock_fprog {
             len: u16::try_from(insns.len()).map_err(|_| CutoverError::Filter {
                 bridge: bridge.to_owned(),
-                message: format!("{} BPF instructions, more than the kernel takes", insns.len()),
+                message: format!(
+                    "{} BPF instructions, more than the kernel takes",
+                    insns.len()
+                ),
             })?,
             // pcap's BpfInstruction is repr(transparent) over libpcap's struct bpf_insn
             // { u16 code; u8 jt; u8 jf; u32 k }, which is the kernel's struct sock_filter.
             filter: insns.as_ptr().cast::<libc::sock_filter>().cast_mut(),
         };
-        setsockopt(&fd, libc::SO_ATTACH_FILTER, &filter).map_err(|_| os("attaching the BPF filter"))?;
+        setsockopt(&fd, libc::SO_ATTACH_FILTER, &filter)
+            .map_err(|_| os("attaching the BPF filter"))?;
         setsockopt(&fd, libc::SO_TIMESTAMPNS, &1 as &libc::c_int)
             .map_err(|_| os("enabling receive timestamps"))?;
 
@@ -269,7 +279,9 @@ impl PacketSocket {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                {
                     let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
                     captured_at = Some(timespec_to_system_time(ts.tv_sec, ts.tv_nsec));
                 }
@@ -292,7 +304,11 @@ fn setsockopt<T>(fd: &OwnedFd, option: libc::c_int, value: &T) -> io::Result<()>
             mem::size_of::<T>() as libc::socklen_t,
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Compiles the classifier's filter expression for Ethernet with libpcap, without a device.
@@ -317,11 +333,13 @@ fn timespec_to_system_time(sec: i64, nsec: i64) -> SystemTime {
 
 /// libpcap on the bridge: immediate mode (no buffering timeout), a small snaplen, incoming
 /// direction only, the same BPF filter. Kept for the latency comparison.
+#[cfg(test)]
 pub(crate) struct PcapCapture {
     capture: Capture<pcap::Active>,
     wait: Wait,
 }
 
+#[cfg(test)]
 impl PcapCapture {
     /// Opens libpcap on `bridge` (in the calling thread's network namespace).
     pub(crate) fn open(
@@ -331,10 +349,10 @@ impl PcapCapture {
     ) -> Result<Self, CutoverError> {
         interface_index(bridge)?;
         let pcap_error = |action: &'static str| {
-            move |source: pcap::Error| CutoverError::Pcap {
+            move |e: pcap::Error| CutoverError::Io {
                 bridge: bridge.to_owned(),
                 action,
-                source,
+                source: io::Error::other(e),
             }
         };
         let capture = Capture::from_device(bridge)
@@ -349,7 +367,6 @@ impl PcapCapture {
             Wait::Stoppable => capture
                 .setnonblock()
                 .map_err(pcap_error("setting non-blocking mode"))?,
-            #[cfg(test)]
             Wait::Blocking => capture,
         };
         capture
@@ -368,9 +385,7 @@ impl PcapCapture {
         mut on_frame: impl FnMut(Frame<'_>) -> Option<T>,
     ) -> io::Result<Run<T>> {
         loop {
-            if self.wait == Wait::Stoppable
-                && !wait_readable(self.capture.as_raw_fd(), stop)?
-            {
+            if self.wait == Wait::Stoppable && !wait_readable(self.capture.as_raw_fd(), stop)? {
                 return Ok(Run::Stopped);
             }
             loop {

@@ -403,7 +403,11 @@ mod tests {
         assert!(c.classify(&full[..header_end]).is_some());
         let tagged = vlan_tagged(&full);
         for len in 0..header_end + VLAN_TAG_LEN {
-            assert_eq!(c.verdict(&tagged[..len]), Verdict::Truncated, "length {len}");
+            assert_eq!(
+                c.verdict(&tagged[..len]),
+                Verdict::Truncated,
+                "length {len}"
+            );
         }
     }
 

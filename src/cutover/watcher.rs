@@ -71,7 +71,8 @@ impl Watcher {
             action,
             source,
         };
-        let stop = Arc::new(StopSignal::new().map_err(|e| io_error("creating the stop eventfd", e))?);
+        let stop =
+            Arc::new(StopSignal::new().map_err(|e| io_error("creating the stop eventfd", e))?);
         let state = Arc::new(Mutex::new(CutoverState::Watching));
         let thread = {
             let (bridge, stop, state) = (bridge.to_owned(), stop.clone(), state.clone());
@@ -122,15 +123,15 @@ impl Watcher {
 
     fn shut_down(&mut self) {
         self.stop.raise();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                *self.state.lock().unwrap_or_else(PoisonError::into_inner) = CutoverState::Failed {
-                    error: format!(
-                        "bridge {}: the cutover callback panicked; should never happen: please report",
-                        self.bridge
-                    ),
-                };
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = CutoverState::Failed {
+                error: format!(
+                    "bridge {}: the cutover callback panicked; should never happen: please report",
+                    self.bridge
+                ),
+            };
         }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if *state == CutoverState::Watching {
