@@ -48,14 +48,23 @@ fn attack(captured: &[Vec<u8>], rng: &mut Garbage) -> Vec<Vec<u8>> {
 fn record_real_traffic(a_ns: &Netns, b_ns: &Netns, capture: Capture) -> Result<Vec<Vec<u8>>> {
     let overflows = udp_rcvbuf_errors(b_ns)?;
     wait_ping(a_ns, TUNNEL_B, WAIT)?;
-    a_ns.run("ping", &["-q", "-c", "300", "-i", "0.005", "-s", "1000", TUNNEL_B])?;
+    a_ns.run(
+        "ping",
+        &["-q", "-c", "300", "-i", "0.005", "-s", "1000", TUNNEL_B],
+    )?;
     let captured = capture.stop()?;
     check(udp_rcvbuf_errors(b_ns)? == overflows, || {
         "B's UDP socket overflowed while recording: the capture holds unseen packets".into()
     })?;
-    check(captured.len() >= 300 && captured.iter().any(|p| p.first() == Some(&1)), || {
-        format!("captured {} datagrams, expected an initiation and 300 pings", captured.len())
-    })?;
+    check(
+        captured.len() >= 300 && captured.iter().any(|p| p.first() == Some(&1)),
+        || {
+            format!(
+                "captured {} datagrams, expected an initiation and 300 pings",
+                captured.len()
+            )
+        },
+    )?;
     Ok(captured)
 }
 
@@ -67,7 +76,14 @@ fn harness_attack_against_wireguard_go() -> Result<()> {
     let b_ns = lan.host("b", UNDERLAY_B)?;
     let m_ns = lan.host("m", UNDERLAY_M)?;
     let (ka, kb) = (wg_keypair(), wg_keypair());
-    let b = WgGo::start(&b_ns, &lan.scratch, &kb, PORT, TUNNEL_B, &PeerCfg::new(&ka.public, None, TUNNEL_A))?;
+    let b = WgGo::start(
+        &b_ns,
+        &lan.scratch,
+        &kb,
+        PORT,
+        TUNNEL_B,
+        &PeerCfg::new(&ka.public, None, TUNNEL_A),
+    )?;
     let _a = WgGo::start(
         &a_ns,
         &lan.scratch,
@@ -85,12 +101,16 @@ fn harness_attack_against_wireguard_go() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let rx_after = b_ns.link_stat(&b.name, "rx_packets")?;
     check(rx_after == rx_before, || {
-        format!("{} attack packets reached wireguard-go's TUN", rx_after - rx_before)
+        format!(
+            "{} attack packets reached wireguard-go's TUN",
+            rx_after - rx_before
+        )
     })?;
     let endpoint = b.endpoint(&ka.public);
-    check(endpoint.as_deref() == Some(&format!("{UNDERLAY_A}:{PORT}")[..]), || {
-        format!("the attack moved wireguard-go's endpoint to {endpoint:?}")
-    })?;
+    check(
+        endpoint.as_deref() == Some(&format!("{UNDERLAY_A}:{PORT}")[..]),
+        || format!("the attack moved wireguard-go's endpoint to {endpoint:?}"),
+    )?;
     transfer(&a_ns, &b_ns, TUNNEL_B, BIG / 5)?;
     Ok(())
 }
@@ -106,12 +126,20 @@ fn replayed_random_and_truncated_datagrams_are_dropped_and_counted() -> Result<(
     let b = Vmtun::start(
         &b_ns,
         &lan.scratch,
-        VmtunCfg::new(&kb, TUNNEL_B, vec![PeerCfg::new(&ka.public, Some(UNDERLAY_A), TUNNEL_A)]),
+        VmtunCfg::new(
+            &kb,
+            TUNNEL_B,
+            vec![PeerCfg::new(&ka.public, Some(UNDERLAY_A), TUNNEL_A)],
+        ),
     )?;
     let a = Vmtun::start(
         &a_ns,
         &lan.scratch,
-        VmtunCfg::new(&ka, TUNNEL_A, vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)]),
+        VmtunCfg::new(
+            &ka,
+            TUNNEL_A,
+            vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)],
+        ),
     )?;
 
     // Record real traffic: the handshake initiation, data and keepalives from A.
@@ -140,7 +168,10 @@ fn replayed_random_and_truncated_datagrams_are_dropped_and_counted() -> Result<(
     })?;
     let rx_after = b.tun_rx_packets()?;
     check(rx_after == rx_before, || {
-        format!("{} packets reached B's TUN during the attack", rx_after - rx_before)
+        format!(
+            "{} packets reached B's TUN during the attack",
+            rx_after - rx_before
+        )
     })?;
     check(status.endpoint(a.public_key()) == endpoint_before, || {
         format!(
@@ -159,7 +190,10 @@ fn replayed_random_and_truncated_datagrams_are_dropped_and_counted() -> Result<(
     wait_ping(&b_ns, TUNNEL_A, WAIT)?;
     let status = b.status()?;
     check(status.endpoint(a.public_key()) == endpoint_before, || {
-        format!("after the attack B's endpoint for A is {:?}", status.endpoint(a.public_key()))
+        format!(
+            "after the attack B's endpoint for A is {:?}",
+            status.endpoint(a.public_key())
+        )
     })?;
     Ok(())
 }
@@ -175,21 +209,35 @@ fn peer_with_unknown_key_gets_no_session() -> Result<()> {
     let b = Vmtun::start(
         &b_ns,
         &lan.scratch,
-        VmtunCfg::new(&kb, TUNNEL_B, vec![PeerCfg::new(&ka.public, Some(UNDERLAY_A), TUNNEL_A)]),
+        VmtunCfg::new(
+            &kb,
+            TUNNEL_B,
+            vec![PeerCfg::new(&ka.public, Some(UNDERLAY_A), TUNNEL_A)],
+        ),
     )?;
     let _a = Vmtun::start(
         &a_ns,
         &lan.scratch,
-        VmtunCfg::new(&ka, TUNNEL_A, vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)]),
+        VmtunCfg::new(
+            &ka,
+            TUNNEL_A,
+            vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)],
+        ),
     )?;
     // C knows B's key and address; B has never heard of C.
     let mut to_b = PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B);
     to_b.allowed_ips = vec![format!("{TUNNEL_B}/32"), format!("{TUNNEL_A}/32")];
-    let c = Vmtun::start(&c_ns, &lan.scratch, VmtunCfg::new(&kc, TUNNEL_C, vec![to_b]))?;
+    let c = Vmtun::start(
+        &c_ns,
+        &lan.scratch,
+        VmtunCfg::new(&kc, TUNNEL_C, vec![to_b]),
+    )?;
 
     let drops_before = b.status()?.drops_total();
     for _ in 0..3 {
-        check(!ping_once(&c_ns, TUNNEL_B), || "the stranger's ping was answered".into())?;
+        check(!ping_once(&c_ns, TUNNEL_B), || {
+            "the stranger's ping was answered".into()
+        })?;
     }
     let status_c = c.status()?;
     check(status_c.handshake_secs(&kb.public).is_none(), || {
@@ -200,7 +248,10 @@ fn peer_with_unknown_key_gets_no_session() -> Result<()> {
         format!("B lists the stranger as a peer: {:?}", status_b.0)
     })?;
     check(status_b.drops_total() > drops_before, || {
-        format!("B counted no drop for the stranger's initiations: {:?}", status_b.0)
+        format!(
+            "B counted no drop for the stranger's initiations: {:?}",
+            status_b.0
+        )
     })?;
     wait_ping(&a_ns, TUNNEL_B, WAIT)?;
     Ok(())

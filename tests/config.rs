@@ -70,7 +70,10 @@ fn case(
 fn cases(key_file_0644: String) -> Vec<Case> {
     vec![
         case("unknown key", &["colour"], |c| {
-            c.replace("listen_port = 51820", "listen_port = 51820\ncolour = \"blue\"")
+            c.replace(
+                "listen_port = 51820",
+                "listen_port = 51820\ncolour = \"blue\"",
+            )
         }),
         case("bad base64 public key", &["public_key"], |c| {
             let start = c.find("public_key = \"").expect("template") + 14;
@@ -86,15 +89,25 @@ fn cases(key_file_0644: String) -> Vec<Case> {
             c.replace("100.64.0.2/32", "100.64.0.2/33")
         }),
         case("malformed address", &["address"], |c| {
-            c.replace("address = \"100.64.0.1/24\"", "address = \"100.64.0.300/24\"")
+            c.replace(
+                "address = \"100.64.0.1/24\"",
+                "address = \"100.64.0.300/24\"",
+            )
         }),
         case("duplicate peer", &["public_key", "duplicate"], |c| {
             let peer = &c[c.find("[[peer]]").expect("template")..];
             format!("{c}\n{}", peer.replace("100.64.0.2/32", "100.64.0.3/32"))
         }),
-        case("overlapping allowed_ips", &["allowed_ips", "overlap"], |c| {
-            c.replace("[\"100.64.0.2/32\"]", "[\"100.64.0.0/24\", \"100.64.0.2/32\"]")
-        }),
+        case(
+            "overlapping allowed_ips",
+            &["allowed_ips", "overlap"],
+            |c| {
+                c.replace(
+                    "[\"100.64.0.2/32\"]",
+                    "[\"100.64.0.0/24\", \"100.64.0.2/32\"]",
+                )
+            },
+        ),
         case("missing private key", &["private_key"], |c| {
             c.lines()
                 .filter(|l| !l.starts_with("private_key"))
@@ -152,9 +165,10 @@ fn snapshot(ns: &Netns) -> Result<String> {
     }
     text += &format!("## nft\n{}", ns.run("nft", &["list", "ruleset"])?);
     let sysctls = ns.run("sysctl", &["-a"])?;
-    for line in sysctls.lines().filter(|l| {
-        l.starts_with("net.ipv4.conf.") || l.starts_with("net.ipv4.ip_forward")
-    }) {
+    for line in sysctls
+        .lines()
+        .filter(|l| l.starts_with("net.ipv4.conf.") || l.starts_with("net.ipv4.ip_forward"))
+    {
         text += line;
         text.push('\n');
     }
@@ -171,12 +185,21 @@ fn bad_configs_are_refused_with_one_line_naming_the_field() -> Result<()> {
         .write("open.key", &format!("{}\n", own.private), 0o644)?;
     let before = snapshot(&net.a)?;
     let mut failures = Vec::new();
-    for (i, case) in cases(key_file.to_string_lossy().into_owned()).iter().enumerate() {
+    for (i, case) in cases(key_file.to_string_lossy().into_owned())
+        .iter()
+        .enumerate()
+    {
         let iface = lab::unique_ifname("vt");
         let text = (case.edit)(&fill(GOOD, &iface, &own, &peer));
         let path = net.scratch.write(&format!("bad{i}.toml"), &text, 0o600)?;
         let path = path.to_string_lossy().into_owned();
-        let outcome = run_vmtun(&net.a, &net.scratch, &format!("bad{i}"), &["up", "-c", &path], EXIT_WITHIN);
+        let outcome = run_vmtun(
+            &net.a,
+            &net.scratch,
+            &format!("bad{i}"),
+            &["up", "-c", &path],
+            EXIT_WITHIN,
+        );
         let (code, _, stderr) = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -189,18 +212,35 @@ fn bad_configs_are_refused_with_one_line_naming_the_field() -> Result<()> {
         if code == Some(0) || code.is_none() {
             failures.push(format!("{}: exit {code:?}, expected non-zero", case.what));
         } else if lines.len() != 1 {
-            failures.push(format!("{}: {} stderr lines, expected 1: {stderr:?}", case.what, lines.len()));
-        } else if !case.expect_any.iter().any(|w| lower.contains(&w.to_lowercase())) {
-            failures.push(format!("{}: {stderr:?} names none of {:?}", case.what, case.expect_any));
+            failures.push(format!(
+                "{}: {} stderr lines, expected 1: {stderr:?}",
+                case.what,
+                lines.len()
+            ));
+        } else if !case
+            .expect_any
+            .iter()
+            .any(|w| lower.contains(&w.to_lowercase()))
+        {
+            failures.push(format!(
+                "{}: {stderr:?} names none of {:?}",
+                case.what, case.expect_any
+            ));
         }
         if net.a.has_link(&iface) {
             failures.push(format!("{}: device {iface} was created", case.what));
         }
     }
     let after = snapshot(&net.a)?;
-    check(before == after, || "refused configs changed the namespace".into())?;
+    check(before == after, || {
+        "refused configs changed the namespace".into()
+    })?;
     check(failures.is_empty(), || {
-        format!("{} of the bad configs were not handled:\n  {}", failures.len(), failures.join("\n  "))
+        format!(
+            "{} of the bad configs were not handled:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        )
     })
 }
 
@@ -224,7 +264,9 @@ fn dry_run(migration: bool) -> Result<()> {
         &["up", "-c", &path, "--dry-run"],
         EXIT_WITHIN,
     )?;
-    check(code == Some(0), || format!("`up --dry-run` exited {code:?}: {stderr}"))?;
+    check(code == Some(0), || {
+        format!("`up --dry-run` exited {code:?}: {stderr}")
+    })?;
     check(!stdout.trim().is_empty(), || {
         format!("`up --dry-run` printed no plan on stdout (stderr: {stderr})")
     })?;

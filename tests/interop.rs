@@ -45,7 +45,10 @@ fn harness_wireguard_go_pair() -> Result<()> {
         "wg show reports no handshake after a successful ping".into()
     })?;
     let report = transfer(&net.a, &net.b, TUNNEL_B, BIG)?;
-    eprintln!("wireguard-go pair: {} bytes in {:?}", report.received, report.elapsed);
+    eprintln!(
+        "wireguard-go pair: {} bytes in {:?}",
+        report.received, report.elapsed
+    );
     Ok(())
 }
 
@@ -66,7 +69,11 @@ fn interop_vmtun_initiates() -> Result<()> {
     let a = Vmtun::start(
         &net.a,
         &net.scratch,
-        VmtunCfg::new(&ka, TUNNEL_A, vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)]),
+        VmtunCfg::new(
+            &ka,
+            TUNNEL_A,
+            vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)],
+        ),
     )?;
     wait_ping(&net.a, TUNNEL_B, WAIT)?;
     wait_ping(&net.b, TUNNEL_A, WAIT)?;
@@ -81,7 +88,10 @@ fn interop_vmtun_initiates() -> Result<()> {
     transfer(&net.b, &net.a, TUNNEL_A, BIG / 5)?;
     let status = a.status()?;
     check(status.handshake_secs(&kb.public).is_some(), || {
-        format!("vmtun status shows no handshake with wireguard-go: {:?}", status.0)
+        format!(
+            "vmtun status shows no handshake with wireguard-go: {:?}",
+            status.0
+        )
     })?;
     Ok(())
 }
@@ -95,7 +105,11 @@ fn interop_wireguard_go_initiates() -> Result<()> {
     let a = Vmtun::start(
         &net.a,
         &net.scratch,
-        VmtunCfg::new(&ka, TUNNEL_A, vec![PeerCfg::new(&kb.public, None, TUNNEL_B)]),
+        VmtunCfg::new(
+            &ka,
+            TUNNEL_A,
+            vec![PeerCfg::new(&kb.public, None, TUNNEL_B)],
+        ),
     )?;
     let b = WgGo::start(
         &net.b,
@@ -115,7 +129,12 @@ fn interop_wireguard_go_initiates() -> Result<()> {
     let status = a.status()?;
     check(
         status.endpoint(&kb.public).as_deref() == Some(&format!("{UNDERLAY_B}:{PORT}")[..]),
-        || format!("vmtun did not learn wireguard-go's endpoint: {:?}", status.0),
+        || {
+            format!(
+                "vmtun did not learn wireguard-go's endpoint: {:?}",
+                status.0
+            )
+        },
     )?;
     Ok(())
 }

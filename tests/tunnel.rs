@@ -21,9 +21,17 @@ use std::time::Duration;
 /// A configured pair: A knows B's endpoint; B knows A's only if `b_knows_a`.
 fn configs(b_knows_a: bool) -> (VmtunCfg, VmtunCfg) {
     let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
-    let a = VmtunCfg::new(&ka, TUNNEL_A, vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)]);
+    let a = VmtunCfg::new(
+        &ka,
+        TUNNEL_A,
+        vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)],
+    );
     let b_endpoint = b_knows_a.then_some(UNDERLAY_A);
-    let b = VmtunCfg::new(&kb, TUNNEL_B, vec![PeerCfg::new(&ka.public, b_endpoint, TUNNEL_A)]);
+    let b = VmtunCfg::new(
+        &kb,
+        TUNNEL_B,
+        vec![PeerCfg::new(&ka.public, b_endpoint, TUNNEL_A)],
+    );
     (a, b)
 }
 
@@ -41,13 +49,20 @@ fn ping_both_ways_and_status_reports_the_session() -> Result<()> {
     check(status.0["interface"].as_str() == Some(a.ifname()), || {
         format!("status names another interface: {:?}", status.0)
     })?;
-    check(status.0["public_key"].as_str() == Some(a.public_key()), || {
-        format!("status shows another public key: {:?}", status.0)
-    })?;
+    check(
+        status.0["public_key"].as_str() == Some(a.public_key()),
+        || format!("status shows another public key: {:?}", status.0),
+    )?;
     let age = status.handshake_secs(b.public_key());
-    check(matches!(age, Some(secs) if (0.0..60.0).contains(&secs)), || {
-        format!("A's status shows handshake age {age:?} after a ping: {:?}", status.0)
-    })?;
+    check(
+        matches!(age, Some(secs) if (0.0..60.0).contains(&secs)),
+        || {
+            format!(
+                "A's status shows handshake age {age:?} after a ping: {:?}",
+                status.0
+            )
+        },
+    )?;
     for counter in ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets"] {
         check(status.peer_counter(b.public_key(), counter) > 0, || {
             format!("A's status shows {counter} = 0 after pings: {:?}", status.0)
@@ -68,7 +83,10 @@ fn transfer_50mb_sha256_matches() -> Result<()> {
     let b = Vmtun::start(&net.b, &net.scratch, cb)?;
     let a = Vmtun::start(&net.a, &net.scratch, ca)?;
     let report = transfer(&net.a, &net.b, TUNNEL_B, BIG)?;
-    eprintln!("vmtun: {} bytes A->B in {:?}", report.received, report.elapsed);
+    eprintln!(
+        "vmtun: {} bytes A->B in {:?}",
+        report.received, report.elapsed
+    );
     let rx = b.status()?.peer_counter(a.public_key(), "rx_bytes");
     check(rx >= BIG as u64, || {
         format!("B's status counts rx_bytes {rx} after receiving {BIG} bytes")
@@ -83,7 +101,10 @@ fn roaming_initiator_keeps_the_transfer() -> Result<()> {
     preflight(&[]);
     let net = Pair::new("roam")?;
     // Deleting the primary address would otherwise delete the new secondary one with it.
-    net.a.sysctl(&format!("net.ipv4.conf.{UNDERLAY_DEV}.promote_secondaries"), "1")?;
+    net.a.sysctl(
+        &format!("net.ipv4.conf.{UNDERLAY_DEV}.promote_secondaries"),
+        "1",
+    )?;
     let (ca, cb) = configs(false);
     let b = Vmtun::start(&net.b, &net.scratch, cb)?;
     let a = Vmtun::start(&net.a, &net.scratch, ca)?;
@@ -97,7 +118,8 @@ fn roaming_initiator_keeps_the_transfer() -> Result<()> {
     let xfer = Transfer::start(&net.a, &net.b, TUNNEL_B, BIG, Some(BIG / 5))?;
     xfer.wait_milestone(Duration::from_secs(60))?;
     net.a.add_address(UNDERLAY_DEV, "198.18.0.11/24")?;
-    net.a.del_address(UNDERLAY_DEV, &format!("{UNDERLAY_A}/{UNDERLAY_PREFIX}"))?;
+    net.a
+        .del_address(UNDERLAY_DEV, &format!("{UNDERLAY_A}/{UNDERLAY_PREFIX}"))?;
     let moved_mid_transfer = !xfer.is_done();
     let report = xfer.finish(TRANSFER_TIMEOUT)?;
     report.check(BIG)?;

@@ -178,7 +178,8 @@ impl Netns {
 /// inodes. Private: only threads made by [`Netns::thread`] may change namespace.
 fn enter(name: &str) -> Result<()> {
     let path = format!("/run/netns/{name}");
-    let file = std::fs::File::open(&path).map_err(|e| LabError::io(format!("opening {path}"), e))?;
+    let file =
+        std::fs::File::open(&path).map_err(|e| LabError::io(format!("opening {path}"), e))?;
     // SAFETY: setns(2) on an fd we hold open; affects only the calling thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(LabError::io(

@@ -66,7 +66,13 @@ fn open_packet_socket(dev: &str) -> Result<Fd> {
     let os_err = |what: &str| LabError::io(what.to_owned(), std::io::Error::last_os_error());
     let protocol = (libc::ETH_P_IP as u16).to_be();
     // SAFETY: plain socket(2) call; the fd is owned by the guard below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, libc::c_int::from(protocol)) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM,
+            libc::c_int::from(protocol),
+        )
+    };
     if fd < 0 {
         return Err(os_err("opening an AF_PACKET socket"));
     }
@@ -173,7 +179,8 @@ fn udp_payload(packet: &[u8], dst: Ipv4Addr, port: u16) -> Option<&[u8]> {
 /// so the receiver's socket buffer never overflows: every datagram should be seen.
 pub fn send_datagrams(ns: &Netns, target: SocketAddr, datagrams: Vec<Vec<u8>>) -> Result<usize> {
     ns.thread("attacker", move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| LabError::io("binding the attacker", e))?;
+        let socket =
+            UdpSocket::bind("0.0.0.0:0").map_err(|e| LabError::io("binding the attacker", e))?;
         for (i, datagram) in datagrams.iter().enumerate() {
             socket
                 .send_to(datagram, target)

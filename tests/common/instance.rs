@@ -179,9 +179,11 @@ impl<'a> Vmtun<'a> {
     pub fn status(&self) -> Result<Status> {
         let path = self.path.to_string_lossy().into_owned();
         let out = self.ns.run(VMTUN, &["status", "-c", &path, "--json"])?;
-        serde_json::from_str(&out)
-            .map(Status)
-            .map_err(|e| LabError::Failed(format!("`vmtun status --json` printed invalid JSON ({e}): {out}")))
+        serde_json::from_str(&out).map(Status).map_err(|e| {
+            LabError::Failed(format!(
+                "`vmtun status --json` printed invalid JSON ({e}): {out}"
+            ))
+        })
     }
 
     /// SIGKILL, as a crash: no cleanup runs.
@@ -245,7 +247,9 @@ impl Status {
 
     /// The endpoint vmtun currently uses for `public_key`.
     pub fn endpoint(&self, public_key: &str) -> Option<String> {
-        self.peer(public_key)?["endpoint"].as_str().map(str::to_owned)
+        self.peer(public_key)?["endpoint"]
+            .as_str()
+            .map(str::to_owned)
     }
 
     /// A per-peer counter such as `rx_bytes` (0 if absent).
@@ -287,7 +291,13 @@ impl Status {
 
 /// Runs `vmtun ARGS` in `ns` to completion within `timeout` (killing it otherwise): exit
 /// code, stdout, stderr. For commands expected to fail.
-pub fn run_vmtun(ns: &Netns, scratch: &Scratch, label: &str, args: &[&str], timeout: Duration) -> Result<(Option<i32>, String, String)> {
+pub fn run_vmtun(
+    ns: &Netns,
+    scratch: &Scratch,
+    label: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(Option<i32>, String, String)> {
     let mut cmd: Command = ns.command(VMTUN);
     cmd.args(args);
     let mut process = Process::spawn(label, scratch.path(), cmd)?;

@@ -5,8 +5,8 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod capture;
-pub mod transfer;
 pub mod instance;
+pub mod transfer;
 pub mod wggo;
 
 pub use instance::{PeerCfg, Status, Vmtun, VmtunCfg, run_vmtun};
@@ -211,9 +211,11 @@ pub fn ping_once(ns: &Netns, addr: &str) -> bool {
 
 /// Pings until one echo is answered, at most `timeout`.
 pub fn wait_ping(ns: &Netns, addr: &str, timeout: Duration) -> Result<()> {
-    wait_until(timeout, &format!("a ping from {} to {addr}", ns.name()), || {
-        ping_once(ns, addr)
-    })
+    wait_until(
+        timeout,
+        &format!("a ping from {} to {addr}", ns.name()),
+        || ping_once(ns, addr),
+    )
 }
 
 /// Turns a failed lab step into a test failure that also says which step.

@@ -74,9 +74,9 @@ impl Transfer {
             .map_err(|_| LabError::Refused(format!("{to_addr} is not an IPv4 address")))?;
         let (port_tx, port_rx) = mpsc::channel();
         let receiver = to.thread("receiver", move || receive(bind, port_tx))?;
-        let port = port_rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
-            LabError::Failed(format!("the receiver could not listen on {bind}"))
-        })?;
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| LabError::Failed(format!("the receiver could not listen on {bind}")))?;
         let target = SocketAddr::new(bind.ip(), port);
         let (milestone_tx, milestone_rx) = mpsc::channel();
         let sender = from.thread("sender", move || {
@@ -92,10 +92,12 @@ impl Transfer {
 
     /// Waits until the sender has written the milestone's bytes.
     pub fn wait_milestone(&self, timeout: Duration) -> Result<()> {
-        self.milestone.recv_timeout(timeout).map_err(|_| LabError::Timeout {
-            what: "the transfer to reach its milestone".into(),
-            after: timeout,
-        })
+        self.milestone
+            .recv_timeout(timeout)
+            .map_err(|_| LabError::Timeout {
+                what: "the transfer to reach its milestone".into(),
+                after: timeout,
+            })
     }
 
     /// Whether both sides have finished (successfully or not).
@@ -137,7 +139,10 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> LabError + '_ {
 
 fn receive(bind: SocketAddr, port_tx: mpsc::Sender<u16>) -> Result<(u64, String)> {
     let listener = TcpListener::bind(bind).map_err(io("binding the receiver"))?;
-    let port = listener.local_addr().map_err(io("reading the port"))?.port();
+    let port = listener
+        .local_addr()
+        .map_err(io("reading the port"))?
+        .port();
     let _ = port_tx.send(port);
     listener
         .set_nonblocking(true)
@@ -161,7 +166,10 @@ fn receive(bind: SocketAddr, port_tx: mpsc::Sender<u16>) -> Result<(u64, String)
     let mut total = 0u64;
     loop {
         let n = stream.read(&mut buf).map_err(|e| {
-            LabError::io(format!("receiving after {total} bytes (stalled or reset)"), e)
+            LabError::io(
+                format!("receiving after {total} bytes (stalled or reset)"),
+                e,
+            )
         })?;
         if n == 0 {
             break;
@@ -198,15 +206,14 @@ fn send(
     while sent < bytes {
         let len = CHUNK.min(bytes - sent);
         rng.fill(&mut chunk[..len]);
-        stream
-            .write_all(&chunk[..len])
-            .map_err(|e| LabError::io(format!("sending after {sent} bytes (stalled or reset)"), e))?;
+        stream.write_all(&chunk[..len]).map_err(|e| {
+            LabError::io(format!("sending after {sent} bytes (stalled or reset)"), e)
+        })?;
         hasher.update(&chunk[..len]);
         sent += len;
-        if let Some((at, tx)) = &milestone {
-            if sent >= *at {
+        if milestone.as_ref().is_some_and(|(at, _)| sent >= *at) {
+            if let Some((_, tx)) = milestone.take() {
                 let _ = tx.send(());
-                milestone = None;
             }
         }
     }

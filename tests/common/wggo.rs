@@ -27,7 +27,9 @@ impl<'a> WgGo<'a> {
     ) -> Result<Self> {
         let name = lab::unique_ifname("wg");
         let mut cmd = ns.command("wireguard-go");
-        cmd.arg(&name).env("WG_PROCESS_FOREGROUND", "1").env("LOG_LEVEL", "debug");
+        cmd.arg(&name)
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .env("LOG_LEVEL", "debug");
         let mut process = Process::spawn(&format!("wireguard-go-{name}"), scratch.path(), cmd)?;
         lab::wait_until(WAIT, &format!("wireguard-go to create {name}"), || {
             process.is_running() && ns.has_link(&name)
@@ -39,8 +41,16 @@ impl<'a> WgGo<'a> {
         let port = port.to_string();
         let allowed = peer.allowed_ips.join(",");
         let mut args: Vec<&str> = vec![
-            "set", &name, "private-key", &key_file, "listen-port", &port, "peer",
-            &peer.public_key, "allowed-ips", &allowed,
+            "set",
+            &name,
+            "private-key",
+            &key_file,
+            "listen-port",
+            &port,
+            "peer",
+            &peer.public_key,
+            "allowed-ips",
+            &allowed,
         ];
         if let Some(endpoint) = &peer.endpoint {
             args.extend(["endpoint", endpoint]);
@@ -75,7 +85,10 @@ impl<'a> WgGo<'a> {
     /// Seconds since the epoch of the last handshake with `public_key` (`wg show
     /// latest-handshakes`); `None` if there was none.
     pub fn latest_handshake(&self, public_key: &str) -> Option<u64> {
-        let out = self.ns.run("wg", &["show", &self.name, "latest-handshakes"]).ok()?;
+        let out = self
+            .ns
+            .run("wg", &["show", &self.name, "latest-handshakes"])
+            .ok()?;
         out.lines().find_map(|line| {
             let mut fields = line.split_whitespace();
             (fields.next() == Some(public_key))
