@@ -13,6 +13,7 @@
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
 
 pub mod config;
+pub mod cutover;
 pub mod keys;
 pub mod lab;
 pub mod noise;

@@ -1,8 +1,9 @@
 //! The pure core of the cutover: is this Ethernet frame, received on the new host's bridge, a
 //! packet the provider now routes natively to one of our subnets?
 //!
-//! No sockets, no clock. The capture edge ([`super::capture`]) hands frames in; it has already
-//! dropped frames the host sends out of the bridge (their direction is not in the bytes).
+//! No sockets, no clock. The capture edge (`capture`) hands frames in; it has already
+//! dropped frames the host sends out of the bridge and frames for other hosts (the packet type
+//! is not in the bytes).
 
 use std::net::Ipv4Addr;
 
