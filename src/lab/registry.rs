@@ -53,18 +53,27 @@ pub(crate) fn pids_in(name: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Kills the processes in a lab namespace by PID, then deletes it. Only called for
-/// namespaces named with [`LAB_PREFIX`], whose processes the lab started.
+/// Stops the processes in a lab namespace by PID (SIGTERM, so they can undo what they did,
+/// then SIGKILL after a second), then deletes it. Only called for namespaces named with
+/// [`LAB_PREFIX`], whose processes the lab started.
 pub(crate) fn destroy_netns(name: &str) {
     debug_assert!(name.starts_with(LAB_PREFIX));
-    let pids = pids_in(name);
-    for &pid in &pids {
-        // SAFETY: kill(2) with a PID read from the namespace the lab created; no memory involved.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !pids_in(name).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    for (signal, grace) in [
+        (libc::SIGTERM, Duration::from_secs(1)),
+        (libc::SIGKILL, Duration::from_secs(2)),
+    ] {
+        let pids = pids_in(name);
+        if pids.is_empty() {
+            break;
+        }
+        for &pid in &pids {
+            // SAFETY: kill(2) with a PID read from the namespace the lab created.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+        let deadline = Instant::now() + grace;
+        while !pids_in(name).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let _ = Command::new("ip").args(["netns", "del", name]).status();
 }

@@ -11,7 +11,15 @@ pub struct WgGo<'a> {
     pub name: String,
     /// Its key pair.
     pub keys: KeyPair,
-    _process: Process,
+    process: Option<Process>,
+}
+
+impl Drop for WgGo<'_> {
+    fn drop(&mut self) {
+        // SIGTERM lets wireguard-go remove its UAPI socket; remove it if a kill did not.
+        drop(self.process.take());
+        let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", self.name));
+    }
 }
 
 impl<'a> WgGo<'a> {
@@ -78,7 +86,7 @@ impl<'a> WgGo<'a> {
             ns,
             name,
             keys: keys.clone(),
-            _process: process,
+            process: Some(process),
         })
     }
 
