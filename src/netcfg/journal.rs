@@ -161,8 +161,9 @@ impl Journal {
         }
     }
 
-    /// Writes the state atomically (temporary file, then rename), so a crash never leaves a
-    /// truncated record.
+    /// Writes the state atomically (temporary file, then rename), so a killed process never
+    /// leaves a truncated record. No fsync: the changes recorded do not survive a reboot
+    /// either, and `/run` is usually a tmpfs.
     fn persist(&self) -> Result<(), NetError> {
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&self.state)
@@ -171,7 +172,6 @@ impl Journal {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.write_all(b"\n")?;
-            f.sync_all()?;
             fs::rename(&tmp, &self.path)
         };
         write().map_err(|e| state_err(&self.path, format!("writing: {e}")))
@@ -220,5 +220,238 @@ fn state_err(path: &Path, detail: String) -> NetError {
     NetError::StateFile {
         path: path.into(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netcfg::change::{FwMark, TableId};
+    use crate::netcfg::fake::{Call, FakeOps};
+    use crate::netcfg::plan::{DEFAULT_RULE_PRIORITY, NewParams, Role, TunnelParams, plan};
+
+    fn full_plan() -> Vec<Change> {
+        let t = TunnelParams {
+            tun: "vmtun0".into(),
+            address: "100.64.0.1/24".parse().unwrap(),
+            mtu: Some(1420),
+        };
+        let role = Role::New(NewParams {
+            subnets: vec!["203.0.113.0/29".parse().unwrap()],
+            via: "100.64.0.2".parse().unwrap(),
+            table: TableId(201),
+            fwmark: FwMark(1),
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            vif_prefix: "vif".into(),
+            bridge: "br0".into(),
+        });
+        plan(&t, Some(&role))
+    }
+
+    fn host() -> FakeOps {
+        let mut f = FakeOps::with_interface("vmtun0", true);
+        f.add_interface("br0");
+        f
+    }
+
+    /// A unique, empty state directory under the system's temporary directory.
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netcfg-journal-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn applied(calls: &[Call]) -> Vec<Change> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Apply(c) => Some(c.clone()),
+                Call::Revert(_) => None,
+            })
+            .collect()
+    }
+
+    fn reverted(calls: &[Call]) -> Vec<Change> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Revert(c) => Some(c.clone()),
+                Call::Apply(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn apply_then_undo_restores_the_host_in_reverse_order() {
+        let d = dir("undo");
+        let mut ops = host();
+        let pristine = ops.clone();
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &full_plan()).unwrap();
+        assert_eq!(ops.mtus["vmtun0"], 1420);
+        assert_eq!(ops.sysctls["net/ipv4/conf/br0/rp_filter"], "2");
+        let recorded = j.state().changes.clone();
+        assert_eq!(recorded.len(), full_plan().len());
+        // Captured values are recorded, so undo can restore them.
+        assert!(recorded.contains(&Change::Mtu {
+            dev: "vmtun0".into(),
+            mtu: 1420,
+            previous: Some(1500)
+        }));
+
+        j.undo_all(&mut ops).unwrap();
+        let mut reverse = recorded;
+        reverse.reverse();
+        assert_eq!(reverted(&ops.calls), reverse);
+        assert_eq!(ops.present, pristine.present);
+        assert_eq!(ops.sysctls, pristine.sysctls);
+        assert_eq!(ops.mtus, pristine.mtus);
+        assert_eq!(ops.up, pristine.up);
+        assert!(!j.path().exists(), "state file removed after a full undo");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn failure_mid_plan_reverts_what_was_applied_and_names_the_change() {
+        let d = dir("rollback");
+        let p = full_plan();
+        let mut ops = host();
+        let pristine = ops.clone();
+        // The fifth change (the policy rule) fails.
+        ops.fail_apply.push((p[4].clone(), libc::EEXIST));
+        let mut j = Journal::create(&d, "i").unwrap();
+        let err = j.apply(&mut ops, &p).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "adding rule fwmark 0x1 lookup 201 priority 10000: File exists"
+        );
+        assert_eq!(applied(&ops.calls).len(), 5);
+        assert_eq!(
+            reverted(&ops.calls).len(),
+            4,
+            "the failed change is not reverted"
+        );
+        assert_eq!(ops.present, pristine.present);
+        assert_eq!(ops.mtus, pristine.mtus);
+        assert_eq!(ops.up, pristine.up);
+        assert!(j.state().changes.is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_rollback_is_reported_and_kept_for_later() {
+        let d = dir("leftover");
+        let p = full_plan();
+        let mut ops = host();
+        ops.fail_apply.push((p[4].clone(), libc::EEXIST));
+        // The route (p[3]) cannot be removed during rollback.
+        ops.fail_revert.push((p[3].clone(), libc::EBUSY));
+        let mut j = Journal::create(&d, "i").unwrap();
+        let err = j.apply(&mut ops, &p).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "adding rule fwmark 0x1 lookup 201 priority 10000: File exists; rolling back also \
+             failed, still in place: removing route default via 100.64.0.2 dev vmtun0 table \
+             201: Device or resource busy"
+        );
+        assert_eq!(j.state().changes, vec![p[3].clone()]);
+        // The leftover is on disk for `vmtun down`.
+        let on_disk = Journal::load(j.path()).unwrap();
+        assert_eq!(on_disk.state().changes, vec![p[3].clone()]);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn undo_tolerates_objects_already_gone_and_keeps_real_failures() {
+        let d = dir("gone");
+        let p = full_plan();
+        let mut ops = host();
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        // The cutover removed the mark rule; the sysctl on br0 cannot be restored.
+        let mark = p.last().unwrap().clone();
+        ops.present.retain(|c| *c != mark);
+        let br0 = j.state().changes[6].clone();
+        ops.fail_revert.push((br0.clone(), libc::EPERM));
+        let err = j.undo_all(&mut ops).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "undo left 1 change(s) in place: restoring sysctl net.ipv4.conf.br0.rp_filter=1: \
+             Operation not permitted"
+        );
+        assert_eq!(j.state().changes, vec![br0.clone()]);
+        // `vmtun down` retries from the state file once the cause is fixed.
+        ops.fail_revert.clear();
+        undo_state_file(&mut ops, j.path()).unwrap();
+        assert!(!j.path().exists());
+        assert_eq!(ops.sysctls["net/ipv4/conf/br0/rp_filter"], "1");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn state_file_round_trips() {
+        let d = dir("roundtrip");
+        let mut ops = host();
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &full_plan()).unwrap();
+        let loaded = Journal::load(&d.join("i.json")).unwrap();
+        assert_eq!(loaded.state(), j.state());
+        assert_eq!(loaded.state().pid, std::process::id());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_existing_state_file_blocks_a_second_instance() {
+        let d = dir("twice");
+        let _first = Journal::create(&d, "i").unwrap();
+        let err = Journal::create(&d, "i").unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert!(err.to_string().contains("vmtun down"), "{err}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_named() {
+        let d = dir("corrupt");
+        fs::create_dir_all(&d).unwrap();
+        let path = d.join("i.json");
+        fs::write(&path, "{ not json").unwrap();
+        let err = Journal::load(&path).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("state file {}: not valid: ", path.display())),
+            "{err}"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn idempotent_apply_accepts_existing_objects() {
+        let mut ops = FakeOps::with_interface("vif0", true);
+        let p = crate::netcfg::plan::vif_up("vif0", &["203.0.113.2".parse().unwrap()]);
+        apply_idempotent(&mut ops, &p).unwrap();
+        apply_idempotent(&mut ops, &p).unwrap();
+        assert_eq!(ops.present.len(), 1);
+        assert_eq!(ops.sysctls["net/ipv4/conf/vif0/proxy_arp"], "1");
+    }
+
+    #[test]
+    fn prerequisites_name_the_sysctl() {
+        use crate::netcfg::prereq::check_prerequisites;
+        let role = Role::Old(crate::netcfg::plan::OldParams {
+            subnets: vec![],
+            via: "100.64.0.2".parse().unwrap(),
+        });
+        let mut off = FakeOps::with_interface("vmtun0", false);
+        assert_eq!(
+            check_prerequisites(&mut off, Some(&role))
+                .unwrap_err()
+                .to_string(),
+            "sysctl net.ipv4.ip_forward is 0, but role old forwards packets: \
+             set it with `sysctl -w net.ipv4.ip_forward=1`"
+        );
+        check_prerequisites(&mut off, None).unwrap();
+        let mut on = FakeOps::with_interface("vmtun0", true);
+        check_prerequisites(&mut on, Some(&role)).unwrap();
     }
 }

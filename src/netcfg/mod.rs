@@ -40,7 +40,7 @@ pub use change::{
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};
 pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_state_file};
-pub use nft::{MarkRemoval, remove_mark_rule};
+pub use nft::{MarkRemoval, native_subnets, remove_mark_rule};
 pub use ops::NetOps;
 pub use plan::{
     DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_NATIVE_SET, NFT_TABLE, NewParams, OldParams, Role,

@@ -27,7 +27,7 @@ use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, 
 use super::change::{Action, Change, NF_IP_PRI_MANGLE, NftRuleKind};
 use super::error::{Cause, NetError};
 use super::nfsock::NfSock;
-use super::plan::NFT_CHAIN;
+use super::plan::{NFT_CHAIN, NFT_NATIVE_SET};
 
 /// vmtun's tables are IPv4-only (the VM subnets are IPv4), so no `meta nfproto` guard is
 /// needed before matching `ip saddr`.
@@ -35,10 +35,6 @@ const FAMILY: ProtoFamily = ProtoFamily::Ipv4;
 
 /// Capacity of the cutover set: one element per subnet, with room to spare.
 const NATIVE_SET_SIZE: u32 = 64;
-
-/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: the type of a rule in a dump reply
-/// (linux/netfilter/nfnetlink.h, nf_tables.h).
-const NEWRULE_TYPE: u16 = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | libc::NFT_MSG_NEWRULE as u16;
 
 fn cstring(s: &str) -> Result<CString, Cause> {
     CString::new(s).map_err(|_| Cause::Netlink(format!("name {s:?} contains a NUL byte")))
@@ -262,52 +258,80 @@ pub(crate) struct ListedRule {
     pub comment: Option<String>,
 }
 
+/// Sends a dump request of message type `msg` (an `NFT_MSG_GET*`), with the payload
+/// written by `payload`, and returns the replies of type `reply` (an `NFT_MSG_NEW*`), each
+/// copied to 8-byte aligned storage for libnftnl's parsers.
+fn dump(
+    msg: i32,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+    reply: i32,
+) -> Result<Vec<Vec<u64>>, Cause> {
+    let mut buf = vec![0u64; (nftnl::nft_nlmsg_maxsize() as usize).div_ceil(8)];
+    // SAFETY: the buffer holds the largest nftables message.
+    let len = unsafe {
+        let h = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr() as *mut libc::c_char,
+            msg as u16,
+            FAMILY as u16,
+            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
+            1,
+        );
+        payload(h);
+        (*h).nlmsg_len as usize
+    };
+    // SAFETY: `len` bytes of `buf` were written above.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, len) };
+    let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
+    sock.send(bytes).map_err(|e| Cause::from_io(&e))?;
+    let reply_type = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | reply as u16;
+    Ok(sock
+        .dump()?
+        .into_iter()
+        .filter(|m| m.ty == reply_type)
+        .map(|m| {
+            let mut aligned = vec![0u64; m.bytes.len().div_ceil(8)];
+            // SAFETY: `aligned` has room for all the bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    m.bytes.as_ptr(),
+                    aligned.as_mut_ptr() as *mut u8,
+                    m.bytes.len(),
+                )
+            };
+            aligned
+        })
+        .collect())
+}
+
 /// Lists the rules of `table`/`chain` with their handles and comments. A missing table or
 /// chain is `No such file or directory`.
 pub(crate) fn list_rules(table: &str, chain_name: &str) -> Result<Vec<ListedRule>, Cause> {
     let t = cstring(table)?;
     let c = cstring(chain_name)?;
-    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-    // SAFETY: the buffer holds the largest message; the rule object is freed below.
-    let len = unsafe {
-        let r = sys::nftnl_rule_alloc();
-        if r.is_null() {
-            std::process::abort();
-        }
-        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
-        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
-        let h = sys::nftnl_nlmsg_build_hdr(
-            buf.as_mut_ptr() as *mut libc::c_char,
-            libc::NFT_MSG_GETRULE as u16,
-            FAMILY as u16,
-            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
-            1,
-        );
-        sys::nftnl_rule_nlmsg_build_payload(h, r);
-        sys::nftnl_rule_free(r);
-        (*h).nlmsg_len as usize
-    };
-    let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
-    sock.send(&buf[..len]).map_err(|e| Cause::from_io(&e))?;
-    let mut out = Vec::new();
-    for m in sock.dump()? {
-        if m.ty != NEWRULE_TYPE {
-            continue;
-        }
-        // libnftnl reads the message in place; copy it to aligned storage first.
-        let mut aligned = vec![0u64; m.bytes.len().div_ceil(8)];
-        // SAFETY: `aligned` has room for the bytes; the parsed rule is freed below.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                m.bytes.as_ptr(),
-                aligned.as_mut_ptr() as *mut u8,
-                m.bytes.len(),
-            );
+    let replies = dump(
+        libc::NFT_MSG_GETRULE,
+        // SAFETY: a rule object used only to write the request's table and chain.
+        |h| unsafe {
             let r = sys::nftnl_rule_alloc();
             if r.is_null() {
                 std::process::abort();
             }
-            if sys::nftnl_rule_nlmsg_parse(aligned.as_ptr() as *const libc::nlmsghdr, r) < 0 {
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
+            sys::nftnl_rule_nlmsg_build_payload(h, r);
+            sys::nftnl_rule_free(r);
+        },
+        libc::NFT_MSG_NEWRULE,
+    )?;
+    let mut out = Vec::new();
+    for m in replies {
+        // SAFETY: `m` is a complete, aligned NEWRULE message; the rule is freed below.
+        unsafe {
+            let r = sys::nftnl_rule_alloc();
+            if r.is_null() {
+                std::process::abort();
+            }
+            if sys::nftnl_rule_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, r) < 0 {
                 sys::nftnl_rule_free(r);
                 continue;
             }
@@ -323,6 +347,63 @@ pub(crate) fn list_rules(table: &str, chain_name: &str) -> Result<Vec<ListedRule
             out.push(ListedRule { handle, comment });
         }
     }
+    Ok(out)
+}
+
+/// The elements of vmtun's cutover set: the network addresses of the subnets for which a
+/// packet has arrived natively, i.e. whose replies the kernel no longer sends through the
+/// tunnel. For the watcher (to confirm and report the flip) and `vmtun status`.
+pub fn native_subnets(table: &str) -> Result<Vec<Ipv4Addr>, NetError> {
+    let op_err = |cause| NetError::Op {
+        doing: format!("listing nft set ip {table} {NFT_NATIVE_SET}"),
+        cause,
+    };
+    let t = cstring(table).map_err(op_err)?;
+    let n = cstring(NFT_NATIVE_SET).map_err(op_err)?;
+    // SAFETY: libnftnl allocation; freed at the end of this function.
+    let set = unsafe { sys::nftnl_set_alloc() };
+    if set.is_null() {
+        std::process::abort();
+    }
+    // SAFETY: the strings are copied into the set object.
+    unsafe {
+        sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
+        sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, n.as_ptr());
+    }
+    let replies = dump(
+        libc::NFT_MSG_GETSETELEM,
+        // SAFETY: writes the set's table and name into the request.
+        |h| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(h, set) },
+        libc::NFT_MSG_NEWSETELEM,
+    );
+    let mut out = Vec::new();
+    // SAFETY: each reply is a complete, aligned NEWSETELEM message; parsing appends its
+    // elements to `set`, whose keys are then read (4 bytes each: `ipv4_addr`).
+    unsafe {
+        if let Ok(replies) = &replies {
+            for m in replies {
+                sys::nftnl_set_elems_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, set);
+            }
+            let it = sys::nftnl_set_elems_iter_create(set);
+            if !it.is_null() {
+                loop {
+                    let e = sys::nftnl_set_elems_iter_next(it);
+                    if e.is_null() {
+                        break;
+                    }
+                    let mut len: u32 = 0;
+                    let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
+                    if !k.is_null() && len == 4 {
+                        let b = std::slice::from_raw_parts(k as *const u8, 4);
+                        out.push(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                    }
+                }
+                sys::nftnl_set_elems_iter_destroy(it);
+            }
+        }
+        sys::nftnl_set_free(set);
+    }
+    replies.map_err(op_err)?;
     Ok(out)
 }
 

@@ -267,8 +267,13 @@ fn cutover_set_flips_marking_on_the_first_native_packet() {
     assert_eq!(marked(), 1, "a VM packet is marked before the cutover");
     assert!(!set().contains("elements"), "{}", set());
 
+    assert!(host.run(|| native_subnets(NFT_TABLE).unwrap()).is_empty());
     native();
     assert!(set().contains("elements = { 203.0.113.0 }"), "{}", set());
+    assert_eq!(
+        host.run(|| native_subnets(NFT_TABLE).unwrap()),
+        vec![std::net::Ipv4Addr::new(203, 0, 113, 0)]
+    );
 
     vm_reply();
     assert_eq!(
