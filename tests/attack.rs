@@ -25,7 +25,7 @@ const UNDERLAY_C: &str = "198.18.0.4";
 fn attack(captured: &[Vec<u8>], rng: &mut Garbage) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = captured.to_vec();
     for packet in captured {
-        let cut = (rng.next_u64() as usize) % packet.len().max(1);
+        let cut = 1 + (rng.next_u64() as usize) % packet.len().saturating_sub(1).max(1);
         out.push(packet[..cut].to_vec());
     }
     for kind in [0u8, 1, 2, 3, 4, 5, 255] {

@@ -177,7 +177,7 @@ fn snapshot(ns: &Netns) -> Result<String> {
 
 #[test]
 fn bad_configs_are_refused_with_one_line_naming_the_field() -> Result<()> {
-    preflight(&[]);
+    preflight(&["nft"]);
     let net = Pair::new("badcfg")?;
     let (own, peer) = (vmtun_keypair(), vmtun_keypair());
     let key_file = net

@@ -12,6 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::thread::JoinHandle;
 
+/// Longest a command run with [`Netns::run`] may take (exit status 124 when it is killed).
+pub const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A network namespace owned by the lab. Dropping it kills the processes inside by PID and
 /// deletes it; veths and bridges inside go with it.
 ///
@@ -56,10 +59,15 @@ impl Netns {
     }
 
     /// Runs `program args` inside the namespace to completion; its stdout if it succeeded.
+    /// A program still running after [`RUN_TIMEOUT`] is killed (coreutils `timeout`), so a
+    /// hung command fails the test instead of hanging it.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let limit = format!("{}", RUN_TIMEOUT.as_secs());
         run_checked(
             &format!("running {program} in {}", self.name),
-            self.command(program).args(args),
+            self.command("timeout")
+                .args(["--kill-after=5", &limit, program])
+                .args(args),
         )
     }
 
