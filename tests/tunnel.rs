@@ -185,3 +185,46 @@ fn down_stops_the_instance_and_removes_the_device() -> Result<()> {
     })?;
     Ok(())
 }
+
+fn genpsk() -> String {
+    let out = std::process::Command::new(VMTUN)
+        .arg("genpsk")
+        .output()
+        .expect("running vmtun genpsk");
+    assert!(out.status.success(), "vmtun genpsk failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// With a pre-shared key on both sides the tunnel works; with different ones it must not.
+#[test]
+fn preshared_key_must_match() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("psk")?;
+    let (mut ca, mut cb) = configs(true);
+    let psk = genpsk();
+    ca.peers[0].preshared_key = Some(psk.clone());
+    cb.peers[0].preshared_key = Some(psk);
+    {
+        let _b = Vmtun::start(&net.b, &net.scratch, cb.clone())?;
+        let _a = Vmtun::start(&net.a, &net.scratch, ca.clone())?;
+        wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    }
+    cb.peers[0].preshared_key = Some(genpsk());
+    ca.name = lab::unique_ifname("vt");
+    cb.name = lab::unique_ifname("vt");
+    let b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    for _ in 0..3 {
+        check(!ping_once(&net.a, TUNNEL_B), || {
+            "a ping crossed the tunnel with mismatched pre-shared keys".into()
+        })?;
+    }
+    let status = a.status()?;
+    check(status.handshake_secs(b.public_key()).is_none(), || {
+        format!(
+            "A reports a handshake despite the wrong psk: {:?}",
+            status.0
+        )
+    })?;
+    Ok(())
+}
