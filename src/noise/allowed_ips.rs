@@ -23,7 +23,7 @@ impl Family {
             Some(i) => i,
             None => {
                 self.by_len.push((len, HashMap::new()));
-                self.by_len.sort_by(|a, b| b.0.cmp(&a.0));
+                self.by_len.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
                 self.by_len.iter().position(|(l, _)| *l == len).unwrap_or(0)
             }
         };

@@ -521,7 +521,6 @@ impl Peer {
     }
 
     /// A transport message naming one of our indices.
-    #[allow(clippy::too_many_arguments)]
     pub fn handle_transport(
         &mut self,
         now: Instant,
