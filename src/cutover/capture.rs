@@ -143,13 +143,10 @@ impl PacketSocket {
         wait: Wait,
     ) -> Result<Self, CutoverError> {
         let index = interface_index(bridge)?;
-        let os = |action: &'static str| {
-            let source = io::Error::last_os_error();
-            CutoverError::Io {
-                bridge: bridge.to_owned(),
-                action,
-                source,
-            }
+        let io_error = |action: &'static str, source: io::Error| CutoverError::Io {
+            bridge: bridge.to_owned(),
+            action,
+            source,
         };
         let flags = match wait {
             Wait::Stoppable => libc::SOCK_NONBLOCK,
@@ -167,29 +164,17 @@ impl PacketSocket {
             )
         };
         if raw < 0 {
-            return Err(os("opening a packet socket"));
+            return Err(io_error(
+                "opening a packet socket",
+                io::Error::last_os_error(),
+            ));
         }
         // SAFETY: raw was just returned by socket(2) and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        let program = compile_filter(bridge, classifier)?;
-        let insns = program.get_instructions();
-        let filter = libc::sock_fprog {
-            len: u16::try_from(insns.len()).map_err(|_| CutoverError::Filter {
-                bridge: bridge.to_owned(),
-                message: format!(
-                    "{} BPF instructions, more than the kernel takes",
-                    insns.len()
-                ),
-            })?,
-            // pcap's BpfInstruction is repr(transparent) over libpcap's struct bpf_insn
-            // { u16 code; u8 jt; u8 jf; u32 k }, which is the kernel's struct sock_filter.
-            filter: insns.as_ptr().cast::<libc::sock_filter>().cast_mut(),
-        };
-        setsockopt(&fd, libc::SO_ATTACH_FILTER, &filter)
-            .map_err(|_| os("attaching the BPF filter"))?;
+        attach_filter(&fd, bridge, classifier)?;
         setsockopt(&fd, libc::SO_TIMESTAMPNS, &1 as &libc::c_int)
-            .map_err(|_| os("enabling receive timestamps"))?;
+            .map_err(|e| io_error("enabling receive timestamps", e))?;
 
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
@@ -205,13 +190,26 @@ impl PacketSocket {
             )
         };
         if rc < 0 {
-            return Err(os("binding the packet socket"));
+            return Err(io_error(
+                "binding the packet socket",
+                io::Error::last_os_error(),
+            ));
         }
         Ok(PacketSocket {
             fd,
             wait,
             buf: [0; SNAPLEN],
         })
+    }
+
+    /// Replaces the kernel filter (atomically) with the classifier's current one, so that
+    /// subnets already cut over no longer wake the watcher.
+    pub(crate) fn update_filter(
+        &self,
+        bridge: &str,
+        classifier: &Classifier,
+    ) -> Result<(), CutoverError> {
+        attach_filter(&self.fd, bridge, classifier)
     }
 
     /// Hands every frame received for the host to `on_frame` until it returns `Some` or
@@ -291,6 +289,28 @@ impl PacketSocket {
         let captured_at = captured_at.unwrap_or_else(SystemTime::now);
         Ok(Some((len, from.sll_pkttype, captured_at)))
     }
+}
+
+fn attach_filter(fd: &OwnedFd, bridge: &str, classifier: &Classifier) -> Result<(), CutoverError> {
+    let program = compile_filter(bridge, classifier)?;
+    let insns = program.get_instructions();
+    let filter = libc::sock_fprog {
+        len: u16::try_from(insns.len()).map_err(|_| CutoverError::Filter {
+            bridge: bridge.to_owned(),
+            message: format!(
+                "{} BPF instructions, more than the kernel takes",
+                insns.len()
+            ),
+        })?,
+        // pcap's BpfInstruction is repr(transparent) over libpcap's struct bpf_insn
+        // { u16 code; u8 jt; u8 jf; u32 k }, which is the kernel's struct sock_filter.
+        filter: insns.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    };
+    setsockopt(fd, libc::SO_ATTACH_FILTER, &filter).map_err(|source| CutoverError::Io {
+        bridge: bridge.to_owned(),
+        action: "attaching the BPF filter",
+        source,
+    })
 }
 
 fn setsockopt<T>(fd: &OwnedFd, option: libc::c_int, value: &T) -> io::Result<()> {

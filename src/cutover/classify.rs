@@ -80,19 +80,31 @@ impl Verdict {
 /// everything, e.g. the source-address rule or the IPv4 checksum).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classifier {
-    subnets: Vec<Ipv4Net>,
+    /// All of our subnets: a packet from any of them is a VM talking.
+    ours: Vec<Ipv4Net>,
+    /// The subnets whose first native packet is still awaited.
+    watched: Vec<Ipv4Net>,
 }
 
 impl Classifier {
     /// A classifier for these subnets (normally `[migration] subnets`, already validated).
     pub fn new(subnets: Vec<Ipv4Net>) -> Self {
-        let subnets = subnets.into_iter().map(|n| n.trunc()).collect();
-        Classifier { subnets }
+        let ours: Vec<Ipv4Net> = subnets.into_iter().map(|n| n.trunc()).collect();
+        Classifier {
+            watched: ours.clone(),
+            ours,
+        }
     }
 
-    /// The subnets watched, host bits cleared.
+    /// The subnets still watched, host bits cleared.
     pub fn subnets(&self) -> &[Ipv4Net] {
-        &self.subnets
+        &self.watched
+    }
+
+    /// Stops matching packets for `subnet` (its cutover is done); its addresses still count
+    /// as ours for the source check.
+    pub fn stop_watching(&mut self, subnet: Ipv4Net) {
+        self.watched.retain(|n| *n != subnet);
     }
 
     /// The subnet a native packet is for, or `None` for anything else. Call it on frames
@@ -145,11 +157,11 @@ impl Classifier {
         }
         let src = Ipv4Addr::new(fixed[12], fixed[13], fixed[14], fixed[15]);
         let dst = Ipv4Addr::new(fixed[16], fixed[17], fixed[18], fixed[19]);
-        if self.subnets.iter().any(|n| n.contains(&src)) {
+        if self.ours.iter().any(|n| n.contains(&src)) {
             return Verdict::FromOurSubnets;
         }
         match self
-            .subnets
+            .watched
             .iter()
             .filter(|n| n.contains(&dst))
             .max_by_key(|n| n.prefix_len())
@@ -160,11 +172,14 @@ impl Classifier {
     }
 
     /// The libpcap filter expression that lets only candidates through in the kernel:
-    /// `ip and (dst net 203.0.113.0/29 or dst net ...)`. The classifier still checks each
-    /// frame the filter passes.
+    /// `ip and (dst net 203.0.113.0/29 or dst net ...)`, or a filter that passes nothing
+    /// once no subnet is watched. The classifier still checks each frame the filter passes.
     pub fn bpf_expression(&self) -> String {
+        if self.watched.is_empty() {
+            return "ip and not ip".to_owned();
+        }
         let nets: Vec<String> = self
-            .subnets
+            .watched
             .iter()
             .map(|n| format!("dst net {n}"))
             .collect();
@@ -451,6 +466,20 @@ mod tests {
             classifier().bpf_expression(),
             "ip and (dst net 203.0.113.0/29 or dst net 198.51.100.0/24)"
         );
+    }
+
+    #[test]
+    fn a_subnet_no_longer_watched_stays_ours() {
+        let mut c = classifier();
+        c.stop_watching("203.0.113.0/29".parse().unwrap());
+        let to_moved = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
+        assert_eq!(c.verdict(&to_moved), Verdict::OtherDestination);
+        let from_moved = udp4(HOST_MAC, ip("203.0.113.2"), ip("198.51.100.9"), b"");
+        assert_eq!(c.verdict(&from_moved), Verdict::FromOurSubnets);
+        assert_eq!(c.bpf_expression(), "ip and (dst net 198.51.100.0/24)");
+        c.stop_watching("198.51.100.0/24".parse().unwrap());
+        assert!(c.subnets().is_empty());
+        assert_eq!(c.bpf_expression(), "ip and not ip");
     }
 
     #[test]

@@ -7,7 +7,11 @@
 //! - [`record`]: what was seen and when (`Detection`, `CutoverRecord` for `vmtun status`).
 //! - `capture`: the OS edge, an `AF_PACKET` socket on the bridge with a kernel BPF filter and
 //!   receive timestamps, stoppable through an eventfd.
-//! - [`watcher`]: the thread tying them together; it calls the callback once.
+//! - [`watcher`]: the thread tying them together; it calls the callback once per subnet.
+//!
+//! Wiring on the new host (role new, `cutover = "auto"`), with netcfg's per-subnet removal:
+//! `Watcher::spawn(&bridge, subnets, move |d| netcfg::remove_mark_rule(&table,
+//! &[d.subnet]).map(drop))`; `vmtun status` shows [`Watcher::status`].
 //!
 //! This module never edits netfilter, routes or rules: the callback given to
 //! [`Watcher::spawn`] (netcfg's atomic removal of vmtun's own mark rule) does. It never
@@ -60,7 +64,7 @@ mod netns_tests;
 
 pub use classify::{Classifier, Verdict};
 pub use record::{CutoverRecord, Detection};
-pub use watcher::{CutoverState, Watcher};
+pub use watcher::{CutoverStatus, Phase, Watcher};
 
 /// Why the watcher could not start. Each names the bridge and what to do.
 #[derive(Debug, thiserror::Error)]

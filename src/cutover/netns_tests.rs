@@ -27,7 +27,7 @@ use ipnet::Ipv4Net;
 use super::capture::{PacketSocket, PcapCapture, Run, StopSignal, Wait};
 use super::classify::fixtures;
 use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN};
-use super::{CutoverError, CutoverState, Watcher};
+use super::{CutoverError, Phase, Watcher};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -277,14 +277,14 @@ fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     let lab = Lab::new();
     let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<super::Detection>::new()));
     let watcher = {
         let (calls, seen) = (calls.clone(), seen.clone());
         lab.n
             .run(|| {
                 Watcher::spawn(&lab.bridge, Lab::subnets(), move |d: &super::Detection| {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    *seen.lock().unwrap() = Some(*d);
+                    seen.lock().unwrap().push(*d);
                     Ok::<(), std::io::Error>(())
                 })
             })
@@ -337,25 +337,34 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
         "fired on noise: {:?}",
         seen.lock().unwrap()
     );
-    assert_eq!(watcher.state(), CutoverState::Watching);
+    assert_eq!(watcher.status().phase, Phase::Watching);
 
-    // The first native packet, then more that must not call again.
+    // The first native packet for 203.0.113.0/29, then more for it that must not call again.
+    let first: Ipv4Net = "203.0.113.0/29".parse().unwrap();
+    let second: Ipv4Net = "198.51.100.0/24".parse().unwrap();
     let sent = Instant::now();
     lab.send_from_s(None, "203.0.113.2", b"native");
     assert!(
-        wait_for(Duration::from_secs(2), || watcher.record().is_some()),
-        "no cutover within 2 s of a native packet; state {:?}",
-        watcher.state()
+        wait_for(Duration::from_secs(2), || !watcher.records().is_empty()),
+        "no cutover within 2 s of a native packet; status {:?}",
+        watcher.status()
     );
     let noticed = sent.elapsed();
     for _ in 0..5 {
-        lab.send_from_s(None, "198.51.100.7", b"native again");
+        lab.send_from_s(None, "203.0.113.6", b"native again");
     }
     thread::sleep(Duration::from_millis(100));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let status = watcher.status();
+    assert_eq!(
+        status.phase,
+        Phase::Watching,
+        "198.51.100.0/24 has not moved yet"
+    );
+    assert_eq!(status.waiting, vec![second]);
 
-    let record = watcher.record().unwrap();
-    assert_eq!(record.subnet, "203.0.113.0/29".parse::<Ipv4Net>().unwrap());
+    let record = status.records[0].clone();
+    assert_eq!(record.subnet, first);
     assert_eq!(record.dst, "203.0.113.2".parse::<Ipv4Addr>().unwrap());
     assert_eq!(record.src, "198.18.0.2".parse::<Ipv4Addr>().unwrap());
     assert_eq!(record.error, None);
@@ -369,11 +378,27 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
         "latency {:?} > observed {noticed:?}",
         record.latency
     );
-    assert_eq!(seen.lock().unwrap().unwrap().subnet, record.subnet);
-    match watcher.stop() {
-        CutoverState::Done(r) => assert_eq!(r, record),
-        other => panic!("after stop: {other:?}"),
-    }
+
+    // The second subnet moves later: its own call, then the watcher is done.
+    lab.send_from_s(None, "198.51.100.7", b"native, second subnet");
+    assert!(
+        wait_for(Duration::from_secs(2), || watcher.status().phase
+            == Phase::Done),
+        "second subnet not cut over; status {:?}",
+        watcher.status()
+    );
+    lab.send_from_s(None, "198.51.100.8", b"after the end");
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let subnets: Vec<Ipv4Net> = seen.lock().unwrap().iter().map(|d| d.subnet).collect();
+    assert_eq!(subnets, vec![first, second]);
+
+    let status = watcher.stop();
+    assert_eq!(status.phase, Phase::Done);
+    assert!(status.waiting.is_empty());
+    assert_eq!(status.records.len(), 2);
+    assert_eq!(status.records[0], record);
+    assert_eq!(status.records[1].subnet, second);
 }
 
 #[test]
@@ -389,7 +414,7 @@ fn stops_at_once_without_a_packet_and_reports_callback_errors() {
         .unwrap();
     thread::sleep(Duration::from_millis(50));
     let t = Instant::now();
-    assert_eq!(watcher.stop(), CutoverState::Stopped);
+    assert_eq!(watcher.stop().phase, Phase::Stopped);
     assert!(
         t.elapsed() < Duration::from_millis(100),
         "stop took {:?}",
@@ -405,11 +430,11 @@ fn stops_at_once_without_a_packet_and_reports_callback_errors() {
         })
         .unwrap();
     lab.send_from_s(None, "203.0.113.5", b"native");
-    assert!(wait_for(Duration::from_secs(2), || watcher
-        .record()
-        .is_some()));
+    assert!(wait_for(Duration::from_secs(2), || !watcher
+        .records()
+        .is_empty()));
     assert_eq!(
-        watcher.record().unwrap().error.as_deref(),
+        watcher.records()[0].error.as_deref(),
         Some("deleting rule 7 in table inet vmtun: No such file or directory")
     );
 }
@@ -475,7 +500,7 @@ fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
         rx_after > rx_before,
         "the flooded frame did not reach the bridge device"
     );
-    assert_eq!(watcher.stop(), CutoverState::Stopped);
+    assert_eq!(watcher.stop().phase, Phase::Stopped);
 }
 
 /// Why the watcher is not libpcap: direction `in` still includes PACKET_OTHERHOST, so libpcap

@@ -1,10 +1,10 @@
-//! The watcher thread: waits on the bridge for the first native packet, calls the rule-removal
-//! callback once, and keeps the record. It owns no netfilter code: the caller's callback
+//! The watcher thread: waits on the bridge for each subnet's first native packet, calls the
+//! rule-removal callback once per subnet, and keeps the records. It owns no netfilter code: the caller's callback
 //! (netcfg's atomic removal of the mark rule) does that.
 
 use std::fmt::Display;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime};
 
@@ -18,30 +18,45 @@ use super::record::{CutoverRecord, Detection};
 
 /// Where the automatic cutover stands, for `vmtun status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
-pub enum CutoverState {
-    /// Waiting for the first native packet on the bridge.
+pub struct CutoverStatus {
+    /// Whether the watcher is still running, and how it ended.
+    pub phase: Phase,
+    /// One record per subnet cut over, in the order their first native packets came.
+    pub records: Vec<CutoverRecord>,
+    /// Subnets whose first native packet is still awaited.
+    pub waiting: Vec<Ipv4Net>,
+}
+
+/// The watcher's phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for the first native packet of the subnets in `waiting`.
     Watching,
-    /// The first native packet came and the callback ran (see the record's `error`).
-    Done(CutoverRecord),
-    /// Reading from the bridge failed; the cutover must be done by hand (`vmtun cutover`).
+    /// Every subnet has had its first native packet and its callback (see each record's
+    /// `error`).
+    Done,
+    /// Reading from the bridge failed; the rest of the cutover must be done by hand
+    /// (`vmtun cutover`).
     Failed {
         /// What went wrong, naming the bridge.
         error: String,
     },
-    /// Stopped before any native packet came (shutdown, or a manual cutover).
+    /// Stopped before every subnet had cut over (shutdown, or a manual cutover).
     Stopped,
 }
 
-/// A running watcher on the new host's bridge. It calls its callback at most once, on the
-/// first IPv4 packet received there for one of the subnets, then ends its thread.
+/// A running watcher on the new host's bridge. For each subnet it calls its callback once, on
+/// the first IPv4 packet received there for that subnet, and ends its thread when all have
+/// cut over. (The provider may switch the subnets at different times; each subnet's mark rule
+/// must stay until its own switch.)
 ///
 /// Dropping it stops it too; [`stop`](Self::stop) also returns what happened.
 #[derive(Debug)]
 pub struct Watcher {
     bridge: String,
     stop: Arc<StopSignal>,
-    state: Arc<Mutex<CutoverState>>,
+    status: Arc<Mutex<CutoverStatus>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -50,15 +65,15 @@ impl Watcher {
     ///
     /// The socket is opened here, in the calling thread's network namespace, so that a
     /// missing bridge or missing privilege is reported now. `on_native` runs on the watcher
-    /// thread as soon as the first native packet is recognised; it should remove the mark rule
-    /// and return; its error is kept in the record.
+    /// thread as soon as a subnet's first native packet is recognised, once per subnet; it
+    /// should remove that subnet's mark rule and return. Its error is kept in the record.
     pub fn spawn<F, E>(
         bridge: &str,
         subnets: Vec<Ipv4Net>,
         on_native: F,
     ) -> Result<Watcher, CutoverError>
     where
-        F: FnOnce(&Detection) -> Result<(), E> + Send + 'static,
+        F: FnMut(&Detection) -> Result<(), E> + Send + 'static,
         E: Display,
     {
         if subnets.is_empty() {
@@ -66,29 +81,35 @@ impl Watcher {
         }
         let classifier = Classifier::new(subnets);
         let source = PacketSocket::open(bridge, &classifier, Wait::Stoppable)?;
-        let io_error = |action, source| CutoverError::Io {
+        let stop = Arc::new(StopSignal::new().map_err(|source| CutoverError::Io {
             bridge: bridge.to_owned(),
-            action,
+            action: "creating the stop eventfd",
             source,
-        };
-        let stop =
-            Arc::new(StopSignal::new().map_err(|e| io_error("creating the stop eventfd", e))?);
-        let state = Arc::new(Mutex::new(CutoverState::Watching));
+        })?);
+        let status = Arc::new(Mutex::new(CutoverStatus {
+            phase: Phase::Watching,
+            records: Vec::new(),
+            waiting: classifier.subnets().to_vec(),
+        }));
         let thread = {
-            let (bridge, stop, state) = (bridge.to_owned(), stop.clone(), state.clone());
+            let (name, stop, status) = (bridge.to_owned(), stop.clone(), status.clone());
             thread::Builder::new()
                 .name(format!("cutover-{bridge}"))
                 .spawn(move || {
-                    let end = watch(&bridge, source, &classifier, &stop, on_native);
-                    *state.lock().unwrap_or_else(PoisonError::into_inner) = end;
+                    let phase = watch(&name, source, classifier, &stop, &status, on_native);
+                    lock(&status).phase = phase;
                 })
-                .map_err(|e| io_error("starting the watcher thread", e))?
+                .map_err(|source| CutoverError::Io {
+                    bridge: bridge.to_owned(),
+                    action: "starting the watcher thread",
+                    source,
+                })?
         };
         tracing::info!(bridge, "cutover watcher started");
         Ok(Watcher {
             bridge: bridge.to_owned(),
             stop,
-            state,
+            status,
             thread: Some(thread),
         })
     }
@@ -99,26 +120,20 @@ impl Watcher {
     }
 
     /// Where the cutover stands now.
-    pub fn state(&self) -> CutoverState {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    pub fn status(&self) -> CutoverStatus {
+        lock(&self.status).clone()
     }
 
-    /// The record, once the callback has returned.
-    pub fn record(&self) -> Option<CutoverRecord> {
-        match self.state() {
-            CutoverState::Done(record) => Some(record),
-            _ => None,
-        }
+    /// The records of the subnets cut over so far.
+    pub fn records(&self) -> Vec<CutoverRecord> {
+        lock(&self.status).records.clone()
     }
 
     /// Stops watching without waiting for a packet (a callback already running is waited
-    /// for), and returns the final state.
-    pub fn stop(mut self) -> CutoverState {
+    /// for), and returns the final status.
+    pub fn stop(mut self) -> CutoverStatus {
         self.shut_down();
-        self.state()
+        self.status()
     }
 
     fn shut_down(&mut self) {
@@ -126,16 +141,16 @@ impl Watcher {
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
-            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = CutoverState::Failed {
+            lock(&self.status).phase = Phase::Failed {
                 error: format!(
                     "bridge {}: the cutover callback panicked; should never happen: please report",
                     self.bridge
                 ),
             };
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if *state == CutoverState::Watching {
-            *state = CutoverState::Stopped;
+        let mut status = lock(&self.status);
+        if status.phase == Phase::Watching {
+            status.phase = Phase::Stopped;
         }
     }
 }
@@ -146,41 +161,66 @@ impl Drop for Watcher {
     }
 }
 
-/// The watcher thread's body: returns the state it ends in.
+fn lock(status: &Mutex<CutoverStatus>) -> MutexGuard<'_, CutoverStatus> {
+    status.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The watcher thread's body: returns the phase it ends in.
 fn watch<F, E>(
     bridge: &str,
     mut source: PacketSocket,
-    classifier: &Classifier,
+    mut classifier: Classifier,
     stop: &StopSignal,
-    on_native: F,
-) -> CutoverState
+    status: &Mutex<CutoverStatus>,
+    mut on_native: F,
+) -> Phase
 where
-    F: FnOnce(&Detection) -> Result<(), E>,
+    F: FnMut(&Detection) -> Result<(), E>,
     E: Display,
 {
-    let found = source.run(stop, |frame| match classifier.verdict(frame.data) {
-        Verdict::Native { subnet, src, dst } => Some(Detection {
-            subnet,
-            src,
-            dst,
-            captured_at: frame.captured_at,
-            detected_at: Instant::now(),
-            detected_at_wall: SystemTime::now(),
-        }),
-        other => {
-            tracing::trace!(bridge, verdict = ?other, "frame is not a native packet");
-            None
+    loop {
+        let found = source.run(stop, |frame| match classifier.verdict(frame.data) {
+            Verdict::Native { subnet, src, dst } => Some(Detection {
+                subnet,
+                src,
+                dst,
+                captured_at: frame.captured_at,
+                detected_at: Instant::now(),
+                detected_at_wall: SystemTime::now(),
+            }),
+            other => {
+                tracing::trace!(bridge, verdict = ?other, "frame is not a native packet");
+                None
+            }
+        });
+        let detection = match found {
+            Ok(Run::Done(detection)) => detection,
+            Ok(Run::Stopped) => return Phase::Stopped,
+            Err(e) => return failed(bridge, &e),
+        };
+        let error = on_native(&detection).err().map(|e| e.to_string());
+        let record = CutoverRecord::new(&detection, Instant::now(), error);
+        log(bridge, &record);
+        classifier.stop_watching(detection.subnet);
+        {
+            let mut status = lock(status);
+            status.records.push(record);
+            status.waiting = classifier.subnets().to_vec();
         }
-    });
-    let detection = match found {
-        Ok(Run::Done(detection)) => detection,
-        Ok(Run::Stopped) => return CutoverState::Stopped,
-        Err(e) => return failed(bridge, &e),
-    };
-    // The socket closes only after the callback: closing a packet socket waits for an RCU
-    // grace period (synchronize_net in packet_release), milliseconds the rule must not wait.
-    let error = on_native(&detection).err().map(|e| e.to_string());
-    let record = CutoverRecord::new(&detection, Instant::now(), error);
+        if classifier.subnets().is_empty() {
+            // The socket closes only now, after the callback: closing a packet socket waits
+            // for an RCU grace period (synchronize_net), milliseconds no rule should wait.
+            return Phase::Done;
+        }
+        // Packets for the subnet just cut over must stop waking us; if the kernel refuses the
+        // new filter, the classifier still ignores them.
+        if let Err(e) = source.update_filter(bridge, &classifier) {
+            tracing::warn!(bridge, "narrowing the cutover filter: {e}");
+        }
+    }
+}
+
+fn log(bridge: &str, record: &CutoverRecord) {
     match &record.error {
         None => tracing::info!(
             bridge,
@@ -199,12 +239,35 @@ where
             "cutover: first native packet, but removing the mark rule failed: run `vmtun cutover`"
         ),
     }
-    drop(source);
-    CutoverState::Done(record)
 }
 
-fn failed(bridge: &str, e: &io::Error) -> CutoverState {
+fn failed(bridge: &str, e: &io::Error) -> Phase {
     let error = format!("bridge {bridge}: reading packets: {e}; run `vmtun cutover` by hand");
     tracing::error!("{error}");
-    CutoverState::Failed { error }
+    Phase::Failed { error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_is_what_vmtun_status_prints() {
+        let status = CutoverStatus {
+            phase: Phase::Watching,
+            records: Vec::new(),
+            waiting: vec!["203.0.113.0/29".parse().unwrap()],
+        };
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            r#"{"phase":"watching","records":[],"waiting":["203.0.113.0/29"]}"#
+        );
+        let failed = Phase::Failed {
+            error: "bridge br0: reading packets: boom".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            r#"{"failed":{"error":"bridge br0: reading packets: boom"}}"#
+        );
+    }
 }
