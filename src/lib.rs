@@ -16,5 +16,6 @@ pub mod config;
 pub mod cutover;
 pub mod keys;
 pub mod lab;
+pub mod netcfg;
 pub mod noise;
 pub mod wire;

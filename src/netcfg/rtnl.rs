@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
+use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::RouteScope;
