@@ -19,3 +19,7 @@ pub mod lab;
 pub mod netcfg;
 pub mod noise;
 pub mod wire;
+pub mod control;
+pub mod driver;
+pub mod instance;
+pub mod tun;

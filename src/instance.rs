@@ -1,0 +1,273 @@
+//! The life of one `vmtun up`: check, lock, apply the host plan, run the driver, undo.
+//!
+//! Everything that can be refused (config, root, port in use, a second instance) is
+//! refused before the host changes. What `up` changes is journaled by `netcfg`, so exit
+//! — or `vmtun down` after a crash — undoes exactly that and nothing else.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::control::{self, Paths, Request};
+use crate::driver::{Driver, Exit, Identity};
+use crate::netcfg;
+use crate::noise::{PeerConfig, Tunnel, TunnelConfig};
+use crate::tun::Tun;
+
+/// Kernel socket buffer sizes asked for the UDP socket: bursts of a fast TCP flow must not
+/// overflow the default ~200 KiB while the loop is busy on the other side.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+/// `vmtun up`: runs until SIGINT/SIGTERM or `vmtun down`, then undoes what it did.
+pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
+    let (tunnel_params, role) = host_params(&config);
+    let plan = netcfg::plan(&tunnel_params, role.as_ref());
+    if dry_run {
+        println!("# vmtun up -c {} would:", config.path.display());
+        println!(
+            "ip tuntap add dev {} mode tun   # held by the process; gone when it exits",
+            config.interface.name
+        );
+        for change in &plan {
+            println!("{change}");
+        }
+        println!("# and listen on UDP port {}", config.interface.listen_port);
+        return Ok(());
+    }
+    require_root()?;
+    let mut ops = netcfg::SystemOps::new()?;
+    netcfg::check_prerequisites(&mut ops, role.as_ref())?;
+    let paths = Paths::of(&config);
+    let _lock = lock(&config, &paths)?;
+    if paths.state.exists() {
+        tracing::warn!(
+            "a previous vmtun for {} did not exit cleanly; undoing what it left ({})",
+            config.interface.name,
+            paths.state.display()
+        );
+        netcfg::undo_state_file(&mut ops, &paths.state)?;
+    }
+    let udp = bind_udp(config.interface.listen_port)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tun = {
+        let _context = runtime.enter();
+        Tun::create(&config.interface.name)?
+    };
+    let mut journal = netcfg::Journal::create(Path::new(control::RUN_DIR), &config.interface.name)?;
+    if let Err(e) = journal.apply(&mut ops, &plan) {
+        drop(tun);
+        journal.undo_all(&mut ops)?;
+        return Err(e.into());
+    }
+    let result = runtime.block_on(run_driver(&config, &paths, tun, udp));
+    let _ = std::fs::remove_file(&paths.socket);
+    journal.undo_all(&mut ops)?;
+    let exit = result?;
+    tracing::info!(
+        "{} down ({exit:?}); host changes undone",
+        config.interface.name
+    );
+    Ok(())
+}
+
+/// What netcfg needs to know of the config.
+fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) {
+    let tunnel = netcfg::TunnelParams {
+        tun: config.interface.name.clone(),
+        address: config.interface.address,
+        mtu: Some(config.interface.mtu.into()),
+    };
+    let role = config.migration.as_ref().map(|m| match m.role {
+        crate::config::Role::Old => netcfg::Role::Old(netcfg::OldParams {
+            subnets: m.subnets.clone(),
+            via: m.via,
+        }),
+        crate::config::Role::New => netcfg::Role::New(netcfg::NewParams {
+            subnets: m.subnets.clone(),
+            via: m.via,
+            table: netcfg::TableId(m.table),
+            fwmark: netcfg::FwMark(m.fwmark),
+            rule_priority: netcfg::DEFAULT_RULE_PRIORITY,
+            vif_prefix: m.vif_prefix.clone(),
+            bridge: m.bridge.clone(),
+        }),
+    });
+    (tunnel, role)
+}
+
+async fn run_driver(
+    config: &Config,
+    paths: &Paths,
+    tun: Tun,
+    udp: std::net::UdpSocket,
+) -> anyhow::Result<Exit> {
+    let (tx, rx) = mpsc::channel(16);
+    let listener = control::listen(&paths.socket, tx)?;
+    let identity = Identity {
+        interface: config.interface.name.clone(),
+        public_key: config.interface.private_key.public_key().to_base64(),
+        listen_port: config.interface.listen_port,
+        allowed_ips: config
+            .peers
+            .iter()
+            .map(|p| p.allowed_ips.iter().map(|n| n.to_string()).collect())
+            .collect(),
+    };
+    let mut tunnel = Tunnel::new(tunnel_config(config), Instant::now(), SystemTime::now());
+    tunnel.set_mtu(config.interface.mtu.into());
+    let udp = tokio::net::UdpSocket::from_std(udp)?;
+    tracing::info!(
+        "{} up: {} on UDP port {}, {} peer(s)",
+        config.interface.name,
+        config.interface.address,
+        config.interface.listen_port,
+        config.peers.len()
+    );
+    let exit = Driver::new(tunnel, tun, udp, rx, identity)
+        .run(shutdown_signal())
+        .await?;
+    listener.abort();
+    Ok(exit)
+}
+
+/// The core's view of the config.
+pub fn tunnel_config(config: &Config) -> TunnelConfig {
+    TunnelConfig {
+        private_key: config.interface.private_key.clone(),
+        peers: config
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                public_key: p.public_key,
+                preshared_key: p.preshared_key.clone(),
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                persistent_keepalive: p.persistent_keepalive,
+            })
+            .collect(),
+    }
+}
+
+/// `vmtun down`: asks a running instance to stop, or cleans up after a dead one.
+pub fn down(config: &Config) -> anyhow::Result<()> {
+    let paths = Paths::of(config);
+    if control::command(config, Request::Down).is_ok() {
+        // The instance undoes its changes before it releases the lock; wait for that.
+        let lock = OpenOptions::new().read(true).open(&paths.lock)?;
+        flock(&lock, libc::LOCK_EX)?;
+        return Ok(());
+    }
+    require_root()?;
+    let _lock = lock(config, &paths)?;
+    if paths.state.exists() {
+        let mut ops = netcfg::SystemOps::new()?;
+        netcfg::undo_state_file(&mut ops, &paths.state)?;
+        let _ = std::fs::remove_file(&paths.state);
+        let _ = std::fs::remove_file(&paths.socket);
+        println!(
+            "cleaned up after a vmtun for {} that did not exit cleanly",
+            config.interface.name
+        );
+    } else {
+        println!(
+            "no vmtun running for {} and nothing left to clean",
+            config.interface.name
+        );
+    }
+    Ok(())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must run as root: it creates a TUN device and changes routes");
+    }
+    Ok(())
+}
+
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: the fd is valid for the life of `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Takes the instance lock, held until the returned file is dropped (or the process dies).
+fn lock(config: &Config, paths: &Paths) -> anyhow::Result<File> {
+    let dir = Path::new(control::RUN_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&paths.lock)
+        .with_context(|| format!("opening {}", paths.lock.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            let pid = std::fs::read_to_string(&paths.lock).unwrap_or_default();
+            bail!(
+                "vmtun is already running for {} (pid {}); stop it with: vmtun down -c {}",
+                config.interface.name,
+                pid.trim(),
+                config.path.display()
+            );
+        }
+        return Err(e).context("locking the instance");
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+fn bind_udp(port: u16) -> anyhow::Result<std::net::UdpSocket> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let socket = std::net::UdpSocket::bind(addr)
+        .with_context(|| format!("interface.listen_port: cannot bind UDP port {port}"))?;
+    socket.set_nonblocking(true)?;
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // Best effort: the kernel clamps to net.core.[rw]mem_max.
+        // SAFETY: valid fd, pointer to a c_int of the stated size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    Ok(socket)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,143 @@
+//! The `vmtun` command line: parse, dispatch, turn errors into one line and an exit code.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vmtun::config::Config;
+use vmtun::keys::{PresharedKey, PrivateKey};
+
+/// Move running VMs to another data centre while they keep their public addresses.
+///
+/// `vmtun up` runs on both hosts: it carries the VMs' subnet through an encrypted,
+/// WireGuard-compatible UDP tunnel and sets up the routing of the move, then undoes it on
+/// exit. See README.md for the two-host procedure.
+#[derive(Parser)]
+#[command(version, about, long_about, propagate_version = true)]
+struct Cli {
+    /// More log output: -v for debug, -vv for trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new private key (base64), like `wg genkey`.
+    Keygen,
+    /// Read a private key on stdin, print its public key, like `wg pubkey`.
+    Pubkey,
+    /// Print a new pre-shared key (32 random bytes, base64), like `wg genpsk`.
+    Genpsk,
+    /// Bring the tunnel (and the migration routing) up; runs until SIGINT/SIGTERM or
+    /// `vmtun down`, then undoes everything it did.
+    Up {
+        /// Config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print every change to the host that `up` would make, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop a running instance; clean up after one that was killed.
+    Down {
+        /// Config file of the instance.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show peers, handshakes, traffic, drops, and the migration state.
+    Status {
+        /// Config file of the instance.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Role new: switch the VMs' replies to leave natively now (manual cutover).
+    Cutover {
+        /// Config file of the instance.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Route a VM interface's addresses and enable proxy ARP on it; for libvirt's
+    /// `<script path=...>`. Idempotent.
+    VifUp {
+        /// The VM interface, e.g. vif0.
+        iface: String,
+        /// Config file listing the VM's addresses in `[[vm]]`.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("vmtun: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "vmtun=info",
+        1 => "vmtun=debug",
+        _ => "vmtun=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen => println!("{}", PrivateKey::generate().to_base64()),
+        Command::Genpsk => println!("{}", PresharedKey::generate().to_base64()),
+        Command::Pubkey => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            let key = PrivateKey::from_base64(&text)
+                .map_err(|e| anyhow::anyhow!("private key on stdin: {e}"))?;
+            println!("{}", key.public_key().to_base64());
+        }
+        Command::Up { config, dry_run } => {
+            let config = Config::load(&config)?;
+            vmtun::instance::run(config, dry_run)?;
+        }
+        Command::Down { config } => {
+            let config = Config::load(&config)?;
+            vmtun::instance::down(&config)?;
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            let status = vmtun::control::status(&config)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+            } else {
+                write!(out, "{status}")?;
+            }
+        }
+        Command::Cutover { config } => {
+            Config::load(&config)?;
+            anyhow::bail!("cutover is not built yet (issue 3: the migration)");
+        }
+        Command::VifUp { config, .. } => {
+            Config::load(&config)?;
+            anyhow::bail!("vif-up is not built yet (issue 3: the migration)");
+        }
+    }
+    Ok(())
+}
