@@ -60,6 +60,14 @@ impl SysctlKey {
         SysctlKey(format!("net/ipv4/conf/{iface}/{name}"))
     }
 
+    /// The interface of a per-interface key (`net.ipv4.conf.IFACE.NAME`), so a missing file
+    /// can be reported as a missing interface.
+    pub fn interface(&self) -> Option<&str> {
+        let rest = self.0.strip_prefix("net/ipv4/conf/")?;
+        let (iface, _) = rest.rsplit_once('/')?;
+        Some(iface).filter(|i| !matches!(*i, "all" | "default"))
+    }
+
     /// The path relative to `/proc/sys`.
     pub fn path(&self) -> &str {
         &self.0
@@ -401,7 +409,7 @@ impl fmt::Display for Inverse<'_> {
             Change::LinkUp {
                 dev,
                 was_up: Some(true),
-            } => write!(f, "true  # {dev} was already up"),
+            } => write!(f, "# nothing: {dev} was up already"),
             Change::LinkUp { dev, .. } => write!(f, "ip link set dev {dev} down"),
             Change::Route(r) => write!(f, "ip route del {}", RouteSpec(r)),
             Change::Rule(r) => write!(f, "ip rule del {}", RuleSpec(r)),
@@ -455,6 +463,9 @@ mod tests {
         let k = SysctlKey::ipv4_conf("eth0.100", "rp_filter");
         assert_eq!(k.path(), "net/ipv4/conf/eth0.100/rp_filter");
         assert_eq!(k.to_string(), "net.ipv4.conf.eth0/100.rp_filter");
+        assert_eq!(k.interface(), Some("eth0.100"));
+        assert_eq!(SysctlKey::ipv4_conf("all", "rp_filter").interface(), None);
+        assert_eq!(SysctlKey::ip_forward().interface(), None);
     }
 
     #[test]

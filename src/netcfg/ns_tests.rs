@@ -345,3 +345,52 @@ fn missing_forwarding_and_interfaces_are_named() {
         "adding address 100.64.0.1/24 on vmtun0: interface vmtun0 not found"
     );
 }
+
+#[test]
+fn works_from_inside_the_drivers_runtime() {
+    let ns = TestNs::new("tokio");
+    ns.sh(&format!("ip tuntap add {TUN} mode tun"));
+    let p = plan(&tunnel(), None);
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut ops = SystemOps::new().unwrap();
+            for c in &p {
+                let c = ops.capture(c).unwrap();
+                ops.apply(&c).unwrap();
+            }
+            // Dropped inside the async context: must not panic.
+            drop(ops);
+        });
+    });
+    assert!(
+        ns.sh("ip -o addr show dev vmtun0")
+            .contains("100.64.0.1/24")
+    );
+}
+
+#[test]
+fn a_missing_bridge_is_named() {
+    let ns = TestNs::new("nobr");
+    ns.sh(&format!(
+        "ip tuntap add {TUN} mode tun && sysctl -qw net.ipv4.ip_forward=1"
+    ));
+    let before = snapshot(&ns, &[TUN]);
+    let dir = state_dir(&ns);
+    let p = plan(&tunnel(), Some(&new_role()));
+    let err = ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        Journal::create(&dir, "t")
+            .unwrap()
+            .apply(&mut ops, &p)
+            .unwrap_err()
+    });
+    assert_eq!(
+        err.to_string(),
+        "setting sysctl net.ipv4.conf.br0.rp_filter=2: interface br0 not found"
+    );
+    assert_eq!(before, snapshot(&ns, &[TUN]));
+    let _ = std::fs::remove_dir_all(&dir);
+}

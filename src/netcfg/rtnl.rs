@@ -29,8 +29,19 @@ pub(crate) struct LinkInfo {
 
 /// A route-netlink connection with its own runtime.
 pub(crate) struct Rtnl {
-    rt: tokio::runtime::Runtime,
+    // Always `Some` until dropped; an Option so that Drop can shut it down without blocking.
+    rt: Option<tokio::runtime::Runtime>,
     handle: rtnetlink::Handle,
+}
+
+impl Drop for Rtnl {
+    fn drop(&mut self) {
+        // A runtime dropped the ordinary way inside another runtime's task panics; this
+        // way never blocks.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Rtnl {
@@ -44,7 +55,10 @@ impl Rtnl {
             rtnetlink::new_connection()?
         };
         rt.spawn(conn);
-        Ok(Rtnl { rt, handle })
+        Ok(Rtnl {
+            rt: Some(rt),
+            handle,
+        })
     }
 
     /// Runs `f` to completion, also when called from inside another tokio runtime (where
@@ -54,14 +68,17 @@ impl Rtnl {
         F: Future + Send,
         F::Output: Send,
     {
+        let Some(rt) = &self.rt else {
+            unreachable!("the runtime is only taken when dropped")
+        };
         if tokio::runtime::Handle::try_current().is_ok() {
             std::thread::scope(|s| {
-                s.spawn(|| self.rt.block_on(f))
+                s.spawn(|| rt.block_on(f))
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p))
             })
         } else {
-            self.rt.block_on(f)
+            rt.block_on(f)
         }
     }
 

@@ -40,8 +40,8 @@ impl SystemOps {
             Change::Route(r) => self.rtnl.route(r, add),
             Change::Rule(r) => self.rtnl.rule(r, add),
             Change::Sysctl(s) => match (add, &s.previous) {
-                (true, _) => sysctl::write(&s.key, &s.value).map_err(|e| Cause::from_io(&e)),
-                (false, Some(p)) => sysctl::write(&s.key, p).map_err(|e| Cause::from_io(&e)),
+                (true, _) => sysctl::write(&s.key, &s.value).map_err(|e| sysctl_cause(&s.key, &e)),
+                (false, Some(p)) => sysctl::write(&s.key, p).map_err(|e| sysctl_cause(&s.key, &e)),
                 (false, None) => Ok(()),
             },
             Change::NftTable { .. }
@@ -62,7 +62,8 @@ impl NetOps for SystemOps {
                 *was_up = Some(self.rtnl.link(dev).map_err(fail)?.up);
             }
             Change::Sysctl(s) => {
-                s.previous = Some(sysctl::read(&s.key).map_err(|e| fail(Cause::from_io(&e)))?);
+                s.previous =
+                    Some(sysctl::read(&s.key).map_err(|e| fail(sysctl_cause(&s.key, &e)))?);
             }
             _ => {}
         }
@@ -84,5 +85,13 @@ impl NetOps for SystemOps {
             key: key.clone(),
             cause: Cause::from_io(&e),
         })
+    }
+}
+
+/// A per-interface sysctl whose file is missing means the interface is missing: say so.
+fn sysctl_cause(key: &SysctlKey, e: &std::io::Error) -> Cause {
+    match (e.raw_os_error(), key.interface()) {
+        (Some(libc::ENOENT), Some(iface)) => Cause::NoInterface(iface.into()),
+        _ => Cause::from_io(e),
     }
 }
