@@ -45,11 +45,17 @@ impl Drop for SessionKeys {
     }
 }
 
-fn builder() -> Result<snow::Builder<'static>, HandshakeError> {
+/// A snow builder with WireGuard's parameters. `ephemeral` fixes the ephemeral key, for
+/// byte-exact test fixtures only; `None` everywhere else.
+fn builder(ephemeral: Option<&[u8; KEY_LEN]>) -> Result<snow::Builder<'_>, HandshakeError> {
     let params = NOISE_PARAMS.parse().map_err(|_| HandshakeError::Internal)?;
-    snow::Builder::new(params)
+    let builder = snow::Builder::new(params)
         .prologue(PROLOGUE)
-        .map_err(|_| HandshakeError::Internal)
+        .map_err(|_| HandshakeError::Internal)?;
+    Ok(match ephemeral {
+        Some(key) => builder.fixed_ephemeral_key_for_testing_only(key),
+        None => builder,
+    })
 }
 
 /// Splits a finished handshake into (initiator-to-responder, responder-to-initiator) keys:
@@ -76,7 +82,19 @@ impl InitiatorHandshake {
         timestamp: Tai64N,
         msg: &mut Initiation<&mut [u8]>,
     ) -> Result<Self, HandshakeError> {
-        let mut state = builder()?
+        Self::start_with(local, remote, psk, local_index, timestamp, None, msg)
+    }
+
+    fn start_with(
+        local: &PrivateKey,
+        remote: &PublicKey,
+        psk: &[u8; KEY_LEN],
+        local_index: u32,
+        timestamp: Tai64N,
+        ephemeral: Option<&[u8; KEY_LEN]>,
+        msg: &mut Initiation<&mut [u8]>,
+    ) -> Result<Self, HandshakeError> {
+        let mut state = builder(ephemeral)?
             .local_private_key(local.as_bytes())
             .and_then(|b| b.remote_public_key(remote.as_bytes()))
             .and_then(|b| b.psk(PSK_POSITION, psk))
@@ -124,8 +142,16 @@ pub struct ReceivedInitiation {
 impl ReceivedInitiation {
     /// Runs Noise message 1 (two DHs). Call only after mac1 verified.
     pub fn read(local: &PrivateKey, msg: &Initiation<&[u8]>) -> Result<Self, HandshakeError> {
+        Self::read_with(local, None, msg)
+    }
+
+    fn read_with(
+        local: &PrivateKey,
+        ephemeral: Option<&[u8; KEY_LEN]>,
+        msg: &Initiation<&[u8]>,
+    ) -> Result<Self, HandshakeError> {
         use crate::wire::HandshakeMessage as _;
-        let mut state = builder()?
+        let mut state = builder(ephemeral)?
             .local_private_key(local.as_bytes())
             .and_then(|b| b.build_responder())
             .map_err(|_| HandshakeError::Internal)?;
@@ -249,5 +275,85 @@ mod tests {
             ReceivedInitiation::read(&PrivateKey::generate(), &msg).err(),
             Some(HandshakeError::Decrypt)
         );
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn key(first: u8) -> [u8; 32] {
+        core::array::from_fn(|i| first + i as u8)
+    }
+
+    // Made by an independent implementation of the whitepaper (section 5.4) in Python
+    // with `hashlib.blake2s`, `hmac` and `cryptography`'s X25519 and ChaCha20-Poly1305
+    // (`fixtures/wg_handshake.py`, which prints these constants):
+    // static keys 1..=32 (initiator) and 101..=132 (responder), ephemerals 51..=82 and
+    // 151..=182, no psk, indices 0x11223344 / 0x55667788, timestamp 1_700_000_000 s.
+    const FIXTURE_INIT: &str = "0100000044332211c15d2265459455c9ff156e6c1da6bfb7910bb8af50f2b2f9f853ea9325259d4d628c6ddbb78e850c1ad4cee2a68a859e4c392f8572ccd082c0c0e18c9f52df207b8d9d850cb562b4d0a5987fbf02298ddbc2d1b96c787affe1cd17a9725ec248d81be9a80562b937de864a4c881dfed791989cb74a0293393d990d2900000000000000000000000000000000";
+    const FIXTURE_RESP: &str = "020000008877665544332211153864612f5c5d47f684d66899a9de4f7c30b5f74a8ebd699642212bce00d938f3494b79b492aff1bc1faf6ed113b88f1881e43d51fe45f6271faf6fcabb894b00000000000000000000000000000000";
+    const FIXTURE_T_SEND_I: &str =
+        "99f51e078246c606626107f69e451ed4b5d9c4a7152973c351b787aa4d5c8e93";
+    const FIXTURE_T_RECV_I: &str =
+        "e0f2265a74ff004b7d1a790504f4ec54989e6e389bc75d763048191183d5bd62";
+    /// The first transport message from the initiator: a 20-byte IPv4 header stub
+    /// (0x45 then zeros), padded to 32.
+    const FIXTURE_DATA: &str = "0400000088776655000000000000000055025886f19e8e443b5ffc59485fa7647c2f88fb32ed7c0d44304ab581c5f4f9513479056d81b17fb200c5fa66c75123";
+
+    #[test]
+    fn byte_exact_against_an_independent_wireguard_implementation() {
+        use crate::noise::cookie::CookieJar;
+        use crate::noise::session::Session;
+        use std::time::Instant;
+
+        let si = PrivateKey::from_bytes(key(1));
+        let sr = PrivateKey::from_bytes(key(101));
+        let now = Instant::now();
+        let stamp =
+            Tai64N::from_system_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+
+        let mut init = [0u8; INITIATION_LEN];
+        let mut msg = Initiation::new_unchecked(&mut init[..]);
+        let mut hs = InitiatorHandshake::start_with(
+            &si,
+            &sr.public_key(),
+            &[0; 32],
+            0x1122_3344,
+            stamp,
+            Some(&key(51)),
+            &mut msg,
+        )
+        .unwrap();
+        CookieJar::new(&sr.public_key()).seal(now, &mut msg);
+        assert_eq!(init[..], unhex(FIXTURE_INIT)[..], "initiation");
+
+        let received = ReceivedInitiation::read_with(
+            &sr,
+            Some(&key(151)),
+            &Initiation::new_checked(&init[..]).unwrap(),
+        )
+        .unwrap();
+        let mut resp = [0u8; RESPONSE_LEN];
+        let mut msg = Response::new_unchecked(&mut resp[..]);
+        let keys_r = received.respond(&[0; 32], 0x5566_7788, &mut msg).unwrap();
+        CookieJar::new(&si.public_key()).seal(now, &mut msg);
+        assert_eq!(resp[..], unhex(FIXTURE_RESP)[..], "response");
+
+        let keys_i = hs
+            .finish(&Response::new_checked(&resp[..]).unwrap())
+            .unwrap();
+        assert_eq!(keys_i.send[..], unhex(FIXTURE_T_SEND_I)[..]);
+        assert_eq!(keys_i.recv[..], unhex(FIXTURE_T_RECV_I)[..]);
+        assert_eq!(keys_r.recv, keys_i.send);
+
+        let mut session = Session::new(&keys_i, 0x1122_3344, 0x5566_7788, true, now);
+        let mut packet = [0u8; 20];
+        packet[0] = 0x45;
+        let mut out = [0u8; 128];
+        let len = session.encrypt(now, &packet, usize::MAX, &mut out).unwrap();
+        assert_eq!(out[..len], unhex(FIXTURE_DATA)[..], "transport");
     }
 }

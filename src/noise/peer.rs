@@ -294,8 +294,9 @@ impl Peer {
             return None;
         };
         let Some(buf) = out.get_mut(..INITIATION_LEN) else {
+            // Retry on the retransmit schedule (or give up) rather than spin.
             self.drop_packet(DropReason::BufferTooSmall);
-            self.timers.initiation_due = Some(now);
+            self.schedule_retransmit(now);
             return None;
         };
         if let Some(old) = self.handshake.take() {
@@ -311,6 +312,7 @@ impl Peer {
             InitiatorHandshake::start(local, &self.public_key, &self.psk, index, stamp, &mut msg)
         else {
             shared.indices.release(index);
+            self.schedule_retransmit(now);
             return None;
         };
         self.cookies.seal(now, &mut msg);
@@ -319,8 +321,7 @@ impl Peer {
         self.last_initiation_sent = Some(now);
         let retransmit = self.attempts > 0;
         self.attempts = self.attempts.saturating_add(1);
-        let give_up_at = self.attempt_started.unwrap_or(now) + REKEY_ATTEMPT_TIME;
-        self.timers.retransmit = Some((now + retransmit_delay()).min(give_up_at));
+        self.schedule_retransmit(now);
         self.sent(now, INITIATION_LEN, false);
         shared.events.push(Event::HandshakeInitiated {
             peer: self.id,
@@ -330,6 +331,13 @@ impl Peer {
             to,
             len: INITIATION_LEN,
         })
+    }
+
+    /// Arms the retransmission 5 s + jitter from now, but never past the end of the
+    /// attempt, so the give-up comes exactly [`REKEY_ATTEMPT_TIME`] after it started.
+    fn schedule_retransmit(&mut self, now: Instant) {
+        let give_up_at = self.attempt_started.unwrap_or(now) + REKEY_ATTEMPT_TIME;
+        self.timers.retransmit = Some((now + retransmit_delay()).min(give_up_at));
     }
 
     /// Fires every deadline that has passed.

@@ -1232,3 +1232,19 @@ fn message_limits_rekey_then_reject() {
     assert_eq!(p.initiations(Side::A), 3);
     assert_eq!(p.b.delivered.last().unwrap(), &ipv4(A_IP, B_IP, b"full"));
 }
+
+#[test]
+fn an_initiation_that_does_not_fit_is_retried_not_spun() {
+    let mut p = Pair::new();
+    let mut tiny = [0u8; 100];
+    let packet = ipv4(A_IP, B_IP, b"x");
+    assert_eq!(
+        p.a.tunnel.handle_outbound(p.now, &packet, &mut tiny),
+        Outbound::Queued
+    );
+    assert_eq!(p.a.tunnel.poll_transmit(p.now, &mut tiny), None);
+    assert_eq!(p.status(Side::A).drops.get(DropReason::BufferTooSmall), 1);
+    assert!(p.a.tunnel.poll_timeout().unwrap() >= p.now + REKEY_TIMEOUT);
+    p.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    assert_eq!(p.b.delivered, vec![packet]);
+}
