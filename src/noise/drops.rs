@@ -38,13 +38,15 @@ pub enum DropReason {
     HandshakeTimeout,
     /// A packet larger than [`super::MAX_MESSAGE`] allows.
     TooLarge,
+    /// An initiation less than 20 ms after the previous one accepted from that peer.
+    TooFrequent,
     /// The caller's output buffer was too small (a driver bug).
     BufferTooSmall,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         Self::Malformed,
         Self::UnknownType,
         Self::BadMac,
@@ -62,6 +64,7 @@ impl DropReason {
         Self::QueueFull,
         Self::HandshakeTimeout,
         Self::TooLarge,
+        Self::TooFrequent,
         Self::BufferTooSmall,
     ];
 
@@ -85,6 +88,7 @@ impl DropReason {
             Self::QueueFull => "queue_full",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::TooLarge => "too_large",
+            Self::TooFrequent => "too_frequent",
             Self::BufferTooSmall => "buffer_too_small",
         }
     }

@@ -19,7 +19,8 @@ use super::index::IndexTable;
 use super::session::{Session, SessionError};
 use super::tai64n::Tai64N;
 use super::timers::{
-    REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, Timers, retransmit_delay,
+    MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, Timers,
+    retransmit_delay,
 };
 use super::{
     Event, EventQueue, Inbound, MAX_QUEUED, Outbound, PeerConfig, PeerId, PeerStatus, Transmit,
@@ -62,6 +63,7 @@ pub struct Peer {
     last_initiation_sent: Option<Instant>,
     last_timestamp_sent: Option<Tai64N>,
     last_timestamp_received: Option<Tai64N>,
+    last_initiation_accepted: Option<Instant>,
     cookies: CookieJar,
     queue: VecDeque<Vec<u8>>,
     timers: Timers,
@@ -100,6 +102,7 @@ impl Peer {
             last_initiation_sent: None,
             last_timestamp_sent: None,
             last_timestamp_received: None,
+            last_initiation_accepted: None,
             cookies: CookieJar::new(&config.public_key),
             queue: VecDeque::new(),
             timers,
@@ -440,6 +443,12 @@ impl Peer {
         {
             return Inbound::Dropped(self.drop_packet(DropReason::StaleTimestamp));
         }
+        let too_soon = self
+            .last_initiation_accepted
+            .is_some_and(|t| now.saturating_duration_since(t) < MIN_INITIATION_INTERVAL);
+        if too_soon {
+            return Inbound::Dropped(self.drop_packet(DropReason::TooFrequent));
+        }
         let Some(buf) = out.get_mut(..RESPONSE_LEN) else {
             return Inbound::Dropped(self.drop_packet(DropReason::BufferTooSmall));
         };
@@ -456,6 +465,7 @@ impl Peer {
         };
         self.cookies.seal(now, &mut msg);
         self.last_timestamp_received = Some(timestamp);
+        self.last_initiation_accepted = Some(now);
         let session = Session::new(&keys, index, remote_index, false, now);
         if let Some(old) = self.next.replace(session) {
             shared.indices.release(old.local_index);

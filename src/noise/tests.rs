@@ -1195,6 +1195,7 @@ fn timestamps_follow_the_anchored_wall_clock() {
     let base = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let old = initiation(&mut make(base));
     let new = initiation(&mut make(base + Duration::from_secs(1)));
+    let newer = initiation(&mut make(base + Duration::from_secs(2)));
     let mut out = vec![0u8; BUF];
     let from = addr("198.18.0.1:1");
     assert!(matches!(
@@ -1205,6 +1206,17 @@ fn timestamps_follow_the_anchored_wall_clock() {
         responder.handle_datagram(now, from, &old, &mut out),
         Inbound::Dropped(DropReason::StaleTimestamp)
     );
+    // A newer one is still refused within 20 ms of the last accepted (flood guard).
+    let soon = now + MIN_INITIATION_INTERVAL - Duration::from_millis(1);
+    assert_eq!(
+        responder.handle_datagram(soon, from, &newer, &mut out),
+        Inbound::Dropped(DropReason::TooFrequent)
+    );
+    let later = now + MIN_INITIATION_INTERVAL;
+    assert!(matches!(
+        responder.handle_datagram(later, from, &newer, &mut out),
+        Inbound::Send(_)
+    ));
 }
 
 #[test]

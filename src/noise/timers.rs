@@ -28,6 +28,10 @@ pub const REKEY_ON_RECEIVE_AGE: Duration = Duration::from_secs(165);
 /// Start a new handshake if data was sent but nothing came back for this long (10 + 5 s).
 pub const NEW_HANDSHAKE_AFTER: Duration = Duration::from_secs(15);
 
+/// A responder ignores an initiation that comes sooner than this after the last one it
+/// accepted from the same peer (wireguard-go's `HandshakeInitationRate`, 1 s / 50).
+pub const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(20);
+
 /// The deadlines of one peer. Each is `None` when its timer is not armed.
 #[derive(Debug, Default, Clone)]
 pub struct Timers {
