@@ -82,6 +82,14 @@ pub enum WireError {
     /// The type field is not 1..=4 with zero reserved bytes.
     #[error("unknown message type {0:#010x}")]
     UnknownType(u32),
+    /// A valid type, but not the one this view reads.
+    #[error("expected a {expected:?} message, got {got:?}")]
+    WrongType {
+        /// What the view reads.
+        expected: MessageType,
+        /// What the bytes announce.
+        got: MessageType,
+    },
     /// Known type, wrong length for it.
     #[error("{kind:?} message of {len} bytes has the wrong length")]
     BadLength {
@@ -146,10 +154,12 @@ fn read_u32(bytes: &[u8], range: Range<usize>) -> Option<u32> {
 }
 
 fn check(bytes: &[u8], kind: MessageType, len_ok: bool) -> Result<(), WireError> {
-    if MessageType::of(bytes)? != kind {
-        return Err(WireError::UnknownType(
-            read_u32(bytes, field::TYPE).unwrap_or(0),
-        ));
+    let got = MessageType::of(bytes)?;
+    if got != kind {
+        return Err(WireError::WrongType {
+            expected: kind,
+            got,
+        });
     }
     if !len_ok {
         return Err(WireError::BadLength {
@@ -643,11 +653,15 @@ mod tests {
             Err(WireError::UnknownType(5))
         );
         assert_eq!(MessageType::of(&[1, 0, 0]), Err(WireError::Truncated));
-        let transport = [4u8; 40];
-        assert!(matches!(
-            Initiation::new_checked(&transport[..]),
-            Err(WireError::UnknownType(_))
-        ));
+        let mut transport = [0u8; 40];
+        transport[0] = 4;
+        assert_eq!(
+            Initiation::new_checked(&transport[..]).err(),
+            Some(WireError::WrongType {
+                expected: MessageType::Initiation,
+                got: MessageType::Transport
+            })
+        );
     }
 
     #[test]
