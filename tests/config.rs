@@ -155,7 +155,7 @@ fn fill(template: &str, iface: &str, own: &KeyPair, peer: &KeyPair) -> String {
 fn snapshot(ns: &Netns) -> Result<String> {
     let mut text = String::new();
     for args in [
-        &["-d", "link", "show"][..],
+        &["link", "show"][..],
         &["addr", "show"],
         &["route", "show", "table", "all"],
         &["rule", "show"],
@@ -207,6 +207,7 @@ fn bad_configs_are_refused_with_one_line_naming_the_field() -> Result<()> {
                 continue;
             }
         };
+        eprintln!("{}: exit {code:?}: {}", case.what, stderr.trim());
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let lower = stderr.to_lowercase();
         if code == Some(0) || code.is_none() {
