@@ -166,6 +166,11 @@ fn replayed_random_and_truncated_datagrams_are_dropped_and_counted() -> Result<(
             status.0
         )
     })?;
+    eprintln!(
+        "sent {sent} attack datagrams; B counted {} more drops: {}",
+        status.drops_total().saturating_sub(drops_before),
+        status.0["drops"]
+    );
     let rx_after = b.tun_rx_packets()?;
     check(rx_after == rx_before, || {
         format!(

@@ -105,7 +105,8 @@ pub struct Vmtun<'a> {
 
 impl<'a> Vmtun<'a> {
     /// Writes `cfg` (mode 0600) into `scratch` and starts `vmtun up -c` in `ns`, returning
-    /// once the TUN device carries its address and the UDP port is bound.
+    /// once the TUN device carries its address, the UDP port is bound and the control
+    /// socket (`/run/vmtun/<name>.sock`) exists.
     pub fn start(ns: &'a Netns, scratch: &Scratch, cfg: VmtunCfg) -> Result<Self> {
         let path = scratch.write(&format!("{}.toml", cfg.name), &cfg.to_toml(), 0o600)?;
         let mut vmtun = Self {
@@ -153,7 +154,10 @@ impl<'a> Vmtun<'a> {
                 .run("ss", &["-Hlun", &format!("sport = :{port}")])
                 .map(|out| !out.trim().is_empty())
                 .unwrap_or(false);
-            (has_address && bound).then_some(Ok(()))
+            // The control socket comes last: until it exists `status` and `down` cannot
+            // reach the instance.
+            let control = std::path::Path::new(&format!("/run/vmtun/{name}.sock")).exists();
+            (has_address && bound && control).then_some(Ok(()))
         });
         match ready {
             Ok(result) => result,
