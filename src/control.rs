@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::driver::ControlRequest;
+use crate::migration::MigrationStatus;
 
 /// Where instances keep their sockets, locks and state files.
 pub const RUN_DIR: &str = "/run/vmtun";
@@ -106,6 +107,8 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Datagrams dropped before they could be tied to a peer, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// The move's state, when the config has `[migration]`.
+    pub migration: Option<MigrationStatus>,
 }
 
 /// One peer in a [`Status`].
@@ -250,6 +253,9 @@ impl fmt::Display for Status {
                 p.rx_bytes, p.rx_packets, p.tx_bytes, p.tx_packets
             )?;
             writeln!(f, "  dropped: {}", drops_line(&p.drops))?;
+        }
+        if let Some(m) = &self.migration {
+            write!(f, "\n{m}")?;
         }
         Ok(())
     }

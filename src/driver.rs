@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{PeerStatus, Reply, Request, Status};
+use crate::migration::Migration;
 use crate::noise::{Event, Inbound, Outbound, PeerId, Transmit, Tunnel};
 use crate::tun::Tun;
 
@@ -51,6 +52,7 @@ pub struct Driver {
     udp: UdpSocket,
     requests: mpsc::Receiver<ControlRequest>,
     identity: Identity,
+    migration: Option<Migration>,
     packet: Box<[u8]>,
     sealed: Box<[u8]>,
     io_drops: IoDrops,
@@ -73,6 +75,7 @@ impl Driver {
         udp: UdpSocket,
         requests: mpsc::Receiver<ControlRequest>,
         identity: Identity,
+        migration: Option<Migration>,
     ) -> Self {
         Self {
             tunnel,
@@ -80,6 +83,7 @@ impl Driver {
             udp,
             requests,
             identity,
+            migration,
             packet: vec![0; BUF_LEN].into_boxed_slice(),
             sealed: vec![0; BUF_LEN].into_boxed_slice(),
             io_drops: IoDrops::default(),
@@ -206,9 +210,13 @@ impl Driver {
         match request {
             Request::Status => Reply::Ok(Some(Box::new(self.status(Instant::now())))),
             Request::Down => Reply::Ok(None),
-            Request::Cutover => {
-                Reply::Error("cutover is not built yet (issue 3: the migration)".into())
-            }
+            Request::Cutover => match self.migration.as_mut() {
+                Some(m) => match m.cutover_now() {
+                    Ok(_) => Reply::Ok(Some(Box::new(self.status(Instant::now())))),
+                    Err(e) => Reply::Error(format!("{e:#}")),
+                },
+                None => Reply::Error("no [migration] in the config: nothing to cut over".into()),
+            },
         }
     }
 
@@ -240,6 +248,7 @@ impl Driver {
             listen_port: self.identity.listen_port,
             peers,
             drops,
+            migration: self.migration.as_ref().map(Migration::status),
         }
     }
 }

@@ -18,9 +18,13 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::control::{self, Paths, Request};
 use crate::driver::{Driver, Exit, Identity};
+use crate::migration::Migration;
 use crate::netcfg;
 use crate::noise::{PeerConfig, Tunnel, TunnelConfig};
 use crate::tun::Tun;
+
+/// How long `vmtun down` waits for a running instance to undo its changes and exit.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Kernel socket buffer sizes asked for the UDP socket: bursts of a fast TCP flow must not
 /// overflow the default ~200 KiB while the loop is busy on the other side.
@@ -72,6 +76,7 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let result = runtime.block_on(run_driver(&config, &paths, tun, udp));
     let _ = std::fs::remove_file(&paths.socket);
     journal.undo_all(&mut ops)?;
+    let _ = std::fs::remove_file(&paths.lock);
     let exit = result?;
     tracing::info!(
         "{} down ({exit:?}); host changes undone",
@@ -133,7 +138,12 @@ async fn run_driver(
         config.interface.listen_port,
         config.peers.len()
     );
-    let exit = Driver::new(tunnel, tun, udp, rx, identity)
+    let migration = config
+        .migration
+        .as_ref()
+        .map(Migration::start)
+        .transpose()?;
+    let exit = Driver::new(tunnel, tun, udp, rx, identity, migration)
         .run(shutdown_signal())
         .await?;
     listener.abort();
@@ -160,20 +170,15 @@ pub fn tunnel_config(config: &Config) -> TunnelConfig {
 
 /// `vmtun down`: asks a running instance to stop, or cleans up after a dead one.
 pub fn down(config: &Config) -> anyhow::Result<()> {
-    let paths = Paths::of(config);
-    if control::command(config, Request::Down).is_ok() {
-        // The instance undoes its changes before it releases the lock; wait for that.
-        let lock = OpenOptions::new().read(true).open(&paths.lock)?;
-        flock(&lock, libc::LOCK_EX)?;
-        return Ok(());
-    }
     require_root()?;
-    let _lock = lock(config, &paths)?;
+    let paths = Paths::of(config);
+    let lock = match lock(config, &paths) {
+        Ok(lock) => lock,
+        Err(_) => return stop_running(config, &paths),
+    };
     if paths.state.exists() {
         let mut ops = netcfg::SystemOps::new()?;
         netcfg::undo_state_file(&mut ops, &paths.state)?;
-        let _ = std::fs::remove_file(&paths.state);
-        let _ = std::fs::remove_file(&paths.socket);
         println!(
             "cleaned up after a vmtun for {} that did not exit cleanly",
             config.interface.name
@@ -184,6 +189,42 @@ pub fn down(config: &Config) -> anyhow::Result<()> {
             config.interface.name
         );
     }
+    for file in [&paths.state, &paths.socket, &paths.lock] {
+        let _ = std::fs::remove_file(file);
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// Asks the instance holding the lock to stop, and waits until it has undone its changes
+/// (it releases the lock last).
+fn stop_running(config: &Config, paths: &Paths) -> anyhow::Result<()> {
+    // The reply may be cut short by the instance exiting: only an explicit refusal counts.
+    if let Ok(control::Reply::Error(e)) = control::request(config, Request::Down) {
+        bail!("{e}");
+    }
+    let file = match OpenOptions::new().read(true).open(&paths.lock) {
+        Ok(file) => file,
+        // The instance removes its lock file as its last act.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open("/dev/null")?,
+        Err(e) => return Err(e).context("opening the instance lock"),
+    };
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        if e.kind() != std::io::ErrorKind::WouldBlock || Instant::now() > deadline {
+            bail!(
+                "vmtun for {} did not stop within {} s (pid in {})",
+                config.interface.name,
+                STOP_TIMEOUT.as_secs(),
+                paths.lock.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    println!(
+        "vmtun for {} stopped; its host changes are undone",
+        config.interface.name
+    );
     Ok(())
 }
 

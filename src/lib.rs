@@ -13,13 +13,15 @@
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
 
 pub mod config;
-pub mod cutover;
-pub mod keys;
-pub mod lab;
-pub mod netcfg;
-pub mod noise;
-pub mod wire;
 pub mod control;
+pub mod cutover;
 pub mod driver;
 pub mod instance;
+pub mod keys;
+pub mod lab;
+pub mod migration;
+pub mod netcfg;
+pub mod noise;
 pub mod tun;
+pub mod vif;
+pub mod wire;

@@ -97,6 +97,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -131,12 +132,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Cutover { config } => {
-            Config::load(&config)?;
-            anyhow::bail!("cutover is not built yet (issue 3: the migration)");
+            let config = Config::load(&config)?;
+            match vmtun::control::request(&config, vmtun::control::Request::Cutover)? {
+                vmtun::control::Reply::Ok(Some(status)) => match &status.migration {
+                    Some(m) => print!("{m}"),
+                    None => println!("cutover done"),
+                },
+                vmtun::control::Reply::Ok(None) => println!("cutover done"),
+                vmtun::control::Reply::Error(e) => anyhow::bail!("{e}"),
+            }
         }
-        Command::VifUp { config, .. } => {
-            Config::load(&config)?;
-            anyhow::bail!("vif-up is not built yet (issue 3: the migration)");
+        Command::VifUp { iface, config } => {
+            let config = Config::load(&config)?;
+            vmtun::vif::up(&config, &iface)?;
         }
     }
     Ok(())

@@ -90,7 +90,7 @@ impl CutoverRecord {
 }
 
 /// `SystemTime` as nanoseconds since the Unix epoch (u64: good until 2554).
-mod unix_nanos {
+pub(crate) mod unix_nanos {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use serde::{Deserialize, Deserializer, Serializer};
