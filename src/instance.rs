@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -143,10 +144,15 @@ async fn run_driver(
         .as_ref()
         .map(Migration::start)
         .transpose()?;
+    let vifs =
+        (!config.vms.is_empty()).then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()))));
     let exit = Driver::new(tunnel, tun, udp, rx, identity, migration)
         .run(shutdown_signal())
         .await?;
     listener.abort();
+    if let Some(vifs) = vifs {
+        vifs.abort();
+    }
     Ok(exit)
 }
 
