@@ -105,8 +105,8 @@ pub struct Vmtun<'a> {
 
 impl<'a> Vmtun<'a> {
     /// Writes `cfg` (mode 0600) into `scratch` and starts `vmtun up -c` in `ns`, returning
-    /// once the TUN device carries its address, the UDP port is bound and the control
-    /// socket (`/run/vmtun/<name>.sock`) exists.
+    /// once the TUN device carries its address, the UDP port is bound and `vmtun status`
+    /// answers.
     pub fn start(ns: &'a Netns, scratch: &Scratch, cfg: VmtunCfg) -> Result<Self> {
         let path = scratch.write(&format!("{}.toml", cfg.name), &cfg.to_toml(), 0o600)?;
         let mut vmtun = Self {
@@ -138,6 +138,7 @@ impl<'a> Vmtun<'a> {
         let address = self.cfg.address.clone();
         let port = self.cfg.listen_port;
         let ns = self.ns;
+        let path = self.path.to_string_lossy().into_owned();
         let process = self.process.as_mut().expect("launched");
         let ready = lab::wait_for(WAIT, &format!("vmtun {name} to come up"), || {
             if let Some(status) = process.exit_status() {
@@ -154,10 +155,17 @@ impl<'a> Vmtun<'a> {
                 .run("ss", &["-Hlun", &format!("sport = :{port}")])
                 .map(|out| !out.trim().is_empty())
                 .unwrap_or(false);
-            // The control socket comes last: until it exists `status` and `down` cannot
-            // reach the instance.
-            let control = std::path::Path::new(&format!("/run/vmtun/{name}.sock")).exists();
-            (has_address && bound && control).then_some(Ok(()))
+            // The control socket comes last, and `down` sent just after it appears can
+            // still fail (see the report on `down` during start-up): up means answering.
+            let answers = has_address
+                && bound
+                && ns
+                    .command(VMTUN)
+                    .args(["status", "-c", &path])
+                    .output()
+                    .map(|out| out.status.success())
+                    .unwrap_or(false);
+            (has_address && bound && answers).then_some(Ok(()))
         });
         match ready {
             Ok(result) => result,
