@@ -15,6 +15,7 @@
 pub mod address;
 pub mod error;
 pub mod link;
+pub mod migration;
 pub mod netns;
 pub mod process;
 pub mod registry;

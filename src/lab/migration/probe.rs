@@ -1,0 +1,389 @@
+//! The client's probes and the VM's echo responder.
+//!
+//! A probe is one UDP datagram of [`PROBE_LEN`] bytes: the magic `VMTP`, a sequence number
+//! and the send time. The client sends them at a fixed rate and records every reply with
+//! the TOS byte it arrived with (the core's stamp of the link it came through, see
+//! [`super::stats::Via`]). The VM echoes each datagram back unchanged.
+//!
+//! Both are threads of this process whose sockets were opened inside their namespace (by a
+//! thread of [`Netns::thread`]); a socket stays in the namespace it was created in, so the
+//! loops themselves run on ordinary threads. The echo responder's socket is bound to the
+//! wildcard address, so it keeps answering when the VM's interface is recreated by the move.
+
+use super::stats::{Reply, Via};
+use crate::lab::{LabError, Netns, Result};
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Bytes of a probe: magic (4), sequence number (8, big endian), send time (8, Unix ns),
+/// padded to a round 32.
+pub const PROBE_LEN: usize = 32;
+const MAGIC: [u8; 4] = *b"VMTP";
+/// Highest probe rate the client accepts (the brief's 10 kHz).
+pub const MAX_RATE_HZ: u32 = 10_000;
+/// How often the loops look at their stop flag while no packet arrives.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The wall clock in Unix nanoseconds: the one clock of the lab's timeline, shared with
+/// vmtun's cutover record (`packet_time_unix_ns`).
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A probe's bytes.
+pub fn encode(seq: u64, sent_ns: u64) -> [u8; PROBE_LEN] {
+    let mut buf = [0u8; PROBE_LEN];
+    buf[..4].copy_from_slice(&MAGIC);
+    buf[4..12].copy_from_slice(&seq.to_be_bytes());
+    buf[12..20].copy_from_slice(&sent_ns.to_be_bytes());
+    buf
+}
+
+/// (sequence number, send time) of a probe, or `None` if `buf` is not one.
+pub fn decode(buf: &[u8]) -> Option<(u64, u64)> {
+    if buf.len() != PROBE_LEN || buf[..4] != MAGIC {
+        return None;
+    }
+    let seq = u64::from_be_bytes(buf[4..12].try_into().ok()?);
+    let sent = u64::from_be_bytes(buf[12..20].try_into().ok()?);
+    Some((seq, sent))
+}
+
+/// Opens a UDP socket bound to `bind` inside `ns`.
+pub fn bind_in(ns: &Netns, label: &str, bind: SocketAddrV4) -> Result<UdpSocket> {
+    let what = format!("binding UDP {bind} in {}", ns.name());
+    ns.thread(label, move || {
+        UdpSocket::bind(bind).map_err(|e| LabError::io(format!("binding UDP {bind}"), e))
+    })?
+    .join()
+    .map_err(|_| LabError::Failed(format!("{what}: the thread panicked")))?
+}
+
+fn spawn_loop(
+    label: &str,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<JoinHandle<Result<()>>> {
+    std::thread::Builder::new()
+        .name(label.to_owned())
+        .spawn(f)
+        .map_err(|e| LabError::io(format!("starting thread {label}"), e))
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// The VM's UDP echo responder; stops (and joins) on drop.
+pub struct Echo {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Echo {
+    /// Starts echoing on `0.0.0.0:port` inside `vm`.
+    pub fn start(vm: &Netns, port: u16) -> Result<Self> {
+        let socket = bind_in(
+            vm,
+            "echo-bind",
+            SocketAddrV4::new([0, 0, 0, 0].into(), port),
+        )?;
+        socket
+            .set_read_timeout(Some(POLL))
+            .map_err(|e| LabError::io("setting the echo socket's timeout", e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = spawn_loop("vm-echo", move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                match socket.recv_from(&mut buf) {
+                    // A send can fail while the VM's interface is being recreated: the
+                    // probe is lost, as on a real VM, and the loop goes on.
+                    Ok((n, from)) => drop(socket.send_to(&buf[..n], from)),
+                    Err(e) if is_timeout(&e) => {}
+                    Err(e) => return Err(LabError::io("echo: receiving", e)),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the responder; an error if its loop failed.
+    pub fn stop(mut self) -> Result<()> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| LabError::Failed("the echo thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.halt();
+    }
+}
+
+/// What the client sent and got back; index = sequence number.
+#[derive(Debug, Default, Clone)]
+pub struct ProbeLog {
+    /// Send time of each probe (Unix ns).
+    pub sent_ns: Vec<u64>,
+    /// Its reply, if one came.
+    pub replies: Vec<Option<Reply>>,
+    /// Replies that were not probes of this run, or duplicates.
+    pub stray: u64,
+}
+
+impl ProbeLog {
+    /// The newest answered probe's sequence number and send time.
+    pub fn last_answered(&self) -> Option<(u64, u64)> {
+        self.replies
+            .iter()
+            .rposition(Option::is_some)
+            .map(|seq| (seq as u64, self.sent_ns[seq]))
+    }
+
+    /// Whether a probe sent at or after `since_ns` has been answered.
+    pub fn answered_since(&self, since_ns: u64) -> bool {
+        self.last_answered().is_some_and(|(_, t)| t >= since_ns)
+    }
+}
+
+/// The client: sends probes at a fixed rate to `target` and records replies.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<ProbeLog>>,
+    interval: Duration,
+    sender: Option<JoinHandle<Result<()>>>,
+    receiver: Option<JoinHandle<Result<()>>>,
+    receiver_stop: Arc<AtomicBool>,
+}
+
+fn lock(log: &Mutex<ProbeLog>) -> std::sync::MutexGuard<'_, ProbeLog> {
+    log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Prober {
+    /// Starts probing `target` from inside `client` at `rate_hz` (1..=[`MAX_RATE_HZ`]).
+    pub fn start(client: &Netns, target: SocketAddrV4, rate_hz: u32) -> Result<Self> {
+        if !(1..=MAX_RATE_HZ).contains(&rate_hz) {
+            return Err(LabError::Refused(format!(
+                "probe rate {rate_hz} Hz: use 1..={MAX_RATE_HZ}"
+            )));
+        }
+        let socket = bind_in(
+            client,
+            "probe-bind",
+            SocketAddrV4::new([0, 0, 0, 0].into(), 0),
+        )?;
+        enable_recv_tos(&socket)?;
+        socket
+            .set_read_timeout(Some(POLL))
+            .map_err(|e| LabError::io("setting the probe socket's timeout", e))?;
+        let receive = socket
+            .try_clone()
+            .map_err(|e| LabError::io("cloning the probe socket", e))?;
+        let interval = Duration::from_nanos(1_000_000_000 / u64::from(rate_hz));
+        let stop = Arc::new(AtomicBool::new(false));
+        let receiver_stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(ProbeLog::default()));
+
+        let (flag, sent_log) = (stop.clone(), log.clone());
+        let sender = spawn_loop("probe-send", move || {
+            let start = Instant::now();
+            let mut seq: u64 = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let due = start + interval * u32::try_from(seq).unwrap_or(u32::MAX);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let sent_ns = unix_ns();
+                {
+                    let mut log = lock(&sent_log);
+                    log.sent_ns.push(sent_ns);
+                    log.replies.push(None);
+                }
+                // Sending fails only locally (e.g. no route in the client): the probe
+                // counts as lost.
+                let _ = socket.send_to(&encode(seq, sent_ns), target);
+                seq += 1;
+            }
+            Ok(())
+        })?;
+
+        let (flag, recv_log) = (receiver_stop.clone(), log.clone());
+        let receiver = spawn_loop("probe-recv", move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                match recv_with_tos(&receive, &mut buf) {
+                    Ok((n, tos)) => {
+                        let received_ns = unix_ns();
+                        let mut log = lock(&recv_log);
+                        let slot = buf
+                            .get(..n)
+                            .and_then(decode)
+                            .and_then(|(seq, _)| usize::try_from(seq).ok())
+                            .filter(|&seq| seq < log.replies.len());
+                        match slot {
+                            Some(seq) if log.replies[seq].is_none() => {
+                                log.replies[seq] = Some(Reply {
+                                    received_ns,
+                                    via: Via::from_tos(tos.unwrap_or(0)),
+                                });
+                            }
+                            _ => log.stray += 1,
+                        }
+                    }
+                    Err(e) if is_timeout(&e) => {}
+                    Err(e) => return Err(LabError::io("probe: receiving", e)),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Self {
+            stop,
+            log,
+            interval,
+            sender: Some(sender),
+            receiver: Some(receiver),
+            receiver_stop,
+        })
+    }
+
+    /// The probe interval.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// A copy of the log so far.
+    pub fn snapshot(&self) -> ProbeLog {
+        lock(&self.log).clone()
+    }
+
+    /// Whether a probe sent at or after `since_ns` has been answered.
+    pub fn answered_since(&self, since_ns: u64) -> bool {
+        lock(&self.log).answered_since(since_ns)
+    }
+
+    /// Stops sending, waits `drain` for late replies, stops receiving; the log and when the
+    /// last probe was sent.
+    pub fn finish(mut self, drain: Duration) -> Result<(ProbeLog, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        join(self.sender.take(), "probe-send")?;
+        let end_ns = unix_ns();
+        std::thread::sleep(drain);
+        self.receiver_stop.store(true, Ordering::Relaxed);
+        join(self.receiver.take(), "probe-recv")?;
+        Ok((lock(&self.log).clone(), end_ns))
+    }
+}
+
+fn join(thread: Option<JoinHandle<Result<()>>>, label: &str) -> Result<()> {
+    match thread {
+        Some(thread) => thread
+            .join()
+            .map_err(|_| LabError::Failed(format!("thread {label} panicked")))?,
+        None => Ok(()),
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.receiver_stop.store(true, Ordering::Relaxed);
+        let _ = join(self.sender.take(), "probe-send");
+        let _ = join(self.receiver.take(), "probe-recv");
+    }
+}
+
+/// Asks the kernel to hand over each datagram's TOS byte (`IP_RECVTOS`, ip(7)).
+fn enable_recv_tos(socket: &UdpSocket) -> Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt(2) on a socket we own, with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVTOS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(LabError::io(
+            "enabling IP_RECVTOS on the probe socket",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// `recvmsg(2)` one datagram into `buf`: its length and the TOS byte from the `IP_TOS`
+/// control message.
+fn recv_with_tos(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Option<u8>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at iov and control, both alive and sized as declared.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut tos = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, bounded by
+    // msg_controllen; IP_TOS carries one byte.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TOS {
+                tos = Some(*libc::CMSG_DATA(cmsg));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, tos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_round_trip_and_junk_is_refused() {
+        let buf = encode(42, 1_700_000_000_123_456_789);
+        assert_eq!(decode(&buf), Some((42, 1_700_000_000_123_456_789)));
+        assert_eq!(decode(&buf[..20]), None);
+        let mut other = buf;
+        other[0] = b'X';
+        assert_eq!(decode(&other), None);
+    }
+}

@@ -1,0 +1,253 @@
+//! [`MigrationLab`]: the five namespaces of the migration scenario and the provider's
+//! behaviour (routing, anti-spoofing, the switch, counters per link). What vmtun or the
+//! seed's commands do on the hosts is not here: see [`super::hosts`].
+
+use super::*;
+use crate::lab::{self, LabError, Netns, Result};
+use std::process::Command;
+
+/// One of the two hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// Where the VM starts.
+    Old,
+    /// Where it moves to.
+    New,
+}
+
+/// Packets the core counted from the VM subnet, per link (its nft named counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CoreCounters {
+    /// Forwarded from the old host's link.
+    pub from_old: u64,
+    /// Forwarded from the new host's link (after the switch).
+    pub from_new: u64,
+    /// Dropped by the anti-spoofing rule (from the new host, before the switch).
+    pub spoof_dropped: u64,
+}
+
+/// The core's nftables ruleset: anti-spoofing on the new host's link, then count and stamp
+/// replies from the VM subnet by the link they arrive on (DSCP CS1 old, CS2 new).
+fn core_ruleset() -> String {
+    format!(
+        r#"table ip lab {{
+    counter from_old {{ }}
+    counter from_new {{ }}
+    counter spoof_drop {{ }}
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        iifname "new0" ip saddr {SUBNET} counter name "spoof_drop" drop comment "anti-spoofing"
+        iifname "old0" ip saddr {SUBNET} counter name "from_old" ip dscp set cs1
+        iifname "new0" ip saddr {SUBNET} counter name "from_new" ip dscp set cs2
+    }}
+}}
+"#
+    )
+}
+
+/// The scenario's namespaces, links and provider. Dropping it deletes every namespace (and
+/// with them all links, routes, rules and the processes inside).
+pub struct MigrationLab {
+    /// The client ("the internet").
+    pub client: Netns,
+    /// The provider's core router.
+    pub core: Netns,
+    /// The host the VM leaves.
+    pub old: Netns,
+    /// The host the VM arrives at.
+    pub new: Netns,
+    /// The VM.
+    pub vm: Netns,
+}
+
+impl MigrationLab {
+    /// Builds the namespaces and links, routes the VM subnet to the old host with the
+    /// anti-spoofing in place, sets `rp_filter` to `host_rp_filter` on the hosts (1, strict,
+    /// is a hardened host: vmtun must loosen only what it needs) and attaches the VM to the
+    /// old host as its libvirt script did before vmtun (a /32 on vif0, proxy ARP).
+    pub fn build(host_rp_filter: u8) -> Result<Self> {
+        let lab = Self {
+            client: ns("client")?,
+            core: ns("core")?,
+            old: ns("old")?,
+            new: ns("new")?,
+            vm: ns("vm")?,
+        };
+        lab::veth(&lab.client, "eth0", &lab.core, "c0")?;
+        lab.client
+            .add_address("eth0", &format!("{CLIENT}/{UNDERLAY_PREFIX}"))?;
+        lab.core
+            .add_address("c0", &format!("{CORE_CLIENT}/{UNDERLAY_PREFIX}"))?;
+        lab.client
+            .ip(&["route", "add", "default", "via", CORE_CLIENT])?;
+        lab.core.sysctl("net.ipv4.ip_forward", "1")?;
+        // The provider filters with nftables (below), not with reverse-path checks: a reply
+        // arriving from the old host after the switch must reach the counters.
+        lab.core.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        for (host, link, core_addr, host_addr) in [
+            (&lab.old, "old0", CORE_OLD, OLD),
+            (&lab.new, "new0", CORE_NEW, NEW),
+        ] {
+            lab::veth(&lab.core, link, host, "up0")?;
+            lab.core
+                .add_address(link, &format!("{core_addr}/{UNDERLAY_PREFIX}"))?;
+            host.add_bridge(BRIDGE)?;
+            host.set_master("up0", BRIDGE)?;
+            host.add_address(BRIDGE, &format!("{host_addr}/{UNDERLAY_PREFIX}"))?;
+            host.ip(&["route", "add", "default", "via", core_addr])?;
+            host.sysctl("net.ipv4.ip_forward", "1")?;
+            host.sysctl("net.ipv4.conf.all.rp_filter", &host_rp_filter.to_string())?;
+            host.sysctl(
+                "net.ipv4.conf.default.rp_filter",
+                &host_rp_filter.to_string(),
+            )?;
+        }
+        lab.core.ip(&["route", "add", SUBNET, "via", OLD])?;
+        lab.nft(&lab.core, &core_ruleset())?;
+        lab.attach_vm(Site::Old)?;
+        lab.seed_vif_up(Site::Old)?;
+        Ok(lab)
+    }
+
+    /// The namespace of `site`.
+    pub fn host(&self, site: Site) -> &Netns {
+        match site {
+            Site::Old => &self.old,
+            Site::New => &self.new,
+        }
+    }
+
+    fn nft(&self, ns: &Netns, ruleset: &str) -> Result<()> {
+        let mut child = ns
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| LabError::io(format!("running nft -f - in {}", ns.name()), e))?;
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin
+                .write_all(ruleset.as_bytes())
+                .map_err(|e| LabError::io("writing the ruleset to nft", e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| LabError::io("waiting for nft", e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(LabError::Failed(format!(
+                "nft -f - in {} failed: {}\n{ruleset}",
+                ns.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// Plugs the VM into `site`: a veth pair `vif0` (host) / `eth0` (VM, with the VM's MAC),
+    /// and inside the VM its address and default route, as the guest has them. The host
+    /// side gets no route and no proxy ARP: that is `vif-up`'s job.
+    pub fn attach_vm(&self, site: Site) -> Result<()> {
+        let host = self.host(site);
+        lab::process::run_checked(
+            &format!("creating the VM's veth {VIF}@{}", host.name()),
+            Command::new("ip").args([
+                "link",
+                "add",
+                VIF,
+                "netns",
+                host.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "address",
+                VM_MAC,
+                "netns",
+                self.vm.name(),
+            ]),
+        )?;
+        host.link_up(VIF)?;
+        self.vm.link_up("eth0")?;
+        self.vm.add_address("eth0", &format!("{VM_ADDR}/32"))?;
+        self.vm.ip(&[
+            "route", "add", "default", "via", VM_GATEWAY, "dev", "eth0", "onlink",
+        ])?;
+        Ok(())
+    }
+
+    /// Unplugs the VM from `site` (deleting vif0 deletes the VM's eth0 with it, and the /32
+    /// route on vif0): what libvirt does to the tap when a migrated VM leaves.
+    pub fn detach_vm(&self, site: Site) -> Result<()> {
+        self.host(site).ip(&["link", "del", VIF]).map(drop)
+    }
+
+    /// The seed's libvirt script for vif0 on `site`, done by hand: the VM's /32 on vif0 and
+    /// proxy ARP. Used where vmtun does not run (the VM's first host, the baselines).
+    pub fn seed_vif_up(&self, site: Site) -> Result<()> {
+        let host = self.host(site);
+        host.ip(&["route", "replace", &format!("{VM_ADDR}/32"), "dev", VIF])?;
+        host.sysctl(&format!("net.ipv4.conf.{VIF}.proxy_arp"), "1")
+    }
+
+    /// The provider switches the VM subnet to the new host: first it accepts the subnet as
+    /// a source from the new host (the anti-spoofing rule goes), then it routes the subnet
+    /// there. Replies from the old host stay accepted (counted and stamped as such).
+    pub fn switch_provider(&self) -> Result<()> {
+        let listing = self
+            .core
+            .run("nft", &["-a", "list", "chain", "ip", "lab", "forward"])?;
+        let handle = listing
+            .lines()
+            .find(|line| line.contains("anti-spoofing"))
+            .and_then(|line| line.rsplit("# handle ").next())
+            .and_then(|h| h.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                LabError::Failed(format!("no anti-spoofing rule in the core: {listing}"))
+            })?;
+        self.core.run(
+            "nft",
+            &[
+                "delete",
+                "rule",
+                "ip",
+                "lab",
+                "forward",
+                "handle",
+                &handle.to_string(),
+            ],
+        )?;
+        self.core
+            .ip(&["route", "replace", SUBNET, "via", NEW])
+            .map(drop)
+    }
+
+    /// The core's counters of packets from the VM subnet per link.
+    pub fn core_counters(&self) -> Result<CoreCounters> {
+        let read = |name: &str| -> Result<u64> {
+            let text = self
+                .core
+                .run("nft", &["list", "counter", "ip", "lab", name])?;
+            text.split_whitespace()
+                .skip_while(|word| *word != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| LabError::Failed(format!("no packet count in {text:?}")))
+        };
+        Ok(CoreCounters {
+            from_old: read("from_old")?,
+            from_new: read("from_new")?,
+            spoof_dropped: read("spoof_drop")?,
+        })
+    }
+}
+
+fn ns(tag: &str) -> Result<Netns> {
+    let ns = Netns::new(tag)?;
+    ns.disable_ipv6()?;
+    Ok(ns)
+}
