@@ -275,7 +275,11 @@ BIN_DIR=$(mktemp -d /tmp/vtc-bin.XXXXXX)
 trap 'udp_cleanup; rm -rf "$BIN_DIR"' EXIT
 cp "$REPO/target/release/vmtun" "$BIN_DIR/vmtun"
 export VMTUN_BIN=$BIN_DIR/vmtun
-REV=$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo -dirty)
+if REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null); then
+  (cd "$REPO" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock) || REV=$REV-dirty
+else
+  REV=${VMTUN_REV:-unknown} # e.g. a `git archive` snapshot
+fi
 export VMTUN_VERSION="vmtun_$("$VMTUN_BIN" --version | awk '{print $2}')_git=$REV"
 export VMTUN_PREP="\"$SELF\" --prep"
 export VMTUN_UP_A="exec \"$VMTUN_BIN\" up -c \"\$VTB_TMP/a.toml\""
