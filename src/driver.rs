@@ -1,27 +1,29 @@
 //! The event loop: the only place where the protocol core meets I/O. It moves packets
 //! between the TUN device, the UDP socket and [`Tunnel`], fires the core's timers, and
 //! answers control requests. One thread, no locks: both directions and the timers share
-//! one `&mut Tunnel`. Buffers are allocated once; the per-packet path allocates nothing.
+//! one `&mut Tunnel`. Packets move in batches (one system call for dozens of packets each
+//! way, see `tun` and `udp`); buffers are allocated once, and the per-packet path
+//! allocates nothing.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{PeerStatus, Reply, Request, Status};
 use crate::migration::Migration;
-use crate::noise::{Event, Inbound, Outbound, PeerId, Transmit, Tunnel};
-use crate::tun::Tun;
+use crate::noise::{Event, Inbound, Outbound, PeerId, Tunnel};
+use crate::tun::{Tun, TunRx, TunTx};
+use crate::udp::{GsoBatch, Udp, UdpRx};
 
-/// Largest IP packet the TUN device can hand us (its MTU is far below; this is IP's limit).
+/// Largest datagram or packet the loop handles: IP's limit.
 const MAX_PACKET: usize = 65535;
 /// Room for the largest packet sealed: header, tag and padding to 16.
-const BUF_LEN: usize = MAX_PACKET + crate::noise::OVERHEAD + 16;
-/// Packets moved per readiness event before the loop looks at the other side again, so
-/// that one busy direction cannot starve the other or the timers.
-const BATCH: usize = 64;
+const SEALED_MAX: usize = MAX_PACKET + crate::noise::OVERHEAD + 16;
+/// Reads per readiness event before the loop looks at the other side again, so that one
+/// busy direction cannot starve the other or the timers.
+const READS_PER_WAKE: usize = 8;
 
 /// A control request waiting for the event loop, with where to send the answer.
 pub type ControlRequest = (Request, oneshot::Sender<Reply>);
@@ -45,16 +47,25 @@ struct IoDrops {
     tun_write: u64,
 }
 
-/// The running tunnel: owns the device, the socket, the core and the scratch buffers.
+/// The buffers of both directions, allocated once.
+struct Buffers {
+    tun_rx: TunRx,
+    tun_tx: TunTx,
+    udp_rx: UdpRx,
+    gso: GsoBatch,
+    /// For datagrams the core sends outside the data path (handshakes, keepalives).
+    scratch: Box<[u8]>,
+}
+
+/// The running tunnel: owns the device, the socket, the core and the buffers.
 pub struct Driver {
     tunnel: Tunnel,
     tun: Tun,
-    udp: UdpSocket,
+    udp: Udp,
     requests: mpsc::Receiver<ControlRequest>,
     identity: Identity,
     migration: Option<Migration>,
-    packet: Box<[u8]>,
-    sealed: Box<[u8]>,
+    bufs: Box<Buffers>,
     io_drops: IoDrops,
 }
 
@@ -72,7 +83,7 @@ impl Driver {
     pub fn new(
         tunnel: Tunnel,
         tun: Tun,
-        udp: UdpSocket,
+        udp: Udp,
         requests: mpsc::Receiver<ControlRequest>,
         identity: Identity,
         migration: Option<Migration>,
@@ -84,8 +95,13 @@ impl Driver {
             requests,
             identity,
             migration,
-            packet: vec![0; BUF_LEN].into_boxed_slice(),
-            sealed: vec![0; BUF_LEN].into_boxed_slice(),
+            bufs: Box::new(Buffers {
+                tun_rx: TunRx::new(),
+                tun_tx: TunTx::new(),
+                udp_rx: UdpRx::new(),
+                gso: GsoBatch::new(),
+                scratch: vec![0; SEALED_MAX].into_boxed_slice(),
+            }),
             io_drops: IoDrops::default(),
         }
     }
@@ -104,7 +120,7 @@ impl Driver {
             tokio::select! {
                 _ = &mut stop => return Ok(Exit::Signal),
                 r = self.tun.readable() => { r?; self.on_tun()?; }
-                r = self.udp.readable() => { r?; self.on_udp()?; }
+                r = self.udp.readable() => { r?; self.on_udp().await?; }
                 _ = sleep => self.tunnel.handle_timeout(Instant::now()),
                 Some((request, answer)) = self.requests.recv() => {
                     let reply = self.on_request(request);
@@ -119,45 +135,61 @@ impl Driver {
         }
     }
 
+    /// Plaintext from the kernel: seal each packet into the GSO batch, send in bulk.
     fn on_tun(&mut self) -> io::Result<()> {
-        for _ in 0..BATCH {
-            let n = match self.tun.try_recv(&mut self.packet) {
-                Ok(n) => n,
+        let Buffers { tun_rx, gso, .. } = &mut *self.bufs;
+        let failed = &mut self.io_drops.udp_send;
+        for _ in 0..READS_PER_WAKE {
+            match self.tun.try_recv(tun_rx) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
-            };
-            let now = Instant::now();
-            if let Outbound::Send(t) =
-                self.tunnel
-                    .handle_outbound(now, &self.packet[..n], &mut self.sealed)
-            {
-                send(&self.udp, &self.sealed, t, &mut self.io_drops);
             }
+            let now = Instant::now();
+            for packet in tun_rx.packets() {
+                let out = gso.reserve(
+                    &self.udp,
+                    packet.len() + crate::noise::OVERHEAD + 16,
+                    failed,
+                );
+                if let Outbound::Send(t) = self.tunnel.handle_outbound(now, packet, out) {
+                    gso.push(&self.udp, t.to, t.len, failed);
+                }
+            }
+            gso.flush(&self.udp, failed);
         }
         Ok(())
     }
 
-    fn on_udp(&mut self) -> io::Result<()> {
-        for _ in 0..BATCH {
-            let (n, from) = match self.udp.try_recv_from(&mut self.packet) {
-                Ok(r) => r,
+    /// Datagrams from the network: open each into the TUN batch, write in bulk.
+    async fn on_udp(&mut self) -> io::Result<()> {
+        let Buffers { udp_rx, tun_tx, .. } = &mut *self.bufs;
+        for _ in 0..READS_PER_WAKE {
+            match self.udp.try_recv(udp_rx) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors from an earlier send surface here; they say nothing about this socket.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e),
-            };
+            }
             let now = Instant::now();
-            match self
-                .tunnel
-                .handle_datagram(now, from, &self.packet[..n], &mut self.sealed)
-            {
-                Inbound::Deliver { len, .. } => {
-                    if self.tun.send(&self.sealed[..len]).is_err() {
-                        self.io_drops.tun_write += 1;
-                    }
+            for (from, datagram) in udp_rx.datagrams() {
+                if tun_tx.is_full() && self.tun.send(tun_tx).await.is_err() {
+                    self.io_drops.tun_write += 1;
                 }
-                Inbound::Send(t) => send(&self.udp, &self.sealed, t, &mut self.io_drops),
-                Inbound::Consumed | Inbound::Dropped(_) => {}
+                let out = tun_tx.slot(datagram.len().max(crate::wire::INITIATION_LEN));
+                match self.tunnel.handle_datagram(now, from, datagram, out) {
+                    Inbound::Deliver { len, .. } => tun_tx.commit(len),
+                    Inbound::Send(t) => {
+                        if self.udp.try_send(t.to, &out[..t.len], t.len).is_err() {
+                            self.io_drops.udp_send += 1;
+                        }
+                    }
+                    Inbound::Consumed | Inbound::Dropped(_) => {}
+                }
+            }
+            if self.tun.send(tun_tx).await.is_err() {
+                self.io_drops.tun_write += 1;
             }
         }
         Ok(())
@@ -165,8 +197,11 @@ impl Driver {
 
     /// Sends whatever the core queued: handshakes, keepalives, packets held during a handshake.
     fn flush(&mut self, now: Instant) {
-        while let Some(t) = self.tunnel.poll_transmit(now, &mut self.sealed) {
-            send(&self.udp, &self.sealed, t, &mut self.io_drops);
+        let scratch = &mut self.bufs.scratch;
+        while let Some(t) = self.tunnel.poll_transmit(now, scratch) {
+            if self.udp.try_send(t.to, &scratch[..t.len], t.len).is_err() {
+                self.io_drops.udp_send += 1;
+            }
         }
     }
 
@@ -257,10 +292,4 @@ fn named(counts: impl Iterator<Item = (crate::noise::DropReason, u64)>) -> BTree
     counts
         .map(|(reason, n)| (reason.name().to_string(), n))
         .collect()
-}
-
-fn send(udp: &UdpSocket, buf: &[u8], t: Transmit, drops: &mut IoDrops) {
-    if udp.try_send_to(&buf[..t.len], t.to).is_err() {
-        drops.udp_send += 1;
-    }
 }

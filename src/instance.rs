@@ -131,7 +131,7 @@ async fn run_driver(
     };
     let mut tunnel = Tunnel::new(tunnel_config(config), Instant::now(), SystemTime::now());
     tunnel.set_mtu(config.interface.mtu.into());
-    let udp = tokio::net::UdpSocket::from_std(udp)?;
+    let udp = crate::udp::Udp::new(udp)?;
     tracing::info!(
         "{} up: {} on UDP port {}, {} peer(s)",
         config.interface.name,

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod control;
 pub mod cutover;
+pub mod demo;
 pub mod driver;
 pub mod instance;
 pub mod keys;
@@ -23,5 +24,6 @@ pub mod migration;
 pub mod netcfg;
 pub mod noise;
 pub mod tun;
+pub mod udp;
 pub mod vif;
 pub mod wire;

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::AeadInPlace as _;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit as _, Nonce, Tag};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 
 use crate::wire::{TAG_LEN, TRANSPORT_HEADER_LEN, Transport};
 
@@ -36,7 +35,16 @@ pub enum SessionError {
 fn nonce(counter: u64) -> Nonce {
     let mut bytes = [0u8; 12];
     bytes[4..].copy_from_slice(&counter.to_le_bytes());
-    bytes.into()
+    Nonce::assume_unique_for_key(bytes)
+}
+
+/// A ChaCha20-Poly1305 key for ring, whose assembly (from BoringSSL) seals a 1420-byte
+/// packet in about half the time of the RustCrypto crates (README "Performance").
+fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, key)
+            .expect("a 32-byte key is valid for ChaCha20-Poly1305"),
+    )
 }
 
 /// A session's keys and counters.
@@ -51,8 +59,8 @@ pub struct Session {
     pub initiator: bool,
     /// A rekey on receive was already asked for (only once per session).
     pub rekey_requested: bool,
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: LessSafeKey,
+    recv: LessSafeKey,
     send_counter: u64,
     replay: ReplayWindow,
 }
@@ -72,8 +80,8 @@ impl Session {
             created: now,
             initiator,
             rekey_requested: false,
-            send: ChaCha20Poly1305::new(&keys.send.into()),
-            recv: ChaCha20Poly1305::new(&keys.recv.into()),
+            send: aead_key(&keys.send),
+            recv: aead_key(&keys.recv),
             send_counter: 0,
             replay: ReplayWindow::default(),
         }
@@ -140,9 +148,9 @@ impl Session {
         body[packet.len()..].fill(0);
         let tag = self
             .send
-            .encrypt_in_place_detached(&nonce(counter), &[], body)
+            .seal_in_place_separate_tag(nonce(counter), Aad::empty(), body)
             .map_err(|_| SessionError::BufferTooSmall)?;
-        tag_out.copy_from_slice(&tag);
+        tag_out.copy_from_slice(tag.as_ref());
         Ok(total)
     }
 
@@ -169,8 +177,9 @@ impl Session {
         let (ciphertext, tag) = payload.split_at(len);
         let plain = out.get_mut(..len).ok_or(SessionError::BufferTooSmall)?;
         plain.copy_from_slice(ciphertext);
+        let tag = Tag::try_from(tag).map_err(|_| SessionError::Decrypt)?;
         self.recv
-            .decrypt_in_place_detached(&nonce(counter), &[], plain, Tag::from_slice(tag))
+            .open_in_place_separate_tag(nonce(counter), Aad::empty(), tag, plain, 0..)
             .map_err(|_| SessionError::Decrypt)?;
         if !self.replay.commit(counter) {
             return Err(SessionError::Replay);
