@@ -86,3 +86,7 @@ pub const TUNNEL_PORT: u16 = 51820;
 pub const ECHO_PORT: u16 = 7777;
 /// The VM's MAC address; the same before and after the move, as a guest NIC keeps it.
 pub const VM_MAC: &str = "52:54:00:00:71:02";
+/// The host side's MAC on both hosts: libvirt gives a tap the guest's MAC with the first
+/// byte `fe`, so after a live migration the guest's ARP entry for its gateway (answered by
+/// proxy ARP with the tap's MAC) is still right on the new host.
+pub const VIF_MAC: &str = "fe:54:00:00:71:02";

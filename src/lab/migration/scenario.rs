@@ -300,11 +300,9 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
 
     sleep_until(t0 + nanos(options.before_move));
     progress("moving the VM: unplug vif0 on the old host, plug it into the new host");
-    let move_start = unix_ns();
-    lab.detach_vm(Site::Old)?;
-    let unplugged = clock.now("VM unplugged from the old host (vif0 deleted)");
-    lab.attach_vm(Site::New)?;
-    clock.now("VM plugged into the new host (vif0 up)");
+    let move_start = clock.now("VM leaves the old host (vif0 deleted)");
+    lab.move_vm(Site::Old, Site::New)?;
+    let unplugged = clock.now("VM plugged into the new host (vif0 up)");
     match new_index {
         Some(i) if hosts[i].config.migration.is_some() => {
             hosts[i].vif_up(VIF)?;

@@ -147,10 +147,15 @@ impl MigrationLab {
         }
     }
 
-    /// Plugs the VM into `site`: a veth pair `vif0` (host) / `eth0` (VM, with the VM's MAC),
-    /// and inside the VM its address and default route, as the guest has them. The host
-    /// side gets no route and no proxy ARP: that is `vif-up`'s job.
+    /// Plugs the VM into `site`: a veth pair `vif0` (host, libvirt's tap MAC) / `eth0` (VM,
+    /// the guest's MAC), and inside the VM its address and default route, as the guest has
+    /// them. The host side gets no route and no proxy ARP: that is `vif-up`'s job.
     pub fn attach_vm(&self, site: Site) -> Result<()> {
+        self.attach_vm_with(site, || Ok(()))
+    }
+
+    /// [`Self::attach_vm`], running `guest` (more guest-side state) before the tap goes up.
+    fn attach_vm_with(&self, site: Site, guest: impl FnOnce() -> Result<()>) -> Result<()> {
         let host = self.host(site);
         lab::process::run_checked(
             &format!("creating the VM's veth {VIF}@{}", host.name()),
@@ -158,6 +163,8 @@ impl MigrationLab {
                 "link",
                 "add",
                 VIF,
+                "address",
+                VIF_MAC,
                 "netns",
                 host.name(),
                 "type",
@@ -171,19 +178,40 @@ impl MigrationLab {
                 self.vm.name(),
             ]),
         )?;
-        host.link_up(VIF)?;
+        // The guest side first, the host's tap last: a running guest's NIC is configured
+        // when the tap comes up, and vmtun routes the vif (and ARPs for the VM) the moment
+        // it is up; an unanswered first ARP would cost a 1 s retransmission.
         self.vm.link_up("eth0")?;
         self.vm.add_address("eth0", &format!("{VM_ADDR}/32"))?;
         self.vm.ip(&[
             "route", "add", "default", "via", VM_GATEWAY, "dev", "eth0", "onlink",
         ])?;
-        Ok(())
+        guest()?;
+        host.link_up(VIF)
     }
 
     /// Unplugs the VM from `site` (deleting vif0 deletes the VM's eth0 with it, and the /32
     /// route on vif0): what libvirt does to the tap when a migrated VM leaves.
     pub fn detach_vm(&self, site: Site) -> Result<()> {
         self.host(site).ip(&["link", "del", VIF]).map(drop)
+    }
+
+    /// Moves the VM from `from` to `to` as a live migration does: unplug, plug in on the
+    /// other host, and give the guest back its ARP entry for the gateway. A migrated guest
+    /// keeps its memory, so its ARP cache still holds the gateway at the tap's MAC, which
+    /// is the same on the new host ([`VIF_MAC`]); only the lab's veth, recreated, lost it.
+    /// Without this the guest would ARP again and wait for proxy ARP's `proxy_delay`
+    /// (up to 0.8 s by default), which a real migration does not.
+    pub fn move_vm(&self, from: Site, to: Site) -> Result<()> {
+        self.detach_vm(from)?;
+        self.attach_vm_with(to, || {
+            self.vm
+                .ip(&[
+                    "neigh", "replace", VM_GATEWAY, "lladdr", VIF_MAC, "dev", "eth0", "nud",
+                    "stale",
+                ])
+                .map(drop)
+        })
     }
 
     /// The seed's libvirt script for vif0 on `site`, done by hand: the VM's /32 on vif0 and

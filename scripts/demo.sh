@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs `vmtun demo`: the whole move (client, provider, old host, new host, a VM with a UDP
+# echo responder) in network namespaces on this machine, with progress, a timeline and a
+# per-phase summary. Arguments go to `vmtun demo` (e.g. --json, --rate 10000,
+# --seed-cutover). Needs root; never touches the root network namespace, and deletes every
+# namespace it made, also on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo: needs root to create network namespaces; run: sudo scripts/demo.sh $*" >&2
+  exit 1
+fi
+
+scripts/setup.sh
+cargo build --release --quiet
+exec target/release/vmtun demo "$@"

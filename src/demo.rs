@@ -1,0 +1,258 @@
+//! `vmtun demo`: the whole move on this machine, in network namespaces (DESIGN.md, "The
+//! lab"). It prints progress as it goes, then a timeline and a per-phase summary (or one
+//! JSON object with `--json`), and deletes every namespace it made, also on Ctrl-C and on
+//! failure.
+//!
+//! This module only parses the options, runs [`crate::lab::migration::run`] and presents
+//! its report; the scenario itself lives in the lab.
+
+use crate::lab::{self, migration};
+use migration::scenario::{HostMode, Options, Report};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Options of `vmtun demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Print one JSON object (phases, cutover, totals, timeline) on stdout instead of the
+    /// tables; progress still goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Probes per second from the client to the VM (1-10000).
+    #[arg(long, default_value_t = 1000, value_name = "HZ")]
+    pub rate: u32,
+    /// Compare: the new host does it the seed's way (plain vmtun tunnel, the article's
+    /// table/rule/iptables mark, and `tcpdump -c 1 -i br0 net NET -s 1 && iptables -t
+    /// mangle -F PREROUTING` as the cutover).
+    #[arg(long, conflicts_with = "no_tunnel")]
+    pub seed_cutover: bool,
+    /// With --seed-cutover: give tcpdump `--immediate-mode`.
+    #[arg(long, requires = "seed_cutover")]
+    pub immediate: bool,
+    /// Compare: no tunnel at all, the hosts as before vmtun (the VM is lost after the move).
+    #[arg(long)]
+    pub no_tunnel: bool,
+    /// Seconds to probe before the move (and after it, and after the switch: twice this).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub dwell: f64,
+}
+
+/// Runs the demo. Needs root (it creates network namespaces); never touches the root
+/// namespace.
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "demo: needs root to create network namespaces; run it as root (scripts/demo.sh does)"
+        );
+    }
+    if !(0.1..=60.0).contains(&args.dwell) {
+        anyhow::bail!(
+            "demo: --dwell {} must be between 0.1 and 60 seconds",
+            args.dwell
+        );
+    }
+    for tool in ["ip", "nft", "sysctl", "ping"].into_iter().chain(
+        args.seed_cutover
+            .then_some(["tcpdump", "iptables"])
+            .into_iter()
+            .flatten(),
+    ) {
+        if !on_path(tool) {
+            anyhow::bail!("demo: `{tool}` is not installed or not on PATH; run scripts/setup.sh");
+        }
+    }
+    lab::install_signal_cleanup()?;
+    let vmtun = std::env::current_exe()?;
+    let options = options(args, vmtun);
+    let started = Instant::now();
+    let mut progress = |line: &str| {
+        eprintln!("[{:7.3}s] {line}", started.elapsed().as_secs_f64());
+    };
+    let report = migration::run(&options, &mut progress)?;
+    progress("done: every namespace is deleted");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    verdict(&report, options.mode)
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+fn options(args: &DemoArgs, vmtun: PathBuf) -> Options {
+    let mut options = Options::new(vmtun);
+    options.rate_hz = args.rate;
+    options.mode = if args.seed_cutover {
+        HostMode::Seed {
+            immediate: args.immediate,
+        }
+    } else if args.no_tunnel {
+        HostMode::NoTunnel
+    } else {
+        HostMode::Vmtun
+    };
+    let dwell = Duration::from_secs_f64(args.dwell);
+    options.before_move = dwell;
+    options.settle = dwell;
+    options.after_move = dwell * 2;
+    options.after_switch = dwell * 2;
+    options
+}
+
+/// Fails the command when vmtun's run did not do what the demo shows it doing, so that a
+/// script running the demo notices.
+fn verdict(report: &Report, mode: HostMode) -> anyhow::Result<()> {
+    if mode != HostMode::Vmtun {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    match &report.cutover {
+        Some(c) if c.phase.as_deref() == Some("done") => {}
+        Some(c) => problems.push(format!("cutover phase is {:?}, not done", c.phase)),
+        None => problems.push("no cutover ran".into()),
+    }
+    for name in ["after_move", "after_switch"] {
+        if report.phase(name).is_none_or(|p| p.received == 0) {
+            problems.push(format!("no replies in phase {name}"));
+        }
+    }
+    if report
+        .phase("after_switch")
+        .is_none_or(|p| p.replies_via_new == 0)
+    {
+        problems.push("no reply left natively through the new host after the switch".into());
+    }
+    if report
+        .vmtun_exits
+        .iter()
+        .any(|e| !e.ends_with("exit status: 0"))
+    {
+        problems.push(format!("vmtun exits: {:?}", report.vmtun_exits));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "demo: the move did not go as it should: {}",
+            problems.join("; ")
+        )
+    }
+}
+
+fn phase_label(name: &str) -> &str {
+    match name {
+        "before_move" => "before move",
+        "move" => "move",
+        "after_move" => "after move",
+        "switch" => "provider switch",
+        "after_switch" => "after switch",
+        other => other,
+    }
+}
+
+/// The human-readable report: timeline, per-phase table, cutover and counters.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nvmtun demo ({}): the VM {} moves from the old host to the new host while the client probes it at {} Hz\n",
+        report.mode,
+        migration::VM_ADDR,
+        report.rate_hz
+    );
+    let _ = writeln!(out, "timeline (ms after the first reply)");
+    for event in &report.timeline {
+        let _ = writeln!(out, "  {:>10.3}  {}", event.at_ms, event.event);
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>8} {:>7} {:>6} {:>12} {:>8} {:>8}",
+        "phase", "start", "sent", "lost", "longest gap", "via old", "via new"
+    );
+    for p in &report.phases {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>6.2} s {:>7} {:>6} {:>9.1} ms {:>8} {:>8}",
+            phase_label(&p.name),
+            p.start_ms / 1e3,
+            p.sent,
+            p.lost,
+            p.longest_gap_ms,
+            p.replies_via_old,
+            p.replies_via_new
+        );
+    }
+    let t = &report.totals;
+    let _ = writeln!(
+        out,
+        "{:<16} {:>8} {:>7} {:>6} {:>12} {:>8} {:>8}",
+        "total", "", t.sent, t.lost, "", t.replies_via_old, t.replies_via_new
+    );
+    let _ = writeln!(
+        out,
+        "(longest gap: the longest run of lost probes, i.e. the downtime the client saw; via old/new: the link the reply reached the provider on)"
+    );
+    if let Some(c) = &report.cutover {
+        let latency = c.latency_ns.map_or("unknown".to_owned(), |ns| {
+            format!("{:.3} ms", ns as f64 / 1e6)
+        });
+        let _ = writeln!(
+            out,
+            "\ncutover by {}: first native packet -> mark rule gone in {latency}",
+            c.by
+        );
+        if let (Some(detect), Some(removal)) = (c.detection_delay_ns, c.removal_ns) {
+            let _ = writeln!(
+                out,
+                "  of which: packet to watcher {:.3} ms, watcher to rule removed {:.3} ms",
+                detect as f64 / 1e6,
+                removal as f64 / 1e6
+            );
+        }
+        if !c.native_subnets.is_empty() {
+            let _ = writeln!(
+                out,
+                "  the kernel flipped by itself on the first native packet (native set: {})",
+                c.native_subnets.join(", ")
+            );
+        }
+        if let Some(command) = &c.command {
+            let _ = writeln!(out, "  command: {command}");
+        }
+        if let Some(phase) = &c.phase {
+            let _ = writeln!(out, "  vmtun status: cutover {phase}");
+        }
+        if let Some(left) = c.mark_rule_left {
+            let _ = writeln!(
+                out,
+                "  mark rule in the new host's ruleset afterwards: {}",
+                if left { "STILL THERE" } else { "gone" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  replies sent the wrong way (through the old host, for probes sent after the switch): {}",
+            c.wrong_way_replies
+        );
+    }
+    let c = &report.core_counters;
+    let _ = writeln!(
+        out,
+        "\nprovider counters (packets from {}): from the old host {}, from the new host {}, dropped by anti-spoofing {}",
+        migration::SUBNET,
+        c.from_old,
+        c.from_new,
+        c.spoof_dropped
+    );
+    for exit in &report.vmtun_exits {
+        let _ = writeln!(out, "vmtun up {exit}");
+    }
+    out
+}
