@@ -71,6 +71,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run the whole move on this machine in network namespaces (root): progress, a
+    /// timeline and a per-phase summary of what a client saw.
+    Demo(vmtun::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -146,6 +149,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             vmtun::vif::up(&config, &iface)?;
         }
+        Command::Demo(args) => vmtun::demo::run(&args)?,
     }
     Ok(())
 }
