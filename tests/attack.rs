@@ -188,6 +188,7 @@ fn replayed_random_and_truncated_datagrams_are_dropped_and_counted() -> Result<(
     // Attack while a real transfer runs: it must arrive intact.
     let xfer = Transfer::start(&a_ns, &b_ns, TUNNEL_B, BIG / 5, Some(BIG / 50))?;
     xfer.wait_milestone(Duration::from_secs(60))?;
+    xfer.resume();
     for _ in 0..3 {
         send_datagrams(&m_ns, target, attack(&captured, &mut rng))?;
     }

@@ -121,6 +121,7 @@ fn roaming_initiator_keeps_the_transfer() -> Result<()> {
     net.a
         .del_address(UNDERLAY_DEV, &format!("{UNDERLAY_A}/{UNDERLAY_PREFIX}"))?;
     let moved_mid_transfer = !xfer.is_done();
+    xfer.resume();
     let report = xfer.finish(TRANSFER_TIMEOUT)?;
     report.check(BIG)?;
     check(moved_mid_transfer, || {

@@ -53,6 +53,7 @@ type Side = JoinHandle<Result<(u64, String)>>;
 /// A transfer in progress.
 pub struct Transfer {
     milestone: Receiver<()>,
+    resume: mpsc::Sender<()>,
     sender: Side,
     receiver: Side,
     started: Instant,
@@ -60,8 +61,10 @@ pub struct Transfer {
 
 impl Transfer {
     /// Sends `bytes` from namespace `from` to a listener on `to_addr` (an address of `to`).
-    /// If `milestone` is set, [`Self::wait_milestone`] returns once that many bytes are
-    /// written; the sender does not stop there.
+    /// If `milestone` is set, the sender stops writing once that many bytes are written
+    /// (what its socket buffer holds still flows) until [`Self::resume`]:
+    /// [`Self::wait_milestone`] returns then, so a test can change the network at a known
+    /// point of an open connection.
     pub fn start(
         from: &Netns,
         to: &Netns,
@@ -79,11 +82,17 @@ impl Transfer {
             .map_err(|_| LabError::Failed(format!("the receiver could not listen on {bind}")))?;
         let target = SocketAddr::new(bind.ip(), port);
         let (milestone_tx, milestone_rx) = mpsc::channel();
+        let (resume_tx, resume_rx) = mpsc::channel();
         let sender = from.thread("sender", move || {
-            send(target, bytes, milestone.map(|m| (m, milestone_tx)))
+            send(
+                target,
+                bytes,
+                milestone.map(|m| (m, milestone_tx, resume_rx)),
+            )
         })?;
         Ok(Self {
             milestone: milestone_rx,
+            resume: resume_tx,
             sender,
             receiver,
             started: Instant::now(),
@@ -98,6 +107,11 @@ impl Transfer {
                 what: "the transfer to reach its milestone".into(),
                 after: timeout,
             })
+    }
+
+    /// Lets the sender go on after its milestone.
+    pub fn resume(&self) {
+        let _ = self.resume.send(());
     }
 
     /// Whether both sides have finished (successfully or not).
@@ -183,7 +197,7 @@ fn receive(bind: SocketAddr, port_tx: mpsc::Sender<u16>) -> Result<(u64, String)
 fn send(
     target: SocketAddr,
     bytes: usize,
-    mut milestone: Option<(usize, mpsc::Sender<()>)>,
+    mut milestone: Option<(usize, mpsc::Sender<()>, Receiver<()>)>,
 ) -> Result<(u64, String)> {
     let deadline = Instant::now() + CONNECT_FOR;
     let mut stream = loop {
@@ -211,10 +225,10 @@ fn send(
         })?;
         hasher.update(&chunk[..len]);
         sent += len;
-        if milestone.as_ref().is_some_and(|(at, _)| sent >= *at) {
-            if let Some((_, tx)) = milestone.take() {
-                let _ = tx.send(());
-            }
+        if let Some((_, reached, resume)) = milestone.take_if(|(at, _, _)| sent >= *at) {
+            let _ = reached.send(());
+            // Bounded: a test that never resumes gets a late transfer, not a hung one.
+            let _ = resume.recv_timeout(STALL);
         }
     }
     stream
