@@ -229,3 +229,61 @@ fn preshared_key_must_match() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// A second `vmtun up` on the same config is refused with a message naming the running
+/// instance, and the first one keeps working.
+#[test]
+fn second_up_on_the_same_config_is_refused() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("twice")?;
+    let (ca, cb) = configs(true);
+    let _b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    let path = a.path.to_string_lossy().into_owned();
+    let out = net
+        .a
+        .command(VMTUN)
+        .args(["up", "-c", &path])
+        .output()
+        .expect("running vmtun up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(!out.status.success(), || {
+        "a second vmtun up on the same config succeeded".into()
+    })?;
+    check(stderr.contains("already running"), || {
+        format!("the refusal does not say why: {stderr}")
+    })?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    Ok(())
+}
+
+/// SIGTERM stops `up` cleanly: the TUN device, its address and the state file are gone,
+/// and the exit status is success.
+#[test]
+fn sigterm_removes_everything_up_made() -> Result<()> {
+    preflight(&[]);
+    let net = Pair::new("term")?;
+    let (ca, _) = configs(true);
+    let routes_before = net.a.ip(&["route", "show", "table", "all"])?;
+    let mut a = Vmtun::start(&net.a, &net.scratch, ca)?;
+    let ifname = a.ifname().to_owned();
+    check(net.a.has_link(&ifname), || {
+        format!("{ifname} missing while up")
+    })?;
+    let status = a.process_mut().expect("started").terminate(WAIT)?;
+    check(status.success(), || {
+        format!("vmtun up exited with {status} on SIGTERM")
+    })?;
+    check(!net.a.has_link(&ifname), || {
+        format!("{ifname} survived SIGTERM")
+    })?;
+    let state = format!("/run/vmtun/{ifname}.json");
+    check(!std::path::Path::new(&state).exists(), || {
+        format!("{state} left behind")
+    })?;
+    let routes_after = net.a.ip(&["route", "show", "table", "all"])?;
+    check(routes_before == routes_after, || {
+        format!("routes differ after exit:\nbefore:\n{routes_before}\nafter:\n{routes_after}")
+    })?;
+    Ok(())
+}

@@ -221,6 +221,11 @@ impl<'a> Vmtun<'a> {
         self.process.as_ref()
     }
 
+    /// The running process, to signal it.
+    pub fn process_mut(&mut self) -> Option<&mut Process> {
+        self.process.as_mut()
+    }
+
     /// Packets the tunnel delivered to the kernel through the TUN device (the kernel counts
     /// what vmtun writes into the TUN as received).
     pub fn tun_rx_packets(&self) -> Result<u64> {
