@@ -168,24 +168,35 @@ pub struct HostVmtun<'a> {
 
 impl<'a> HostVmtun<'a> {
     /// Writes `config` into `scratch` (mode 0600) and runs `vmtun up -c` in `ns`; returns
-    /// once the control socket exists.
+    /// once `status` answers.
     pub fn start(
         ns: &'a Netns,
         vmtun: &Path,
         scratch: &Scratch,
         config: HostConfig,
     ) -> Result<Self> {
+        let mut host = Self::prepare(ns, vmtun, scratch, config)?;
+        host.launch()?;
+        Ok(host)
+    }
+
+    /// Writes `config` into `scratch` (mode 0600) without starting anything, for commands
+    /// that run before `up` (`vif-up`) and tests that snapshot the host first.
+    pub fn prepare(
+        ns: &'a Netns,
+        vmtun: &Path,
+        scratch: &Scratch,
+        config: HostConfig,
+    ) -> Result<Self> {
         let path = scratch.write(&format!("{}.toml", config.name), &config.to_toml(), 0o600)?;
-        let mut host = Self {
+        Ok(Self {
             ns,
             vmtun: vmtun.to_owned(),
             log_dir: scratch.path().to_owned(),
             config,
             path,
             process: None,
-        };
-        host.launch()?;
-        Ok(host)
+        })
     }
 
     /// Starts `vmtun up` (again, after [`Self::kill`]); returns once `status` answers.
