@@ -167,13 +167,12 @@ impl GsoBatch {
 
     /// Sends what is batched.
     pub fn flush(&mut self, udp: &Udp, failed: &mut u64) {
-        if let (Some(to), true) = (self.to, self.count > 0) {
-            if udp
+        if let (Some(to), true) = (self.to, self.count > 0)
+            && udp
                 .try_send(to, &self.buf[..self.len], self.segment)
                 .is_err()
-            {
-                *failed += self.count as u64;
-            }
+        {
+            *failed += self.count as u64;
         }
         self.len = 0;
         self.count = 0;
