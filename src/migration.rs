@@ -69,7 +69,7 @@ impl Migration {
                         commit_us = removal.commit.as_micros() as u64,
                         "cutover: first native packet seen on the bridge; mark rule removed"
                     );
-                    Ok::<(), netcfg::NetError>(())
+                    Ok::<_, netcfg::NetError>(removal.gone_at)
                 })?)
             }
             _ => None,

@@ -11,7 +11,7 @@
 //!
 //! Wiring on the new host (role new, `cutover = "auto"`), with netcfg's per-subnet removal:
 //! `Watcher::spawn(&bridge, subnets, move |d| netcfg::remove_mark_rule(&table,
-//! &[d.subnet]).map(drop))`; `vmtun status` shows [`Watcher::status`].
+//! &[d.subnet]).map(|r| r.gone_at))`; `vmtun status` shows [`Watcher::status`].
 //!
 //! This module never edits netfilter, routes or rules: the callback given to
 //! [`Watcher::spawn`] (netcfg's atomic removal of vmtun's own mark rule) does. It never

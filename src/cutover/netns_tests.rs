@@ -285,7 +285,7 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
                 Watcher::spawn(&lab.bridge, Lab::subnets(), move |d: &super::Detection| {
                     calls.fetch_add(1, Ordering::SeqCst);
                     seen.lock().unwrap().push(*d);
-                    Ok::<(), std::io::Error>(())
+                    Ok::<_, std::io::Error>(Instant::now())
                 })
             })
             .expect("watcher starts")
@@ -408,7 +408,7 @@ fn stops_at_once_without_a_packet_and_reports_callback_errors() {
         .n
         .run(|| {
             Watcher::spawn(&lab.bridge, Lab::subnets(), |_: &super::Detection| {
-                Ok::<(), String>(())
+                Ok::<_, String>(Instant::now())
             })
         })
         .unwrap();
@@ -446,7 +446,7 @@ fn errors_name_the_bridge() {
         .n
         .run(|| {
             Watcher::spawn("br-nosuch0", Lab::subnets(), |_: &super::Detection| {
-                Ok::<(), String>(())
+                Ok::<_, String>(Instant::now())
             })
         })
         .unwrap_err();
@@ -459,7 +459,7 @@ fn errors_name_the_bridge() {
         .n
         .run(|| {
             Watcher::spawn(&lab.bridge, vec![], |_: &super::Detection| {
-                Ok::<(), String>(())
+                Ok::<_, String>(Instant::now())
             })
         })
         .unwrap_err();
@@ -488,7 +488,7 @@ fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
         .n
         .run(|| {
             Watcher::spawn(&lab.bridge, Lab::subnets(), |_: &super::Detection| {
-                Ok::<(), String>(())
+                Ok::<_, String>(Instant::now())
             })
         })
         .unwrap();

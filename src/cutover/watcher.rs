@@ -73,7 +73,7 @@ impl Watcher {
         on_native: F,
     ) -> Result<Watcher, CutoverError>
     where
-        F: FnMut(&Detection) -> Result<(), E> + Send + 'static,
+        F: FnMut(&Detection) -> Result<Instant, E> + Send + 'static,
         E: Display,
     {
         if subnets.is_empty() {
@@ -175,7 +175,7 @@ fn watch<F, E>(
     mut on_native: F,
 ) -> Phase
 where
-    F: FnMut(&Detection) -> Result<(), E>,
+    F: FnMut(&Detection) -> Result<Instant, E>,
     E: Display,
 {
     loop {
@@ -198,8 +198,13 @@ where
             Ok(Run::Stopped) => return Phase::Stopped,
             Err(e) => return failed(bridge, &e),
         };
-        let error = on_native(&detection).err().map(|e| e.to_string());
-        let record = CutoverRecord::new(&detection, Instant::now(), error);
+        // The callback says when the rule was gone: tearing down its netlink socket
+        // afterwards costs milliseconds (an RCU grace period) that no reply waits for.
+        let (gone_at, error) = match on_native(&detection) {
+            Ok(at) => (at, None),
+            Err(e) => (Instant::now(), Some(e.to_string())),
+        };
+        let record = CutoverRecord::new(&detection, gone_at, error);
         log(bridge, &record);
         classifier.stop_watching(detection.subnet);
         {

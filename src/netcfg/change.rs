@@ -142,7 +142,7 @@ pub enum NftRuleKind {
         /// The cutover set: while it holds the subnet, the rule no longer marks.
         skip_set: Option<String>,
     },
-    /// `iifname "BRIDGE" ip daddr NET counter add @SET { ip daddr & MASK }` (the element is
+    /// `meta pkttype host iifname "BRIDGE" ip daddr NET counter add @SET { ip daddr & MASK }` (the element is
     /// the subnet's network address): the first packet
     /// for the subnet arriving natively flips the cutover inside the kernel.
     Native {
@@ -353,7 +353,7 @@ impl fmt::Display for NftRuleKind {
                 let (_, mask) = net_and_mask(subnet);
                 write!(
                     f,
-                    "iifname \"{bridge}\" ip daddr {subnet} counter add @{set} {{ ip daddr & {mask} }}"
+                    "meta pkttype host iifname \"{bridge}\" ip daddr {subnet} counter add @{set} {{ ip daddr & {mask} }}"
                 )?;
             }
         }

@@ -42,14 +42,23 @@ fn cstring(s: &str) -> Result<CString, Cause> {
 
 /// Sends `batch` on a fresh socket and waits for the kernel's verdict; returns how long the
 /// commit took, from sending to the last acknowledgement.
-fn commit(batch: Batch) -> Result<Duration, Cause> {
+fn commit(batch: Batch) -> Result<Committed, Cause> {
     let batch = batch.finalize();
     let seqs = batch.sequence_numbers();
     let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
     let t0 = Instant::now();
     sock.send_batch(&batch).map_err(|e| Cause::from_io(&e))?;
     sock.wait_acks(seqs)?;
-    Ok(t0.elapsed())
+    let at = Instant::now();
+    // Closing the socket (when `sock` drops) can wait for an RCU grace period, milliseconds
+    // after the kernel applied the batch; `at` is when it was applied.
+    Ok(Committed { took: at - t0, at })
+}
+
+/// When a batch took effect, and how long the kernel took from receiving it.
+struct Committed {
+    took: Duration,
+    at: Instant,
 }
 
 /// Wraps an add message so it fails with `File exists` instead of reusing an object: nftnl
@@ -188,6 +197,27 @@ impl Expression for DynsetAdd {
     }
 }
 
+/// `meta pkttype` into register 1 (nftnl's `Meta` lacks the key).
+struct MetaPktType;
+
+impl Expression for MetaPktType {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: libnftnl allocation and setters.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"meta".as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_META_DREG as u16, libc::NFT_REG_1 as u32);
+            sys::nftnl_expr_set_u32(
+                p,
+                sys::NFTNL_EXPR_META_KEY as u16,
+                libc::NFT_META_PKTTYPE as u32,
+            );
+            e
+        }
+    }
+}
+
 fn chain<'a>(table: &'a Table, name: &CStr) -> Chain<'a> {
     let mut c = Chain::new(name, table);
     c.set_hook(Hook::PreRouting, NF_IP_PRI_MANGLE);
@@ -235,6 +265,10 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
             subnet,
             set,
         } => {
+            // Only frames addressed to this host: a broadcast or a frame flooded to another
+            // host's MAC on the bridge is no sign that the provider routes the subnet here.
+            r.add_expr(&MetaPktType);
+            r.add_expr(&Cmp::new(CmpOp::Eq, libc::PACKET_HOST as u8));
             r.add_expr(&Meta::IifName);
             r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(bridge)?)));
             match_subnet(&mut r, Ipv4HeaderField::Daddr, subnet);
@@ -425,7 +459,7 @@ fn comment_of(mut ud: &[u8]) -> Option<String> {
 
 /// Deletes the rules with these handles from `table`/`chain_name` in one batch; returns the
 /// commit time.
-fn delete_rules(table: &str, chain_name: &str, handles: &[u64]) -> Result<Duration, Cause> {
+fn delete_rules(table: &str, chain_name: &str, handles: &[u64]) -> Result<Committed, Cause> {
     let t = Table::new(cstring(table)?, FAMILY);
     let c = Chain::new(cstring(chain_name)?, &t);
     let mut batch = Batch::new();
@@ -498,6 +532,8 @@ pub struct MarkRemoval {
     /// How long the netlink commit took, from sending the batch to the kernel's last
     /// acknowledgement (listing the rules beforehand is not included).
     pub commit: Duration,
+    /// When the kernel had applied the removal (or found nothing to remove).
+    pub gone_at: Instant,
 }
 
 /// Finalizes the cutover: removes the mark rules for `subnets` (all of vmtun's mark rules
@@ -531,10 +567,15 @@ pub fn remove_mark_rule(table: &str, subnets: &[Ipv4Net]) -> Result<MarkRemoval,
         return Ok(MarkRemoval {
             removed,
             commit: Duration::ZERO,
+            gone_at: Instant::now(),
         });
     }
-    let commit = delete_rules(table, NFT_CHAIN, &handles).map_err(op_err)?;
-    Ok(MarkRemoval { removed, commit })
+    let done = delete_rules(table, NFT_CHAIN, &handles).map_err(op_err)?;
+    Ok(MarkRemoval {
+        removed,
+        commit: done.took,
+        gone_at: done.at,
+    })
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ fn role_new_applies_and_undo_restores_everything() {
         "type filter hook prerouting priority mangle; policy accept;",
         "type ipv4_addr",
         "flags dynamic",
-        "iifname \"br0\" ip daddr 203.0.113.0/29 counter packets 0 bytes 0 add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
+        "meta pkttype host iifname \"br0\" ip daddr 203.0.113.0/29 counter packets 0 bytes 0 add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
         "iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter packets 0 bytes 0 meta mark set 0x00000001 comment \"vmtun mark 203.0.113.0/29\"",
     ] {
         assert!(nft.contains(want), "missing {want:?} in\n{nft}");
