@@ -268,7 +268,7 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
             // Only frames addressed to this host: a broadcast or a frame flooded to another
             // host's MAC on the bridge is no sign that the provider routes the subnet here.
             r.add_expr(&MetaPktType);
-            r.add_expr(&Cmp::new(CmpOp::Eq, libc::PACKET_HOST as u8));
+            r.add_expr(&Cmp::new(CmpOp::Eq, libc::PACKET_HOST));
             r.add_expr(&Meta::IifName);
             r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(bridge)?)));
             match_subnet(&mut r, Ipv4HeaderField::Daddr, subnet);
