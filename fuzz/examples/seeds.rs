@@ -153,6 +153,7 @@ fn main() {
         "transport_counter_flip",
         &with_mode(2, &[0, 0, 0, 0, 0, 0, 0, 0, 1]),
     );
+    write(&datagram, "transport_then_timers", &with_mode(0x42, &[]));
 
     // Configs: a plain tunnel, one with every optional field, both migration roles.
     let k = |b: u8| PrivateKey::from_bytes([b; 32]);
