@@ -1,11 +1,6 @@
 //! The receive-side replay window (src/noise/replay.rs), in counters/s: the check before
 //! decrypting plus the commit after, as `Session::decrypt` does.
 //!
-//! `ReplayWindow` is not exported by the crate (only `noise::REPLAY_WINDOW` is), so this
-//! bench compiles the very source file into itself with `#[path]`, with a stand-in for the
-//! one item it imports. If the window ever becomes public (`noise::ReplayWindow`), switch
-//! to that.
-//!
 //! - `in_order`: counters 0, 1, 2, ... (the common case; a block is cleared every 64).
 //! - `reordered`: blocks of 64 counters, each block delivered backwards (every packet but
 //!   the first of a block is below the newest).
@@ -19,16 +14,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-/// What replay.rs imports as `super::timers`.
-mod timers {
-    pub use vmtun::noise::REJECT_AFTER_MESSAGES;
-}
-
-#[path = "../src/noise/replay.rs"]
-#[allow(dead_code)]
-mod replay;
-
-use replay::ReplayWindow;
+use vmtun::noise::ReplayWindow;
 
 fn accept(w: &mut ReplayWindow, counter: u64) -> bool {
     w.check(counter) && w.commit(counter)

@@ -30,7 +30,7 @@ use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 pub use allowed_ips::AllowedIps;
 pub use cookie::{COOKIE_LIFETIME, UNDER_LOAD_HANDSHAKES_PER_SECOND};
 pub use drops::{DropCounters, DropReason};
-pub use replay::WINDOW_SIZE as REPLAY_WINDOW;
+pub use replay::{ReplayWindow, WINDOW_SIZE as REPLAY_WINDOW};
 pub use tai64n::Tai64N;
 pub use timers::{
     KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, NEW_HANDSHAKE_AFTER, REJECT_AFTER_MESSAGES,
