@@ -77,7 +77,6 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let result = runtime.block_on(run_driver(&config, &paths, tun, udp));
     let _ = std::fs::remove_file(&paths.socket);
     journal.undo_all(&mut ops)?;
-    let _ = std::fs::remove_file(&paths.lock);
     let exit = result?;
     tracing::info!(
         "{} down ({exit:?}); host changes undone",
@@ -195,7 +194,7 @@ pub fn down(config: &Config) -> anyhow::Result<()> {
             config.interface.name
         );
     }
-    for file in [&paths.state, &paths.socket, &paths.lock] {
+    for file in [&paths.state, &paths.socket] {
         let _ = std::fs::remove_file(file);
     }
     drop(lock);
@@ -251,15 +250,29 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// Takes the instance lock, held until the returned file is dropped (or the process dies).
-fn lock(config: &Config, paths: &Paths) -> anyhow::Result<File> {
+/// The instance lock: held while this value lives (or until the process dies). Dropping it
+/// removes the lock file first, so neither a clean exit nor a refused start leaves one.
+struct InstanceLock {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        // Still locked here: the fd closes (and the lock goes) after this body.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Takes the instance lock.
+fn lock(config: &Config, paths: &Paths) -> anyhow::Result<InstanceLock> {
     let dir = Path::new(control::RUN_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
@@ -279,9 +292,13 @@ fn lock(config: &Config, paths: &Paths) -> anyhow::Result<File> {
         }
         return Err(e).context("locking the instance");
     }
-    file.set_len(0)?;
-    write!(file, "{}", std::process::id())?;
-    Ok(file)
+    let lock = InstanceLock {
+        file,
+        path: paths.lock.clone(),
+    };
+    lock.file.set_len(0)?;
+    write!(&lock.file, "{}", std::process::id())?;
+    Ok(lock)
 }
 
 fn bind_udp(port: u16) -> anyhow::Result<std::net::UdpSocket> {
