@@ -14,7 +14,19 @@ use vmtun::keys::{PresharedKey, PrivateKey};
 /// WireGuard-compatible UDP tunnel and sets up the routing of the move, then undoes it on
 /// exit. See README.md for the two-host procedure.
 #[derive(Parser)]
-#[command(version, about, long_about, propagate_version = true)]
+#[command(
+    version,
+    about,
+    long_about,
+    propagate_version = true,
+    after_help = "Examples:
+  vmtun keygen > /etc/vmtun/private.key && chmod 600 /etc/vmtun/private.key
+  vmtun pubkey < /etc/vmtun/private.key          # give this to the other host
+  vmtun up -c /etc/vmtun/vmtun.toml --dry-run    # every change up would make
+  vmtun up -c /etc/vmtun/vmtun.toml              # runs in the foreground
+  vmtun status -c /etc/vmtun/vmtun.toml          # peers, traffic, cutover
+  vmtun demo                                     # the whole move, in namespaces here"
+)]
 struct Cli {
     /// More log output: -v for debug, -vv for trace (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
