@@ -242,8 +242,9 @@ for (( i = 1; i <= max; i++ )); do
     read -r -a args <<<"$(args_of "$v")"
     dwell=$DWELL
     if [[ $v == seed-* ]]; then
-      dwell=$(awk -v d="$DWELL" -v s="$SEED_DWELL_SPREAD" -v r="$RANDOM$RANDOM" \
-        'BEGIN { srand(r); printf "%.3f", d + s * rand() }')
+      # (not awk: mawk's srand() with a large seed repeats the same rand() value)
+      dwell=$(python3 -c 'import random, sys; print("%.3f" % (float(sys.argv[1]) + float(sys.argv[2]) * random.random()))' \
+        "$DWELL" "$SEED_DWELL_SPREAD")
     fi
     t0=$(date +%s.%N)
     rc=0
