@@ -226,26 +226,12 @@ fn state_err(path: &Path, detail: String) -> NetError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netcfg::change::{FwMark, TableId};
     use crate::netcfg::fake::{Call, FakeOps};
-    use crate::netcfg::plan::{DEFAULT_RULE_PRIORITY, NewParams, Role, TunnelParams, plan};
+    use crate::netcfg::fixtures::{new_role, tunnel};
+    use crate::netcfg::plan::{Role, plan};
 
     fn full_plan() -> Vec<Change> {
-        let t = TunnelParams {
-            tun: "vmtun0".into(),
-            address: "100.64.0.1/24".parse().unwrap(),
-            mtu: Some(1420),
-        };
-        let role = Role::New(NewParams {
-            subnets: vec!["203.0.113.0/29".parse().unwrap()],
-            via: "100.64.0.2".parse().unwrap(),
-            table: TableId(201),
-            fwmark: FwMark(1),
-            rule_priority: DEFAULT_RULE_PRIORITY,
-            vif_prefix: "vif".into(),
-            bridge: "br0".into(),
-        });
-        plan(&t, Some(&role))
+        plan(&tunnel(), Some(&new_role()))
     }
 
     fn host() -> FakeOps {

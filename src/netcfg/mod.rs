@@ -29,6 +29,8 @@ mod sysctl;
 mod system;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod ns_tests;
 #[cfg(test)]
 mod testns;

@@ -13,31 +13,12 @@
 
 use std::net::IpAddr;
 
+use super::fixtures::{new_role, tunnel};
 use super::testns::TestNs;
 use super::*;
 
 const TUN: &str = "vmtun0";
 const SUBNET: &str = "203.0.113.0/29";
-
-fn tunnel() -> TunnelParams {
-    TunnelParams {
-        tun: TUN.into(),
-        address: "100.64.0.1/24".parse().unwrap(),
-        mtu: Some(1420),
-    }
-}
-
-fn new_role() -> Role {
-    Role::New(NewParams {
-        subnets: vec![SUBNET.parse().unwrap()],
-        via: "100.64.0.2".parse().unwrap(),
-        table: TableId(201),
-        fwmark: FwMark(1),
-        rule_priority: DEFAULT_RULE_PRIORITY,
-        vif_prefix: "vif".into(),
-        bridge: "br0".into(),
-    })
-}
 
 /// Everything netcfg could touch, as text: rules, routes, nftables (iptables-nft rules
 /// included), addresses, links (MTU, state) and the sysctls of `ifaces`. Link qdiscs are

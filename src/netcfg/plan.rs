@@ -208,26 +208,7 @@ pub fn vif_up(iface: &str, addresses: &[IpAddr]) -> Vec<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tunnel() -> TunnelParams {
-        TunnelParams {
-            tun: "vmtun0".into(),
-            address: "100.64.0.1/24".parse().unwrap(),
-            mtu: Some(1420),
-        }
-    }
-
-    fn new_role() -> Role {
-        Role::New(NewParams {
-            subnets: vec!["203.0.113.0/29".parse().unwrap()],
-            via: "100.64.0.2".parse().unwrap(),
-            table: TableId(201),
-            fwmark: FwMark(1),
-            rule_priority: DEFAULT_RULE_PRIORITY,
-            vif_prefix: "vif".into(),
-            bridge: "br0".into(),
-        })
-    }
+    use crate::netcfg::fixtures::{new_role, tunnel};
 
     fn lines(p: &[Change]) -> Vec<String> {
         p.iter().map(ToString::to_string).collect()

@@ -1,0 +1,27 @@
+//! Test fixtures shared by netcfg's unit and namespace tests: the example host of
+//! DESIGN.md's contract (TUN `vmtun0` at 100.64.0.1/24, role new for 203.0.113.0/29).
+
+use super::change::{FwMark, TableId};
+use super::plan::{DEFAULT_RULE_PRIORITY, NewParams, Role, TunnelParams};
+
+/// The tunnel device's settings.
+pub(crate) fn tunnel() -> TunnelParams {
+    TunnelParams {
+        tun: "vmtun0".into(),
+        address: "100.64.0.1/24".parse().unwrap(),
+        mtu: Some(1420),
+    }
+}
+
+/// Role new for 203.0.113.0/29 via 100.64.0.2, the config's defaults otherwise.
+pub(crate) fn new_role() -> Role {
+    Role::New(NewParams {
+        subnets: vec!["203.0.113.0/29".parse().unwrap()],
+        via: "100.64.0.2".parse().unwrap(),
+        table: TableId(201),
+        fwmark: FwMark(1),
+        rule_priority: DEFAULT_RULE_PRIORITY,
+        vif_prefix: "vif".into(),
+        bridge: "br0".into(),
+    })
+}
