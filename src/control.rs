@@ -17,10 +17,10 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::driver::ControlRequest;
+use crate::driver::{Command, DriverHandle};
 use crate::migration::MigrationStatus;
 
 /// Where instances keep their sockets, locks and state files.
@@ -135,24 +135,21 @@ pub struct PeerStatus {
 }
 
 /// Serves the control socket at `path`: each connection's request goes to the event loop
-/// through `requests`, and its reply back to the client. The caller holds the instance
+/// through `driver`, and its reply back to the client. The caller holds the instance
 /// lock, so a socket file already there is a dead instance's and is replaced.
-pub fn listen(
-    path: &Path,
-    requests: mpsc::Sender<ControlRequest>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub fn listen(path: &Path, driver: DriverHandle) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_client(stream, requests.clone()));
+            tokio::spawn(serve_client(stream, driver.clone()));
         }
     }))
 }
 
-async fn serve_client(stream: tokio::net::UnixStream, requests: mpsc::Sender<ControlRequest>) {
+async fn serve_client(stream: tokio::net::UnixStream, driver: DriverHandle) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let reply =
@@ -161,7 +158,7 @@ async fn serve_client(stream: tokio::net::UnixStream, requests: mpsc::Sender<Con
             Ok(Ok(_)) => match Request::parse(&line) {
                 Some(request) => {
                     let (tx, rx) = oneshot::channel();
-                    if requests.send((request, tx)).await.is_err() {
+                    if !driver.send(Command::Control(request, tx)) {
                         return;
                     }
                     match rx.await {

@@ -1,15 +1,22 @@
 //! The event loop: the only place where the protocol core meets I/O. It moves packets
 //! between the TUN device, the UDP socket and [`Tunnel`], fires the core's timers, and
-//! answers control requests. One thread, no locks: both directions and the timers share
+//! answers control requests. It runs on a thread of its own over a plain `epoll` (mio), so
+//! a packet costs the system calls it needs and little else; the control socket, signals
+//! and the VM-interface watcher live on the tokio runtime of the main thread and reach
+//! the loop through a [`DriverHandle`]. No locks: both directions and the timers share
 //! one `&mut Tunnel`. Packets move in batches (one system call for dozens of packets each
 //! way, see `tun` and `udp`); buffers are allocated once, and the per-packet path
 //! allocates nothing.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::AsRawFd as _;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::oneshot;
 
 use crate::control::{PeerStatus, Reply, Request, Status};
 use crate::migration::Migration;
@@ -21,12 +28,35 @@ use crate::udp::{GsoBatch, Udp, UdpRx};
 const MAX_PACKET: usize = 65535;
 /// Room for the largest packet sealed: header, tag and padding to 16.
 const SEALED_MAX: usize = MAX_PACKET + crate::noise::OVERHEAD + 16;
-/// Reads per readiness event before the loop looks at the other side again, so that one
+/// Reads per turn of the loop before it looks at the other side again, so that one
 /// busy direction cannot starve the other or the timers.
 const READS_PER_WAKE: usize = 8;
 
-/// A control request waiting for the event loop, with where to send the answer.
-pub type ControlRequest = (Request, oneshot::Sender<Reply>);
+const TUN: Token = Token(0);
+const UDP: Token = Token(1);
+const COMMANDS: Token = Token(2);
+
+/// What other threads ask of the event loop.
+pub enum Command {
+    /// A control-socket request, with where to send the answer.
+    Control(Request, oneshot::Sender<Reply>),
+    /// SIGINT or SIGTERM arrived: stop.
+    Stop,
+}
+
+/// The way into a running event loop from other threads: queue a command, wake the loop.
+#[derive(Clone)]
+pub struct DriverHandle {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl DriverHandle {
+    /// Queues `command`; false if the loop has ended.
+    pub fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok() && self.waker.wake().is_ok()
+    }
+}
 
 /// What the status snapshot needs that the core does not know.
 pub struct Identity {
@@ -62,7 +92,8 @@ pub struct Driver {
     tunnel: Tunnel,
     tun: Tun,
     udp: Udp,
-    requests: mpsc::Receiver<ControlRequest>,
+    poll: Poll,
+    commands: mpsc::Receiver<Command>,
     identity: Identity,
     migration: Option<Migration>,
     bufs: Box<Buffers>,
@@ -78,21 +109,36 @@ pub enum Exit {
     Down,
 }
 
+/// Whether a source may still hold data: set by a readiness event, cleared only when a
+/// read finds nothing (the poller is edge-triggered).
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    tun: bool,
+    udp: bool,
+}
+
 impl Driver {
-    /// Assembles a driver; nothing runs until [`Driver::run`].
+    /// Assembles a driver and registers its sources; nothing runs until [`Driver::run`].
+    /// The handle reaches the loop from other threads.
     pub fn new(
         tunnel: Tunnel,
         tun: Tun,
         udp: Udp,
-        requests: mpsc::Receiver<ControlRequest>,
         identity: Identity,
         migration: Option<Migration>,
-    ) -> Self {
-        Self {
+    ) -> io::Result<(Self, DriverHandle)> {
+        let poll = Poll::new()?;
+        let registry = poll.registry();
+        registry.register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
+        registry.register(&mut SourceFd(&udp.as_raw_fd()), UDP, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(registry, COMMANDS)?);
+        let (tx, commands) = mpsc::channel();
+        let driver = Self {
             tunnel,
             tun,
             udp,
-            requests,
+            poll,
+            commands,
             identity,
             migration,
             bufs: Box::new(Buffers {
@@ -103,46 +149,86 @@ impl Driver {
                 scratch: vec![0; SEALED_MAX].into_boxed_slice(),
             }),
             io_drops: IoDrops::default(),
-        }
+        };
+        Ok((
+            driver,
+            DriverHandle {
+                commands: tx,
+                waker,
+            },
+        ))
     }
 
-    /// Runs until `stop` completes or a `down` request arrives.
-    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) -> io::Result<Exit> {
-        tokio::pin!(stop);
+    /// Runs until a [`Command::Stop`] or a `down` request arrives, or every handle is gone.
+    pub fn run(mut self) -> io::Result<Exit> {
+        let mut events = Events::with_capacity(8);
+        let mut pending = Pending::default();
         loop {
-            let deadline = self.tunnel.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
+            let timeout = if pending.tun || pending.udp {
+                Some(std::time::Duration::ZERO)
+            } else {
+                self.tunnel
+                    .poll_timeout()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
             };
-            tokio::select! {
-                _ = &mut stop => return Ok(Exit::Signal),
-                r = self.tun.readable() => { r?; self.on_tun()?; }
-                r = self.udp.readable() => { r?; self.on_udp().await?; }
-                _ = sleep => self.tunnel.handle_timeout(Instant::now()),
-                Some((request, answer)) = self.requests.recv() => {
-                    let reply = self.on_request(request);
-                    let _ = answer.send(reply);
-                    if request == Request::Down {
-                        return Ok(Exit::Down);
-                    }
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let mut commands = false;
+            for event in &events {
+                match event.token() {
+                    TUN => pending.tun = true,
+                    UDP => pending.udp = true,
+                    _ => commands = true,
                 }
+            }
+            if pending.udp {
+                pending.udp = self.on_udp()?;
+            }
+            if pending.tun {
+                pending.tun = self.on_tun()?;
+            }
+            let now = Instant::now();
+            if self.tunnel.poll_timeout().is_some_and(|at| at <= now) {
+                self.tunnel.handle_timeout(now);
+            }
+            if commands && let Some(exit) = self.on_commands() {
+                return Ok(exit);
             }
             self.flush(Instant::now());
             self.log_events();
         }
     }
 
+    /// Answers what other threads queued; `Some` when the loop must end.
+    fn on_commands(&mut self) -> Option<Exit> {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Control(request, answer)) => {
+                    let _ = answer.send(self.on_request(request));
+                    if request == Request::Down {
+                        return Some(Exit::Down);
+                    }
+                }
+                Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                    return Some(Exit::Signal);
+                }
+                Err(mpsc::TryRecvError::Empty) => return None,
+            }
+        }
+    }
+
     /// Plaintext from the kernel: seal each packet into the GSO batch, send in bulk.
-    fn on_tun(&mut self) -> io::Result<()> {
+    /// Returns whether the device may hold more.
+    fn on_tun(&mut self) -> io::Result<bool> {
         let Buffers { tun_rx, gso, .. } = &mut *self.bufs;
         let failed = &mut self.io_drops.udp_send;
         for _ in 0..READS_PER_WAKE {
             match self.tun.try_recv(tun_rx) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
@@ -158,23 +244,24 @@ impl Driver {
             }
             gso.flush(&self.udp, failed);
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Datagrams from the network: open each into the TUN batch, write in bulk.
-    async fn on_udp(&mut self) -> io::Result<()> {
+    /// Datagrams from the network: open each into the TUN batch, write in bulk. Returns
+    /// whether the socket may hold more.
+    fn on_udp(&mut self) -> io::Result<bool> {
         let Buffers { udp_rx, tun_tx, .. } = &mut *self.bufs;
         for _ in 0..READS_PER_WAKE {
             match self.udp.try_recv(udp_rx) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 // ICMP errors from an earlier send surface here; they say nothing about this socket.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
             for (from, datagram) in udp_rx.datagrams() {
-                if tun_tx.is_full() && self.tun.send(tun_tx).await.is_err() {
+                if tun_tx.is_full() && self.tun.send(tun_tx).is_err() {
                     self.io_drops.tun_write += 1;
                 }
                 let out = tun_tx.slot(datagram.len().max(crate::wire::INITIATION_LEN));
@@ -188,11 +275,11 @@ impl Driver {
                     Inbound::Consumed | Inbound::Dropped(_) => {}
                 }
             }
-            if self.tun.send(tun_tx).await.is_err() {
+            if self.tun.send(tun_tx).is_err() {
                 self.io_drops.tun_write += 1;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends whatever the core queued: handshakes, keepalives, packets held during a handshake.

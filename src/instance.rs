@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::control::{self, Paths, Request};
-use crate::driver::{Driver, Exit, Identity};
+use crate::driver::{Command, Driver, Exit, Identity};
 use crate::migration::Migration;
 use crate::netcfg;
 use crate::noise::{PeerConfig, Tunnel, TunnelConfig};
@@ -64,10 +64,7 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let tun = {
-        let _context = runtime.enter();
-        Tun::create(&config.interface.name)?
-    };
+    let tun = Tun::create(&config.interface.name)?;
     let mut journal = netcfg::Journal::create(Path::new(control::RUN_DIR), &config.interface.name)?;
     if let Err(e) = journal.apply(&mut ops, &plan) {
         drop(tun);
@@ -116,8 +113,6 @@ async fn run_driver(
     tun: Tun,
     udp: std::net::UdpSocket,
 ) -> anyhow::Result<Exit> {
-    let (tx, rx) = mpsc::channel(16);
-    let listener = control::listen(&paths.socket, tx)?;
     let identity = Identity {
         interface: config.interface.name.clone(),
         public_key: config.interface.private_key.public_key().to_base64(),
@@ -145,9 +140,23 @@ async fn run_driver(
         .transpose()?;
     let vifs =
         (!config.vms.is_empty()).then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()))));
-    let exit = Driver::new(tunnel, tun, udp, rx, identity, migration)
-        .run(shutdown_signal())
-        .await?;
+    let (driver, handle) = Driver::new(tunnel, tun, udp, identity, migration)?;
+    let listener = control::listen(&paths.socket, handle.clone())?;
+    let (done_tx, mut done) = oneshot::channel();
+    let data_path = std::thread::Builder::new()
+        .name("vmtun-data".into())
+        .spawn(move || {
+            let _ = done_tx.send(driver.run());
+        })?;
+    let exit = tokio::select! {
+        exit = &mut done => exit,
+        () = shutdown_signal() => {
+            handle.send(Command::Stop);
+            done.await
+        }
+    };
+    let _ = data_path.join();
+    let exit = exit.context("the data path thread died")??;
     listener.abort();
     if let Some(vifs) = vifs {
         vifs.abort();

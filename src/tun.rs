@@ -12,7 +12,9 @@
 
 use std::io;
 
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
+use std::os::fd::{AsRawFd, RawFd};
+
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// Room kept in front of every packet buffer for the virtio-net header tun-rs writes.
 const HEADROOM: usize = 16;
@@ -25,22 +27,25 @@ const MAX_SEGMENT: usize = 9216;
 /// super-segment split at the smallest MTU.
 pub const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 
-/// An open TUN device, registered with the tokio reactor. The device exists as long as
-/// this value does: dropping it removes the interface.
+/// An open TUN device in non-blocking mode; the driver polls its descriptor. The device
+/// exists as long as this value does: dropping it removes the interface.
 pub struct Tun {
-    dev: AsyncDevice,
+    dev: SyncDevice,
 }
 
 impl Tun {
     /// Creates the TUN device `name`, down and without addresses (netcfg does those), with
-    /// checksum and segmentation offloads on. Must be called inside a tokio runtime.
+    /// checksum and segmentation offloads on.
     pub fn create(name: &str) -> io::Result<Self> {
+        let context =
+            |e: io::Error| io::Error::new(e.kind(), format!("creating TUN device {name}: {e}"));
         let dev = DeviceBuilder::new()
             .name(name)
             .enable(false)
             .offload(true)
-            .build_async()
-            .map_err(|e| io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")))?;
+            .build_sync()
+            .map_err(context)?;
+        dev.set_nonblocking(true).map_err(context)?;
         let actual = dev.name()?;
         if actual != name {
             return Err(io::Error::other(format!(
@@ -50,33 +55,33 @@ impl Tun {
         Ok(Self { dev })
     }
 
-    /// Waits until packets may be readable; [`Tun::try_recv`] says whether any are.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.dev.readable().await
-    }
-
     /// Reads one batch (one read from the kernel, split into packets) into `rx`; returns how
     /// many packets it holds. `WouldBlock` when nothing is queued.
     pub fn try_recv(&self, rx: &mut TunRx) -> io::Result<usize> {
         let n = self
             .dev
-            .try_recv_multiple(&mut rx.raw, &mut rx.bufs, &mut rx.sizes, HEADROOM)?;
+            .recv_multiple(&mut rx.raw, &mut rx.bufs, &mut rx.sizes, HEADROOM)?;
         rx.count = n;
         Ok(n)
     }
 
     /// Writes the packets gathered in `tx` to the kernel, coalescing what it can, and
     /// empties `tx`. A full kernel queue drops packets (as a NIC would).
-    pub async fn send(&self, tx: &mut TunTx) -> io::Result<()> {
+    pub fn send(&self, tx: &mut TunTx) -> io::Result<()> {
         if tx.count == 0 {
             return Ok(());
         }
         let result = self
             .dev
-            .send_multiple(&mut tx.gro, &mut tx.bufs[..tx.count], HEADROOM)
-            .await;
+            .send_multiple(&mut tx.gro, &mut tx.bufs[..tx.count], HEADROOM);
         tx.count = 0;
         result.map(drop)
+    }
+}
+
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.dev.as_raw_fd()
     }
 }
 

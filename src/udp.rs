@@ -5,9 +5,9 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use tokio::io::Interest;
 
 /// Receive buffers per `recvmmsg`.
 const RX_BATCH: usize = quinn_udp::BATCH_SIZE;
@@ -16,21 +16,19 @@ const RX_BUF: usize = 65536;
 /// A GSO batch carries at most this many bytes (an IP packet's limit, less headers).
 pub const GSO_MAX_BYTES: usize = 65000;
 
-/// The tunnel's UDP socket, with the offloads the kernel offers.
+/// The tunnel's UDP socket (non-blocking; the driver polls its descriptor), with the
+/// offloads the kernel offers.
 pub struct Udp {
-    socket: tokio::net::UdpSocket,
+    socket: std::net::UdpSocket,
     state: UdpSocketState,
 }
 
 impl Udp {
-    /// Wraps a bound non-blocking socket and turns on GRO where available. Must be called
-    /// inside a tokio runtime.
+    /// Wraps a bound socket, makes it non-blocking and turns on GRO where available.
     pub fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
-        Ok(Self {
-            socket: tokio::net::UdpSocket::from_std(socket)?,
-            state,
-        })
+        Ok(Self { socket, state })
     }
 
     /// How many datagrams one [`Udp::try_send`] may carry.
@@ -38,19 +36,12 @@ impl Udp {
         self.state.max_gso_segments()
     }
 
-    /// Waits until datagrams may be readable.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.socket.readable().await
-    }
-
     /// One `recvmmsg` into `rx`; returns how many buffers were filled. `WouldBlock` when
     /// nothing is queued.
     pub fn try_recv(&self, rx: &mut UdpRx) -> io::Result<usize> {
         let UdpRx { bufs, meta, count } = rx;
         let mut iovs = bufs.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
-        *count = self.socket.try_io(Interest::READABLE, || {
-            self.state.recv((&self.socket).into(), &mut iovs, meta)
-        })?;
+        *count = self.state.recv((&self.socket).into(), &mut iovs, meta)?;
         Ok(*count)
     }
 
@@ -64,9 +55,13 @@ impl Udp {
             segment_size: (segment < contents.len()).then_some(segment),
             src_ip: None,
         };
-        self.socket.try_io(Interest::WRITABLE, || {
-            self.state.try_send((&self.socket).into(), &transmit)
-        })
+        self.state.try_send((&self.socket).into(), &transmit)
+    }
+}
+
+impl AsRawFd for Udp {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
     }
 }
 
