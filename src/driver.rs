@@ -278,6 +278,9 @@ impl Driver {
             if self.tun.send(tun_tx).is_err() {
                 self.io_drops.tun_write += 1;
             }
+            if udp_rx.drained() {
+                return Ok(false);
+            }
         }
         Ok(true)
     }

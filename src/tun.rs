@@ -148,11 +148,13 @@ impl TunTx {
         self.count == self.bufs.len()
     }
 
-    /// The next free packet buffer, `len` bytes long, for the caller to write a packet into.
+    /// The next free packet buffer, `len` bytes long, for the caller to write a packet
+    /// into; it may hold an earlier packet's bytes.
     /// Call [`TunTx::commit`] to keep it. Panics if full (check [`TunTx::is_full`]).
     pub fn slot(&mut self, len: usize) -> &mut [u8] {
         let buf = &mut self.bufs[self.count];
-        buf.clear();
+        // Zero-fill only what the buffer never held: the caller overwrites what it keeps,
+        // and commit cuts the rest.
         buf.resize(HEADROOM + len.min(MAX_PACKET), 0);
         &mut buf[HEADROOM..]
     }
