@@ -7,8 +7,10 @@
 //!   change to the host.
 //! - `wire` and `noise`: the sans-IO protocol core. Bytes and `now` go in, bytes and timer
 //!   deadlines come out; no sockets, no clock reads.
-//! - `driver`: the only event loop (tokio); it moves packets between the TUN device, the
-//!   UDP socket and the core.
+//! - `driver`: the data path's event loop, on a thread of its own over plain epoll (mio);
+//!   it moves packets between the TUN device, the UDP socket and the core. The control
+//!   socket, signals and the VM-interface watcher run on a small tokio runtime and reach
+//!   it through a handle.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
 
