@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# rtt-ab.sh - round-trip time through a tunnel, several builds side by side, alternated.
+#
+# For each round and each target: two throwaway namespaces joined by a veth, the tunnel
+# between them, 20 warm-up pings, then PINGS pings at INTERVAL through the tunnel, with
+# `perf stat -e task-clock` on both tunnel processes while they run. Targets alternate
+# within every round, so a drift of the machine hits all of them alike. Prints min /
+# avg / p50 / p90 / p99 of all pings per target and the tunnel CPU time per ping.
+#
+#   ns rtt<pid>a [198.18.0.1] ==veth== [198.18.0.2] ns rtt<pid>b
+#   tunnel 192.0.2.1 <==================> 192.0.2.2
+#
+# Usage (root):  benches/rtt-ab.sh TARGET...
+#   TARGET: a vmtun binary (path), or `boringtun` / `boringtun:N` (boringtun-cli with
+#   --threads N, default 1; BORINGTUN=path, default /opt/anchors/bin/boringtun-cli, as
+#   ../shared/bench/tunnel-peers.sh installs it).
+#   ROUNDS=3 PINGS=500 INTERVAL=0.01
+# Example: benches/rtt-ab.sh /tmp/vmtun.before target/release/vmtun boringtun
+#
+# Touches nothing outside its two namespaces, which are deleted after each target, also
+# on failure; stops only the processes it started.
+set -euo pipefail
+ROUNDS=${ROUNDS:-3} PINGS=${PINGS:-500} INTERVAL=${INTERVAL:-0.01}
+BORINGTUN=${BORINGTUN:-/opt/anchors/bin/boringtun-cli}
+[ "$(id -u)" -eq 0 ] || { echo "rtt-ab: needs root (namespaces)" >&2; exit 1; }
+[ $# -gt 0 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+command -v perf >/dev/null || { echo "rtt-ab: needs perf (linux-perf)" >&2; exit 1; }
+
+A=rtt$$a B=rtt$$b VA=rtt$$va VB=rtt$$vb IFA=rtt$$ta IFB=rtt$$tb
+D=$(mktemp -d) PA= PB=
+teardown() {
+  for p in $PA $PB; do kill "$p" 2>/dev/null || true; done
+  for p in $PA $PB; do wait "$p" 2>/dev/null || true; done
+  PA= PB=
+  ip netns del "$A" 2>/dev/null || true
+  ip netns del "$B" 2>/dev/null || true
+}
+trap 'teardown; rm -rf "$D"' EXIT
+
+underlay() {
+  ip netns add "$A"; ip netns add "$B"
+  ip link add "$VA" netns "$A" type veth peer name "$VB" netns "$B"
+  ip -n "$A" addr add 198.18.0.1/24 dev "$VA"; ip -n "$B" addr add 198.18.0.2/24 dev "$VB"
+  for n in "$A" "$B"; do ip -n "$n" link set lo up; done
+  ip -n "$A" link set "$VA" up; ip -n "$B" link set "$VB" up
+}
+
+up_vmtun() { # binary
+  local v=$1 ka kb
+  ka=$("$v" keygen); kb=$("$v" keygen)
+  conf() { # name key address peer-key peer-endpoint peer-address
+    printf '[interface]\nname = "%s"\nprivate_key = "%s"\naddress = "%s/24"\n[[peer]]\npublic_key = "%s"\nendpoint = "%s:51820"\nallowed_ips = ["%s/32"]\n' "$@"
+  }
+  conf "$IFA" "$ka" 192.0.2.1 "$(echo "$kb" | "$v" pubkey)" 198.18.0.2 192.0.2.2 >"$D/a.toml"
+  conf "$IFB" "$kb" 192.0.2.2 "$(echo "$ka" | "$v" pubkey)" 198.18.0.1 192.0.2.1 >"$D/b.toml"
+  ip netns exec "$A" "$v" up -c "$D/a.toml" 2>"$D/a.log" & PA=$!
+  ip netns exec "$B" "$v" up -c "$D/b.toml" 2>"$D/b.log" & PB=$!
+}
+
+up_boringtun() { # threads
+  local t=$1 side ns dev
+  (umask 077; wg genkey >"$D/ka"; wg genkey >"$D/kb")
+  ip netns exec "$A" env WG_SUDO=1 "$BORINGTUN" --foreground --disable-drop-privileges \
+    --threads "$t" --verbosity error --log "$D/a.out" "$IFA" >"$D/a.log" 2>&1 & PA=$!
+  ip netns exec "$B" env WG_SUDO=1 "$BORINGTUN" --foreground --disable-drop-privileges \
+    --threads "$t" --verbosity error --log "$D/b.out" "$IFB" >"$D/b.log" 2>&1 & PB=$!
+  for _ in $(seq 50); do
+    [ -S "/var/run/wireguard/$IFA.sock" ] && [ -S "/var/run/wireguard/$IFB.sock" ] && break
+    sleep 0.1
+  done
+  ip netns exec "$A" wg set "$IFA" private-key "$D/ka" listen-port 51820 \
+    peer "$(wg pubkey <"$D/kb")" endpoint 198.18.0.2:51820 allowed-ips 192.0.2.2/32
+  ip netns exec "$B" wg set "$IFB" private-key "$D/kb" listen-port 51820 \
+    peer "$(wg pubkey <"$D/ka")" endpoint 198.18.0.1:51820 allowed-ips 192.0.2.1/32
+  for side in a:"$A":"$IFA":1 b:"$B":"$IFB":2; do
+    IFS=: read -r _ ns dev last <<<"$side"
+    ip -n "$ns" addr add "192.0.2.$last/24" dev "$dev"; ip -n "$ns" link set "$dev" up
+  done
+}
+
+measure() { # target label
+  local target=$1 label=$2
+  underlay
+  case $target in
+    boringtun) up_boringtun 1 ;;
+    boringtun:*) up_boringtun "${target#boringtun:}" ;;
+    *) up_vmtun "$target" ;;
+  esac
+  for _ in $(seq 100); do
+    ip netns exec "$A" ping -c 1 -W 0.2 192.0.2.2 >/dev/null 2>&1 && break
+  done
+  ip netns exec "$A" ping -c 20 -i "$INTERVAL" -q 192.0.2.2 >/dev/null
+  perf stat -x, -e task-clock -p "$PA,$PB" -o "$D/stat" &
+  local perf=$!
+  ip netns exec "$A" ping -n -c "$PINGS" -i "$INTERVAL" 192.0.2.2 |
+    grep -o 'time=[0-9.]*' | cut -d= -f2 | sed "s|^|$label |" >>"$D/rtt"
+  kill -INT "$perf"; wait "$perf" || true
+  echo "$label $(cut -d, -f1 "$D/stat" | grep -E '^[0-9.]+$' | head -1)" >>"$D/cpu"
+  teardown
+}
+
+labels=()
+for t in "$@"; do
+  case $t in boringtun*)
+    command -v wg >/dev/null || { echo "rtt-ab: boringtun needs wg (wireguard-tools)" >&2; exit 1; }
+    [ -x "$BORINGTUN" ] || { echo "rtt-ab: no $BORINGTUN (run ../shared/bench/tunnel-peers.sh boringtun once, or set BORINGTUN)" >&2; exit 1; } ;; *) [ -x "$t" ] || { echo "rtt-ab: $t is not an executable" >&2; exit 1; } ;; esac
+  labels+=("$(basename "$t")#${#labels[@]}")
+done
+for r in $(seq "$ROUNDS"); do
+  i=0
+  for t in "$@"; do
+    echo "[$(date +%T)] round $r/$ROUNDS: $t" >&2
+    measure "$t" "${labels[$i]}"; i=$((i + 1))
+  done
+done
+printf '%-24s %6s %6s %6s %6s %6s %6s  %s\n' target n min avg p50 p90 p99 "CPU us/ping"
+for l in "${labels[@]}"; do
+  ms=$(awk -v l="$l" '$1 == l { s += $2 } END { print s }' "$D/cpu")
+  grep "^$l " "$D/rtt" | cut -d' ' -f2 | sort -g | awk -v l="$l" -v ms="$ms" -v per="$((PINGS * ROUNDS))" '
+    function at(q) { i = int(NR * q); if (i < 1) i = 1; return v[i] }
+    { v[NR] = $1; s += $1 }
+    END { printf "%-24s %6d %6.3f %6.3f %6.3f %6.3f %6.3f  %.0f\n", l, NR, v[1], s / NR, at(0.5), at(0.9), at(0.99), ms * 1000 / per }'
+done
