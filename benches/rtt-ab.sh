@@ -10,21 +10,25 @@
 #   ns rtt<pid>a [198.18.0.1] ==veth== [198.18.0.2] ns rtt<pid>b
 #   tunnel 192.0.2.1 <==================> 192.0.2.2
 #
+# LOAD=S first pushes S seconds of iperf3 TCP ×4 through the tunnel and waits 1 s, as
+# tunnel-peers.sh's ping follows its iperf3 runs (default 0: a fresh tunnel).
+#
 # Usage (root):  benches/rtt-ab.sh TARGET...
 #   TARGET: a vmtun binary (path), or `boringtun` / `boringtun:N` (boringtun-cli with
 #   --threads N, default 1; BORINGTUN=path, default /opt/anchors/bin/boringtun-cli, as
 #   ../shared/bench/tunnel-peers.sh installs it).
-#   ROUNDS=3 PINGS=500 INTERVAL=0.01
+#   ROUNDS=3 PINGS=500 INTERVAL=0.01 LOAD=0
 # Example: benches/rtt-ab.sh /tmp/vmtun.before target/release/vmtun boringtun
 #
 # Touches nothing outside its two namespaces, which are deleted after each target, also
 # on failure; stops only the processes it started.
 set -euo pipefail
-ROUNDS=${ROUNDS:-3} PINGS=${PINGS:-500} INTERVAL=${INTERVAL:-0.01}
+ROUNDS=${ROUNDS:-3} PINGS=${PINGS:-500} INTERVAL=${INTERVAL:-0.01} LOAD=${LOAD:-0}
 BORINGTUN=${BORINGTUN:-/opt/anchors/bin/boringtun-cli}
 [ "$(id -u)" -eq 0 ] || { echo "rtt-ab: needs root (namespaces)" >&2; exit 1; }
-[ $# -gt 0 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 command -v perf >/dev/null || { echo "rtt-ab: needs perf (linux-perf)" >&2; exit 1; }
+[ "$LOAD" = 0 ] || command -v iperf3 >/dev/null || { echo "rtt-ab: LOAD needs iperf3" >&2; exit 1; }
 
 A=rtt$$a B=rtt$$b VA=rtt$$va VB=rtt$$vb IFA=rtt$$ta IFB=rtt$$tb
 D=$(mktemp -d) PA= PB=
@@ -89,6 +93,11 @@ measure() { # target label
   for _ in $(seq 100); do
     ip netns exec "$A" ping -c 1 -W 0.2 192.0.2.2 >/dev/null 2>&1 && break
   done
+  if [ "$LOAD" != 0 ]; then
+    ip netns exec "$B" iperf3 -s -1 -D >/dev/null; sleep 0.3
+    ip netns exec "$A" iperf3 -c 192.0.2.2 -P 4 -t "$LOAD" >/dev/null
+    sleep 1
+  fi
   ip netns exec "$A" ping -c 20 -i "$INTERVAL" -q 192.0.2.2 >/dev/null
   perf stat -x, -e task-clock -p "$PA,$PB" -o "$D/stat" &
   local perf=$!
