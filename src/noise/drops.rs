@@ -40,13 +40,16 @@ pub enum DropReason {
     TooLarge,
     /// An initiation less than 20 ms after the previous one accepted from that peer.
     TooFrequent,
+    /// A handshake message with a valid cookie while under load, beyond its source's
+    /// budget (see `ratelimit`).
+    RateLimited,
     /// The caller's output buffer was too small (a driver bug).
     BufferTooSmall,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         Self::Malformed,
         Self::UnknownType,
         Self::BadMac,
@@ -65,6 +68,7 @@ impl DropReason {
         Self::HandshakeTimeout,
         Self::TooLarge,
         Self::TooFrequent,
+        Self::RateLimited,
         Self::BufferTooSmall,
     ];
 
@@ -89,6 +93,7 @@ impl DropReason {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::TooLarge => "too_large",
             Self::TooFrequent => "too_frequent",
+            Self::RateLimited => "rate_limited",
             Self::BufferTooSmall => "buffer_too_small",
         }
     }

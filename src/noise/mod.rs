@@ -12,6 +12,7 @@ mod drops;
 mod handshake;
 mod index;
 mod peer;
+mod ratelimit;
 mod replay;
 mod session;
 mod tai64n;

@@ -892,6 +892,53 @@ fn cookie_reply_under_load_then_mac2_succeeds() {
 }
 
 #[test]
+fn under_load_a_source_with_a_valid_cookie_gets_only_its_budget() {
+    let mut p = Pair::new();
+    p.b.tunnel.set_under_load_threshold(0);
+    p.send(Side::A, &ipv4(A_IP, B_IP, b"x"));
+    p.pump();
+    p.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    assert_eq!(p.b.delivered, vec![ipv4(A_IP, B_IP, b"x")]);
+    // The retry carried a valid mac2 and spent one message of A's burst. Replayed from
+    // A's address, it keeps passing the cookie check: the budget is what stops it
+    // before any DH.
+    let retry = p
+        .log
+        .iter()
+        .rev()
+        .find(|d| d.from == p.a.addr && d.bytes[0] == 1)
+        .map(|d| Datagram {
+            at: d.at,
+            from: d.from,
+            to: d.to,
+            bytes: d.bytes.clone(),
+        })
+        .unwrap();
+    let flood = 10;
+    for _ in 0..flood {
+        p.deliver(&retry);
+    }
+    let results = &p.b.results[p.b.results.len() - flood as usize..];
+    let count = |reason| {
+        results
+            .iter()
+            .filter(|r| **r == Inbound::Dropped(reason))
+            .count() as u64
+    };
+    let limited = count(DropReason::RateLimited);
+    assert_eq!(p.b.tunnel.drops().get(DropReason::RateLimited), limited);
+    // Those that got through the budget reached the DH and were refused as replays.
+    let past_budget = count(DropReason::StaleTimestamp) + count(DropReason::TooFrequent);
+    assert_eq!(limited + past_budget, flood, "{results:?}");
+    // The retry spent one message; the time since may have earned one back.
+    let burst = u64::from(super::ratelimit::BURST);
+    assert!(
+        (burst - 1..=burst).contains(&past_budget),
+        "{past_budget} got past the budget"
+    );
+}
+
+#[test]
 fn cookie_from_another_address_does_not_help() {
     let mut p = Pair::new();
     p.b.tunnel.set_under_load_threshold(0);

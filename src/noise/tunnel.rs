@@ -1,7 +1,7 @@
 //! The `Tunnel`: all peers of one interface behind the sans-IO API the driver calls.
 //! Owns dispatch by message type, the checks that come before any peer is known (mac1,
-//! load and cookies, the index table, the initiator's static key) and the drops no peer
-//! can be blamed for.
+//! load and cookies, the per-source budget under load, the index table, the initiator's
+//! static key) and the drops no peer can be blamed for.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use super::drops::{DropCounters, DropReason};
 use super::handshake::{HandshakeError, ReceivedInitiation};
 use super::index::IndexTable;
 use super::peer::{Peer, Shared};
+use super::ratelimit::RateLimiter;
 use super::{
     Event, EventQueue, Inbound, MAX_MESSAGE, Outbound, PeerId, PeerStatus, Transmit, TunnelConfig,
 };
@@ -32,6 +33,7 @@ pub struct Tunnel {
     indices: IndexTable,
     checker: CookieChecker,
     load: LoadMonitor,
+    limiter: RateLimiter,
     /// `now` and the wall clock at construction: TAI64N stamps are derived from both so
     /// the core never reads a clock.
     anchor: (Instant, SystemTime),
@@ -68,6 +70,7 @@ impl Tunnel {
             routes,
             indices: IndexTable::default(),
             load: LoadMonitor::new(UNDER_LOAD_HANDSHAKES_PER_SECOND),
+            limiter: RateLimiter::default(),
             anchor: (now, wall_clock),
             events: EventQueue::default(),
             drops: DropCounters::default(),
@@ -149,7 +152,7 @@ impl Tunnel {
     }
 
     /// The checks every handshake message passes before any DH: mac1, then under load
-    /// mac2. `Err` carries what to return (a drop, or a cookie reply to send).
+    /// mac2 and the source's budget. `Err` carries what to return (a drop, or a cookie reply to send).
     fn screen_handshake(
         &mut self,
         now: Instant,
@@ -160,12 +163,18 @@ impl Tunnel {
         if !self.checker.check_mac1(msg) {
             return Err(Inbound::Dropped(self.drop_global(DropReason::BadMac)));
         }
-        if self.load.handshake_received(now) && !self.checker.check_mac2(now, from, msg) {
+        if !self.load.handshake_received(now) {
+            return Ok(());
+        }
+        if !self.checker.check_mac2(now, from, msg) {
             let reason = self.drop_global(DropReason::UnderLoad);
             return Err(match self.checker.write_reply(now, from, msg, out) {
                 Some(len) => Inbound::Send(Transmit { to: from, len }),
                 None => Inbound::Dropped(reason),
             });
+        }
+        if !self.limiter.allow(now, from.ip()) {
+            return Err(Inbound::Dropped(self.drop_global(DropReason::RateLimited)));
         }
         Ok(())
     }
