@@ -197,7 +197,7 @@ impl Driver {
             if commands && let Some(exit) = self.on_commands() {
                 return Ok(exit);
             }
-            self.flush(Instant::now());
+            self.flush(now);
             self.log_events();
         }
     }
