@@ -314,7 +314,6 @@ fn bind_udp(port: u16) -> anyhow::Result<std::net::UdpSocket> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     let socket = std::net::UdpSocket::bind(addr)
         .with_context(|| format!("interface.listen_port: cannot bind UDP port {port}"))?;
-    socket.set_nonblocking(true)?;
     for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
         // Best effort: the kernel clamps to net.core.[rw]mem_max.
         // SAFETY: valid fd, pointer to a c_int of the stated size.
