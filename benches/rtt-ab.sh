@@ -14,10 +14,11 @@
 # tunnel-peers.sh's ping follows its iperf3 runs (default 0: a fresh tunnel).
 #
 # Usage (root):  benches/rtt-ab.sh TARGET...
-#   TARGET: a vmtun binary (path), or `boringtun` / `boringtun:N` (boringtun-cli with
+#   TARGET: a vmtun binary (path), optionally with @key=value for both configs
+#   [interface] (e.g. target/release/vmtun@busy_poll_us=0), or `boringtun` / `boringtun:N` (boringtun-cli with
 #   --threads N, default 1; BORINGTUN=path, default /opt/anchors/bin/boringtun-cli, as
 #   ../shared/bench/tunnel-peers.sh installs it).
-#   ROUNDS=3 PINGS=500 INTERVAL=0.01 LOAD=0
+#   ROUNDS=3 PINGS=500 INTERVAL=0.01 LOAD=0 RAW= (a file to keep every ping: label round ms)
 # Example: benches/rtt-ab.sh /tmp/vmtun.before target/release/vmtun boringtun
 #
 # Touches nothing outside its two namespaces, which are deleted after each target, also
@@ -49,14 +50,15 @@ underlay() {
   ip -n "$A" link set "$VA" up; ip -n "$B" link set "$VB" up
 }
 
-up_vmtun() { # binary
-  local v=$1 ka kb
+up_vmtun() { # binary[@key=value]: the setting goes into both [interface] sections
+  local v=${1%%@*} extra= ka kb
+  [[ $1 != *@* ]] || extra="${1#*@}"
   ka=$("$v" keygen); kb=$("$v" keygen)
   conf() { # name key address peer-key peer-endpoint peer-address
-    printf '[interface]\nname = "%s"\nprivate_key = "%s"\naddress = "%s/24"\n[[peer]]\npublic_key = "%s"\nendpoint = "%s:51820"\nallowed_ips = ["%s/32"]\n' "$@"
+    printf '[interface]\n%s\nname = "%s"\nprivate_key = "%s"\naddress = "%s/24"\n[[peer]]\npublic_key = "%s"\nendpoint = "%s:51820"\nallowed_ips = ["%s/32"]\n' "$@"
   }
-  conf "$IFA" "$ka" 192.0.2.1 "$(echo "$kb" | "$v" pubkey)" 198.18.0.2 192.0.2.2 >"$D/a.toml"
-  conf "$IFB" "$kb" 192.0.2.2 "$(echo "$ka" | "$v" pubkey)" 198.18.0.1 192.0.2.1 >"$D/b.toml"
+  conf "$extra" "$IFA" "$ka" 192.0.2.1 "$(echo "$kb" | "$v" pubkey)" 198.18.0.2 192.0.2.2 >"$D/a.toml"
+  conf "$extra" "$IFB" "$kb" 192.0.2.2 "$(echo "$ka" | "$v" pubkey)" 198.18.0.1 192.0.2.1 >"$D/b.toml"
   ip netns exec "$A" "$v" up -c "$D/a.toml" 2>"$D/a.log" & PA=$!
   ip netns exec "$B" "$v" up -c "$D/b.toml" 2>"$D/b.log" & PB=$!
 }
@@ -102,7 +104,7 @@ measure() { # target label
   perf stat -x, -e task-clock -p "$PA,$PB" -o "$D/stat" &
   local perf=$!
   ip netns exec "$A" ping -n -c "$PINGS" -i "$INTERVAL" 192.0.2.2 |
-    grep -o 'time=[0-9.]*' | cut -d= -f2 | sed "s|^|$label |" >>"$D/rtt"
+    grep -o 'time=[0-9.]*' | cut -d= -f2 | sed "s|^|$label $round |" >>"$D/rtt"
   kill -INT "$perf"; wait "$perf" || true
   echo "$label $(cut -d, -f1 "$D/stat" | grep -E '^[0-9.]+$' | head -1)" >>"$D/cpu"
   teardown
@@ -112,21 +114,43 @@ labels=()
 for t in "$@"; do
   case $t in boringtun*)
     command -v wg >/dev/null || { echo "rtt-ab: boringtun needs wg (wireguard-tools)" >&2; exit 1; }
-    [ -x "$BORINGTUN" ] || { echo "rtt-ab: no $BORINGTUN (run ../shared/bench/tunnel-peers.sh boringtun once, or set BORINGTUN)" >&2; exit 1; } ;; *) [ -x "$t" ] || { echo "rtt-ab: $t is not an executable" >&2; exit 1; } ;; esac
-  labels+=("$(basename "$t")#${#labels[@]}")
+    [ -x "$BORINGTUN" ] || { echo "rtt-ab: no $BORINGTUN (run ../shared/bench/tunnel-peers.sh boringtun once, or set BORINGTUN)" >&2; exit 1; } ;; *) [ -x "${t%%@*}" ] || { echo "rtt-ab: ${t%%@*} is not an executable" >&2; exit 1; } ;; esac
+  name=$(basename "${t%%@*}"); [[ $t != *@* ]] || name+="@${t##*=}"
+  labels+=("$name#${#labels[@]}")
 done
-for r in $(seq "$ROUNDS"); do
+for round in $(seq "$ROUNDS"); do
   i=0
   for t in "$@"; do
-    echo "[$(date +%T)] round $r/$ROUNDS: $t" >&2
+    echo "[$(date +%T)] round $round/$ROUNDS: $t" >&2
     measure "$t" "${labels[$i]}"; i=$((i + 1))
   done
 done
 printf '%-24s %6s %6s %6s %6s %6s %6s  %s\n' target n min avg p50 p90 p99 "CPU us/ping"
 for l in "${labels[@]}"; do
   ms=$(awk -v l="$l" '$1 == l { s += $2 } END { print s }' "$D/cpu")
-  grep "^$l " "$D/rtt" | cut -d' ' -f2 | sort -g | awk -v l="$l" -v ms="$ms" -v per="$((PINGS * ROUNDS))" '
+  grep "^$l " "$D/rtt" | cut -d' ' -f3 | sort -g | awk -v l="$l" -v ms="$ms" -v per="$((PINGS * ROUNDS))" '
     function at(q) { i = int(NR * q); if (i < 1) i = 1; return v[i] }
     { v[NR] = $1; s += $1 }
     END { printf "%-24s %6d %6.3f %6.3f %6.3f %6.3f %6.3f  %.0f\n", l, NR, v[1], s / NR, at(0.5), at(0.9), at(0.99), ms * 1000 / per }'
 done
+
+# The machine's drift moves whole rounds, so compare targets round by round: the mean of
+# each round's average, and each target's paired difference from the first target, with
+# a 95 % confidence interval (Student's t over the rounds).
+echo
+printf '%-24s %s\n' target "avg of round avgs (ms, 95% CI) | minus ${labels[0]}, paired"
+awk -v rounds="$ROUNDS" -v first="${labels[0]}" '
+  { s[$1, $2] += $3; n[$1, $2]++; if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 } }
+  function t95(df) { split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13", t, " "); return df < 1 ? 0 : df <= 15 ? t[df] : 2.0 }
+  function ci(x, m,   i, ss) { for (i = 1; i <= m; i++) ss += (x[i] - mean(x, m)) ^ 2; return m < 2 ? 0 : t95(m - 1) * sqrt(ss / (m - 1) / m) }
+  function mean(x, m,   i, a) { for (i = 1; i <= m; i++) a += x[i]; return a / m }
+  END {
+    for (j = 1; j <= k; j++) {
+      l = order[j]; delete a; delete d
+      for (r = 1; r <= rounds; r++) { a[r] = s[l, r] / n[l, r]; d[r] = a[r] - s[first, r] / n[first, r] }
+      line = sprintf("%-24s %.3f +- %.3f", l, mean(a, rounds), ci(a, rounds))
+      if (l != first) line = line sprintf("   | %+.3f +- %.3f", mean(d, rounds), ci(d, rounds))
+      print line
+    }
+  }' "$D/rtt"
+[ -z "${RAW:-}" ] || cp "$D/rtt" "$RAW"

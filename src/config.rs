@@ -17,6 +17,11 @@ use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 
 /// WireGuard's default tunnel MTU (1500 minus the IPv6 + UDP + WireGuard overhead).
 pub const DEFAULT_MTU: u16 = 1420;
+/// Busy-polling window after traffic, in microseconds: see `busy_poll` and README
+/// "Performance" for what it buys and costs.
+pub const DEFAULT_BUSY_POLL_US: u32 = 200;
+/// Longest busy-polling window accepted: beyond this, sleeping is cheaper than spinning.
+const MAX_BUSY_POLL_US: u32 = 1000;
 /// WireGuard's customary port.
 pub const DEFAULT_PORT: u16 = 51820;
 /// Linux's limit on interface names (IFNAMSIZ - 1).
@@ -61,6 +66,8 @@ pub struct Interface {
     pub address: IpNet,
     /// TUN MTU.
     pub mtu: u16,
+    /// How long the event loop keeps polling after traffic before it sleeps (zero: never).
+    pub busy_poll: Duration,
 }
 
 /// `[[peer]]`: one remote host and the addresses it may carry (cryptokey routing).
@@ -148,6 +155,7 @@ struct RawInterface {
     listen_port: Option<u16>,
     address: String,
     mtu: Option<u16>,
+    busy_poll_us: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -274,12 +282,19 @@ fn interface(raw: RawInterface, config_path: &Path) -> Result<Interface, ConfigE
     if !(576..=9000).contains(&mtu) {
         return err(format!("interface.mtu: {mtu} is outside 576..=9000"));
     }
+    let busy_poll_us = raw.busy_poll_us.unwrap_or(DEFAULT_BUSY_POLL_US);
+    if busy_poll_us > MAX_BUSY_POLL_US {
+        return err(format!(
+            "interface.busy_poll_us: {busy_poll_us} is above {MAX_BUSY_POLL_US} (microseconds; 0 turns busy polling off)"
+        ));
+    }
     Ok(Interface {
         name: raw.name,
         private_key,
         listen_port: raw.listen_port.unwrap_or(DEFAULT_PORT),
         address,
         mtu,
+        busy_poll: Duration::from_micros(busy_poll_us.into()),
     })
 }
 
@@ -578,6 +593,10 @@ addresses = ["203.0.113.2"]
     fn the_contract_example_parses_with_defaults() {
         let c = parse(&good()).unwrap();
         assert_eq!(c.interface.mtu, DEFAULT_MTU);
+        assert_eq!(
+            c.interface.busy_poll,
+            Duration::from_micros(DEFAULT_BUSY_POLL_US.into())
+        );
         let m = c.migration.unwrap();
         assert_eq!(
             (m.table, m.fwmark, m.vif_prefix.as_str(), m.bridge.as_str()),
@@ -605,6 +624,7 @@ addresses = ["203.0.113.2"]
             (g.replace("addresses = [\"203.0.113.2\"]", "addresses = [\"198.51.100.2\"]"), "vm[0].addresses"),
             (g.replace("vif = \"vif0\"", "vif = \"eth0\""), "vm[0].vif"),
             (g.replace("listen_port = 51820", "listen_port = 70000"), "listen_port"),
+            (g.replace("listen_port = 51820\n", "listen_port = 51820\nbusy_poll_us = 5000\n"), "interface.busy_poll_us: 5000 is above 1000"),
             (g.replace("[migration]", "mtu = 100\n[migration]").replace("listen_port = 51820\n", "listen_port = 51820\nmtu = 100\n"), "mtu"),
             (
                 g.replace(

@@ -107,8 +107,23 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Datagrams dropped before they could be tied to a peer, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// What busy polling has cost and saved.
+    pub busy_poll: BusyPollStatus,
     /// The move's state, when the config has `[migration]`.
     pub migration: Option<MigrationStatus>,
+}
+
+/// Busy polling in a [`Status`]: the operator's view of the CPU it spends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BusyPollStatus {
+    /// The configured window (0: off).
+    pub window_us: u64,
+    /// Wall time spent spinning so far, in milliseconds.
+    pub spun_ms: f64,
+    /// Spins that ended with traffic: wake-ups saved.
+    pub caught: u64,
+    /// Spins cut short by the CPU budget.
+    pub over_budget: u64,
 }
 
 /// One peer in a [`Status`].
@@ -232,6 +247,15 @@ impl fmt::Display for Status {
         writeln!(f, "  public key: {}", self.public_key)?;
         writeln!(f, "  listening port: {}", self.listen_port)?;
         writeln!(f, "  dropped (no peer): {}", drops_line(&self.drops))?;
+        let b = &self.busy_poll;
+        match b.window_us {
+            0 => writeln!(f, "  busy polling: off")?,
+            w => writeln!(
+                f,
+                "  busy polling: {w} us window; spun {:.1} ms, caught {} wake-ups, {} spins cut by the CPU budget",
+                b.spun_ms, b.caught, b.over_budget
+            )?,
+        }
         for p in &self.peers {
             writeln!(f, "\npeer: {}", p.public_key)?;
             writeln!(

@@ -18,7 +18,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
-use crate::control::{PeerStatus, Reply, Request, Status};
+use crate::busy_poll::BusyPoll;
+use crate::control::{BusyPollStatus, PeerStatus, Reply, Request, Status};
 use crate::migration::Migration;
 use crate::noise::{Event, Inbound, Outbound, PeerId, Tunnel};
 use crate::tun::{Tun, TunRx, TunTx};
@@ -68,6 +69,8 @@ pub struct Identity {
     pub listen_port: u16,
     /// Each peer's allowed_ips as text, in config order.
     pub allowed_ips: Vec<Vec<String>>,
+    /// How long to keep polling after traffic before sleeping (`busy_poll_us`).
+    pub busy_poll: std::time::Duration,
 }
 
 /// Counters of local I/O trouble that are not the core's business.
@@ -98,6 +101,7 @@ pub struct Driver {
     migration: Option<Migration>,
     bufs: Box<Buffers>,
     io_drops: IoDrops,
+    busy: BusyPoll,
 }
 
 /// Why the loop ended.
@@ -127,6 +131,7 @@ impl Driver {
         identity: Identity,
         migration: Option<Migration>,
     ) -> io::Result<(Self, DriverHandle)> {
+        let identity_busy_poll = identity.busy_poll;
         let poll = Poll::new()?;
         let registry = poll.registry();
         registry.register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
@@ -149,6 +154,7 @@ impl Driver {
                 scratch: vec![0; SEALED_MAX].into_boxed_slice(),
             }),
             io_drops: IoDrops::default(),
+            busy: BusyPoll::new(identity_busy_poll, Instant::now()),
         };
         Ok((
             driver,
@@ -166,6 +172,9 @@ impl Driver {
         loop {
             let timeout = if pending.tun || pending.udp {
                 Some(std::time::Duration::ZERO)
+            } else if self.busy.should_spin(Instant::now()) {
+                std::thread::yield_now();
+                Some(std::time::Duration::ZERO)
             } else {
                 self.tunnel
                     .poll_timeout()
@@ -177,6 +186,9 @@ impl Driver {
                 Err(e) => return Err(e),
             }
             let mut commands = false;
+            if !events.is_empty() {
+                self.busy.on_activity(Instant::now());
+            }
             for event in &events {
                 match event.token() {
                     TUN => pending.tun = true,
@@ -367,12 +379,19 @@ impl Driver {
         let mut drops = named(self.tunnel.drops().iter());
         drops.insert("udp_send_failed".into(), self.io_drops.udp_send);
         drops.insert("tun_write_failed".into(), self.io_drops.tun_write);
+        let busy = self.busy.stats();
         Status {
             interface: self.identity.interface.clone(),
             public_key: self.identity.public_key.clone(),
             listen_port: self.identity.listen_port,
             peers,
             drops,
+            busy_poll: BusyPollStatus {
+                window_us: self.busy.window().as_micros() as u64,
+                spun_ms: busy.spun.as_secs_f64() * 1e3,
+                caught: busy.caught,
+                over_budget: busy.over_budget,
+            },
             migration: self.migration.as_ref().map(Migration::status),
         }
     }

@@ -122,6 +122,7 @@ async fn run_driver(
             .iter()
             .map(|p| p.allowed_ips.iter().map(|n| n.to_string()).collect())
             .collect(),
+        busy_poll: config.interface.busy_poll,
     };
     let mut tunnel = Tunnel::new(tunnel_config(config), Instant::now(), SystemTime::now());
     tunnel.set_mtu(config.interface.mtu.into());

@@ -10,10 +10,12 @@
 //! - `driver`: the data path's event loop, on a thread of its own over plain epoll (mio);
 //!   it moves packets between the TUN device, the UDP socket and the core. The control
 //!   socket, signals and the VM-interface watcher run on a small tokio runtime and reach
-//!   it through a handle.
+//!   it through a handle. [`busy_poll`] is its policy for spinning briefly after traffic
+//!   instead of sleeping.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
 
+pub mod busy_poll;
 pub mod config;
 pub mod control;
 pub mod cutover;
