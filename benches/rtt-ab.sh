@@ -10,26 +10,30 @@
 #   ns rtt<pid>a [198.18.0.1] ==veth== [198.18.0.2] ns rtt<pid>b
 #   tunnel 192.0.2.1 <==================> 192.0.2.2
 #
-# LOAD=S first pushes S seconds of iperf3 TCP ×4 through the tunnel and waits 1 s, as
-# tunnel-peers.sh's ping follows its iperf3 runs (default 0: a fresh tunnel).
+# LOAD=S first pushes S seconds of iperf3 TCP (STREAMS streams) through the tunnel and
+# waits 1 s, as tunnel-peers.sh's ping follows its iperf3 runs; the table then also shows
+# that load's goodput (mean Gbit/s), so one run compares throughput too.
 #
 # Usage (root):  benches/rtt-ab.sh TARGET...
-#   TARGET: a vmtun binary (path), optionally with @key=value for both configs
-#   [interface] (e.g. target/release/vmtun@busy_poll_us=0), or `boringtun` / `boringtun:N` (boringtun-cli with
-#   --threads N, default 1; BORINGTUN=path, default /opt/anchors/bin/boringtun-cli, as
-#   ../shared/bench/tunnel-peers.sh installs it).
-#   ROUNDS=3 PINGS=500 INTERVAL=0.01 LOAD=0 RAW= (a file to keep every ping: label round ms)
+#   TARGET: a vmtun binary (path), optionally with @key=value added to both configs'
+#   [interface] (e.g. target/release/vmtun@busy_poll_us=0); or `boringtun` /
+#   `boringtun:N` (boringtun-cli with --threads N, default 1; BORINGTUN=path, default
+#   /opt/anchors/bin/boringtun-cli, as ../shared/bench/tunnel-peers.sh installs it).
+# Environment: ROUNDS=3 PINGS=500 INTERVAL=0.01 LOAD=0 (seconds) STREAMS=4
+#   RAW=FILE keeps every ping ("label round ms").
 # Example: benches/rtt-ab.sh /tmp/vmtun.before target/release/vmtun boringtun
 #
 # Touches nothing outside its two namespaces, which are deleted after each target, also
 # on failure; stops only the processes it started.
 set -euo pipefail
-ROUNDS=${ROUNDS:-3} PINGS=${PINGS:-500} INTERVAL=${INTERVAL:-0.01} LOAD=${LOAD:-0}
+ROUNDS=${ROUNDS:-3} PINGS=${PINGS:-500} INTERVAL=${INTERVAL:-0.01} LOAD=${LOAD:-0} STREAMS=${STREAMS:-4}
 BORINGTUN=${BORINGTUN:-/opt/anchors/bin/boringtun-cli}
 [ "$(id -u)" -eq 0 ] || { echo "rtt-ab: needs root (namespaces)" >&2; exit 1; }
 [ $# -gt 0 ] || { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 command -v perf >/dev/null || { echo "rtt-ab: needs perf (linux-perf)" >&2; exit 1; }
-[ "$LOAD" = 0 ] || command -v iperf3 >/dev/null || { echo "rtt-ab: LOAD needs iperf3" >&2; exit 1; }
+for c in iperf3 jq; do
+  [ "$LOAD" = 0 ] || command -v $c >/dev/null || { echo "rtt-ab: LOAD needs $c" >&2; exit 1; }
+done
 
 A=rtt$$a B=rtt$$b VA=rtt$$va VB=rtt$$vb IFA=rtt$$ta IFB=rtt$$tb
 D=$(mktemp -d) PA= PB=
@@ -97,7 +101,8 @@ measure() { # target label
   done
   if [ "$LOAD" != 0 ]; then
     ip netns exec "$B" iperf3 -s -1 -D >/dev/null; sleep 0.3
-    ip netns exec "$A" iperf3 -c 192.0.2.2 -P 4 -t "$LOAD" >/dev/null
+    ip netns exec "$A" iperf3 -c 192.0.2.2 -P "$STREAMS" -t "$LOAD" -J |
+      jq -r --arg l "$label" '"\($l) \(.end.sum_received.bits_per_second / 1e9)"' >>"$D/load"
     sleep 1
   fi
   ip netns exec "$A" ping -c 20 -i "$INTERVAL" -q 192.0.2.2 >/dev/null
@@ -125,13 +130,14 @@ for round in $(seq "$ROUNDS"); do
     measure "$t" "${labels[$i]}"; i=$((i + 1))
   done
 done
-printf '%-24s %6s %6s %6s %6s %6s %6s  %s\n' target n min avg p50 p90 p99 "CPU us/ping"
+printf '%-24s %6s %6s %6s %6s %6s %6s  %11s  %s\n' target n min avg p50 p90 p99 "CPU us/ping" "load Gbit/s"
 for l in "${labels[@]}"; do
   ms=$(awk -v l="$l" '$1 == l { s += $2 } END { print s }' "$D/cpu")
-  grep "^$l " "$D/rtt" | cut -d' ' -f3 | sort -g | awk -v l="$l" -v ms="$ms" -v per="$((PINGS * ROUNDS))" '
+  load=$(awk -v l="$l" '$1 == l { s += $2; n++ } END { if (n) printf "%.2f", s / n; else print "-" }' "$D/load" 2>/dev/null || echo -)
+  grep "^$l " "$D/rtt" | cut -d' ' -f3 | sort -g | awk -v l="$l" -v ms="$ms" -v per="$((PINGS * ROUNDS))" -v load="$load" '
     function at(q) { i = int(NR * q); if (i < 1) i = 1; return v[i] }
     { v[NR] = $1; s += $1 }
-    END { printf "%-24s %6d %6.3f %6.3f %6.3f %6.3f %6.3f  %.0f\n", l, NR, v[1], s / NR, at(0.5), at(0.9), at(0.99), ms * 1000 / per }'
+    END { printf "%-24s %6d %6.3f %6.3f %6.3f %6.3f %6.3f  %11.0f  %s\n", l, NR, v[1], s / NR, at(0.5), at(0.9), at(0.99), ms * 1000 / per, load }'
 done
 
 # The machine's drift moves whole rounds, so compare targets round by round: the mean of

@@ -1,6 +1,7 @@
 //! The event loop: the only place where the protocol core meets I/O. It moves packets
 //! between the TUN device, the UDP socket and [`Tunnel`], fires the core's timers, and
-//! answers control requests. It runs on a thread of its own over a plain `epoll` (mio), so
+//! answers control requests; after traffic it keeps polling briefly before it sleeps
+//! (see `busy_poll`). It runs on a thread of its own over a plain `epoll` (mio), so
 //! a packet costs the system calls it needs and little else; the control socket, signals
 //! and the VM-interface watcher live on the tokio runtime of the main thread and reach
 //! the loop through a [`DriverHandle`]. No locks: both directions and the timers share
@@ -131,7 +132,6 @@ impl Driver {
         identity: Identity,
         migration: Option<Migration>,
     ) -> io::Result<(Self, DriverHandle)> {
-        let identity_busy_poll = identity.busy_poll;
         let poll = Poll::new()?;
         let registry = poll.registry();
         registry.register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
@@ -139,6 +139,7 @@ impl Driver {
         let waker = Arc::new(Waker::new(registry, COMMANDS)?);
         let (tx, commands) = mpsc::channel();
         let driver = Self {
+            busy: BusyPoll::new(identity.busy_poll, Instant::now()),
             tunnel,
             tun,
             udp,
@@ -154,7 +155,6 @@ impl Driver {
                 scratch: vec![0; SEALED_MAX].into_boxed_slice(),
             }),
             io_drops: IoDrops::default(),
-            busy: BusyPoll::new(identity_busy_poll, Instant::now()),
         };
         Ok((
             driver,
