@@ -39,7 +39,8 @@ fn configs(b_knows_a: bool) -> (VmtunCfg, VmtunCfg) {
 fn ping_both_ways_and_status_reports_the_session() -> Result<()> {
     preflight(&["ping"]);
     let net = Pair::new("ping")?;
-    let (ca, cb) = configs(true);
+    let (ca, mut cb) = configs(true);
+    cb.busy_poll_us = Some(0);
     let b = Vmtun::start(&net.b, &net.scratch, cb)?;
     let a = Vmtun::start(&net.a, &net.scratch, ca)?;
     wait_ping(&net.a, TUNNEL_B, WAIT)?;
@@ -72,6 +73,18 @@ fn ping_both_ways_and_status_reports_the_session() -> Result<()> {
     check(status_b.handshake_secs(a.public_key()).is_some(), || {
         format!("B's status shows no handshake: {:?}", status_b.0)
     })?;
+    // A busy-polls by default and has spun after the pings; B was configured not to.
+    let busy = |s: &Status, key: &str| s.0["busy_poll"][key].as_f64();
+    check(busy(&status, "window_us") == Some(200.0), || {
+        format!("A's status shows another busy-poll window: {:?}", status.0)
+    })?;
+    check(busy(&status, "spun_ms").is_some_and(|ms| ms > 0.0), || {
+        format!("A never spun after traffic: {:?}", status.0)
+    })?;
+    check(
+        busy(&status_b, "window_us") == Some(0.0) && busy(&status_b, "spun_ms") == Some(0.0),
+        || format!("B spun with busy_poll_us = 0: {:?}", status_b.0),
+    )?;
     Ok(())
 }
 

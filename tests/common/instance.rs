@@ -48,6 +48,8 @@ pub struct VmtunCfg {
     pub address: String,
     /// Optional MTU.
     pub mtu: Option<u16>,
+    /// Optional busy-polling window.
+    pub busy_poll_us: Option<u32>,
     /// The peers.
     pub peers: Vec<PeerCfg>,
 }
@@ -61,6 +63,7 @@ impl VmtunCfg {
             listen_port: PORT,
             address: format!("{tunnel_addr}/{TUNNEL_PREFIX}"),
             mtu: None,
+            busy_poll_us: None,
             peers,
         }
     }
@@ -73,6 +76,9 @@ impl VmtunCfg {
         );
         if let Some(mtu) = self.mtu {
             text += &format!("mtu = {mtu}\n");
+        }
+        if let Some(us) = self.busy_poll_us {
+            text += &format!("busy_poll_us = {us}\n");
         }
         for peer in &self.peers {
             text += &format!("\n[[peer]]\npublic_key = {:?}\n", peer.public_key);
