@@ -61,8 +61,9 @@ impl Migration {
     pub fn start(m: &config::Migration) -> anyhow::Result<Self> {
         let watcher = match (m.role, m.cutover) {
             (Role::New, CutoverMode::Auto) => {
-                Some(Watcher::spawn(&m.bridge, m.subnets.clone(), |d| {
-                    let removal = netcfg::remove_mark_rule(NFT_TABLE, &[d.subnet])?;
+                let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
+                Some(Watcher::spawn(&m.bridge, m.subnets.clone(), move |d| {
+                    let removal = remover.remove(&[d.subnet])?;
                     tracing::info!(
                         subnet = %d.subnet,
                         src = %d.src,

@@ -10,7 +10,8 @@
 //!   records what it applied in a state file, and undoes it in reverse order.
 //! - [`SystemOps`] is the real [`NetOps`] (rtnetlink, nftnl, `/proc/sys`); [`FakeOps`] is a
 //!   recording fake over a simulated host for unit tests.
-//! - [`remove_mark_rule`] is the cutover's atomic finalization.
+//! - [`remove_mark_rule`] is the cutover's atomic finalization; [`MarkRemover`] is the
+//!   same made ready in advance, for the watcher.
 //!
 //! Everything acts on the network namespace of the calling thread, which is how the tests
 //! run it inside namespaces of their own.
@@ -42,7 +43,7 @@ pub use change::{
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};
 pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_state_file};
-pub use nft::{MarkRemoval, native_subnets, remove_mark_rule};
+pub use nft::{MarkRemoval, MarkRemover, native_subnets, remove_mark_rule};
 pub use ops::NetOps;
 pub use plan::{
     DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_NATIVE_SET, NFT_TABLE, NewParams, OldParams, Role,

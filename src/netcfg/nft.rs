@@ -43,16 +43,24 @@ fn cstring(s: &str) -> Result<CString, Cause> {
 /// Sends `batch` on a fresh socket and waits for the kernel's verdict; returns how long the
 /// commit took, from sending to the last acknowledgement.
 fn commit(batch: Batch) -> Result<Committed, Cause> {
+    commit_on(&mut open()?, batch)
+}
+
+/// [`commit`] on an open socket.
+fn commit_on(sock: &mut NfSock, batch: Batch) -> Result<Committed, Cause> {
     let batch = batch.finalize();
     let seqs = batch.sequence_numbers();
-    let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
     let t0 = Instant::now();
     sock.send_batch(&batch).map_err(|e| Cause::from_io(&e))?;
     sock.wait_acks(seqs)?;
     let at = Instant::now();
-    // Closing the socket (when `sock` drops) can wait for an RCU grace period, milliseconds
-    // after the kernel applied the batch; `at` is when it was applied.
     Ok(Committed { took: at - t0, at })
+}
+
+/// A netfilter netlink socket. Closing one can wait for an RCU grace period (milliseconds),
+/// so the cutover's critical path uses a socket opened beforehand ([`MarkRemover`]).
+fn open() -> Result<NfSock, Cause> {
+    NfSock::open().map_err(|e| Cause::from_io(&e))
 }
 
 /// When a batch took effect, and how long the kernel took from receiving it.
@@ -296,6 +304,7 @@ pub(crate) struct ListedRule {
 /// written by `payload`, and returns the replies of type `reply` (an `NFT_MSG_NEW*`), each
 /// copied to 8-byte aligned storage for libnftnl's parsers.
 fn dump(
+    sock: &mut NfSock,
     msg: i32,
     payload: impl FnOnce(*mut libc::nlmsghdr),
     reply: i32,
@@ -315,7 +324,6 @@ fn dump(
     };
     // SAFETY: `len` bytes of `buf` were written above.
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, len) };
-    let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
     sock.send(bytes).map_err(|e| Cause::from_io(&e))?;
     let reply_type = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | reply as u16;
     Ok(sock
@@ -339,10 +347,15 @@ fn dump(
 
 /// Lists the rules of `table`/`chain` with their handles and comments. A missing table or
 /// chain is `No such file or directory`.
-pub(crate) fn list_rules(table: &str, chain_name: &str) -> Result<Vec<ListedRule>, Cause> {
+pub(crate) fn list_rules(
+    sock: &mut NfSock,
+    table: &str,
+    chain_name: &str,
+) -> Result<Vec<ListedRule>, Cause> {
     let t = cstring(table)?;
     let c = cstring(chain_name)?;
     let replies = dump(
+        sock,
         libc::NFT_MSG_GETRULE,
         // SAFETY: a rule object used only to write the request's table and chain.
         |h| unsafe {
@@ -404,12 +417,15 @@ pub fn native_subnets(table: &str) -> Result<Vec<Ipv4Addr>, NetError> {
         sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
         sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, n.as_ptr());
     }
-    let replies = dump(
-        libc::NFT_MSG_GETSETELEM,
-        // SAFETY: writes the set's table and name into the request.
-        |h| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(h, set) },
-        libc::NFT_MSG_NEWSETELEM,
-    );
+    let replies = open().and_then(|mut sock| {
+        dump(
+            &mut sock,
+            libc::NFT_MSG_GETSETELEM,
+            // SAFETY: writes the set's table and name into the request.
+            |h| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(h, set) },
+            libc::NFT_MSG_NEWSETELEM,
+        )
+    });
     let mut out = Vec::new();
     // SAFETY: each reply is a complete, aligned NEWSETELEM message; parsing appends its
     // elements to `set`, whose keys are then read (4 bytes each: `ipv4_addr`).
@@ -459,7 +475,12 @@ fn comment_of(mut ud: &[u8]) -> Option<String> {
 
 /// Deletes the rules with these handles from `table`/`chain_name` in one batch; returns the
 /// commit time.
-fn delete_rules(table: &str, chain_name: &str, handles: &[u64]) -> Result<Committed, Cause> {
+fn delete_rules(
+    sock: &mut NfSock,
+    table: &str,
+    chain_name: &str,
+    handles: &[u64],
+) -> Result<Committed, Cause> {
     let t = Table::new(cstring(table)?, FAMILY);
     let c = Chain::new(cstring(chain_name)?, &t);
     let mut batch = Batch::new();
@@ -468,7 +489,7 @@ fn delete_rules(table: &str, chain_name: &str, handles: &[u64]) -> Result<Commit
         r.set_handle(*h);
         batch.add(&r, MsgType::Del);
     }
-    commit(batch)
+    commit_on(sock, batch)
 }
 
 /// Applies or reverts one nft change (one batch). Other changes are not nft's.
@@ -509,7 +530,8 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
         }
         Change::NftRule { table, chain, rule } => {
             let comment = rule.comment();
-            let handles: Vec<u64> = list_rules(table, chain)?
+            let mut sock = open()?;
+            let handles: Vec<u64> = list_rules(&mut sock, table, chain)?
                 .into_iter()
                 .filter(|r| r.comment.as_deref() == Some(comment.as_str()))
                 .map(|r| r.handle)
@@ -517,7 +539,7 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
             if handles.is_empty() {
                 return Err(Cause::Errno(libc::ENOENT));
             }
-            delete_rules(table, chain, &handles)?;
+            delete_rules(&mut sock, table, chain, &handles)?;
         }
         _ => return Err(Cause::Netlink("not an nftables change".into())),
     }
@@ -539,43 +561,97 @@ pub struct MarkRemoval {
 /// Finalizes the cutover: removes the mark rules for `subnets` (all of vmtun's mark rules
 /// when empty) from `table`, in one atomic batch. Only vmtun's own rules go; the cutover set
 /// and the native rule stay until undo. Idempotent: with no mark rule left it removes
-/// nothing and succeeds. Called by the cutover watcher and `vmtun cutover`.
+/// nothing and succeeds. For `vmtun cutover`; the watcher prepares a [`MarkRemover`].
 pub fn remove_mark_rule(table: &str, subnets: &[Ipv4Net]) -> Result<MarkRemoval, NetError> {
-    let doing = || format!("removing the mark rules from nft table ip {table}");
-    let op_err = |cause| NetError::Op {
-        doing: doing(),
-        cause,
-    };
-    let rules = list_rules(table, NFT_CHAIN).map_err(op_err)?;
-    let mut handles = Vec::new();
-    let mut removed = Vec::new();
-    for r in rules {
-        let Some(net) = r
-            .comment
-            .as_deref()
-            .and_then(|c| c.strip_prefix("vmtun mark "))
-            .and_then(|n| n.parse::<Ipv4Net>().ok())
-        else {
-            continue;
+    MarkRemover::prepare(table)?.remove(subnets)
+}
+
+/// The cutover's finalization made ready before the packet that triggers it: a socket
+/// already open and the mark rules' handles already listed, so that on the first native
+/// packet one batch goes to the kernel and nothing else (listing the rules and closing a
+/// socket on the way took 0.3 ms at the median and over 1 ms at worst, BENCHMARKS.md).
+pub struct MarkRemover {
+    table: String,
+    sock: NfSock,
+    /// vmtun's mark rules as last listed: subnet and handle.
+    rules: Vec<(Ipv4Net, u64)>,
+}
+
+impl MarkRemover {
+    /// Opens the socket and lists the mark rules of `table`.
+    pub fn prepare(table: &str) -> Result<Self, NetError> {
+        let mut sock = open().map_err(|cause| removing(table, cause))?;
+        let rules = mark_rules(&mut sock, table).map_err(|cause| removing(table, cause))?;
+        Ok(Self {
+            table: table.to_owned(),
+            sock,
+            rules,
+        })
+    }
+
+    /// Removes the mark rules for `subnets` (all when empty) in one batch. Should the
+    /// rules have changed since they were listed (the kernel knows no such handle), lists
+    /// them again and retries once.
+    pub fn remove(&mut self, subnets: &[Ipv4Net]) -> Result<MarkRemoval, NetError> {
+        let result = match self.try_remove(subnets) {
+            Err(Cause::Errno(libc::ENOENT)) => {
+                mark_rules(&mut self.sock, &self.table).and_then(|rules| {
+                    self.rules = rules;
+                    self.try_remove(subnets)
+                })
+            }
+            other => other,
         };
-        if subnets.is_empty() || subnets.iter().any(|s| s.trunc() == net) {
-            handles.push(r.handle);
-            removed.push(net);
+        result.map_err(|cause| removing(&self.table, cause))
+    }
+
+    fn try_remove(&mut self, subnets: &[Ipv4Net]) -> Result<MarkRemoval, Cause> {
+        let wanted =
+            |net: &Ipv4Net| subnets.is_empty() || subnets.iter().any(|s| s.trunc() == *net);
+        let (removed, handles): (Vec<Ipv4Net>, Vec<u64>) = self
+            .rules
+            .iter()
+            .filter(|(net, _)| wanted(net))
+            .copied()
+            .unzip();
+        if handles.is_empty() {
+            return Ok(MarkRemoval {
+                removed,
+                commit: Duration::ZERO,
+                gone_at: Instant::now(),
+            });
         }
-    }
-    if handles.is_empty() {
-        return Ok(MarkRemoval {
+        let done = delete_rules(&mut self.sock, &self.table, NFT_CHAIN, &handles)?;
+        self.rules.retain(|(net, _)| !wanted(net));
+        Ok(MarkRemoval {
             removed,
-            commit: Duration::ZERO,
-            gone_at: Instant::now(),
-        });
+            commit: done.took,
+            gone_at: done.at,
+        })
     }
-    let done = delete_rules(table, NFT_CHAIN, &handles).map_err(op_err)?;
-    Ok(MarkRemoval {
-        removed,
-        commit: done.took,
-        gone_at: done.at,
-    })
+}
+
+fn removing(table: &str, cause: Cause) -> NetError {
+    NetError::Op {
+        doing: format!("removing the mark rules from nft table ip {table}"),
+        cause,
+    }
+}
+
+/// vmtun's mark rules in `table`, by the subnet their comment names.
+fn mark_rules(sock: &mut NfSock, table: &str) -> Result<Vec<(Ipv4Net, u64)>, Cause> {
+    Ok(list_rules(sock, table, NFT_CHAIN)?
+        .into_iter()
+        .filter_map(|r| {
+            let net = r
+                .comment
+                .as_deref()?
+                .strip_prefix("vmtun mark ")?
+                .parse()
+                .ok()?;
+            Some((net, r.handle))
+        })
+        .collect())
 }
 
 #[cfg(test)]

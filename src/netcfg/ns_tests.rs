@@ -128,11 +128,18 @@ fn role_new_applies_and_undo_restores_everything() {
         "adding nft table ip vmtun: File exists"
     );
 
-    let removal = ns.run(|| remove_mark_rule(NFT_TABLE, &[]).unwrap());
+    // A remover prepared before someone else removed the rule holds a stale handle: the
+    // kernel answers ENOENT, it lists again, finds nothing left and succeeds.
+    let (removal, stale) = ns.run(|| {
+        let mut early = MarkRemover::prepare(NFT_TABLE).unwrap();
+        let removal = remove_mark_rule(NFT_TABLE, &[]).unwrap();
+        (removal, early.remove(&[]).unwrap())
+    });
     assert_eq!(
         removal.removed,
         vec![SUBNET.parse::<ipnet::Ipv4Net>().unwrap()]
     );
+    assert!(stale.removed.is_empty(), "{stale:?}");
     println!("mark rule removal commit: {:?}", removal.commit);
     assert!(!ns.sh("nft list table ip vmtun").contains("mark set"));
 
