@@ -70,8 +70,6 @@ pub struct Identity {
     pub listen_port: u16,
     /// Each peer's allowed_ips as text, in config order.
     pub allowed_ips: Vec<Vec<String>>,
-    /// How long to keep polling after traffic before sleeping (`busy_poll_us`).
-    pub busy_poll: std::time::Duration,
 }
 
 /// Counters of local I/O trouble that are not the core's business.
@@ -124,13 +122,15 @@ struct Pending {
 
 impl Driver {
     /// Assembles a driver and registers its sources; nothing runs until [`Driver::run`].
-    /// The handle reaches the loop from other threads.
+    /// The handle reaches the loop from other threads. `busy_poll` is how long the loop
+    /// keeps polling after traffic before it sleeps (`busy_poll_us`; zero: never).
     pub fn new(
         tunnel: Tunnel,
         tun: Tun,
         udp: Udp,
         identity: Identity,
         migration: Option<Migration>,
+        busy_poll: std::time::Duration,
     ) -> io::Result<(Self, DriverHandle)> {
         let poll = Poll::new()?;
         let registry = poll.registry();
@@ -139,7 +139,7 @@ impl Driver {
         let waker = Arc::new(Waker::new(registry, COMMANDS)?);
         let (tx, commands) = mpsc::channel();
         let driver = Self {
-            busy: BusyPoll::new(identity.busy_poll, Instant::now()),
+            busy: BusyPoll::new(busy_poll, Instant::now()),
             tunnel,
             tun,
             udp,

@@ -122,7 +122,6 @@ async fn run_driver(
             .iter()
             .map(|p| p.allowed_ips.iter().map(|n| n.to_string()).collect())
             .collect(),
-        busy_poll: config.interface.busy_poll,
     };
     let mut tunnel = Tunnel::new(tunnel_config(config), Instant::now(), SystemTime::now());
     tunnel.set_mtu(config.interface.mtu.into());
@@ -141,7 +140,14 @@ async fn run_driver(
         .transpose()?;
     let vifs =
         (!config.vms.is_empty()).then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()))));
-    let (driver, handle) = Driver::new(tunnel, tun, udp, identity, migration)?;
+    let (driver, handle) = Driver::new(
+        tunnel,
+        tun,
+        udp,
+        identity,
+        migration,
+        config.interface.busy_poll,
+    )?;
     let listener = control::listen(&paths.socket, handle.clone())?;
     let (done_tx, mut done) = oneshot::channel();
     let data_path = std::thread::Builder::new()
