@@ -864,12 +864,18 @@ fn sessions_are_rejected_and_erased_after_reject_time() {
     assert_eq!(p.b.delivered.last().unwrap(), &ipv4(A_IP, B_IP, b"again"));
 }
 
-#[test]
-fn cookie_reply_under_load_then_mac2_succeeds() {
+/// A pair whose B is under load, after A's first initiation (and B's cookie reply).
+fn first_try_under_load() -> Pair {
     let mut p = Pair::new();
     p.b.tunnel.set_under_load_threshold(0);
     assert_eq!(p.send(Side::A, &ipv4(A_IP, B_IP, b"x")), Outbound::Queued);
     p.pump();
+    p
+}
+
+#[test]
+fn cookie_reply_under_load_then_mac2_succeeds() {
+    let mut p = first_try_under_load();
     assert_eq!(
         p.sent_of_type(Side::B, 3),
         1,
@@ -893,10 +899,7 @@ fn cookie_reply_under_load_then_mac2_succeeds() {
 
 #[test]
 fn under_load_a_source_with_a_valid_cookie_gets_only_its_budget() {
-    let mut p = Pair::new();
-    p.b.tunnel.set_under_load_threshold(0);
-    p.send(Side::A, &ipv4(A_IP, B_IP, b"x"));
-    p.pump();
+    let mut p = first_try_under_load();
     p.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
     assert_eq!(p.b.delivered, vec![ipv4(A_IP, B_IP, b"x")]);
     // The retry carried a valid mac2 and spent one message of A's burst. Replayed from
@@ -940,10 +943,7 @@ fn under_load_a_source_with_a_valid_cookie_gets_only_its_budget() {
 
 #[test]
 fn cookie_from_another_address_does_not_help() {
-    let mut p = Pair::new();
-    p.b.tunnel.set_under_load_threshold(0);
-    p.send(Side::A, &ipv4(A_IP, B_IP, b"x"));
-    p.pump();
+    let mut p = first_try_under_load();
     // A moves before retrying: its cookie was for the old address.
     p.a.addr = addr("198.18.0.7:40000");
     p.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
