@@ -7,6 +7,8 @@ use super::{LabError, Netns, Result};
 use sha2::{Digest as _, Sha256};
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,6 +58,7 @@ pub struct Transfer {
     resume: mpsc::Sender<()>,
     sender: Side,
     receiver: Side,
+    received: Arc<AtomicU64>,
     started: Instant,
 }
 
@@ -76,9 +79,11 @@ impl Transfer {
             .parse()
             .map_err(|_| LabError::Refused(format!("{to_addr} is not an IPv4 address")))?;
         let (port_tx, port_rx) = mpsc::channel();
-        let receiver = to.thread("receiver", move || receive(bind, port_tx))?;
+        let received = Arc::new(AtomicU64::new(0));
+        let progress = Arc::clone(&received);
+        let receiver = to.thread("receiver", move || receive(bind, port_tx, &progress))?;
         let port = port_rx
-            .recv_timeout(Duration::from_secs(10))
+            .recv_timeout(super::WAIT)
             .map_err(|_| LabError::Failed(format!("the receiver could not listen on {bind}")))?;
         let target = SocketAddr::new(bind.ip(), port);
         let (milestone_tx, milestone_rx) = mpsc::channel();
@@ -95,6 +100,7 @@ impl Transfer {
             resume: resume_tx,
             sender,
             receiver,
+            received,
             started: Instant::now(),
         })
     }
@@ -112,6 +118,11 @@ impl Transfer {
     /// Lets the sender go on after its milestone.
     pub fn resume(&self) {
         let _ = self.resume.send(());
+    }
+
+    /// Bytes the receiver has read so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
     }
 
     /// Whether both sides have finished (successfully or not).
@@ -151,7 +162,11 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> LabError + '_ {
     move |e| LabError::io(what, e)
 }
 
-fn receive(bind: SocketAddr, port_tx: mpsc::Sender<u16>) -> Result<(u64, String)> {
+fn receive(
+    bind: SocketAddr,
+    port_tx: mpsc::Sender<u16>,
+    progress: &AtomicU64,
+) -> Result<(u64, String)> {
     let listener = TcpListener::bind(bind).map_err(io("binding the receiver"))?;
     let port = listener
         .local_addr()
@@ -190,6 +205,7 @@ fn receive(bind: SocketAddr, port_tx: mpsc::Sender<u16>) -> Result<(u64, String)
         }
         hasher.update(&buf[..n]);
         total += n as u64;
+        progress.store(total, Ordering::SeqCst);
     }
     Ok((total, hex(&hasher.finalize())))
 }
