@@ -12,6 +12,8 @@
 //!   A consuming the response, the queued packet sealed as the first transport message
 //!   and opened by B. Fresh tunnel pairs (built untimed) per iteration, so no flood guard
 //!   or timestamp check interferes.
+//! - `handshake/bad_mac1`: B refusing an initiation whose mac1 is wrong (a flood of forged
+//!   initiations costs this each, no X25519): compare it with the handshake above.
 //!
 //! Run: `cargo bench --bench data_path` (add `-- --quick` for a short run).
 
@@ -19,7 +21,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use vmtun::noise::Inbound;
+use vmtun::noise::{Inbound, Outbound};
 
 mod common;
 use common::{A_IP, B_IP, BUF, addr_a, established, fresh, handshake, ipv4, seal};
@@ -94,6 +96,19 @@ fn handshake_bench(c: &mut Criterion) {
             },
             BatchSize::SmallInput,
         );
+    });
+    let (mut a, mut b) = fresh(Instant::now());
+    let now = Instant::now();
+    assert_eq!(a.handle_outbound(now, &first, &mut out), Outbound::Queued);
+    let init = a.poll_transmit(now, &mut out).expect("initiation");
+    let mut forged = out[..init.len].to_vec();
+    forged[117] ^= 1; // inside mac1
+    g.bench_function("bad_mac1", |bench| {
+        bench.iter(|| {
+            let r = b.handle_datagram(now, addr_a(), black_box(&forged), &mut back);
+            debug_assert!(matches!(r, Inbound::Dropped(_)), "{r:?}");
+            black_box(r)
+        });
     });
     g.finish();
 }

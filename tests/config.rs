@@ -245,16 +245,76 @@ fn bad_configs_are_refused_with_one_line_naming_the_field() -> Result<()> {
     })
 }
 
-fn dry_run(migration: bool) -> Result<()> {
+/// `[migration]` for the old host.
+const MIGRATION_OLD: &str = r#"
+[migration]
+role = "old"
+subnets = ["203.0.113.0/29"]
+via = "100.64.0.2"
+
+[[vm]]
+vif = "vif0"
+addresses = ["203.0.113.2"]
+"#;
+
+/// What every plan starts with: the TUN device (`{IFACE}` and `{CONFIG}` filled in).
+const PLAN_TUNNEL: &str = "\
+# vmtun up -c {CONFIG} would:
+ip tuntap add dev {IFACE} mode tun   # held by the process; gone when it exits
+ip addr add 100.64.0.1/24 dev {IFACE}
+ip link set dev {IFACE} mtu 1420
+ip link set dev {IFACE} up
+";
+
+/// Role old adds the subnet via the tunnel.
+const PLAN_OLD: &str = "\
+ip route add 203.0.113.0/29 via 100.64.0.2 dev {IFACE}
+";
+
+/// Role new adds the return path through the old site, and the kernel flip.
+const PLAN_NEW: &str = r#"ip route add default via 100.64.0.2 dev {IFACE} table 201
+ip rule add fwmark 0x1 lookup 201 priority 10000
+sysctl -w net.ipv4.conf.{IFACE}.rp_filter=2
+sysctl -w net.ipv4.conf.br0.rp_filter=2
+nft add table ip vmtun
+nft add chain ip vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'
+nft add set ip vmtun native '{ type ipv4_addr; flags dynamic; }'
+nft add rule ip vmtun prerouting meta pkttype host iifname "br0" ip daddr 203.0.113.0/29 counter add @native { ip daddr & 255.255.255.248 } comment "vmtun native 203.0.113.0/29"
+nft add rule ip vmtun prerouting iifname "vif*" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter meta mark set 0x1 comment "vmtun mark 203.0.113.0/29"
+"#;
+
+/// What the plan ends with.
+const PLAN_END: &str = "# and listen on UDP port 51820\n";
+
+/// Which `[migration]` the dry-run config has.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Tunnel,
+    Old,
+    New,
+}
+
+fn dry_run(role: Role) -> Result<()> {
     preflight(&["nft"]);
     let net = Pair::new("dryrun")?;
     net.a.add_bridge("br0")?;
     let (own, peer) = (vmtun_keypair(), vmtun_keypair());
     let iface = lab::unique_ifname("vt");
     let mut text = fill(GOOD, &iface, &own, &peer);
-    if migration {
-        text = text.replace("[\"100.64.0.2/32\"]", "[\"0.0.0.0/0\"]") + MIGRATION_NEW;
-    }
+    let role_plan = match role {
+        Role::Tunnel => "",
+        Role::Old => {
+            text = text.replace(
+                "[\"100.64.0.2/32\"]",
+                "[\"100.64.0.2/32\", \"203.0.113.0/29\"]",
+            ) + MIGRATION_OLD;
+            PLAN_OLD
+        }
+        Role::New => {
+            text = text.replace("[\"100.64.0.2/32\"]", "[\"0.0.0.0/0\"]") + MIGRATION_NEW;
+            PLAN_NEW
+        }
+    };
     let path = net.scratch.write("dry.toml", &text, 0o600)?;
     let path = path.to_string_lossy().into_owned();
     let before = snapshot(&net.a)?;
@@ -268,8 +328,12 @@ fn dry_run(migration: bool) -> Result<()> {
     check(code == Some(0), || {
         format!("`up --dry-run` exited {code:?}: {stderr}")
     })?;
-    check(!stdout.trim().is_empty(), || {
-        format!("`up --dry-run` printed no plan on stdout (stderr: {stderr})")
+    let expected = [PLAN_TUNNEL, role_plan, PLAN_END]
+        .concat()
+        .replace("{CONFIG}", &path)
+        .replace("{IFACE}", &iface);
+    check(stdout == expected, || {
+        format!("`up --dry-run` ({role:?}) printed\n{stdout}\nexpected\n{expected}")
     })?;
     let after = snapshot(&net.a)?;
     check(before == after, || {
@@ -279,16 +343,20 @@ fn dry_run(migration: bool) -> Result<()> {
     check(!std::path::Path::new(&socket).exists(), || {
         format!("`up --dry-run` left {socket}")
     })?;
-    eprintln!("dry-run plan:\n{stdout}");
     Ok(())
 }
 
 #[test]
-fn dry_run_changes_nothing() -> Result<()> {
-    dry_run(false)
+fn dry_run_of_a_plain_tunnel_prints_its_plan_and_changes_nothing() -> Result<()> {
+    dry_run(Role::Tunnel)
 }
 
 #[test]
-fn dry_run_of_a_new_host_changes_nothing() -> Result<()> {
-    dry_run(true)
+fn dry_run_of_an_old_host_prints_its_plan_and_changes_nothing() -> Result<()> {
+    dry_run(Role::Old)
+}
+
+#[test]
+fn dry_run_of_a_new_host_prints_its_plan_and_changes_nothing() -> Result<()> {
+    dry_run(Role::New)
 }

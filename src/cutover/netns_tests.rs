@@ -29,6 +29,10 @@ use super::classify::fixtures;
 use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN};
 use super::{CutoverError, Phase, Watcher};
 
+/// How long a test waits for an event before calling it missing: a ceiling for a slow,
+/// shared machine, never a speed check (speed is measured by `benches/cutover.sh`).
+const EVENT_CEILING: Duration = Duration::from_secs(30);
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -345,7 +349,7 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     let sent = Instant::now();
     lab.send_from_s(None, "203.0.113.2", b"native");
     assert!(
-        wait_for(Duration::from_secs(2), || !watcher.records().is_empty()),
+        wait_for(EVENT_CEILING, || !watcher.records().is_empty()),
         "no cutover within 2 s of a native packet; status {:?}",
         watcher.status()
     );
@@ -369,7 +373,7 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     assert_eq!(record.src, "198.18.0.2".parse::<Ipv4Addr>().unwrap());
     assert_eq!(record.error, None);
     assert!(
-        record.latency > Duration::ZERO && record.latency < Duration::from_secs(1),
+        record.latency > Duration::ZERO && record.latency < EVENT_CEILING,
         "implausible latency {:?}",
         record.latency
     );
@@ -382,8 +386,7 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     // The second subnet moves later: its own call, then the watcher is done.
     lab.send_from_s(None, "198.51.100.7", b"native, second subnet");
     assert!(
-        wait_for(Duration::from_secs(2), || watcher.status().phase
-            == Phase::Done),
+        wait_for(EVENT_CEILING, || watcher.status().phase == Phase::Done),
         "second subnet not cut over; status {:?}",
         watcher.status()
     );
@@ -412,13 +415,13 @@ fn stops_at_once_without_a_packet_and_reports_callback_errors() {
             })
         })
         .unwrap();
-    thread::sleep(Duration::from_millis(50));
-    let t = Instant::now();
-    assert_eq!(watcher.stop().phase, Phase::Stopped);
-    assert!(
-        t.elapsed() < Duration::from_millis(100),
-        "stop took {:?}",
-        t.elapsed()
+    // No packet comes: stop must not wait for one (a ceiling, not a speed check).
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || done_tx.send(watcher.stop().phase));
+    assert_eq!(
+        done_rx.recv_timeout(EVENT_CEILING),
+        Ok(Phase::Stopped),
+        "stop did not return without a packet"
     );
 
     let watcher = lab
@@ -430,9 +433,7 @@ fn stops_at_once_without_a_packet_and_reports_callback_errors() {
         })
         .unwrap();
     lab.send_from_s(None, "203.0.113.5", b"native");
-    assert!(wait_for(Duration::from_secs(2), || !watcher
-        .records()
-        .is_empty()));
+    assert!(wait_for(EVENT_CEILING, || !watcher.records().is_empty()));
     assert_eq!(
         watcher.records()[0].error.as_deref(),
         Some("deleting rule 7 in table inet vmtun: No such file or directory")
@@ -494,13 +495,35 @@ fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
         .unwrap();
     let (rx_before, _) = lab.bridge_counters();
     lab.send_raw_from_s(&[other_host_frame()]);
-    thread::sleep(Duration::from_millis(200));
+    // A native packet for the other subnet, sent after the flooded frame: the socket hands
+    // frames over in order, so once it has fired the flooded one has been seen and refused.
+    lab.send_from_s(
+        None,
+        "198.51.100.7",
+        b"native, sent after the flooded frame",
+    );
+    assert!(
+        wait_for(EVENT_CEILING, || !watcher.records().is_empty()),
+        "the native packet after the flooded frame was not seen; status {:?}",
+        watcher.status()
+    );
     let (rx_after, _) = lab.bridge_counters();
     assert!(
-        rx_after > rx_before,
-        "the flooded frame did not reach the bridge device"
+        rx_after >= rx_before + 2,
+        "the flooded frame did not reach the bridge device: rx {rx_before} -> {rx_after}"
     );
-    assert_eq!(watcher.stop().phase, Phase::Stopped);
+    let status = watcher.stop();
+    let fired: Vec<Ipv4Net> = status.records.iter().map(|r| r.subnet).collect();
+    assert_eq!(
+        fired,
+        vec!["198.51.100.0/24".parse::<Ipv4Net>().unwrap()],
+        "fired on a frame for another host: {status:?}"
+    );
+    assert_eq!(
+        status.waiting,
+        vec!["203.0.113.0/29".parse::<Ipv4Net>().unwrap()]
+    );
+    assert_eq!(status.phase, Phase::Stopped);
 }
 
 /// Why the watcher is not libpcap: direction `in` still includes PACKET_OTHERHOST, so libpcap

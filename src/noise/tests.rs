@@ -542,24 +542,9 @@ fn bad_mac1_is_dropped_before_any_dh() {
         p.b.tunnel.handle_datagram(p.now, from, &mac2, &mut out),
         Inbound::Send(_)
     ));
-    // Cheap rejection: a flood of bad-mac1 messages costs far less than the DHs a single
-    // valid initiation takes.
-    let mut bad = init.clone();
-    bad[117] ^= 1;
-    let start = std::time::Instant::now();
-    for _ in 0..200 {
-        p.b.tunnel.handle_datagram(p.now, from, &bad, &mut out);
-    }
-    let bad_cost = start.elapsed();
-    let start = std::time::Instant::now();
-    for _ in 0..10 {
-        p.b.tunnel.handle_datagram(p.now, from, &init, &mut out);
-    }
-    let good_cost = start.elapsed();
-    assert!(
-        bad_cost < good_cost * 5,
-        "200 bad mac1 {bad_cost:?} vs 10 DH runs {good_cost:?}"
-    );
+    // Byte 50 sits in the encrypted static key: had any DH run before the mac1 check, that
+    // flip would have failed as `DecryptFailed`, not `BadMac`. What the rejection costs is
+    // measured by `cargo bench --bench data_path -- handshake/bad_mac1`, not here.
 }
 
 #[test]
@@ -1123,12 +1108,25 @@ fn small_output_buffers_drop_instead_of_panicking() {
             .handle_datagram(p.now, p.a.addr, &out[..t.len], &mut small),
         Inbound::Dropped(DropReason::BufferTooSmall)
     );
-    let init = captured_initiation(&mut Pair::new());
+    assert!(p.a.tunnel.poll_transmit(p.now, &mut small[..10]).is_none());
+
+    // B's own peer's initiation (valid mac1, a response due) with no room for the response:
+    // dropped as such, and the index it would have used is not left allocated.
+    let mut q = Pair::new();
+    let init = captured_initiation(&mut q);
+    let live = q.b.tunnel.live_indices();
     let mut tiny = [0u8; 10];
-    let _ =
-        p.b.tunnel
-            .handle_datagram(p.now, p.a.addr, &init, &mut tiny);
-    assert!(p.a.tunnel.poll_transmit(p.now, &mut tiny).is_none());
+    assert_eq!(
+        q.b.tunnel
+            .handle_datagram(q.now, q.a.addr, &init, &mut tiny),
+        Inbound::Dropped(DropReason::BufferTooSmall)
+    );
+    assert_eq!(q.b.tunnel.live_indices(), live);
+    // With room, the very same initiation is answered: it was refused for its buffer alone.
+    assert!(matches!(
+        q.b.tunnel.handle_datagram(q.now, q.a.addr, &init, &mut out),
+        Inbound::Send(_)
+    ));
 }
 
 /// A small deterministic generator, so the noise below is reproducible.
