@@ -1,16 +1,24 @@
-//! Helpers of the migration tests (tests/migration.rs): the two hosts' vmtun instances on
-//! the lab of `vmtun::lab::migration`, snapshots of a host's routing and netfilter state,
-//! and raw Ethernet frames (ARP, QEMU's RARP announcement, broadcast IPv4) sent onto the
-//! new host's bridge from the core.
+//! Helpers of the migration tests (tests/migration.rs, tests/migration_cli.rs): the two
+//! hosts' vmtun instances on the lab of `vmtun::lab::migration`, waiting for what they do,
+//! snapshots of a host's routing and netfilter state, and raw Ethernet frames (ARP, QEMU's
+//! RARP announcement, broadcast IPv4) sent onto the new host's bridge from the core and
+//! seen arriving there.
+#![allow(dead_code)] // each test binary uses a different part
 
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::Path;
-use vmtun::lab::migration::hosts::{HostConfig, HostVmtun, KeyPair};
+use std::time::{Duration, Instant};
+use vmtun::lab::migration::hosts::{CutoverState, HostConfig, HostVmtun, KeyPair};
 use vmtun::lab::migration::topology::MigrationLab;
-use vmtun::lab::{LabError, Netns, Result, Scratch};
+use vmtun::lab::migration::{TUNNEL_NEW, VIF, VM_ADDR};
+use vmtun::lab::{LabError, Netns, Result, Scratch, wait_for, wait_until};
 
 /// Path of the `vmtun` binary under test.
 pub const VMTUN: &str = env!("CARGO_BIN_EXE_vmtun");
+
+/// The ceiling of every wait for something that should happen: long, so that a slow,
+/// shared machine never fails a test; a working vmtun takes milliseconds.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// The two hosts' configs, written but not started: `(old, new)`.
 pub fn prepare_hosts<'a>(
@@ -18,22 +26,99 @@ pub fn prepare_hosts<'a>(
     scratch: &Scratch,
     cutover: &'static str,
 ) -> Result<(HostVmtun<'a>, HostVmtun<'a>)> {
+    prepare_hosts_with(lab, scratch, cutover, |_, _| {})
+}
+
+/// [`prepare_hosts`], with `customize(old, new)` changing the configs before they are
+/// written.
+pub fn prepare_hosts_with<'a>(
+    lab: &'a MigrationLab,
+    scratch: &Scratch,
+    cutover: &'static str,
+    customize: impl FnOnce(&mut HostConfig, &mut HostConfig),
+) -> Result<(HostVmtun<'a>, HostVmtun<'a>)> {
     let vmtun = Path::new(VMTUN);
     let old_keys = KeyPair::generate(vmtun)?;
     let new_keys = KeyPair::generate(vmtun)?;
-    let old = HostVmtun::prepare(
-        &lab.old,
-        vmtun,
-        scratch,
-        HostConfig::old(&old_keys, &new_keys),
-    )?;
-    let new = HostVmtun::prepare(
-        &lab.new,
-        vmtun,
-        scratch,
-        HostConfig::new_host(&new_keys, &old_keys, cutover),
-    )?;
+    let mut old_config = HostConfig::old(&old_keys, &new_keys);
+    let mut new_config = HostConfig::new_host(&new_keys, &old_keys, cutover);
+    customize(&mut old_config, &mut new_config);
+    let old = HostVmtun::prepare(&lab.old, vmtun, scratch, old_config)?;
+    let new = HostVmtun::prepare(&lab.new, vmtun, scratch, new_config)?;
     Ok((old, new))
+}
+
+/// Waits for a ping from the old host to the new host's tunnel address: the handshake.
+pub fn wait_tunnel(lab: &MigrationLab) -> Result<()> {
+    wait_until(WAIT, "a ping through the tunnel", || {
+        crate::common::ping_once(&lab.old, TUNNEL_NEW)
+    })
+}
+
+/// Waits until `vmtun status` on `host` satisfies `done`; the state it showed then.
+pub fn wait_cutover(
+    host: &HostVmtun<'_>,
+    what: &str,
+    mut done: impl FnMut(&CutoverState) -> bool,
+) -> Result<CutoverState> {
+    wait_for(WAIT, what, || {
+        host.status()
+            .ok()
+            .map(|s| CutoverState::from_status(&s))
+            .filter(&mut done)
+    })
+}
+
+/// Waits until `vmtun status` on the new host shows the cutover done.
+pub fn wait_cutover_done(new: &HostVmtun<'_>) -> Result<CutoverState> {
+    wait_cutover(
+        new,
+        "vmtun status to show the cutover done",
+        CutoverState::is_done,
+    )
+}
+
+/// Sends one ping from the client to `addr` at a time until `vmtun status` on the new host
+/// satisfies `done` (the provider must already route `addr` to the new host): native
+/// packets for the address, as many as it takes.
+pub fn cut_over_with_pings(
+    lab: &MigrationLab,
+    new: &HostVmtun<'_>,
+    addr: &str,
+    done: impl Fn(&CutoverState) -> bool,
+) -> Result<CutoverState> {
+    wait_for(WAIT, &format!("pings to {addr} to cut over"), || {
+        let _ = lab
+            .client
+            .command("ping")
+            .args(["-c", "1", "-W", "0.2", "-q", addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        new.status()
+            .ok()
+            .map(|s| CutoverState::from_status(&s))
+            .filter(&done)
+    })
+}
+
+/// `vmtun status -c FILE` (the text) of `host`, from its `migration:` line on.
+pub fn migration_status_text(host: &HostVmtun<'_>) -> Result<String> {
+    let text = host.command(&["status"])?;
+    text.find("migration:")
+        .map(|at| text[at..].to_owned())
+        .ok_or_else(|| LabError::Failed(format!("no migration part in vmtun status:\n{text}")))
+}
+
+/// Whether `ns` routes [`VM_ADDR`]/32 onto [`VIF`] with proxy ARP on there: what
+/// `vif-up` (or `vmtun up`'s interface watcher) sets.
+pub fn vif_routed(ns: &Netns) -> Result<bool> {
+    if !ns.has_link(VIF) {
+        return Ok(false);
+    }
+    let route = ns.ip(&["route", "show", &format!("{VM_ADDR}/32"), "dev", VIF])?;
+    let proxy_arp = ns.sysctl_value(&format!("net.ipv4.conf.{VIF}.proxy_arp"))?;
+    Ok(!route.trim().is_empty() && proxy_arp.trim() == "1")
 }
 
 /// A host's routing and netfilter state, as text, to compare before and after.
@@ -192,34 +277,76 @@ pub fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
         .map_err(|_| LabError::Failed(format!("bad MAC of {dev}: {text:?}")))
 }
 
+/// An `AF_PACKET` socket for every protocol, bound to `dev` of the calling thread's
+/// namespace (run it on a [`Netns::thread`]); the socket keeps that namespace.
+fn packet_socket(dev: &str) -> Result<(OwnedFd, libc::c_int)> {
+    let name = std::ffi::CString::new(dev).expect("no NUL in a device name");
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(LabError::io(
+            format!("finding {dev}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let ifindex = ifindex as libc::c_int;
+    let protocol = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket(2); the fd is owned by OwnedFd right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, libc::c_int::from(protocol)) };
+    if fd < 0 {
+        return Err(LabError::io(
+            "opening a packet socket",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid before we fill it.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: bind(2) with an address we own, size as declared.
+    let bound = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if bound < 0 {
+        return Err(LabError::io(
+            format!("binding a packet socket to {dev}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok((fd, ifindex))
+}
+
+/// Runs `f` with a packet socket on `dev`, on a thread in `ns`.
+fn with_packet_socket<T: Send + 'static>(
+    ns: &Netns,
+    dev: &str,
+    f: impl FnOnce(OwnedFd, libc::c_int) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let dev = dev.to_owned();
+    ns.thread("packet-socket", move || {
+        let (fd, ifindex) = packet_socket(&dev)?;
+        f(fd, ifindex)
+    })?
+    .join()
+    .map_err(|_| LabError::Failed("the packet socket thread panicked".into()))?
+}
+
 /// Sends `frames` out of `dev` in `ns` through an `AF_PACKET` socket, unchanged.
 pub fn send_frames(ns: &Netns, dev: &str, frames: Vec<Vec<u8>>) -> Result<()> {
-    let dev = dev.to_owned();
-    ns.thread("frames", move || {
-        let name = std::ffi::CString::new(dev.clone()).expect("no NUL in a device name");
-        // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(LabError::io(
-                format!("finding {dev}"),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: socket(2); the fd is owned by OwnedFd right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if fd < 0 {
-            return Err(LabError::io(
-                "opening a packet socket",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: fd is a fresh socket we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = dev.to_owned();
+    with_packet_socket(ns, dev, move |fd, ifindex| {
         for f in &frames {
             // SAFETY: sockaddr_ll is plain data; all-zero is valid before we fill it.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
+            addr.sll_ifindex = ifindex;
             addr.sll_halen = 6;
             addr.sll_addr[..6].copy_from_slice(&f[..6]);
             // SAFETY: sendto(2) with a buffer and address we own, sizes as declared.
@@ -235,13 +362,113 @@ pub fn send_frames(ns: &Netns, dev: &str, frames: Vec<Vec<u8>>) -> Result<()> {
             };
             if n < 0 {
                 return Err(LabError::io(
-                    format!("sending a frame on {dev}"),
+                    format!("sending a frame on {name}"),
                     std::io::Error::last_os_error(),
                 ));
             }
         }
         Ok(())
-    })?
-    .join()
-    .map_err(|_| LabError::Failed("the frame sender panicked".into()))?
+    })
+}
+
+/// Length of an Ethernet header without a VLAN tag.
+const ETHERNET_HEADER: usize = 14;
+
+/// `PACKET_OUTGOING` in `sockaddr_ll.sll_pkttype` (linux/if_packet.h).
+const PACKET_OUTGOING: u8 = 4;
+
+/// What arrives on one interface, as the cutover watcher sees it there: a packet socket
+/// opened before the frames of interest are sent, so none can be missed.
+pub struct FrameTap {
+    fd: OwnedFd,
+    dev: String,
+}
+
+impl FrameTap {
+    /// Starts receiving every frame arriving on `dev` in `ns`.
+    pub fn open(ns: &Netns, dev: &str) -> Result<Self> {
+        let fd = with_packet_socket(ns, dev, |fd, _| Ok(fd))?;
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: setsockopt(2) with a timeval we own, size as declared.
+        let set = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            return Err(LabError::io(
+                "setting a receive timeout",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Self {
+            fd,
+            dev: dev.to_owned(),
+        })
+    }
+
+    /// Waits (at most [`WAIT`]) for an arriving frame that `matches`; that frame.
+    pub fn wait_for(&self, what: &str, mut matches: impl FnMut(&[u8]) -> bool) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline {
+            // SAFETY: sockaddr_ll is plain data; recvfrom fills it.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: recvfrom(2) into a buffer and address we own, sizes as declared.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted => continue,
+                    _ => return Err(LabError::io(format!("receiving on {}", self.dev), e)),
+                }
+            }
+            let frame = &buf[..n as usize];
+            if from.sll_pkttype != PACKET_OUTGOING && matches(frame) {
+                return Ok(frame.to_vec());
+            }
+        }
+        Err(LabError::Timeout {
+            what: format!("{what} to arrive on {}", self.dev),
+            after: WAIT,
+        })
+    }
+
+    /// Waits for `frame` itself to arrive: byte for byte, but for trailing zero padding,
+    /// which the kernel may trim (bridge netfilter cuts an IPv4 frame to the packet's total
+    /// length; `frame` pads to Ethernet's 60 bytes).
+    pub fn wait_frame(&self, what: &str, frame: &[u8]) -> Result<()> {
+        self.wait_for(what, |got| {
+            got.len() >= ETHERNET_HEADER
+                && frame.starts_with(got)
+                && frame[got.len()..].iter().all(|&b| b == 0)
+        })
+        .map(drop)
+    }
+}
+
+/// Whether `frame` is an IPv4 packet (Ethernet, no VLAN tag) to `dst`.
+pub fn is_ipv4_to(frame: &[u8], dst: std::net::Ipv4Addr) -> bool {
+    frame.len() >= ETHERNET_HEADER + 20
+        && frame[12..14] == [0x08, 0x00]
+        && frame[ETHERNET_HEADER + 16..ETHERNET_HEADER + 20] == dst.octets()
 }

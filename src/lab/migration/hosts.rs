@@ -67,6 +67,45 @@ pub struct MigrationSection {
     pub via: String,
     /// `"auto"` or `"manual"` (role new).
     pub cutover: &'static str,
+    /// `subnets`: the VMs' subnets.
+    pub subnets: Vec<String>,
+    /// `table` (role new): where the VMs' replies are routed through the tunnel.
+    pub table: u32,
+    /// `fwmark` (role new): the mark that selects `table`.
+    pub fwmark: u32,
+}
+
+impl MigrationSection {
+    /// The scenario's section for `role`: the one subnet [`SUBNET`], [`TABLE`], [`FWMARK`].
+    pub fn new(role: &'static str, via: &str, cutover: &'static str) -> Self {
+        Self {
+            role,
+            via: via.to_owned(),
+            cutover,
+            subnets: vec![SUBNET.to_owned()],
+            table: TABLE,
+            fwmark: FWMARK,
+        }
+    }
+}
+
+/// A `[[vm]]` entry: a VM's interface on the host and its addresses.
+#[derive(Debug, Clone)]
+pub struct VmEntry {
+    /// `vif`, e.g. `vif0`.
+    pub vif: String,
+    /// `addresses`.
+    pub addresses: Vec<String>,
+}
+
+impl VmEntry {
+    /// The scenario's VM: [`VIF`] with [`VM_ADDR`].
+    pub fn scenario() -> Self {
+        Self {
+            vif: VIF.to_owned(),
+            addresses: vec![VM_ADDR.to_owned()],
+        }
+    }
 }
 
 /// One host's vmtun config.
@@ -86,6 +125,8 @@ pub struct HostConfig {
     pub peer_allowed_ips: Vec<String>,
     /// The move's section; `None` for a plain tunnel.
     pub migration: Option<MigrationSection>,
+    /// The `[[vm]]` entries (written only with a `[migration]` section).
+    pub vms: Vec<VmEntry>,
 }
 
 impl HostConfig {
@@ -98,11 +139,8 @@ impl HostConfig {
             peer_public: peer.public.clone(),
             peer_endpoint: format!("{NEW}:{TUNNEL_PORT}"),
             peer_allowed_ips: vec![format!("{TUNNEL_NEW}/32"), SUBNET.to_owned()],
-            migration: Some(MigrationSection {
-                role: "old",
-                via: TUNNEL_NEW.to_owned(),
-                cutover: "auto",
-            }),
+            migration: Some(MigrationSection::new("old", TUNNEL_NEW, "auto")),
+            vms: vec![VmEntry::scenario()],
         }
     }
 
@@ -116,11 +154,8 @@ impl HostConfig {
             peer_public: peer.public.clone(),
             peer_endpoint: format!("{OLD}:{TUNNEL_PORT}"),
             peer_allowed_ips: vec!["0.0.0.0/0".to_owned()],
-            migration: Some(MigrationSection {
-                role: "new",
-                via: TUNNEL_OLD.to_owned(),
-                cutover,
-            }),
+            migration: Some(MigrationSection::new("new", TUNNEL_OLD, cutover)),
+            vms: vec![VmEntry::scenario()],
         }
     }
 
@@ -138,16 +173,21 @@ impl HostConfig {
         );
         if let Some(m) = &self.migration {
             text += &format!(
-                "\n[migration]\nrole = {:?}\nsubnets = [{SUBNET:?}]\nvia = {:?}\nvif_prefix = {VIF_PREFIX:?}\n",
-                m.role, m.via
+                "\n[migration]\nrole = {:?}\nsubnets = {:?}\nvia = {:?}\nvif_prefix = {VIF_PREFIX:?}\n",
+                m.role, m.subnets, m.via
             );
             if m.role == "new" {
                 text += &format!(
-                    "bridge = {BRIDGE:?}\ntable = {TABLE}\nfwmark = {FWMARK}\ncutover = {:?}\n",
-                    m.cutover
+                    "bridge = {BRIDGE:?}\ntable = {}\nfwmark = {}\ncutover = {:?}\n",
+                    m.table, m.fwmark, m.cutover
                 );
             }
-            text += &format!("\n[[vm]]\nvif = {VIF:?}\naddresses = [{VM_ADDR:?}]\n");
+            for vm in &self.vms {
+                text += &format!(
+                    "\n[[vm]]\nvif = {:?}\naddresses = {:?}\n",
+                    vm.vif, vm.addresses
+                );
+            }
         }
         text
     }
@@ -245,6 +285,19 @@ impl<'a> HostVmtun<'a> {
         self.ns.run(&vmtun, &all)
     }
 
+    /// Runs `vmtun ARGS -c FILE` in the namespace to completion, whatever its exit status:
+    /// for tests of the command line's own output and exit codes.
+    pub fn output(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.ns
+            .command(&self.vmtun)
+            .args(args)
+            .arg("-c")
+            .arg(&self.path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| LabError::io(format!("running vmtun {}", args.join(" ")), e))
+    }
+
     /// `vmtun status -c FILE --json`.
     pub fn status(&self) -> Result<Value> {
         let out = self.command(&["status", "--json"])?;
@@ -329,6 +382,10 @@ pub struct CutoverState {
     pub removal_ns: Option<u64>,
     /// `migration.native_subnets`: what the kernel's set had seen arrive natively.
     pub native_subnets: Vec<String>,
+    /// `migration.cutover.waiting`: subnets whose first native packet is still awaited.
+    pub waiting: Vec<String>,
+    /// The subnet of every cutover record, in order.
+    pub cut_over: Vec<String>,
 }
 
 impl CutoverState {
@@ -336,6 +393,15 @@ impl CutoverState {
     pub fn from_status(status: &Value) -> Self {
         let cutover = &status["migration"]["cutover"];
         let record = &cutover["records"][0];
+        let strings = |list: &Value| -> Vec<String> {
+            list.as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         Self {
             phase: cutover["phase"].as_str().map(str::to_owned),
             latency_ns: record["latency_ns"].as_u64(),
@@ -343,11 +409,14 @@ impl CutoverState {
             rule_gone_time_unix_ns: record["rule_gone_time_unix_ns"].as_u64(),
             detection_delay_ns: record["detection_delay_ns"].as_u64(),
             removal_ns: record["removal_ns"].as_u64(),
-            native_subnets: status["migration"]["native_subnets"]
+            native_subnets: strings(&status["migration"]["native_subnets"]),
+            waiting: strings(&cutover["waiting"]),
+            cut_over: cutover["records"]
                 .as_array()
-                .map(|list| {
-                    list.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
+                .map(|records| {
+                    records
+                        .iter()
+                        .filter_map(|r| r["subnet"].as_str().map(str::to_owned))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -363,7 +432,19 @@ impl CutoverState {
 /// Whether vmtun's mark rule is in `ns`'s netfilter ruleset (rules carry the comment
 /// `vmtun mark <subnet>`).
 pub fn mark_rule_present(ns: &Netns) -> Result<bool> {
-    Ok(ns.run("nft", &["list", "ruleset"])?.contains("vmtun mark"))
+    Ok(!mark_rules(ns)?.is_empty())
+}
+
+/// The subnets of vmtun's mark rules in `ns`'s netfilter ruleset, as their comments
+/// `vmtun mark <subnet>` name them, in ruleset order.
+pub fn mark_rules(ns: &Netns) -> Result<Vec<String>> {
+    let ruleset = ns.run("nft", &["list", "ruleset"])?;
+    Ok(ruleset
+        .split("comment \"vmtun mark ")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The seed's setup of the new host (article step 4), by hand, next to a plain vmtun
