@@ -17,3 +17,12 @@ fi
 export RUST_BACKTRACE=1
 timeout --kill-after=30 1500 \
   cargo test --release -- --test-threads="${TEST_THREADS:-2}"
+
+# What the README relies on beyond the tests: the benches build, the per-packet path
+# allocates nothing (benches/alloc.rs exits non-zero if it does), and the fuzz targets
+# (their own workspace under fuzz/) still compile against the library.
+echo "test: building the benches, running the allocation check" >&2
+timeout --kill-after=30 900 cargo bench --no-run
+timeout --kill-after=30 300 cargo bench --bench alloc
+echo "test: checking the fuzz targets" >&2
+timeout --kill-after=30 600 cargo check --manifest-path fuzz/Cargo.toml --bins --examples
