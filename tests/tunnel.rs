@@ -191,17 +191,28 @@ fn restart_of_initiator_recovers() -> Result<()> {
     Ok(())
 }
 
+/// `vmtun down` stops a running `up`, which exits with success and leaves nothing behind.
 #[test]
 fn down_stops_the_instance_and_removes_the_device() -> Result<()> {
     preflight(&[]);
     let net = Pair::new("down")?;
     let (ca, _) = configs(true);
     let mut a = Vmtun::start(&net.a, &net.scratch, ca)?;
-    a.down()?;
-    check(!net.a.has_link(a.ifname()), || {
-        format!("{} still exists after `vmtun down`", a.ifname())
+    let stopped = a.down()?;
+    check(stopped.up.success(), || {
+        format!("vmtun up exited with {} after `vmtun down`", stopped.up)
     })?;
-    Ok(())
+    let said = format!(
+        "vmtun for {} stopped; its host changes are undone\n",
+        a.ifname()
+    );
+    check(stopped.stdout == said, || {
+        format!(
+            "`vmtun down` printed {:?}, expected {said:?}",
+            stopped.stdout
+        )
+    })?;
+    a.check_gone()
 }
 
 fn genpsk() -> String {
@@ -274,12 +285,11 @@ fn second_up_on_the_same_config_is_refused() -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM stops `up` cleanly: the TUN device, its address and the state file are gone,
-/// and the exit status is success.
-#[test]
-fn sigterm_removes_everything_up_made() -> Result<()> {
+/// A signal stops `up` cleanly: the TUN device, its address, the routes and the files in
+/// /run/vmtun are gone, and the exit status is success.
+fn signal_removes_everything_up_made(tag: &str, signal: libc::c_int) -> Result<()> {
     preflight(&[]);
-    let net = Pair::new("term")?;
+    let net = Pair::new(tag)?;
     let (ca, _) = configs(true);
     let routes_before = net.a.ip(&["route", "show", "table", "all"])?;
     let mut a = Vmtun::start(&net.a, &net.scratch, ca)?;
@@ -287,20 +297,25 @@ fn sigterm_removes_everything_up_made() -> Result<()> {
     check(net.a.has_link(&ifname), || {
         format!("{ifname} missing while up")
     })?;
-    let status = a.process_mut().expect("started").terminate(WAIT)?;
+    let status = a.stop_with(signal)?;
     check(status.success(), || {
-        format!("vmtun up exited with {status} on SIGTERM")
+        format!("vmtun up exited with {status} on signal {signal}")
     })?;
-    check(!net.a.has_link(&ifname), || {
-        format!("{ifname} survived SIGTERM")
-    })?;
-    let state = format!("/run/vmtun/{ifname}.json");
-    check(!std::path::Path::new(&state).exists(), || {
-        format!("{state} left behind")
-    })?;
+    a.check_gone()?;
     let routes_after = net.a.ip(&["route", "show", "table", "all"])?;
     check(routes_before == routes_after, || {
         format!("routes differ after exit:\nbefore:\n{routes_before}\nafter:\n{routes_after}")
     })?;
     Ok(())
+}
+
+#[test]
+fn sigterm_removes_everything_up_made() -> Result<()> {
+    signal_removes_everything_up_made("term", libc::SIGTERM)
+}
+
+/// Ctrl-C in the terminal `up` runs in.
+#[test]
+fn sigint_removes_everything_up_made() -> Result<()> {
+    signal_removes_everything_up_made("int", libc::SIGINT)
 }

@@ -5,7 +5,7 @@ use super::{KeyPair, LabError, Netns, PORT, Result, Scratch, TUNNEL_PREFIX, VMTU
 use ::vmtun::lab::{self, Process};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 /// One `[[peer]]` section.
@@ -68,6 +68,11 @@ impl VmtunCfg {
         }
     }
 
+    /// Writes [`Self::to_toml`] (mode 0600) into `scratch` as `<name>.toml`; its path.
+    pub fn write(&self, scratch: &Scratch) -> Result<PathBuf> {
+        scratch.write(&format!("{}.toml", self.name), &self.to_toml(), 0o600)
+    }
+
     /// The TOML text the user would write.
     pub fn to_toml(&self) -> String {
         let mut text = format!(
@@ -114,7 +119,7 @@ impl<'a> Vmtun<'a> {
     /// once the TUN device carries its address, the UDP port is bound and `vmtun status`
     /// answers.
     pub fn start(ns: &'a Netns, scratch: &Scratch, cfg: VmtunCfg) -> Result<Self> {
-        let path = scratch.write(&format!("{}.toml", cfg.name), &cfg.to_toml(), 0o600)?;
+        let path = cfg.write(scratch)?;
         let mut vmtun = Self {
             ns,
             log_dir: scratch.path().to_owned(),
@@ -212,14 +217,68 @@ impl<'a> Vmtun<'a> {
         Ok(())
     }
 
-    /// `vmtun down -c FILE` in the namespace, then waits for the `up` process to exit.
-    pub fn down(&mut self) -> Result<()> {
+    /// `vmtun down -c FILE` in the namespace (failing unless it succeeds), then waits for
+    /// the `up` process to exit by itself.
+    pub fn down(&mut self) -> Result<Stopped> {
         let path = self.path.to_string_lossy().into_owned();
-        self.ns.run(VMTUN, &["down", "-c", &path])?;
+        let stdout = self.ns.run(VMTUN, &["down", "-c", &path])?;
+        let up = self.wait_exit("after `vmtun down`")?;
+        Ok(Stopped { stdout, up })
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to `vmtun up` and waits for it to exit by
+    /// itself: no SIGKILL behind it, so a hang fails the test instead of hiding.
+    pub fn stop_with(&mut self, signal: libc::c_int) -> Result<ExitStatus> {
         if let Some(process) = self.process.as_mut() {
-            process.wait_timeout(WAIT)?;
+            process.signal(signal);
         }
-        Ok(())
+        self.wait_exit(&format!("after signal {signal}"))
+    }
+
+    fn wait_exit(&mut self, after: &str) -> Result<ExitStatus> {
+        let process = self.process.as_mut().ok_or_else(|| {
+            LabError::Failed(format!("vmtun {} was never started", self.cfg.name))
+        })?;
+        process.wait_timeout(WAIT).map_err(|e| {
+            LabError::Failed(format!(
+                "vmtun up did not exit {after}: {e}; stderr:\n{}",
+                process.stderr_tail()
+            ))
+        })
+    }
+
+    /// Which of this instance's files in `/run/vmtun` exist now.
+    pub fn leftover_files(&self) -> Vec<PathBuf> {
+        run_files(&self.cfg.name)
+            .into_iter()
+            .filter(|path| path.exists())
+            .collect()
+    }
+
+    /// Fails unless everything this instance made is gone: its TUN device and its
+    /// `/run/vmtun/<if>.{json,sock,lock}`. For after the process has exited.
+    pub fn check_gone(&self) -> Result<()> {
+        let mut left: Vec<String> = self
+            .leftover_files()
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        if self.ns.has_link(&self.cfg.name) {
+            left.push(format!(
+                "the device {} in {}",
+                self.cfg.name,
+                self.ns.name()
+            ));
+        }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Failed(format!(
+                "vmtun up for {} exited and left behind: {}",
+                self.cfg.name,
+                left.join(", ")
+            )))
+        }
     }
 
     /// The running process, for its logs.
@@ -241,13 +300,42 @@ impl<'a> Vmtun<'a> {
 
 impl Drop for Vmtun<'_> {
     fn drop(&mut self) {
-        // Stop the process first (its own guard would do it a moment later), then remove
-        // what a crashed instance may leave in the shared /run, for this device only.
+        // Stop the process first (its own guard would do it a moment later: SIGTERM, then
+        // SIGKILL). What it leaves in the shared /run is reported, never removed: deleting
+        // it here would hide a leak from every test. The names are unique per test, so a
+        // leftover cannot disturb another test; the namespaces go with the lab's guards.
         drop(self.process.take());
-        for ext in ["sock", "lock", "json"] {
-            let _ = std::fs::remove_file(format!("/run/vmtun/{}.{ext}", self.cfg.name));
+        let left = self.leftover_files();
+        if !left.is_empty() {
+            eprintln!(
+                "\n!!!! LEAK: vmtun up for {} exited and left {} behind (kept for inspection; \
+                 a test that stops it should assert Vmtun::check_gone) !!!!\n",
+                self.cfg.name,
+                left.iter()
+                    .map(|path| path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
+}
+
+/// The files `vmtun up` keeps for interface `name`: its state journal, control socket and
+/// instance lock.
+pub fn run_files(name: &str) -> Vec<PathBuf> {
+    ["json", "sock", "lock"]
+        .iter()
+        .map(|ext| PathBuf::from(format!("/run/vmtun/{name}.{ext}")))
+        .collect()
+}
+
+/// How a stopped `vmtun up` ended after `vmtun down`.
+#[derive(Debug)]
+pub struct Stopped {
+    /// What `vmtun down` printed.
+    pub stdout: String,
+    /// The exit status of `vmtun up`.
+    pub up: ExitStatus,
 }
 
 /// A parsed `vmtun status --json`.

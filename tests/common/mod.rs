@@ -9,7 +9,7 @@ pub mod instance;
 pub mod transfer;
 pub mod wggo;
 
-pub use instance::{PeerCfg, Status, Vmtun, VmtunCfg, run_vmtun};
+pub use instance::{PeerCfg, Status, Stopped, Vmtun, VmtunCfg, run_files, run_vmtun};
 pub use wggo::WgGo;
 
 pub use ::vmtun::lab::{self, LabError, Netns, Result, Scratch, wait_for, wait_until};
