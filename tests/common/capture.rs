@@ -39,7 +39,7 @@ impl Capture {
             result
         })?;
         ready_rx
-            .recv_timeout(Duration::from_secs(5))
+            .recv_timeout(super::WAIT)
             .map_err(|_| LabError::Failed("the capture socket did not open".into()))?;
         Ok(Self { stop, handle })
     }

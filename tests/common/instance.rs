@@ -209,6 +209,12 @@ impl<'a> Vmtun<'a> {
         })
     }
 
+    /// `vmtun status -c FILE`, the text a user reads, run in the instance's namespace.
+    pub fn status_text(&self) -> Result<String> {
+        let path = self.path.to_string_lossy().into_owned();
+        self.ns.run(VMTUN, &["status", "-c", &path])
+    }
+
     /// SIGKILL, as a crash: no cleanup runs.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(process) = self.process.as_mut() {
