@@ -201,6 +201,8 @@ const DRAIN: Duration = Duration::from_millis(500);
 const RESUME_WAIT: Duration = Duration::from_secs(30);
 /// How long the cutover may take to show before the run goes on without (a ceiling too).
 const CUTOVER_WAIT: Duration = Duration::from_secs(30);
+/// How long the handshake and the first reply may take before the run fails (a ceiling).
+const SETUP_WAIT: Duration = Duration::from_secs(30);
 
 struct Clock {
     events: Vec<(u64, String)>,
@@ -280,7 +282,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
             old_config,
         )?);
         progress("waiting for the handshake (ping through the tunnel)");
-        lab::wait_until(Duration::from_secs(10), "a ping through the tunnel", || {
+        lab::wait_until(SETUP_WAIT, "a ping through the tunnel", || {
             lab.old
                 .command("ping")
                 .args(["-c", "1", "-W", "1", "-q", TUNNEL_NEW])
@@ -299,7 +301,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     let target = SocketAddrV4::new(VM_ADDR.parse::<Ipv4Addr>().expect("constant"), ECHO_PORT);
     let prober = Prober::start(&lab.client, target, options.rate_hz)?;
     let warmup = clock.now("probes started");
-    lab::wait_until(Duration::from_secs(10), "the first probe reply", || {
+    lab::wait_until(SETUP_WAIT, "the first probe reply", || {
         prober.answered_since(0)
     })?;
     let t0 = clock.now("first reply: the VM answers on the old host");
