@@ -87,7 +87,7 @@ fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) 
     let tunnel = netcfg::TunnelParams {
         tun: config.interface.name.clone(),
         address: config.interface.address,
-        mtu: Some(config.interface.mtu.into()),
+        mtu: config.interface.mtu.into(),
     };
     let role = config.migration.as_ref().map(|m| match m.role {
         crate::config::Role::Old => netcfg::Role::Old(netcfg::OldParams {

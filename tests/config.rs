@@ -269,7 +269,14 @@ ip link set dev {IFACE} up
 /// Role old adds the subnet via the tunnel.
 const PLAN_OLD: &str = "\
 ip route add 203.0.113.0/29 via 100.64.0.2 dev {IFACE}
+nft add table ip vmtun
 ";
+
+/// Both roles clamp the MSS of TCP handshakes crossing the tunnel.
+const PLAN_CLAMP: &str = r#"nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'
+nft add rule ip vmtun forward oifname "{IFACE}" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment "vmtun mss into tunnel"
+nft add rule ip vmtun forward iifname "{IFACE}" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment "vmtun mss out of tunnel"
+"#;
 
 /// Role new adds the return path through the old site, and the kernel flip.
 const PLAN_NEW: &str = r#"ip route add default via 100.64.0.2 dev {IFACE} table 201
@@ -301,8 +308,8 @@ fn dry_run(role: Role) -> Result<()> {
     let (own, peer) = (vmtun_keypair(), vmtun_keypair());
     let iface = lab::unique_ifname("vt");
     let mut text = fill(GOOD, &iface, &own, &peer);
-    let role_plan = match role {
-        Role::Tunnel => "",
+    let (role_plan, clamp) = match role {
+        Role::Tunnel => ("", ""),
         Role::Old => {
             text = text.replace(
                 "[\"100.64.0.2/32\"]",
@@ -312,7 +319,7 @@ fn dry_run(role: Role) -> Result<()> {
         }
         Role::New => {
             text = text.replace("[\"100.64.0.2/32\"]", "[\"0.0.0.0/0\"]") + MIGRATION_NEW;
-            PLAN_NEW
+            (PLAN_NEW, PLAN_CLAMP)
         }
     };
     let path = net.scratch.write("dry.toml", &text, 0o600)?;
@@ -328,7 +335,7 @@ fn dry_run(role: Role) -> Result<()> {
     check(code == Some(0), || {
         format!("`up --dry-run` exited {code:?}: {stderr}")
     })?;
-    let expected = [PLAN_TUNNEL, role_plan, PLAN_END]
+    let expected = [PLAN_TUNNEL, role_plan, clamp, PLAN_END]
         .concat()
         .replace("{CONFIG}", &path)
         .replace("{IFACE}", &iface);

@@ -153,6 +153,28 @@ pub enum NftRuleKind {
         /// The cutover set the subnet is added to.
         set: String,
     },
+    /// `iifname|oifname "TUN" tcp flags syn / syn,rst tcp option maxseg size > MSS
+    /// counter tcp option maxseg size set MSS`: a TCP handshake crossing the tunnel agrees on
+    /// segments that fit its MTU, so full-size traffic needs no ICMP (which many paths
+    /// filter) to find the tunnel's smaller MTU.
+    ClampMss {
+        /// The tunnel device.
+        tun: String,
+        /// Whether the SYNs go into the tunnel or come out of it.
+        direction: Direction,
+        /// The largest MSS let through: the tunnel MTU less the IPv4 and TCP headers.
+        mss: u16,
+    },
+}
+
+/// Which way traffic crosses the tunnel device, for rules that match either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Routed into the tunnel (`oifname`).
+    Into,
+    /// Arrived from the tunnel (`iifname`).
+    OutOf,
 }
 
 impl NftRuleKind {
@@ -161,6 +183,10 @@ impl NftRuleKind {
         match self {
             NftRuleKind::Mark { subnet, .. } => format!("vmtun mark {subnet}"),
             NftRuleKind::Native { subnet, .. } => format!("vmtun native {subnet}"),
+            NftRuleKind::ClampMss { direction, .. } => match direction {
+                Direction::Into => "vmtun mss into tunnel".into(),
+                Direction::OutOf => "vmtun mss out of tunnel".into(),
+            },
         }
     }
 }
@@ -205,12 +231,16 @@ pub enum Change {
         /// Table name.
         name: String,
     },
-    /// A base chain in vmtun's table, `type filter hook prerouting priority mangle`.
+    /// A base chain in vmtun's table, `type filter hook HOOK priority mangle`.
     NftChain {
         /// Table name.
         table: String,
         /// Chain name.
         name: String,
+        /// Where it hooks (state files from before the forward chain have no such field:
+        /// their one chain hooked prerouting).
+        #[serde(default)]
+        hook: NftHook,
     },
     /// A dynamic set of IPv4 addresses (`flags dynamic`) that rules may fill from the
     /// packet path.
@@ -229,6 +259,26 @@ pub enum Change {
         /// What the rule does.
         rule: NftRuleKind,
     },
+}
+
+/// The netfilter hook of one of vmtun's base chains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NftHook {
+    /// Before routing: marking VM replies, noticing native packets.
+    #[default]
+    Prerouting,
+    /// Routed traffic: clamping the MSS of what crosses the tunnel.
+    Forward,
+}
+
+impl fmt::Display for NftHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NftHook::Prerouting => "prerouting",
+            NftHook::Forward => "forward",
+        })
+    }
 }
 
 /// Which way a change is being carried out, so an error can say "adding" or "removing".
@@ -272,7 +322,9 @@ impl Change {
                 (false, None) => format!("restoring sysctl {}", s.key),
             },
             Change::NftTable { name } => format!("{verb} nft table ip {name}"),
-            Change::NftChain { table, name } => format!("{verb} nft chain ip {table} {name}"),
+            Change::NftChain { table, name, .. } => {
+                format!("{verb} nft chain ip {table} {name}")
+            }
             Change::NftSet { table, name } => format!("{verb} nft set ip {table} {name}"),
             Change::NftRule { table, chain, rule } => {
                 format!(
@@ -356,6 +408,20 @@ impl fmt::Display for NftRuleKind {
                     "meta pkttype host iifname \"{bridge}\" ip daddr {subnet} counter add @{set} {{ ip daddr & {mask} }}"
                 )?;
             }
+            NftRuleKind::ClampMss {
+                tun,
+                direction,
+                mss,
+            } => {
+                let dir = match direction {
+                    Direction::Into => "oifname",
+                    Direction::OutOf => "iifname",
+                };
+                write!(
+                    f,
+                    "{dir} \"{tun}\" tcp flags syn / syn,rst tcp option maxseg size > {mss} counter tcp option maxseg size set {mss}"
+                )?;
+            }
         }
         write!(f, " comment \"{}\"", self.comment())
     }
@@ -378,9 +444,9 @@ impl fmt::Display for Change {
                 Ok(())
             }
             Change::NftTable { name } => write!(f, "nft add table ip {name}"),
-            Change::NftChain { table, name } => write!(
+            Change::NftChain { table, name, hook } => write!(
                 f,
-                "nft add chain ip {table} {name} '{{ type filter hook prerouting priority mangle; policy accept; }}'"
+                "nft add chain ip {table} {name} '{{ type filter hook {hook} priority mangle; policy accept; }}'"
             ),
             Change::NftSet { table, name } => write!(
                 f,
@@ -418,7 +484,9 @@ impl fmt::Display for Inverse<'_> {
                 None => write!(f, "sysctl -w {}=<previous>", s.key),
             },
             Change::NftTable { name } => write!(f, "nft delete table ip {name}"),
-            Change::NftChain { table, name } => write!(f, "nft delete chain ip {table} {name}"),
+            Change::NftChain { table, name, .. } => {
+                write!(f, "nft delete chain ip {table} {name}")
+            }
             Change::NftSet { table, name } => write!(f, "nft delete set ip {table} {name}"),
             Change::NftRule { table, chain, rule } => write!(
                 f,

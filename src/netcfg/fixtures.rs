@@ -9,7 +9,7 @@ pub(crate) fn tunnel() -> TunnelParams {
     TunnelParams {
         tun: "vmtun0".into(),
         address: "100.64.0.1/24".parse().unwrap(),
-        mtu: Some(1420),
+        mtu: 1420,
     }
 }
 

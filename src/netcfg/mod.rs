@@ -37,8 +37,8 @@ mod ns_tests;
 mod testns;
 
 pub use change::{
-    Action, Change, FwMark, Inverse, NF_IP_PRI_MANGLE, NftRuleKind, Route, Rule, Sysctl, SysctlKey,
-    TableId,
+    Action, Change, Direction, FwMark, Inverse, NF_IP_PRI_MANGLE, NftHook, NftRuleKind, Route,
+    Rule, Sysctl, SysctlKey, TableId,
 };
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};
@@ -46,8 +46,8 @@ pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_stat
 pub use nft::{MarkRemoval, MarkRemover, native_subnets, remove_mark_rule};
 pub use ops::NetOps;
 pub use plan::{
-    DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_NATIVE_SET, NFT_TABLE, NewParams, OldParams, Role,
-    TunnelParams, plan, vif_up,
+    DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_FORWARD_CHAIN, NFT_NATIVE_SET, NFT_TABLE, NewParams,
+    OldParams, Role, TunnelParams, plan, vif_up,
 };
 pub use prereq::check_prerequisites;
 pub use system::SystemOps;

@@ -24,7 +24,7 @@ use nftnl::expr::{
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
 
-use super::change::{Action, Change, NF_IP_PRI_MANGLE, NftRuleKind};
+use super::change::{Action, Change, Direction, NF_IP_PRI_MANGLE, NftHook, NftRuleKind};
 use super::error::{Cause, NetError};
 use super::nfsock::NfSock;
 use super::plan::{NFT_CHAIN, NFT_NATIVE_SET};
@@ -226,9 +226,81 @@ impl Expression for MetaPktType {
     }
 }
 
-fn chain<'a>(table: &'a Table, name: &CStr) -> Chain<'a> {
+/// `payload load LEN bytes @ transport header + OFFSET => reg 1` (nftnl's `Payload::Transport`
+/// has no field for TCP flags, and its raw variant names byte offsets `offset_bits`).
+struct TransportBytes {
+    offset: u32,
+    len: u32,
+}
+
+impl Expression for TransportBytes {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: libnftnl allocation and setters.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"payload".as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            let set = |attr: u32, v: u32| sys::nftnl_expr_set_u32(p, attr as u16, v);
+            set(sys::NFTNL_EXPR_PAYLOAD_DREG, libc::NFT_REG_1 as u32);
+            set(
+                sys::NFTNL_EXPR_PAYLOAD_BASE,
+                libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+            );
+            set(sys::NFTNL_EXPR_PAYLOAD_OFFSET, self.offset);
+            set(sys::NFTNL_EXPR_PAYLOAD_LEN, self.len);
+            e
+        }
+    }
+}
+
+/// TCP option kind 2, maximum segment size (RFC 9293).
+const TCPOPT_MAXSEG: u32 = 2;
+/// `NFT_EXTHDR_OP_TCPOPT` (linux/netfilter/nf_tables.h): the exthdr expression works on TCP
+/// options.
+const NFT_EXTHDR_OP_TCPOPT: u32 = 1;
+
+/// `tcp option maxseg size` (2 bytes after the option's kind and length) loaded into
+/// register 1, or written from it. The kernel never raises an MSS this way, and a SYN
+/// without the option is left alone.
+struct TcpMss {
+    write: bool,
+}
+
+impl Expression for TcpMss {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: libnftnl allocation and setters.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"exthdr".as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            let set = |attr: u32, v: u32| sys::nftnl_expr_set_u32(p, attr as u16, v);
+            set(sys::NFTNL_EXPR_EXTHDR_OP, NFT_EXTHDR_OP_TCPOPT);
+            set(sys::NFTNL_EXPR_EXTHDR_TYPE, TCPOPT_MAXSEG);
+            set(sys::NFTNL_EXPR_EXTHDR_OFFSET, 2);
+            set(sys::NFTNL_EXPR_EXTHDR_LEN, 2);
+            let reg = if self.write {
+                sys::NFTNL_EXPR_EXTHDR_SREG
+            } else {
+                sys::NFTNL_EXPR_EXTHDR_DREG
+            };
+            set(reg, libc::NFT_REG_1 as u32);
+            e
+        }
+    }
+}
+
+/// Byte 13 of the TCP header: the flags.
+const TCP_FLAGS_OFFSET: u32 = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+fn chain<'a>(table: &'a Table, name: &CStr, hook: NftHook) -> Chain<'a> {
     let mut c = Chain::new(name, table);
-    c.set_hook(Hook::PreRouting, NF_IP_PRI_MANGLE);
+    let hook = match hook {
+        NftHook::Prerouting => Hook::PreRouting,
+        NftHook::Forward => Hook::Forward,
+    };
+    c.set_hook(hook, NF_IP_PRI_MANGLE);
     c.set_type(ChainType::Filter);
     c.set_policy(Policy::Accept);
     c
@@ -286,6 +358,33 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
             // constant loaded with `immediate` would do the same, but nft cannot type it
             // when listing the rule.
             r.add_expr(&DynsetAdd { set: cstring(set)? });
+        }
+        NftRuleKind::ClampMss {
+            tun,
+            direction,
+            mss,
+        } => {
+            r.add_expr(&match direction {
+                Direction::Into => Meta::OifName,
+                Direction::OutOf => Meta::IifName,
+            });
+            r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(tun)?)));
+            r.add_expr(&Meta::L4Proto);
+            r.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_TCP as u8));
+            r.add_expr(&TransportBytes {
+                offset: TCP_FLAGS_OFFSET,
+                len: 1,
+            });
+            r.add_expr(&Bitwise::new(TCP_SYN | TCP_RST, 0u8));
+            r.add_expr(&Cmp::new(CmpOp::Eq, TCP_SYN));
+            // Registers hold the option in network byte order; compared as bytes, a
+            // big-endian u16 orders as the number does.
+            let mss = mss.to_be_bytes();
+            r.add_expr(&TcpMss { write: false });
+            r.add_expr(&Cmp::new(CmpOp::Gt, &mss[..]));
+            r.add_expr(&Counter);
+            r.add_expr(&Immediate::new(mss, Register::Reg1));
+            r.add_expr(&TcpMss { write: true });
         }
     }
     r.set_comment(cstring(&kind.comment())?)
@@ -506,9 +605,9 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
             }
             commit(batch)?;
         }
-        Change::NftChain { table, name } => {
+        Change::NftChain { table, name, hook } => {
             let t = Table::new(cstring(table)?, FAMILY);
-            let ch = chain(&t, &cstring(name)?);
+            let ch = chain(&t, &cstring(name)?, *hook);
             if add {
                 batch.add(&Exclusive(&ch), MsgType::Add);
             } else {

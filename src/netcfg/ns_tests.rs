@@ -110,6 +110,9 @@ fn role_new_applies_and_undo_restores_everything() {
         "flags dynamic",
         "meta pkttype host iifname \"br0\" ip daddr 203.0.113.0/29 counter packets 0 bytes 0 add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
         "iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter packets 0 bytes 0 meta mark set 0x00000001 comment \"vmtun mark 203.0.113.0/29\"",
+        "type filter hook forward priority mangle; policy accept;",
+        "oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter packets 0 bytes 0 tcp option maxseg size set 1380 comment \"vmtun mss into tunnel\"",
+        "iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter packets 0 bytes 0 tcp option maxseg size set 1380 comment \"vmtun mss out of tunnel\"",
     ] {
         assert!(nft.contains(want), "missing {want:?} in\n{nft}");
     }

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::change::{Change, FwMark, NftRuleKind, Route, Rule, Sysctl, SysctlKey, TableId};
+use super::change::{
+    Change, Direction, FwMark, NftHook, NftRuleKind, Route, Rule, Sysctl, SysctlKey, TableId,
+};
 
 /// Name of vmtun's own nftables table (family `ip`). It is created exclusively, so a second
 /// instance on the same host fails with `File exists` instead of sharing it.
@@ -13,6 +15,11 @@ pub const NFT_TABLE: &str = "vmtun";
 /// The base chain in [`NFT_TABLE`], hooked at prerouting with mangle priority like the
 /// seed's `iptables -t mangle -A PREROUTING`.
 pub const NFT_CHAIN: &str = "prerouting";
+/// The base chain in [`NFT_TABLE`] for routed traffic: the MSS clamp of TCP handshakes
+/// crossing the tunnel.
+pub const NFT_FORWARD_CHAIN: &str = "forward";
+/// An IPv4 header and a TCP header without options: the MTU less this is the MSS.
+const IPV4_TCP_HEADERS: u32 = 40;
 /// The cutover set: holds a subnet's network address once a packet for it arrived natively.
 pub const NFT_NATIVE_SET: &str = "native";
 /// Default priority of the `fwmark` policy rule: before `main` (32766), after `local` (0),
@@ -26,8 +33,8 @@ pub struct TunnelParams {
     pub tun: String,
     /// This host's address inside the tunnel; its connected route comes with it.
     pub address: IpNet,
-    /// MTU to set, if configured.
-    pub mtu: Option<u32>,
+    /// The tunnel device's MTU.
+    pub mtu: u32,
 }
 
 /// The old host's side of a migration: the VM subnets go through the tunnel once the VMs
@@ -88,13 +95,11 @@ pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
         dev: tun.clone(),
         addr: tunnel.address,
     }];
-    if let Some(mtu) = tunnel.mtu {
-        p.push(Change::Mtu {
-            dev: tun.clone(),
-            mtu,
-            previous: None,
-        });
-    }
+    p.push(Change::Mtu {
+        dev: tun.clone(),
+        mtu: tunnel.mtu,
+        previous: None,
+    });
     // Up before routes: the kernel installs the connected route (which the gateways below
     // need) only on a link that is up.
     p.push(Change::LinkUp {
@@ -112,10 +117,41 @@ pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
                     table: TableId::MAIN,
                 }));
             }
+            p.push(Change::NftTable {
+                name: NFT_TABLE.into(),
+            });
+            clamp_mss(&mut p, tunnel);
         }
-        Some(Role::New(n)) => plan_new(&mut p, tun, n),
+        Some(Role::New(n)) => {
+            plan_new(&mut p, tun, n);
+            clamp_mss(&mut p, tunnel);
+        }
     }
     p
+}
+
+/// The forward chain in vmtun's table (which must come before it in the plan) and the
+/// MSS clamp of TCP handshakes routed into the tunnel and out of it: both directions on
+/// both hosts, so a connection's segments fit the tunnel even when the other end is a
+/// plain WireGuard peer.
+fn clamp_mss(p: &mut Vec<Change>, tunnel: &TunnelParams) {
+    p.push(Change::NftChain {
+        table: NFT_TABLE.into(),
+        name: NFT_FORWARD_CHAIN.into(),
+        hook: NftHook::Forward,
+    });
+    let mss = u16::try_from(tunnel.mtu.saturating_sub(IPV4_TCP_HEADERS)).unwrap_or(u16::MAX);
+    for direction in [Direction::Into, Direction::OutOf] {
+        p.push(Change::NftRule {
+            table: NFT_TABLE.into(),
+            chain: NFT_FORWARD_CHAIN.into(),
+            rule: NftRuleKind::ClampMss {
+                tun: tunnel.tun.clone(),
+                direction,
+                mss,
+            },
+        });
+    }
 }
 
 fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams) {
@@ -151,6 +187,7 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams) {
     p.push(Change::NftChain {
         table: table.clone(),
         name: chain.clone(),
+        hook: NftHook::Prerouting,
     });
     p.push(Change::NftSet {
         table: table.clone(),
@@ -237,16 +274,21 @@ mod tests {
             via: "100.64.0.2".parse().unwrap(),
         });
         let t = TunnelParams {
-            mtu: None,
+            mtu: 1400,
             ..tunnel()
         };
         assert_eq!(
             lines(&plan(&t, Some(&role))),
             [
                 "ip addr add 100.64.0.1/24 dev vmtun0",
+                "ip link set dev vmtun0 mtu 1400",
                 "ip link set dev vmtun0 up",
                 "ip route add 203.0.113.0/29 via 100.64.0.2 dev vmtun0",
                 "ip route add 198.51.100.8/29 via 100.64.0.2 dev vmtun0",
+                "nft add table ip vmtun",
+                "nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
+                "nft add rule ip vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss into tunnel\"",
+                "nft add rule ip vmtun forward iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss out of tunnel\"",
             ]
         );
     }
@@ -268,6 +310,9 @@ mod tests {
                 "nft add set ip vmtun native '{ type ipv4_addr; flags dynamic; }'",
                 "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" ip daddr 203.0.113.0/29 counter add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
                 "nft add rule ip vmtun prerouting iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter meta mark set 0x1 comment \"vmtun mark 203.0.113.0/29\"",
+                "nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
+                "nft add rule ip vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment \"vmtun mss into tunnel\"",
+                "nft add rule ip vmtun forward iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment \"vmtun mss out of tunnel\"",
             ]
         );
     }
