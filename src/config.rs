@@ -332,17 +332,31 @@ fn prefix(field: &str, text: &str, network: bool) -> Result<IpNet, ConfigError> 
     Ok(net)
 }
 
+/// `IPv4:PORT` or `[IPv6]:PORT`. A v4-mapped IPv6 address (`[::ffff:198.18.0.2]`) is
+/// taken as the IPv4 address it stands for, the form the tunnel uses for IPv4 peers.
+fn endpoint(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let Ok(addr) = text.parse::<SocketAddr>() else {
+        let hint = if text.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+            "it has no port"
+        } else {
+            "names are not resolved"
+        };
+        return err(format!(
+            "{field}: {text:?} is not IP:PORT like 198.51.100.7:51820 or [2001:db8::1]:51820 ({hint})"
+        ));
+    };
+    if addr.port() == 0 {
+        return err(format!("{field}: {text}: port 0 cannot be sent to"));
+    }
+    Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
+}
+
 fn peer(raw: RawPeer, i: usize) -> Result<Peer, ConfigError> {
     let field = |name: &str| format!("peer[{i}].{name}");
     let public_key = PublicKey::from_base64(&raw.public_key)
         .or_else(|e| err(format!("{}: {e}", field("public_key"))))?;
     let endpoint = match raw.endpoint {
-        Some(text) => Some(text.parse::<SocketAddr>().or_else(|_| {
-            err(format!(
-                "{}: {text:?} is not IP:PORT (names are not resolved)",
-                field("endpoint")
-            ))
-        })?),
+        Some(text) => Some(endpoint(&field("endpoint"), &text)?),
         None => None,
     };
     let mut allowed_ips = Vec::with_capacity(raw.allowed_ips.len());
@@ -617,6 +631,11 @@ addresses = ["203.0.113.2"]
             (g.replace("203.0.113.0/29\"]\n\n[migration]", "203.0.113.0/33\"]\n\n[migration]"), "peer[0].allowed_ips"),
             (g.replace("\"203.0.113.0/29\"]\n\n[migration]", "\"203.0.113.1/29\"]\n\n[migration]"), "host bits set"),
             (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"old.example:51820\""), "peer[0].endpoint"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"2001:db8::1:51820\""), "peer[0].endpoint: \"2001:db8::1:51820\" is not IP:PORT like 198.51.100.7:51820 or [2001:db8::1]:51820 (names are not resolved)"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"2001:db8::1\""), "(it has no port)"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]:junk\""), "peer[0].endpoint: \"[2001:db8::1]:junk\" is not IP:PORT"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]\""), "(it has no port)"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]:0\""), "peer[0].endpoint: [2001:db8::1]:0: port 0"),
             (g.replace("address = \"100.64.0.1/24\"\n", ""), "missing field `address`"),
             (g.replace("name = \"vmtun0\"", "name = \"a-name-far-too-long\""), "interface.name"),
             (g.replace("role = \"old\"", "role = \"sideways\""), "unknown variant `sideways`"),
@@ -649,6 +668,21 @@ addresses = ["203.0.113.2"]
             assert!(e.contains(expected), "expected {expected:?} in {e:?}");
             assert!(!e.contains('\n'), "error spans several lines: {e:?}");
         }
+    }
+
+    #[test]
+    fn endpoints_may_be_ipv6_and_v4_mapped_ones_are_ipv4() {
+        let with = |endpoint: &str| {
+            parse(&good().replace("198.18.0.2:51820", endpoint))
+                .unwrap()
+                .peers[0]
+                .endpoint
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(with("[2001:db8:18::2]:51820"), "[2001:db8:18::2]:51820");
+        assert_eq!(with("[::ffff:198.18.0.2]:51820"), "198.18.0.2:51820");
+        assert_eq!(with("198.18.0.2:51820"), "198.18.0.2:51820");
     }
 
     #[test]

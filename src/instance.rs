@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
@@ -126,6 +126,16 @@ async fn run_driver(
     let mut tunnel = Tunnel::new(tunnel_config(config), Instant::now(), SystemTime::now());
     tunnel.set_mtu(config.interface.mtu.into());
     let udp = crate::udp::Udp::new(udp)?;
+    if !udp.is_dual_stack() {
+        for (i, peer) in config.peers.iter().enumerate() {
+            if let Some(endpoint) = peer.endpoint.filter(SocketAddr::is_ipv6) {
+                tracing::warn!(
+                    "peer[{i}].endpoint {endpoint} is IPv6 but the UDP socket is IPv4 only: \
+                     that peer is reachable only if it contacts this host over IPv4"
+                );
+            }
+        }
+    }
     tracing::info!(
         "{} up: {} on UDP port {}, {} peer(s)",
         config.interface.name,
@@ -318,8 +328,7 @@ fn lock(config: &Config, paths: &Paths) -> anyhow::Result<InstanceLock> {
 }
 
 fn bind_udp(port: u16) -> anyhow::Result<std::net::UdpSocket> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    let socket = std::net::UdpSocket::bind(addr)
+    let socket = crate::udp::bind(port)
         .with_context(|| format!("interface.listen_port: cannot bind UDP port {port}"))?;
     for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
         // Best effort: the kernel clamps to net.core.[rw]mem_max.

@@ -2,10 +2,17 @@
 //! `recvmmsg` with UDP GRO (the kernel hands over many same-flow datagrams in one buffer)
 //! and `sendmsg` with UDP GSO (one call sends up to 64 equal-size datagrams). quinn-udp
 //! probes what the kernel supports and falls back to one datagram per call.
+//!
+//! The socket is dual-stack (`[::]:port`, `IPV6_V6ONLY` off) so IPv4 and IPv6 peers reach
+//! the same port; on a host without IPv6 it is a plain IPv4 socket. Either way the rest of
+//! vmtun sees plain addresses: IPv4 senders arrive as IPv4 (never `::ffff:a.b.c.d`), and
+//! IPv4 destinations are mapped here when the socket is IPv6.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
@@ -21,6 +28,53 @@ pub const GSO_MAX_BYTES: usize = 65000;
 pub struct Udp {
     socket: std::net::UdpSocket,
     state: UdpSocketState,
+    /// An `AF_INET6` socket: IPv4 destinations must be written v4-mapped.
+    v6: bool,
+}
+
+/// Binds the tunnel's UDP port: dual-stack `[::]:port` where the host has IPv6, else
+/// `0.0.0.0:port` (and says so once, in the log). A port in use is an error either way.
+pub fn bind(port: u16) -> io::Result<std::net::UdpSocket> {
+    let why_not_v6 = if ipv6_disabled() {
+        "IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1)".to_string()
+    } else {
+        match bind_dual_stack(port) {
+            Ok(socket) => return Ok(socket),
+            Err(e) if no_ipv6(&e) => format!("no IPv6 here ({e})"),
+            Err(e) => return Err(e),
+        }
+    };
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    tracing::info!("UDP port {port}: IPv4 only: {why_not_v6}; IPv6 peers cannot reach this host");
+    Ok(socket)
+}
+
+/// `[::]:port` with `IPV6_V6ONLY` off, whatever `net.ipv6.bindv6only` says.
+fn bind_dual_stack(port: u16) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    socket.set_only_v6(false)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(socket.into())
+}
+
+/// The errors that mean "this host (or namespace) has no IPv6", not "this port is taken".
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// IPv6 switched off by sysctl in this network namespace. A dual-stack socket would still
+/// carry IPv4 there, but an IPv4 socket is what such a host had before IPv6 support.
+fn ipv6_disabled() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .is_ok_and(|v| v.trim() == "1")
+}
+
+/// `addr` as the core sees it: an IPv4 sender on a dual-stack socket becomes plain IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 impl Udp {
@@ -28,7 +82,13 @@ impl Udp {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
-        Ok(Self { socket, state })
+        let v6 = socket.local_addr()?.is_ipv6();
+        Ok(Self { socket, state, v6 })
+    }
+
+    /// Whether IPv6 peers can be reached: the socket is dual-stack, not IPv4 only.
+    pub fn is_dual_stack(&self) -> bool {
+        self.v6
     }
 
     /// How many datagrams one [`Udp::try_send`] may carry.
@@ -63,9 +123,20 @@ impl Udp {
 
     /// Sends `contents` to `to`: one datagram, or several of `segment` bytes each (the last
     /// may be shorter) in one GSO call. A full socket buffer drops them (as a NIC would).
+    /// Port 0 is refused here: the kernel would answer EINVAL, and quinn-udp takes that as
+    /// "no GSO" and turns it off for the whole socket.
     pub fn try_send(&self, to: SocketAddr, contents: &[u8], segment: usize) -> io::Result<()> {
+        if to.port() == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let destination = match to {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0).into()
+            }
+            _ => to,
+        };
         let transmit = Transmit {
-            destination: to,
+            destination,
             ecn: None,
             contents,
             segment_size: (segment < contents.len()).then_some(segment),
@@ -115,7 +186,7 @@ impl UdpRx {
         self.drained
     }
 
-    /// The datagrams of the last receive, each with its sender.
+    /// The datagrams of the last receive, each with its sender (IPv4 senders as IPv4).
     pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.bufs
             .iter()
@@ -123,9 +194,10 @@ impl UdpRx {
             .take(self.count)
             .flat_map(|(buf, meta)| {
                 let stride = meta.stride.max(1);
+                let from = canonical(meta.addr);
                 buf[..meta.len.min(buf.len())]
                     .chunks(stride)
-                    .map(move |d| (meta.addr, d))
+                    .map(move |d| (from, d))
             })
     }
 }
@@ -241,5 +313,67 @@ mod tests {
         assert_eq!(firsts, [2, 3, 4]);
         let e = udp.try_recv(&mut rx).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// The one datagram queued on `udp` (after a short wait for loopback).
+    fn recv_one(udp: &Udp) -> (SocketAddr, Vec<u8>) {
+        let mut rx = UdpRx::new();
+        for _ in 0..100 {
+            if udp.try_recv(&mut rx).is_ok() {
+                let (from, d) = rx.datagrams().next().unwrap();
+                return (from, d.to_vec());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("nothing arrived");
+    }
+
+    #[test]
+    fn a_dual_stack_socket_shows_ipv4_senders_as_ipv4_and_answers_them() {
+        let udp = Udp::new(bind_dual_stack(0).unwrap()).unwrap();
+        assert!(udp.is_dual_stack());
+        let port = udp.socket.local_addr().unwrap().port();
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        v4.send_to(b"hello", ("127.0.0.1", port)).unwrap();
+        let (from, d) = recv_one(&udp);
+        assert_eq!(from, v4.local_addr().unwrap(), "not ::ffff:127.0.0.1");
+        assert_eq!(d, b"hello");
+        // Back to a plain IPv4 address, two segments in one GSO send.
+        udp.try_send(from, &[7; 200], 100).unwrap();
+        let mut buf = [0; 300];
+        v4.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(v4.recv(&mut buf).unwrap(), 100);
+        assert_eq!(v4.recv(&mut buf).unwrap(), 100);
+
+        let v6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        v6.send_to(b"six", ("::1", port)).unwrap();
+        let (from, d) = recv_one(&udp);
+        assert_eq!((from, &d[..]), (v6.local_addr().unwrap(), &b"six"[..]));
+        udp.try_send(from, b"back", 4).unwrap();
+        v6.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(v6.recv(&mut buf).unwrap(), 4);
+    }
+
+    #[test]
+    fn port_0_is_refused_before_it_can_cost_the_socket_its_gso() {
+        let (udp, _tx) = pair();
+        let segments = udp.max_segments();
+        let to: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let e = udp.try_send(to, &[0; 200], 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(udp.max_segments(), segments);
+    }
+
+    #[test]
+    fn only_v4_mapped_addresses_change() {
+        for (input, want) in [
+            ("[::ffff:198.18.0.1]:51820", "198.18.0.1:51820"),
+            ("198.18.0.1:51820", "198.18.0.1:51820"),
+            ("[2001:db8:18::1]:51820", "[2001:db8:18::1]:51820"),
+        ] {
+            assert_eq!(canonical(input.parse().unwrap()).to_string(), want);
+        }
     }
 }

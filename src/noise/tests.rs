@@ -937,6 +937,20 @@ fn cookie_from_another_address_does_not_help() {
 }
 
 #[test]
+fn an_authenticated_packet_from_port_0_never_becomes_the_endpoint() {
+    let mut p = Pair::new();
+    p.establish();
+    let changes = |p: &Pair| p.count(Side::B, |e| matches!(e, Event::EndpointChanged { .. }));
+    let (changed, delivered) = (changes(&p), p.b.delivered.len());
+    p.a.addr = addr("198.18.5.5:0");
+    p.send(Side::A, &ipv4(A_IP, B_IP, b"from port 0"));
+    p.pump();
+    assert_eq!(p.b.delivered.len(), delivered + 1, "authentic: delivered");
+    assert_eq!(changes(&p), changed, "{:?}", p.events(Side::B));
+    assert_eq!(p.status(Side::B).endpoint, Some(addr("198.18.0.1:51820")));
+}
+
+#[test]
 fn endpoint_roams_to_the_latest_authenticated_source() {
     let mut p = Pair::new();
     p.establish();
