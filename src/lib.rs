@@ -12,10 +12,13 @@
 //!   socket, signals and the VM-interface watcher run on a small tokio runtime and reach
 //!   it through a handle. [`busy_poll`] is its policy for spinning briefly after traffic
 //!   instead of sleeping.
+//! - [`check`]: `vmtun check`, the preflight that reads the host (facts) and judges it in
+//!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
 
 pub mod busy_poll;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod cutover;

@@ -22,6 +22,7 @@ use vmtun::keys::{PresharedKey, PrivateKey};
     after_help = "Examples:
   vmtun keygen > /etc/vmtun/private.key && chmod 600 /etc/vmtun/private.key
   vmtun pubkey < /etc/vmtun/private.key          # give this to the other host
+  vmtun check -c /etc/vmtun/vmtun.toml           # is this host ready for the move?
   vmtun up -c /etc/vmtun/vmtun.toml --dry-run    # every change up would make
   vmtun up -c /etc/vmtun/vmtun.toml              # runs in the foreground
   vmtun status -c /etc/vmtun/vmtun.toml          # peers, traffic, cutover
@@ -49,9 +50,29 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Print every change to the host that `up` would make, and change nothing.
+        /// Change nothing: run `vmtun check` (its checklist on stderr), then print every
+        /// change `up` would make on stdout. If a check FAILs, `up` would refuse or the move
+        /// would fail: no plan is printed and the exit status is 1.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Check that this host is ready for `up` and the move; changes nothing.
+    ///
+    /// Prints one line per check, `ok`, `warn` or `FAIL`, with what to do about a problem:
+    /// the config; root; the clock (handshakes carry a timestamp); forwarding; rtnetlink and
+    /// nftables answering; the TUN name, the bridge (role new) and the VM interfaces; the
+    /// routing table, fwmark and rule priority (role new) unused by anything else; the UDP
+    /// port free; per peer, a handshake and the path MTU towards its endpoint.
+    ///
+    /// When `vmtun up` runs for this config, what it set up is its own (not a conflict) and
+    /// the handshake is its latest. Otherwise check binds the listen port for about 2.5 s
+    /// and sends the peer one handshake initiation; the peer's vmtun answers it and keeps
+    /// running unchanged. Run it on both hosts before the move; exit status 1 if any line
+    /// FAILs (warnings do not change it).
+    Check {
+        /// Config file (TOML), as for `up`.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
     },
     /// Stop a running instance; clean up after one that was killed.
     Down {
@@ -130,7 +151,20 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up { config, dry_run } => {
             let config = Config::load(&config)?;
+            if dry_run {
+                vmtun::check::before_dry_run(&config)?;
+            }
             vmtun::instance::run(config, dry_run)?;
+        }
+        Command::Check { config } => {
+            let list = vmtun::check::check_file(&config);
+            print!("{list}");
+            if !list.passed() {
+                anyhow::bail!(
+                    "check: {} FAIL line(s) above",
+                    list.count(vmtun::check::Verdict::Fail)
+                );
+            }
         }
         Command::Down { config } => {
             let config = Config::load(&config)?;

@@ -1,0 +1,131 @@
+//! What the checks look at, as plain values: gathered from the host by [`super::gather`]
+//! (the only part that does I/O) and judged by [`super::evaluate`] (pure, unit-tested).
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::control::Status;
+use crate::netcfg::Change;
+
+/// An address family the host may have to forward. Only IPv4 subnets are configurable
+/// today; IPv6 slots in with its own sysctl when the config accepts IPv6 subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4: `net.ipv4.ip_forward`.
+    V4,
+}
+
+impl Family {
+    /// The sysctl that turns forwarding on for this family, as sysctl(8) spells it.
+    pub fn forwarding_sysctl(self) -> &'static str {
+        match self {
+            Family::V4 => "net.ipv4.ip_forward",
+        }
+    }
+}
+
+/// A policy rule found on the host (`ip rule`), reduced to what can clash with vmtun's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFact {
+    /// Its priority.
+    pub priority: u32,
+    /// The mark it matches, if any.
+    pub fwmark: Option<u32>,
+    /// The table it looks up, if any.
+    pub table: Option<u32>,
+}
+
+/// A route found in the migration's routing table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFact {
+    /// Its destination prefix.
+    pub dest: IpNet,
+    /// Its output interface, if named.
+    pub dev: Option<String>,
+}
+
+/// Whether a `vmtun up` for this config runs now.
+#[derive(Debug, Clone)]
+pub enum Instance {
+    /// Nothing answers on the control socket.
+    NotRunning,
+    /// It answered `status`.
+    Running(Box<Status>),
+}
+
+/// The listen port, tried by binding it (and letting go again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Port {
+    /// Bound: nobody else has it.
+    Free,
+    /// `Address already in use`.
+    InUse,
+    /// Another error, as text.
+    Error(String),
+    /// Not tried: this config's vmtun holds it.
+    Held,
+}
+
+/// What became of the handshake with one peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handshake {
+    /// The peer has no endpoint: it will be learned from the peer's first handshake.
+    NoEndpoint,
+    /// The probe's initiation was answered by a valid response.
+    Completed {
+        /// From sending the initiation to receiving the response.
+        rtt: Duration,
+    },
+    /// The running instance's latest handshake with this peer (`None`: never).
+    Latest(Option<Duration>),
+    /// The endpoint answered with ICMP port unreachable: nothing listens there.
+    Refused,
+    /// Silence for this long.
+    NoAnswer(Duration),
+    /// The initiation could not be sent (no route, wrong family...).
+    SendFailed(String),
+    /// Not probed because the listen port could not be bound.
+    NotProbed,
+}
+
+/// One peer's facts, in config order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerFact {
+    /// The endpoint probed (configured, or learned by the running instance).
+    pub endpoint: Option<SocketAddr>,
+    /// The handshake outcome.
+    pub handshake: Handshake,
+    /// The path MTU towards the endpoint (the route's MTU), when there is one.
+    pub path_mtu: Option<Result<u32, String>>,
+}
+
+/// Everything the checks judge. `Err(String)` means the fact could not be read; the text
+/// says why.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Whether we run as root (up needs it; nftables and /run/vmtun are root's).
+    pub root: bool,
+    /// The wall clock.
+    pub now: SystemTime,
+    /// The forwarding sysctl of each family the move needs, as read.
+    pub forwarding: Vec<(Family, Result<String, String>)>,
+    /// Interface names (an rtnetlink dump).
+    pub links: Result<Vec<String>, String>,
+    /// IPv4 policy rules.
+    pub rules: Result<Vec<RuleFact>, String>,
+    /// Routes in the migration table (role new), IPv4.
+    pub table_routes: Result<Vec<RouteFact>, String>,
+    /// Names of the `ip` family nftables tables (a netfilter netlink dump).
+    pub nft_tables: Result<Vec<String>, String>,
+    /// Whether this config's vmtun runs.
+    pub instance: Instance,
+    /// The host changes recorded in this config's state file: vmtun's own objects
+    /// (`None`: no state file).
+    pub own: Option<Vec<Change>>,
+    /// The listen port.
+    pub port: Port,
+    /// One entry per configured peer.
+    pub peers: Vec<PeerFact>,
+}

@@ -1,0 +1,132 @@
+//! The I/O half of the checks: reads the host into [`Facts`] and changes nothing. The
+//! listen port is bound only for the handshake probe and released when it ends.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Config, Role};
+use crate::control::{self, Paths};
+use crate::netcfg::State;
+
+use super::evaluate::families;
+use super::facts::{Facts, Handshake, Instance, PeerFact, Port};
+use super::netlink;
+use super::probe;
+
+/// Reads everything [`super::evaluate::evaluate`] judges, in the calling thread's network
+/// namespace.
+pub fn gather(config: &Config) -> Facts {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let forwarding = families(config)
+        .into_iter()
+        .map(|f| (f, read_sysctl(f.forwarding_sysctl())))
+        .collect();
+    let table = config
+        .migration
+        .as_ref()
+        .filter(|m| m.role == Role::New)
+        .map(|m| m.table);
+    let dumps = netlink::route_dumps(table);
+    let nft_tables = match config.migration {
+        Some(_) => netlink::nft_tables().map_err(|e| e.to_string()),
+        None => Ok(Vec::new()),
+    };
+    let instance = match control::status(config) {
+        Ok(status) => Instance::Running(Box::new(status)),
+        Err(_) => Instance::NotRunning,
+    };
+    let (port, peers) = match &instance {
+        Instance::Running(status) => (Port::Held, from_status(config, status)),
+        Instance::NotRunning => probe_peers(config),
+    };
+    Facts {
+        root,
+        now: SystemTime::now(),
+        forwarding,
+        links: dumps.links.map(|l| l.into_values().collect()),
+        rules: dumps.rules,
+        table_routes: dumps.table_routes,
+        nft_tables,
+        instance,
+        own: own_changes(config),
+        port,
+        peers,
+    }
+}
+
+fn read_sysctl(dotted: &str) -> Result<String, String> {
+    let path = format!("/proc/sys/{}", dotted.replace('.', "/"));
+    std::fs::read_to_string(&path)
+        .map(|v| v.trim().to_string())
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// The changes this config's state file records, i.e. what a vmtun for it made.
+fn own_changes(config: &Config) -> Option<Vec<crate::netcfg::Change>> {
+    let text = std::fs::read_to_string(Paths::of(config).state).ok()?;
+    Some(
+        serde_json::from_str::<State>(&text)
+            .map(|s| s.changes)
+            .unwrap_or_default(),
+    )
+}
+
+/// The running instance's view of each peer: its latest handshake and current endpoint.
+fn from_status(config: &Config, status: &control::Status) -> Vec<PeerFact> {
+    config
+        .peers
+        .iter()
+        .map(|peer| {
+            let key = peer.public_key.to_base64();
+            let seen = status.peers.iter().find(|p| p.public_key == key);
+            let endpoint = seen
+                .and_then(|p| p.endpoint.as_deref())
+                .and_then(|e| e.parse().ok())
+                .or(peer.endpoint);
+            let handshake = match endpoint {
+                None => Handshake::NoEndpoint,
+                Some(_) => Handshake::Latest(
+                    seen.and_then(|p| p.last_handshake_secs)
+                        .map(Duration::from_secs_f64),
+                ),
+            };
+            peer_fact(endpoint, handshake)
+        })
+        .collect()
+}
+
+/// Binds the listen port (the port check) and probes each peer from it.
+fn probe_peers(config: &Config) -> (Port, Vec<PeerFact>) {
+    let bound = UdpSocket::bind(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        config.interface.listen_port,
+    )));
+    let port = match &bound {
+        Ok(_) => Port::Free,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Port::InUse,
+        Err(e) => Port::Error(e.to_string()),
+    };
+    let peers = config
+        .peers
+        .iter()
+        .map(|peer| {
+            let handshake = match (&bound, peer.endpoint) {
+                (_, None) => Handshake::NoEndpoint,
+                (Ok(socket), Some(_)) => probe::handshake(config, peer, socket),
+                (Err(_), Some(_)) => Handshake::NotProbed,
+            };
+            peer_fact(peer.endpoint, handshake)
+        })
+        .collect();
+    (port, peers)
+}
+
+fn peer_fact(endpoint: Option<SocketAddr>, handshake: Handshake) -> PeerFact {
+    PeerFact {
+        endpoint,
+        handshake,
+        path_mtu: endpoint.map(probe::path_mtu),
+    }
+}
