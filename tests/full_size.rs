@@ -13,7 +13,7 @@ mod helpers;
 
 use common::transfer::transfer;
 use common::{Netns, Result, Scratch, check, preflight, wait_ping};
-use helpers::{WAIT, prepare_hosts, wait_tunnel};
+use helpers::{WAIT, launch_both, prepare_hosts};
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use vmtun::lab::LabError;
@@ -52,9 +52,7 @@ fn after_the_move<'a>(
     scratch: &Scratch,
 ) -> Result<(HostVmtun<'a>, HostVmtun<'a>)> {
     let (mut old, mut new) = prepare_hosts(lab, scratch, "auto")?;
-    old.launch()?;
-    new.launch()?;
-    wait_tunnel(lab)?;
+    launch_both(lab, &mut old, &mut new)?;
     lab.move_vm(Site::Old, Site::New)?;
     new.vif_up(VIF)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;

@@ -24,8 +24,8 @@ mod helpers;
 
 use common::{LabError, Result, Scratch, check, preflight, wait_until};
 use helpers::{
-    FrameTap, HostState, VMTUN, WAIT, decoy_frames, is_ipv4_to, mac_of, prepare_hosts, send_frames,
-    wait_cutover_done, wait_tunnel,
+    FrameTap, HostState, VMTUN, WAIT, decoy_frames, is_ipv4_to, launch_both, mac_of, prepare_hosts,
+    probing, send_frames, wait_cutover_done,
 };
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -235,9 +235,7 @@ fn foreign_state_survives_up_cutover_and_exit() -> Result<()> {
     let foreign = foreign_state(&lab)?;
     let before = HostState::of(ns)?;
 
-    new.launch()?;
-    old.launch()?;
-    wait_tunnel(&lab)?;
+    launch_both(&lab, &mut old, &mut new)?;
     let prober = Prober::start(&lab.client, target(), 1000)?;
     let since = unix_ns();
     wait_until(WAIT, "replies through the tunnel", || {
@@ -285,11 +283,8 @@ fn no_false_cutover() -> Result<()> {
     let lab = MigrationLab::build(1)?;
     let _echo = Echo::start(&lab.vm, ECHO_PORT)?;
     let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
-    new.launch()?;
-    old.launch()?;
-    wait_tunnel(&lab)?;
-    let prober = Prober::start(&lab.client, target(), 1000)?;
-    wait_until(WAIT, "the first reply", || prober.answered_since(0))?;
+    launch_both(&lab, &mut old, &mut new)?;
+    let prober = probing(&lab, 1000)?;
     lab.move_vm(Site::Old, Site::New)?;
     new.vif_up(VIF)?;
     let moved = unix_ns();
@@ -406,9 +401,7 @@ fn hosts_are_restored_after_exit_and_after_sigkill_and_down() -> Result<()> {
     let before_new = HostState::of(&lab.new)?;
 
     // A crash with the cutover pending: table, rule, mark rule, rp_filter all in place.
-    new.launch()?;
-    old.launch()?;
-    wait_tunnel(&lab)?;
+    launch_both(&lab, &mut old, &mut new)?;
     let prober = Prober::start(&lab.client, target(), 1000)?;
     let since = unix_ns();
     wait_until(WAIT, "replies through the tunnel", || {
@@ -436,9 +429,7 @@ fn hosts_are_restored_after_exit_and_after_sigkill_and_down() -> Result<()> {
     }
 
     // A clean exit after the cutover.
-    new.launch()?;
-    old.launch()?;
-    wait_tunnel(&lab)?;
+    launch_both(&lab, &mut old, &mut new)?;
     let since = unix_ns();
     wait_until(WAIT, "replies through the tunnel again", || {
         prober.answered_since(since)

@@ -10,11 +10,10 @@ mod helpers;
 
 use common::{Result, Scratch, check, preflight, wait_until};
 use helpers::{
-    HostState, VMTUN, WAIT, cut_over_with_pings, migration_status_text, prepare_hosts,
-    prepare_hosts_with, vif_routed, wait_cutover, wait_tunnel,
+    HostState, VMTUN, WAIT, cut_over_with_pings, launch_both, migration_status_text, prepare_hosts,
+    prepare_hosts_with, probing, vif_routed, wait_cutover,
 };
 use serde_json::Value;
-use std::net::SocketAddrV4;
 use vmtun::lab::migration::hosts::{CutoverState, HostVmtun, VmEntry, mark_rules};
 use vmtun::lab::migration::probe::{Echo, Prober, unix_ns};
 use vmtun::lab::migration::scenario::PHASES;
@@ -29,10 +28,6 @@ const WATCHING: &str = "migration: role new (VM replies leave through the old ho
   arrived natively (kernel flip): none yet
   cutover watcher: watching, waiting for 203.0.113.0/29
 ";
-
-fn target() -> SocketAddrV4 {
-    SocketAddrV4::new(VM_ADDR.parse().expect("constant"), ECHO_PORT)
-}
 
 /// `vmtun cutover -c FILE` on `host`: it must exit 0; what it printed.
 fn cutover_by_hand(host: &HostVmtun<'_>) -> Result<String> {
@@ -137,11 +132,8 @@ fn vmtun_up_routes_a_vm_interface_that_appears_without_vif_up() -> Result<()> {
     let lab = MigrationLab::build(1)?;
     let _echo = Echo::start(&lab.vm, ECHO_PORT)?;
     let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
-    new.launch()?;
-    old.launch()?;
-    wait_tunnel(&lab)?;
-    let prober = Prober::start(&lab.client, target(), 200)?;
-    wait_until(WAIT, "the first reply", || prober.answered_since(0))?;
+    launch_both(&lab, &mut old, &mut new)?;
+    let prober = probing(&lab, 200)?;
     check(!vif_routed(&lab.new)?, || {
         "vif0 is routed on the new host before the VM is there".into()
     })?;
@@ -308,9 +300,7 @@ fn non_default_table_fwmark_and_two_subnets_cut_over_one_at_a_time() -> Result<(
             m.fwmark = FWMARK;
         }
     })?;
-    new.launch()?;
-    old.launch()?;
-    wait_tunnel(&lab)?;
+    launch_both(&lab, &mut old, &mut new)?;
     let rules = lab.new.ip(&["rule", "show"])?;
     check(
         rules.contains(&format!("fwmark {FWMARK:#x} lookup {TABLE}")) && !rules.contains("201"),
@@ -327,8 +317,7 @@ fn non_default_table_fwmark_and_two_subnets_cut_over_one_at_a_time() -> Result<(
     })?;
 
     // The VM's replies go through the tunnel by the configured mark and table.
-    let prober = Prober::start(&lab.client, target(), 200)?;
-    wait_until(WAIT, "the first reply", || prober.answered_since(0))?;
+    let prober = probing(&lab, 200)?;
     lab.move_vm(Site::Old, Site::New)?;
     new.vif_up(VIF)?;
     let moved = unix_ns();

@@ -5,12 +5,14 @@
 //! seen arriving there.
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmtun::lab::migration::hosts::{CutoverState, HostConfig, HostVmtun, KeyPair};
+use vmtun::lab::migration::probe::Prober;
 use vmtun::lab::migration::topology::MigrationLab;
-use vmtun::lab::migration::{TUNNEL_NEW, VIF, VM_ADDR};
+use vmtun::lab::migration::{ECHO_PORT, TUNNEL_NEW, VIF, VM_ADDR};
 use vmtun::lab::{LabError, Netns, Result, Scratch, wait_for, wait_until};
 
 /// Path of the `vmtun` binary under test.
@@ -46,6 +48,26 @@ pub fn prepare_hosts_with<'a>(
     let old = HostVmtun::prepare(&lab.old, vmtun, scratch, old_config)?;
     let new = HostVmtun::prepare(&lab.new, vmtun, scratch, new_config)?;
     Ok((old, new))
+}
+
+/// Starts `vmtun up` on both hosts (the new host first, as an operator would) and waits
+/// for the tunnel's handshake.
+pub fn launch_both(
+    lab: &MigrationLab,
+    old: &mut HostVmtun<'_>,
+    new: &mut HostVmtun<'_>,
+) -> Result<()> {
+    new.launch()?;
+    old.launch()?;
+    wait_tunnel(lab)
+}
+
+/// The client probing the VM at `rate_hz`, once the first reply came back.
+pub fn probing(lab: &MigrationLab, rate_hz: u32) -> Result<Prober> {
+    let target = SocketAddrV4::new(VM_ADDR.parse().expect("constant"), ECHO_PORT);
+    let prober = Prober::start(&lab.client, target, rate_hz)?;
+    wait_until(WAIT, "the first reply", || prober.answered_since(0))?;
+    Ok(prober)
 }
 
 /// Waits for a ping from the old host to the new host's tunnel address: the handshake.
