@@ -2,7 +2,7 @@
 //! listen port is bound only for the handshake probe and released when it ends.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, Role};
@@ -97,12 +97,11 @@ fn from_status(config: &Config, status: &control::Status) -> Vec<PeerFact> {
         .collect()
 }
 
-/// Binds the listen port (the port check) and probes each peer from it.
+/// Binds the listen port (the port check) and probes each peer from it; the port is
+/// released when this returns.
 fn probe_peers(config: &Config) -> (Port, Vec<PeerFact>) {
-    let bound = UdpSocket::bind(SocketAddr::from((
-        Ipv4Addr::UNSPECIFIED,
-        config.interface.listen_port,
-    )));
+    // Bound as `up` binds it (dual-stack where the host has IPv6), so the verdict is up's.
+    let bound = crate::udp::bind(config.interface.listen_port);
     let port = match &bound {
         Ok(_) => Port::Free,
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Port::InUse,

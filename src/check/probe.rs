@@ -29,7 +29,7 @@ fn trigger_packet() -> [u8; 20] {
 }
 
 /// Sends one handshake initiation as this host to `peer` from `socket` (bound to the
-/// listen port) and waits up to [`PROBE_WAIT`] for a valid response. Nothing else is sent:
+/// listen port, IPv4 or dual-stack) and waits up to [`PROBE_WAIT`] for a valid response. Nothing else is sent:
 /// the peer keeps an unconfirmed session that it never uses, and starts its own handshake
 /// when it has traffic for this host.
 pub fn handshake(config: &Config, peer: &Peer, socket: &UdpSocket) -> Handshake {
