@@ -368,7 +368,7 @@ fn table(m: &Migration, facts: &Facts, foreign_rules: &[&RuleFact]) -> Line {
             .map(|r| format!("ip rule '{}'", show_rule(r))),
     );
     if users.is_empty() {
-        Line::ok(what, "empty, not used by any other rule")
+        Line::ok(what, "nothing else uses it")
     } else {
         Line::fail(
             what,

@@ -84,7 +84,7 @@ pub fn handshake(config: &Config, peer: &Peer, socket: &UdpSocket) -> Handshake 
             {
                 return Handshake::NoAnswer(PROBE_WAIT);
             }
-            Err(e) => return refused_or(e, |e| Handshake::SendFailed(e)),
+            Err(e) => return refused_or(e, Handshake::SendFailed),
         };
         let now = Instant::now();
         tunnel.handle_datagram(now, endpoint, &buf[..n], &mut out);
