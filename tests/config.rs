@@ -159,7 +159,8 @@ fn snapshot(ns: &Netns) -> Result<String> {
         &["addr", "show"],
         &["route", "show", "table", "all"],
         &["rule", "show"],
-        &["neigh", "show"],
+        // Not `ip neigh`: the neighbour cache is the kernel's, not configuration, and the
+        // preflight's handshake probe of the peer fills it.
     ] {
         text += &format!("## ip {}\n{}", args.join(" "), ns.ip(args)?);
     }
@@ -305,6 +306,8 @@ fn dry_run(role: Role) -> Result<()> {
     preflight(&["nft"]);
     let net = Pair::new("dryrun")?;
     net.a.add_bridge("br0")?;
+    // The preflight that `--dry-run` runs first refuses a migration host that does not route.
+    net.a.sysctl("net.ipv4.ip_forward", "1")?;
     let (own, peer) = (vmtun_keypair(), vmtun_keypair());
     let iface = lab::unique_ifname("vt");
     let mut text = fill(GOOD, &iface, &own, &peer);
@@ -315,7 +318,7 @@ fn dry_run(role: Role) -> Result<()> {
                 "[\"100.64.0.2/32\"]",
                 "[\"100.64.0.2/32\", \"203.0.113.0/29\"]",
             ) + MIGRATION_OLD;
-            PLAN_OLD
+            (PLAN_OLD, PLAN_CLAMP)
         }
         Role::New => {
             text = text.replace("[\"100.64.0.2/32\"]", "[\"0.0.0.0/0\"]") + MIGRATION_NEW;
