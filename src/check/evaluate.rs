@@ -56,7 +56,7 @@ pub fn evaluate(config: &Config, facts: &Facts, mode: Mode) -> Checklist {
     }
     lines.push(port(config, facts));
     for (i, fact) in facts.peers.iter().enumerate() {
-        lines.push(handshake(i, config, fact));
+        lines.push(handshake(i, config, fact, mode));
         if let Some(line) = path_mtu(i, config.interface.mtu, fact) {
             lines.push(line);
         }
@@ -399,7 +399,7 @@ fn port(config: &Config, facts: &Facts) -> Line {
     }
 }
 
-fn handshake(i: usize, config: &Config, fact: &PeerFact) -> Line {
+fn handshake(i: usize, config: &Config, fact: &PeerFact, mode: Mode) -> Line {
     let what = format!("peer[{i}] handshake");
     let to = fact.endpoint.map(|e| e.to_string()).unwrap_or_default();
     let own_key = config.interface.private_key.public_key().to_base64();
@@ -436,14 +436,20 @@ fn handshake(i: usize, config: &Config, fact: &PeerFact) -> Line {
             format!("nothing listens on {to} (ICMP port unreachable)"),
             "start vmtun up on the peer and check again",
         ),
-        Handshake::NoAnswer(waited) => Line::fail(
-            what,
-            format!("no answer from {to} within {:.1} s", waited.as_secs_f64()),
-            format!(
+        Handshake::NoAnswer(waited) => {
+            let detail = format!("no answer from {to} within {:.1} s", waited.as_secs_f64());
+            let fix = format!(
                 "make sure UDP port {} passes the firewalls both ways, the peer's vmtun runs, and its config lists this host's public key {own_key}",
                 fact.endpoint.map_or(0, |e| e.port())
-            ),
-        ),
+            );
+            match mode {
+                // The move needs the peer; `vmtun check` is asked whether it can work now.
+                Mode::Check => Line::fail(what, detail, fix),
+                // `up` itself starts without the peer and keeps initiating: bringing the
+                // two hosts up one after the other is the normal order.
+                Mode::DryRun => Line::warn(what, detail, fix),
+            }
+        }
         Handshake::SendFailed(e) => Line::fail(
             what,
             format!("cannot send to {to}: {e}"),

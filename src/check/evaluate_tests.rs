@@ -283,6 +283,18 @@ fn handshake_outcomes() {
 }
 
 #[test]
+fn a_silent_peer_does_not_stop_up_dry_run() {
+    // `up` starts without its peer (the hosts come up one after the other), so the dry run
+    // only warns where `vmtun check` fails.
+    let mut f = good();
+    f.peers[0].handshake = Handshake::NoAnswer(Duration::from_secs(2));
+    let list = evaluate(&new_host(), &f, Mode::DryRun);
+    let line = list.line("peer[0] handshake").expect("a handshake line");
+    assert_eq!(line.verdict, Verdict::Warn);
+    assert!(list.passed(), "{list}");
+}
+
+#[test]
 fn path_mtu_must_hold_the_tunnel_mtu_and_60_bytes() {
     let mut f = good();
     f.peers[0].path_mtu = Some(Ok(1480));
