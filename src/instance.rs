@@ -214,6 +214,12 @@ pub fn down(config: &Config) -> anyhow::Result<()> {
             "cleaned up after a vmtun for {} that did not exit cleanly",
             config.interface.name
         );
+    } else if paths.socket.exists() {
+        println!(
+            "no vmtun running for {}; removed its stale control socket {}",
+            config.interface.name,
+            paths.socket.display()
+        );
     } else {
         println!(
             "no vmtun running for {} and nothing left to clean",

@@ -102,3 +102,37 @@ fn down_after_a_crash_cleans_up_and_says_so() -> Result<()> {
         ),
     )
 }
+
+/// A control socket left by a dead instance (no state file: it had changed nothing yet):
+/// `down` removes it and says so, instead of claiming there was nothing to clean.
+#[test]
+fn down_removes_a_stale_control_socket_and_says_so() -> Result<()> {
+    preflight(&[]);
+    let scratch = Scratch::new("downsock")?;
+    let ns = Netns::new("a")?;
+    let cfg = config();
+    let path = cfg.write(&scratch)?;
+    let socket = run_files(&cfg.name)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .expect("run_files names the socket");
+    std::fs::create_dir_all(socket.parent().expect("/run/vmtun"))
+        .and_then(|()| std::os::unix::net::UnixListener::bind(&socket).map(drop))
+        .map_err(|e| LabError::io(format!("making a stale {}", socket.display()), e))?;
+    let said = format!(
+        "no vmtun running for {}; removed its stale control socket {}\n",
+        cfg.name,
+        socket.display()
+    );
+    check_said(down(&ns, &scratch, &path)?, &said)?;
+    check(!socket.exists(), || {
+        format!("{} is still there", socket.display())
+    })?;
+    check_said(
+        down(&ns, &scratch, &path)?,
+        &format!(
+            "no vmtun running for {} and nothing left to clean\n",
+            cfg.name
+        ),
+    )
+}
