@@ -18,7 +18,7 @@
 #   TARGET: a vmtun binary (path), optionally with @key=value added to both configs'
 #   [interface] (e.g. target/release/vmtun@busy_poll_us=0); or `boringtun` /
 #   `boringtun:N` (boringtun-cli with --threads N, default 1; BORINGTUN=path, default
-#   /opt/anchors/bin/boringtun-cli, as ../shared/bench/tunnel-peers.sh installs it).
+#   /opt/anchors/bin/boringtun-cli, as benches/tunnel-peers.sh installs it).
 # Environment: ROUNDS=3 PINGS=500 INTERVAL=0.01 LOAD=0 (seconds) STREAMS=4
 #   RAW=FILE keeps every ping ("label round ms").
 # Example: benches/rtt-ab.sh /tmp/vmtun.before target/release/vmtun boringtun
@@ -119,7 +119,7 @@ labels=()
 for t in "$@"; do
   case $t in boringtun*)
     command -v wg >/dev/null || { echo "rtt-ab: boringtun needs wg (wireguard-tools)" >&2; exit 1; }
-    [ -x "$BORINGTUN" ] || { echo "rtt-ab: no $BORINGTUN (run ../shared/bench/tunnel-peers.sh boringtun once, or set BORINGTUN)" >&2; exit 1; } ;; *) [ -x "${t%%@*}" ] || { echo "rtt-ab: ${t%%@*} is not an executable" >&2; exit 1; } ;; esac
+    [ -x "$BORINGTUN" ] || { echo "rtt-ab: no $BORINGTUN (run benches/tunnel-peers.sh boringtun once, or set BORINGTUN)" >&2; exit 1; } ;; *) [ -x "${t%%@*}" ] || { echo "rtt-ab: ${t%%@*} is not an executable" >&2; exit 1; } ;; esac
   name=$(basename "${t%%@*}"); [[ $t != *@* ]] || name+="@${t##*=}"
   labels+=("$name#${#labels[@]}")
 done

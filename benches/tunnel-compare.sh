@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tunnel-compare.sh - vmtun side by side with the reference tunnels, same machine, same run.
 #
-# Builds vmtun (release), then runs ../shared/bench/tunnel-peers.sh with its vmtun hook
+# Builds vmtun (release), then runs benches/tunnel-peers.sh with its vmtun hook
 # (two throwaway namespaces vtb-a / vtb-b joined by a veth; the root namespace is never
 # touched) and prints one markdown table from its key=value output.
 #
@@ -12,7 +12,7 @@
 #   benches/tunnel-compare.sh --udp64 IMPL...  # only the UDP 64-byte test
 #
 # Environment:
-#   TUNNEL_PEERS  path of tunnel-peers.sh (default: ../shared/bench/tunnel-peers.sh
+#   TUNNEL_PEERS  path of tunnel-peers.sh (default: benches/tunnel-peers.sh
 #                 relative to the repository)
 #   RESULTS_DIR   where the raw key=value output goes (default: benches/results)
 #   SKIP_BUILD=1  use target/release/vmtun as it is
@@ -261,7 +261,7 @@ case ${1:-} in
 esac
 [ "$(id -u)" = 0 ] || die "must run as root (namespaces, tun)"
 [ $# -ge 1 ] || set -- raw boringtun wireguard-go gotatun vmtun
-PEERS=${TUNNEL_PEERS:-$REPO/../shared/bench/tunnel-peers.sh}
+PEERS=${TUNNEL_PEERS:-$REPO/benches/tunnel-peers.sh}
 [ -x "$PEERS" ] || die "tunnel-peers.sh not found at $PEERS (set TUNNEL_PEERS)"
 RESULTS_DIR=${RESULTS_DIR:-$REPO/benches/results}
 mkdir -p "$RESULTS_DIR"
