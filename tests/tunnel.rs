@@ -35,16 +35,23 @@ fn configs(b_knows_a: bool) -> (VmtunCfg, VmtunCfg) {
     (a, b)
 }
 
-#[test]
-fn ping_both_ways_and_status_reports_the_session() -> Result<()> {
-    preflight(&["ping"]);
-    let net = Pair::new("ping")?;
+/// A and B up (B with busy polling off, so status can show both kinds), pinging each
+/// other through the tunnel.
+fn pinging_with_b_not_polling(net: &Pair) -> Result<(Vmtun<'_>, Vmtun<'_>)> {
     let (ca, mut cb) = configs(true);
     cb.busy_poll_us = Some(0);
     let b = Vmtun::start(&net.b, &net.scratch, cb)?;
     let a = Vmtun::start(&net.a, &net.scratch, ca)?;
     wait_ping(&net.a, TUNNEL_B, WAIT)?;
     wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    Ok((a, b))
+}
+
+#[test]
+fn ping_both_ways_and_status_reports_the_session() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("ping")?;
+    let (a, b) = pinging_with_b_not_polling(&net)?;
 
     let status = a.status()?;
     check(status.0["interface"].as_str() == Some(a.ifname()), || {
@@ -344,12 +351,7 @@ fn numbers_in(line: &str, template: &str) -> Option<Vec<f64>> {
 fn status_text_shows_busy_polling_and_the_peer() -> Result<()> {
     preflight(&["ping"]);
     let net = Pair::new("stext")?;
-    let (ca, mut cb) = configs(true);
-    cb.busy_poll_us = Some(0);
-    let b = Vmtun::start(&net.b, &net.scratch, cb)?;
-    let a = Vmtun::start(&net.a, &net.scratch, ca)?;
-    wait_ping(&net.a, TUNNEL_B, WAIT)?;
-    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    let (a, b) = pinging_with_b_not_polling(&net)?;
 
     let text = a.status_text()?;
     let lines: Vec<&str> = text.lines().collect();
