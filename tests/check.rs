@@ -61,10 +61,7 @@ fn setup(test: &str, bridge: bool, forwarding: bool) -> Result<Setup> {
         .sysctl("net.ipv4.ip_forward", if forwarding { "1" } else { "0" })?;
     let (a_keys, b_keys) = (vmtun_keypair(), vmtun_keypair());
     let iface = lab::unique_ifname("vc");
-    let text = NEW_HOST
-        .replace("{IFACE}", &iface)
-        .replace("{KEY}", &a_keys.private)
-        .replace("{PEER}", &b_keys.public);
+    let text = fill(NEW_HOST, &iface, &a_keys, &b_keys);
     let config = net.scratch.write("new.toml", &text, 0o600)?;
     let config = config.to_string_lossy().into_owned();
     Ok(Setup {
@@ -107,22 +104,6 @@ impl Setup {
         let cfg = VmtunCfg::new(&self.b_keys, TUNNEL_B, vec![peer]);
         Vmtun::start(&self.net.b, &self.net.scratch, cfg)
     }
-}
-
-/// Everything `check` could change in a namespace, as text.
-fn snapshot(ns: &Netns) -> Result<String> {
-    let mut text = String::new();
-    for args in [
-        &["link", "show"][..],
-        &["addr", "show"],
-        &["route", "show", "table", "all"],
-        &["rule", "show"],
-    ] {
-        text += &format!("## ip {}\n{}", args.join(" "), ns.ip(args)?);
-    }
-    text += &format!("## nft\n{}", ns.run("nft", &["list", "ruleset"])?);
-    text += &format!("## sysctl\n{}", ns.run("sysctl", &["net.ipv4"])?);
-    Ok(text)
 }
 
 /// The line of `stdout` about `what`, e.g. `("FAIL", "bridge")`.

@@ -144,38 +144,6 @@ fn cases(key_file_0644: String) -> Vec<Case> {
     ]
 }
 
-fn fill(template: &str, iface: &str, own: &KeyPair, peer: &KeyPair) -> String {
-    template
-        .replace("{IFACE}", iface)
-        .replace("{KEY}", &own.private)
-        .replace("{PEER}", &peer.public)
-}
-
-/// Everything `up` could change in a namespace, as text.
-fn snapshot(ns: &Netns) -> Result<String> {
-    let mut text = String::new();
-    for args in [
-        &["link", "show"][..],
-        &["addr", "show"],
-        &["route", "show", "table", "all"],
-        &["rule", "show"],
-        // Not `ip neigh`: the neighbour cache is the kernel's, not configuration, and the
-        // preflight's handshake probe of the peer fills it.
-    ] {
-        text += &format!("## ip {}\n{}", args.join(" "), ns.ip(args)?);
-    }
-    text += &format!("## nft\n{}", ns.run("nft", &["list", "ruleset"])?);
-    let sysctls = ns.run("sysctl", &["-a"])?;
-    for line in sysctls
-        .lines()
-        .filter(|l| l.starts_with("net.ipv4.conf.") || l.starts_with("net.ipv4.ip_forward"))
-    {
-        text += line;
-        text.push('\n');
-    }
-    Ok(text)
-}
-
 #[test]
 fn bad_configs_are_refused_with_one_line_naming_the_field() -> Result<()> {
     preflight(&["nft"]);

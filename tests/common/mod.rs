@@ -246,3 +246,31 @@ pub fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
         })
         .ok_or_else(|| LabError::Failed(format!("no Udp RcvbufErrors in /proc/net/snmp: {snmp}")))
 }
+
+/// A config template with `{IFACE}`, `{KEY}` (this host's private key) and `{PEER}` (the
+/// peer's public key) filled in.
+pub fn fill(template: &str, iface: &str, own: &KeyPair, peer: &KeyPair) -> String {
+    template
+        .replace("{IFACE}", iface)
+        .replace("{KEY}", &own.private)
+        .replace("{PEER}", &peer.public)
+}
+
+/// Everything `up`, `check` or a refused config could change in a namespace, as text:
+/// links, addresses, routes, rules, the nftables ruleset and the IPv4 sysctls. Not `ip
+/// neigh`: the neighbour cache is the kernel's, not configuration, and the preflight's
+/// handshake probe of the peer fills it.
+pub fn snapshot(ns: &Netns) -> Result<String> {
+    let mut text = String::new();
+    for args in [
+        &["link", "show"][..],
+        &["addr", "show"],
+        &["route", "show", "table", "all"],
+        &["rule", "show"],
+    ] {
+        text += &format!("## ip {}\n{}", args.join(" "), ns.ip(args)?);
+    }
+    text += &format!("## nft\n{}", ns.run("nft", &["list", "ruleset"])?);
+    text += &format!("## sysctl\n{}", ns.run("sysctl", &["net.ipv4"])?);
+    Ok(text)
+}
