@@ -5,12 +5,12 @@
 //! private key file; it changes nothing.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -110,8 +110,8 @@ pub enum CutoverMode {
 pub struct Migration {
     /// Old or new host.
     pub role: Role,
-    /// The VMs' routed subnets.
-    pub subnets: Vec<Ipv4Net>,
+    /// The VMs' routed subnets, IPv4 and IPv6.
+    pub subnets: Vec<IpNet>,
     /// The other host's tunnel address.
     pub via: IpAddr,
     /// Prefix of the VM-facing interfaces (`vif` matches vif0..vif7).
@@ -131,8 +131,8 @@ pub struct Migration {
 pub struct Vm {
     /// The VM's host-side interface (libvirt's `<target dev=...>`).
     pub vif: String,
-    /// Its public addresses, each routed as a /32 on `vif`.
-    pub addresses: Vec<Ipv4Addr>,
+    /// Its public addresses, each routed as a /32 (IPv4) or /128 (IPv6) on `vif`.
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Deserialize)]
@@ -439,11 +439,9 @@ fn migration(
     if raw.subnets.is_empty() {
         return err("migration.subnets: empty; list the VMs' routed subnets");
     }
-    let mut subnets: Vec<Ipv4Net> = Vec::new();
+    let mut subnets: Vec<IpNet> = Vec::new();
     for text in &raw.subnets {
-        let IpNet::V4(net) = prefix("migration.subnets", text, true)? else {
-            return err(format!("migration.subnets: {text} is not IPv4"));
-        };
+        let net = prefix("migration.subnets", text, true)?;
         if let Some(other) = subnets
             .iter()
             .find(|o| o.contains(&net) || net.contains(*o))
@@ -468,8 +466,8 @@ fn migration(
     match raw.role {
         Role::Old => {
             for net in &subnets {
-                match route_to(peers, IpAddr::V4(net.network())) {
-                    Some((i, n)) if n.contains(&IpNet::V4(*net)) && i == via_peer => {}
+                match route_to(peers, net.network()) {
+                    Some((i, n)) if n.contains(net) && i == via_peer => {}
                     _ => {
                         return err(format!(
                             "migration.subnets: {net} must be inside peer[{via_peer}].allowed_ips (the new host's), or the tunnel drops the VMs' traffic"
@@ -479,11 +477,17 @@ fn migration(
             }
         }
         Role::New => {
-            let everything: IpNet = "0.0.0.0/0".parse().expect("constant prefix");
-            if !peers[via_peer].allowed_ips.contains(&everything) {
-                return err(format!(
-                    "peer[{via_peer}].allowed_ips: must include 0.0.0.0/0 on role new (the VMs' replies go to any address through the old host)"
-                ));
+            // The VMs' replies go to any address of their family through the old host.
+            for everything in ["0.0.0.0/0", "::/0"] {
+                let everything: IpNet = everything.parse().expect("constant prefix");
+                let needed = subnets
+                    .iter()
+                    .any(|n| n.addr().is_ipv4() == everything.addr().is_ipv4());
+                if needed && !peers[via_peer].allowed_ips.contains(&everything) {
+                    return err(format!(
+                        "peer[{via_peer}].allowed_ips: must include {everything} on role new (the VMs' replies go to any address through the old host)"
+                    ));
+                }
             }
         }
     }
@@ -540,11 +544,9 @@ fn vms(raw: Vec<RawVm>, migration: Option<&Migration>) -> Result<Vec<Vm>, Config
         }
         let mut addresses = Vec::with_capacity(vm.addresses.len());
         for text in &vm.addresses {
-            let addr: Ipv4Addr = text.parse().or_else(|_| {
-                err(format!(
-                    "{field}.addresses: {text:?} is not an IPv4 address"
-                ))
-            })?;
+            let addr: IpAddr = text
+                .parse()
+                .or_else(|_| err(format!("{field}.addresses: {text:?} is not an IP address")))?;
             if !migration.subnets.iter().any(|n| n.contains(&addr)) {
                 return err(format!(
                     "{field}.addresses: {addr} is in none of migration.subnets"
@@ -617,7 +619,7 @@ addresses = ["203.0.113.2"]
             (201, 1, "vif", "br0")
         );
         assert_eq!(m.cutover, CutoverMode::Auto);
-        assert_eq!(c.vms[0].addresses, vec![Ipv4Addr::new(203, 0, 113, 2)]);
+        assert_eq!(c.vms[0].addresses, vec![IpAddr::from([203, 0, 113, 2])]);
     }
 
     /// Each bad config must fail with one line that names the field.
@@ -668,6 +670,66 @@ addresses = ["203.0.113.2"]
             assert!(e.contains(expected), "expected {expected:?} in {e:?}");
             assert!(!e.contains('\n'), "error spans several lines: {e:?}");
         }
+    }
+
+    #[test]
+    fn subnets_and_vm_addresses_may_be_ipv6() {
+        let v6 = good()
+            .replace(
+                "\"100.64.0.2/32\", \"203.0.113.0/29\"",
+                "\"100.64.0.2/32\", \"203.0.113.0/29\", \"2001:db8:1::/64\"",
+            )
+            .replace(
+                "subnets = [\"203.0.113.0/29\"]",
+                "subnets = [\"203.0.113.0/29\", \"2001:db8:1::/64\"]",
+            )
+            .replace(
+                "addresses = [\"203.0.113.2\"]",
+                "addresses = [\"203.0.113.2\", \"2001:db8:1::2\"]",
+            );
+        let c = parse(&v6).unwrap();
+        let m = c.migration.as_ref().unwrap();
+        assert_eq!(m.subnets[1], "2001:db8:1::/64".parse::<IpNet>().unwrap());
+        assert_eq!(
+            c.vms[0].addresses[1],
+            "2001:db8:1::2".parse::<IpAddr>().unwrap()
+        );
+        let cases = [
+            // Role old: the IPv6 subnet must go to the new host through the tunnel.
+            (
+                v6.replace(", \"2001:db8:1::/64\"]\n\n[migration]", "]\n\n[migration]"),
+                "migration.subnets: 2001:db8:1::/64 must be inside peer[0].allowed_ips",
+            ),
+            // Role new: IPv6 replies go anywhere through the old host.
+            (
+                v6.replace("role = \"old\"", "role = \"new\"").replace(
+                    "\"100.64.0.2/32\", \"203.0.113.0/29\", \"2001:db8:1::/64\"",
+                    "\"0.0.0.0/0\"",
+                ),
+                "peer[0].allowed_ips: must include ::/0 on role new",
+            ),
+            (
+                v6.replace("\"2001:db8:1::2\"", "\"2001:db8:2::2\""),
+                "vm[0].addresses: 2001:db8:2::2 is in none of migration.subnets",
+            ),
+            (
+                v6.replace(
+                    "\"2001:db8:1::/64\"]\nvia",
+                    "\"2001:db8:1::/64\", \"2001:db8:1::/80\"]\nvia",
+                ),
+                "migration.subnets: 2001:db8:1::/80 overlaps 2001:db8:1::/64",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = parse(&text).expect_err(expected).to_string();
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+        }
+        // Role new with both default routes is fine.
+        let new = v6.replace("role = \"old\"", "role = \"new\"").replace(
+            "\"100.64.0.2/32\", \"203.0.113.0/29\", \"2001:db8:1::/64\"",
+            "\"0.0.0.0/0\", \"::/0\"",
+        );
+        parse(&new).unwrap();
     }
 
     #[test]

@@ -7,10 +7,10 @@
 //! packet (netcfg's `native` set, so even that packet's reply leaves natively), and the
 //! watcher then removes the mark rule in one atomic netlink transaction and records when.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, CutoverMode, Role};
@@ -24,7 +24,7 @@ pub struct ManualCutover {
     #[serde(with = "crate::cutover::record::unix_nanos")]
     pub at: SystemTime,
     /// Subnets whose mark rule this removed (empty if the watcher had already done it).
-    pub removed: Vec<Ipv4Net>,
+    pub removed: Vec<IpNet>,
     /// How long the netlink commit took, in nanoseconds.
     pub commit_ns: u64,
 }
@@ -35,20 +35,20 @@ pub struct MigrationStatus {
     /// `old` or `new`.
     pub role: Role,
     /// The VMs' subnets.
-    pub subnets: Vec<Ipv4Net>,
+    pub subnets: Vec<IpNet>,
     /// Role new, automatic cutover: the watcher's state and records.
     pub cutover: Option<CutoverStatus>,
     /// Role new: the last manual cutover, if any.
     pub manual_cutover: Option<ManualCutover>,
     /// Role new: subnets the kernel has already seen arrive natively (their replies leave
     /// natively even before the mark rule is removed).
-    pub native_subnets: Vec<Ipv4Addr>,
+    pub native_subnets: Vec<IpAddr>,
 }
 
 /// The migration state of a running instance.
 pub struct Migration {
     role: Role,
-    subnets: Vec<Ipv4Net>,
+    subnets: Vec<IpNet>,
     watcher: Option<Watcher>,
     /// The watcher's last status, kept once it is stopped.
     finished: Option<CutoverStatus>,
@@ -62,8 +62,14 @@ impl Migration {
         let watcher = match (m.role, m.cutover) {
             (Role::New, CutoverMode::Auto) => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
-                Some(Watcher::spawn(&m.bridge, m.subnets.clone(), move |d| {
-                    let removal = remover.remove(&[d.subnet])?;
+                let v4: Vec<Ipv4Net> = (m.subnets.iter())
+                    .filter_map(|n| match n {
+                        IpNet::V4(n) => Some(*n),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect();
+                Some(Watcher::spawn(&m.bridge, v4, move |d| {
+                    let removal = remover.remove(&[IpNet::V4(d.subnet)])?;
                     tracing::info!(
                         subnet = %d.subnet,
                         src = %d.src,
@@ -131,12 +137,12 @@ impl std::fmt::Display for MigrationStatus {
             Role::Old => "old (the subnets go through the tunnel once a VM has left)",
             Role::New => "new (VM replies leave through the old host until cutover)",
         };
-        let list = |nets: &[Ipv4Net]| {
+        fn list(nets: &[impl std::fmt::Display]) -> String {
             nets.iter()
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        };
+        }
         writeln!(f, "migration: role {role}")?;
         writeln!(f, "  subnets: {}", list(&self.subnets))?;
         if self.role == Role::Old {

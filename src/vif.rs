@@ -6,7 +6,6 @@
 //! stays when vmtun exits (the moved VM must stay reachable), and goes with the interface.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -34,9 +33,8 @@ pub fn apply(ops: &mut dyn NetOps, config: &Config, iface: &str) -> anyhow::Resu
             config.path.display()
         )
     })?;
-    let addresses: Vec<IpAddr> = vm.addresses.iter().copied().map(IpAddr::V4).collect();
-    netcfg::apply_idempotent(ops, &netcfg::vif_up(iface, &addresses))?;
-    tracing::info!(iface, addresses = ?vm.addresses, "VM interface routed (proxy ARP on)");
+    netcfg::apply_idempotent(ops, &netcfg::vif_up(iface, &vm.addresses))?;
+    tracing::info!(iface, addresses = ?vm.addresses, "VM interface routed (gateway answered)");
     Ok(())
 }
 

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Migration, Role};
-use crate::netcfg::{Change, DEFAULT_RULE_PRIORITY, NFT_TABLE};
+use crate::netcfg::{Change, DEFAULT_RULE_PRIORITY, Family, NFT_TABLE};
 use crate::noise::REJECT_AFTER_TIME;
 
 use super::Mode;
-use super::facts::{Facts, Family, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
+use super::facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
 use super::verdict::{Checklist, Line};
 
 /// 2024-01-01 00:00:00 UTC: a clock before this is certainly wrong.
@@ -23,8 +23,8 @@ const OVERHEAD_V6: u32 = 80;
 /// plain tunnel forwards nothing.
 pub fn families(config: &Config) -> Vec<Family> {
     match &config.migration {
-        Some(m) if !m.subnets.is_empty() => vec![Family::V4],
-        _ => Vec::new(),
+        Some(m) => Family::all_of(&m.subnets),
+        None => Vec::new(),
     }
 }
 
@@ -42,7 +42,7 @@ pub fn evaluate(config: &Config, facts: &Facts, mode: Mode) -> Checklist {
         ),
     });
     if config.migration.is_some() {
-        lines.push(nftables(facts));
+        lines.push(nftables(config, facts));
     }
     lines.push(tun_name(config, facts));
     if let Some(m) = &config.migration {
@@ -136,7 +136,7 @@ fn instance(config: &Config, facts: &Facts, mode: Mode) -> Line {
 }
 
 fn forwarding(family: Family, value: &Result<String, String>) -> Line {
-    let key = family.forwarding_sysctl();
+    let key = family.forwarding();
     match value.as_deref().map(str::trim) {
         Ok("1") => Line::ok("forwarding", format!("{key} = 1")),
         Ok(v) => Line::fail(
@@ -156,26 +156,30 @@ fn forwarding(family: Family, value: &Result<String, String>) -> Line {
     }
 }
 
-fn nftables(facts: &Facts) -> Line {
+fn nftables(config: &Config, facts: &Facts) -> Line {
+    let foreign = |tables: &[(Family, String)]| {
+        families(config).into_iter().find(|&family| {
+            tables.contains(&(family, NFT_TABLE.to_string()))
+                && !owns(facts, |c| {
+                    matches!(c, Change::NftTable { family: f, name } if *f == family && name == NFT_TABLE)
+                })
+        })
+    };
     match &facts.nft_tables {
-        Ok(tables)
-            if tables.iter().any(|t| t == NFT_TABLE)
-                && !owns(
-                    facts,
-                    |c| matches!(c, Change::NftTable { name } if name == NFT_TABLE),
-                ) =>
-        {
+        Ok(tables) if foreign(tables).is_some() => {
+            let family = foreign(tables).unwrap_or_default();
+            let table = format!("{} {NFT_TABLE}", family.nft());
             Line::fail(
                 "nftables",
-                format!("table ip {NFT_TABLE} already exists and is not this config's"),
+                format!("table {table} already exists and is not this config's"),
                 format!(
-                    "another vmtun runs here (one migration instance per host), or it is a leftover: stop that vmtun, or nft delete table ip {NFT_TABLE}"
+                    "another vmtun runs here (one migration instance per host), or it is a leftover: stop that vmtun, or nft delete table {table}"
                 ),
             )
         }
         Ok(tables) => Line::ok(
             "nftables",
-            format!("netfilter answers ({} ip tables)", tables.len()),
+            format!("netfilter answers ({} ip and ip6 tables)", tables.len()),
         ),
         Err(e) => Line::fail(
             "nftables",

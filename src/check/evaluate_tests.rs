@@ -5,12 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::check::Mode;
-use crate::check::facts::{
-    Facts, Family, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact,
-};
+use crate::check::facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
 use crate::check::verdict::Verdict;
 use crate::config::Config;
-use crate::netcfg::{Change, FwMark, Rule, TableId};
+use crate::netcfg::{Change, Family, FwMark, Rule, TableId};
 
 const KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
 const PEER: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
@@ -46,7 +44,7 @@ fn good() -> Facts {
     Facts {
         root: true,
         now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        forwarding: vec![(Family::V4, Ok("1".into()))],
+        forwarding: vec![(Family::Ipv4, Ok("1".into()))],
         links: Ok(vec!["lo".into(), "br0".into()]),
         rules: Ok(vec![
             RuleFact {
@@ -99,7 +97,7 @@ fn a_ready_host_passes_with_every_line_ok() {
 #[test]
 fn forwarding_off_fails() {
     let mut f = good();
-    f.forwarding = vec![(Family::V4, Ok("0".into()))];
+    f.forwarding = vec![(Family::Ipv4, Ok("0".into()))];
     let (v, detail) = verdict(&f, "forwarding");
     assert_eq!(v, Verdict::Fail);
     assert!(detail.contains("net.ipv4.ip_forward = 0"), "{detail}");
@@ -172,6 +170,7 @@ fn a_foreign_route_in_the_table_fails() {
 fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
     let mut f = good();
     let own_rule = Rule {
+        family: Family::Ipv4,
         fwmark: FwMark(1),
         table: TableId(201),
         priority: 10_000,
@@ -185,7 +184,7 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
         dest: "0.0.0.0/0".parse().unwrap(),
         dev: Some("vmtun0".into()),
     }]);
-    f.nft_tables = Ok(vec!["vmtun".into()]);
+    f.nft_tables = Ok(vec![(Family::Ipv4, "vmtun".into())]);
     f.links.as_mut().unwrap().push("vmtun0".into());
     f.own = Some(vec![
         Change::Route(crate::netcfg::Route {
@@ -196,6 +195,7 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
         }),
         Change::Rule(own_rule),
         Change::NftTable {
+            family: Family::Ipv4,
             name: "vmtun".into(),
         },
     ]);

@@ -7,24 +7,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 use crate::control::Status;
-use crate::netcfg::Change;
-
-/// An address family the host may have to forward. Only IPv4 subnets are configurable
-/// today; IPv6 slots in with its own sysctl when the config accepts IPv6 subnets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// IPv4: `net.ipv4.ip_forward`.
-    V4,
-}
-
-impl Family {
-    /// The sysctl that turns forwarding on for this family, as sysctl(8) spells it.
-    pub fn forwarding_sysctl(self) -> &'static str {
-        match self {
-            Family::V4 => "net.ipv4.ip_forward",
-        }
-    }
-}
+use crate::netcfg::{Change, Family};
 
 /// A policy rule found on the host (`ip rule`), reduced to what can clash with vmtun's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +100,8 @@ pub struct Facts {
     pub rules: Result<Vec<RuleFact>, String>,
     /// Routes in the migration table (role new), IPv4.
     pub table_routes: Result<Vec<RouteFact>, String>,
-    /// Names of the `ip` family nftables tables (a netfilter netlink dump).
-    pub nft_tables: Result<Vec<String>, String>,
+    /// The `ip` and `ip6` family nftables tables (a netfilter netlink dump).
+    pub nft_tables: Result<Vec<(Family, String)>, String>,
     /// Whether this config's vmtun runs.
     pub instance: Instance,
     /// The host changes recorded in this config's state file: vmtun's own objects

@@ -21,7 +21,7 @@ pub fn gather(config: &Config) -> Facts {
     let root = unsafe { libc::geteuid() } == 0;
     let forwarding = families(config)
         .into_iter()
-        .map(|f| (f, read_sysctl(f.forwarding_sysctl())))
+        .map(|f| (f, read_sysctl(&f.forwarding().to_string())))
         .collect();
     let table = config
         .migration

@@ -17,7 +17,7 @@ mod verdict;
 use std::path::Path;
 
 pub use evaluate::evaluate;
-pub use facts::{Facts, Family, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
+pub use facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
 pub use gather::gather;
 pub use probe::PROBE_WAIT;
 pub use verdict::{Checklist, Line, Verdict};

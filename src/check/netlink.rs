@@ -14,6 +14,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage}
 use rtnetlink::packet_route::rule::RuleAttribute;
 
 use super::facts::{RouteFact, RuleFact};
+use crate::netcfg::Family;
 
 /// What the rtnetlink dumps found: interface names by index, rules, routes of one table.
 pub struct RouteDumps {
@@ -142,8 +143,9 @@ const NFTA_TABLE_NAME: u16 = 1;
 /// `NFT_MSG_NEWTABLE`: the type of each table in a dump's reply.
 const NFT_MSG_NEWTABLE: u16 = 0;
 
-/// The names of the `ip` family's nftables tables: proves netfilter netlink is usable.
-pub fn nft_tables() -> io::Result<Vec<String>> {
+/// The `ip` and `ip6` families' nftables tables (others are not vmtun's kind): proves
+/// netfilter netlink is usable.
+pub fn nft_tables() -> io::Result<Vec<(Family, String)>> {
     // SAFETY: socket(2) with constant arguments; the fd is owned at once.
     let fd = unsafe {
         libc::socket(
@@ -164,7 +166,7 @@ pub fn nft_tables() -> io::Result<Vec<String>> {
     req[4..6].copy_from_slice(&ty.to_ne_bytes());
     req[6..8].copy_from_slice(&flags.to_ne_bytes());
     req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    req[16] = libc::NFPROTO_IPV4 as u8;
+    req[16] = libc::NFPROTO_UNSPEC as u8;
     // SAFETY: req is valid for its length; a netlink socket sends to the kernel by default.
     if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
         return Err(io::Error::last_os_error());
@@ -194,7 +196,17 @@ pub fn nft_tables() -> io::Result<Vec<String>> {
                     }
                 }
                 t if t & 0xff == NFT_MSG_NEWTABLE => {
-                    names.extend(table_name(msg.get(NFT_REQUEST_LEN..).unwrap_or(&[])))
+                    // The nfgenmsg after the netlink header starts with the family.
+                    let family = match msg.get(16).map(|f| i32::from(*f)) {
+                        Some(libc::NFPROTO_IPV4) => Family::Ipv4,
+                        Some(libc::NFPROTO_IPV6) => Family::Ipv6,
+                        _ => {
+                            data = data.get((len + 3) & !3..).unwrap_or(&[]);
+                            continue;
+                        }
+                    };
+                    let name = table_name(msg.get(NFT_REQUEST_LEN..).unwrap_or(&[]));
+                    names.extend(name.map(|n| (family, n)));
                 }
                 _ => {}
             }

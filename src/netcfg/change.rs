@@ -6,9 +6,9 @@
 //! name itself in an error message.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// A routing table number (`ip route ... table N`), kept apart from marks and priorities.
@@ -43,6 +43,80 @@ impl fmt::Display for FwMark {
     }
 }
 
+/// An address family, for what exists once per family: policy rules, nftables tables and
+/// the sysctls that turn forwarding on. IPv4 is the default, so state files written before
+/// vmtun knew IPv6 read as they were meant.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// IPv4.
+    #[default]
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// The families of `nets`, each once, IPv4 first.
+    pub fn all_of<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Vec<Family> {
+        let mut out: Vec<Family> = nets.into_iter().map(|n| Family::of(n.addr())).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The nftables family keyword (`ip`, `ip6`): vmtun keeps one table per family.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ip",
+            Family::Ipv6 => "ip6",
+        }
+    }
+
+    /// The sysctl that makes the host forward this family between interfaces.
+    pub fn forwarding(self) -> SysctlKey {
+        match self {
+            Family::Ipv4 => SysctlKey("net/ipv4/ip_forward".into()),
+            Family::Ipv6 => SysctlKey("net/ipv6/conf/all/forwarding".into()),
+        }
+    }
+
+    /// The route covering every address of the family (`0.0.0.0/0`, `::/0`).
+    pub fn everything(self) -> IpNet {
+        match self {
+            Family::Ipv4 => IpNet::V4(Default::default()),
+            Family::Ipv6 => IpNet::V6(Default::default()),
+        }
+    }
+
+    /// The bytes of an IP header and a TCP header without options: the MTU less this is
+    /// the largest MSS that fits.
+    pub fn ip_tcp_headers(self) -> u32 {
+        match self {
+            Family::Ipv4 => 40,
+            Family::Ipv6 => 60,
+        }
+    }
+
+    /// `ip`'s option for the family (`-6`), empty for IPv4 as `ip` assumes it.
+    fn ip_option(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "",
+            Family::Ipv6 => "-6 ",
+        }
+    }
+}
+
 /// A sysctl, stored as its path below `/proc/sys` (`net/ipv4/conf/vmtun0/rp_filter`), so an
 /// interface name containing a dot stays unambiguous.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,20 +124,21 @@ impl fmt::Display for FwMark {
 pub struct SysctlKey(String);
 
 impl SysctlKey {
-    /// `net.ipv4.ip_forward`: the host must forward for roles old and new.
-    pub fn ip_forward() -> Self {
-        SysctlKey("net/ipv4/ip_forward".into())
-    }
-
     /// A per-interface IPv4 setting, `net.ipv4.conf.IFACE.NAME`.
     pub fn ipv4_conf(iface: &str, name: &str) -> Self {
         SysctlKey(format!("net/ipv4/conf/{iface}/{name}"))
     }
 
-    /// The interface of a per-interface key (`net.ipv4.conf.IFACE.NAME`), so a missing file
-    /// can be reported as a missing interface.
+    /// A per-interface IPv6 setting, `net.ipv6.conf.IFACE.NAME`.
+    pub fn ipv6_conf(iface: &str, name: &str) -> Self {
+        SysctlKey(format!("net/ipv6/conf/{iface}/{name}"))
+    }
+
+    /// The interface of a per-interface key (`net.ipv4.conf.IFACE.NAME`, or ipv6), so a
+    /// missing file can be reported as a missing interface.
     pub fn interface(&self) -> Option<&str> {
-        let rest = self.0.strip_prefix("net/ipv4/conf/")?;
+        let rest = (self.0.strip_prefix("net/ipv4/conf/"))
+            .or_else(|| self.0.strip_prefix("net/ipv6/conf/"))?;
         let (iface, _) = rest.rsplit_once('/')?;
         Some(iface).filter(|i| !matches!(*i, "all" | "default"))
     }
@@ -103,9 +178,12 @@ pub struct Route {
     pub table: TableId,
 }
 
-/// A policy rule `fwmark M lookup T priority P`.
+/// A policy rule `fwmark M lookup T priority P`, in one family's rule list.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rule {
+    /// Which family's rules (IPv4 in state files from before IPv6).
+    #[serde(default)]
+    pub family: Family,
     /// Mark to match (full 32-bit mask).
     pub fwmark: FwMark,
     /// Table to look up.
@@ -136,7 +214,7 @@ pub enum NftRuleKind {
         /// Interface name prefix of the VM interfaces.
         vif_prefix: String,
         /// The VM subnet whose sources are marked.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The mark the policy rule matches.
         fwmark: FwMark,
         /// The cutover set: while it holds the subnet, the rule no longer marks.
@@ -149,7 +227,7 @@ pub enum NftRuleKind {
         /// The interface native traffic arrives on.
         bridge: String,
         /// The VM subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The cutover set the subnet is added to.
         set: String,
     },
@@ -162,7 +240,7 @@ pub enum NftRuleKind {
         tun: String,
         /// Whether the SYNs go into the tunnel or come out of it.
         direction: Direction,
-        /// The largest MSS let through: the tunnel MTU less the IPv4 and TCP headers.
+        /// The largest MSS let through: the tunnel MTU less the IP and TCP headers.
         mss: u16,
     },
 }
@@ -225,14 +303,20 @@ pub enum Change {
     Rule(Rule),
     /// `sysctl -w KEY=VALUE`.
     Sysctl(Sysctl),
-    /// `nft add table ip NAME`: vmtun's own table; created exclusively, so it never adopts a
-    /// table it did not make.
+    /// `nft add table ip|ip6 NAME`: vmtun's own table, one per family; created exclusively,
+    /// so it never adopts a table it did not make.
     NftTable {
+        /// Table family (IPv4 in state files from before IPv6).
+        #[serde(default)]
+        family: Family,
         /// Table name.
         name: String,
     },
     /// A base chain in vmtun's table, `type filter hook HOOK priority mangle`.
     NftChain {
+        /// Table family.
+        #[serde(default)]
+        family: Family,
         /// Table name.
         table: String,
         /// Chain name.
@@ -242,9 +326,12 @@ pub enum Change {
         #[serde(default)]
         hook: NftHook,
     },
-    /// A dynamic set of IPv4 addresses (`flags dynamic`) that rules may fill from the
-    /// packet path.
+    /// A dynamic set of addresses of the table's family (`flags dynamic`) that rules may
+    /// fill from the packet path.
     NftSet {
+        /// Table family.
+        #[serde(default)]
+        family: Family,
         /// Table name.
         table: String,
         /// Set name.
@@ -252,6 +339,9 @@ pub enum Change {
     },
     /// A rule in vmtun's chain.
     NftRule {
+        /// Table family.
+        #[serde(default)]
+        family: Family,
         /// Table name.
         table: String,
         /// Chain name.
@@ -314,24 +404,40 @@ impl Change {
                     format!("setting link {dev} down")
                 }
             }
-            Change::Route(r) => format!("{verb} route {}", RouteSpec(r)),
-            Change::Rule(r) => format!("{verb} rule {}", RuleSpec(r)),
+            Change::Route(r) => {
+                let family = Family::of(r.dest.addr());
+                format!("{verb} {}route {}", family.ip_option(), RouteSpec(r))
+            }
+            Change::Rule(r) => format!("{verb} {}rule {}", r.family.ip_option(), RuleSpec(r)),
             Change::Sysctl(s) => match (apply, &s.previous) {
                 (true, _) => format!("setting sysctl {}={}", s.key, s.value),
                 (false, Some(p)) => format!("restoring sysctl {}={p}", s.key),
                 (false, None) => format!("restoring sysctl {}", s.key),
             },
-            Change::NftTable { name } => format!("{verb} nft table ip {name}"),
-            Change::NftChain { table, name, .. } => {
-                format!("{verb} nft chain ip {table} {name}")
+            Change::NftTable { family, name } => {
+                format!("{verb} nft table {} {name}", family.nft())
             }
-            Change::NftSet { table, name } => format!("{verb} nft set ip {table} {name}"),
-            Change::NftRule { table, chain, rule } => {
-                format!(
-                    "{verb} nft rule ip {table} {chain} (comment \"{}\")",
-                    rule.comment()
-                )
-            }
+            Change::NftChain {
+                family,
+                table,
+                name,
+                ..
+            } => format!("{verb} nft chain {} {table} {name}", family.nft()),
+            Change::NftSet {
+                family,
+                table,
+                name,
+            } => format!("{verb} nft set {} {table} {name}", family.nft()),
+            Change::NftRule {
+                family,
+                table,
+                chain,
+                rule,
+            } => format!(
+                "{verb} nft rule {} {table} {chain} (comment \"{}\")",
+                family.nft(),
+                rule.comment()
+            ),
         }
     }
 
@@ -376,9 +482,9 @@ impl fmt::Display for RuleSpec<'_> {
     }
 }
 
-/// The network address of `net` and the netmask, as nft prints `ip saddr & MASK`.
-fn net_and_mask(net: &Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
-    (net.network(), net.netmask())
+/// The payload keyword nft matches a subnet's addresses with (`ip`, `ip6`).
+fn header_of(net: &IpNet) -> &'static str {
+    Family::of(net.addr()).nft()
 }
 
 impl fmt::Display for NftRuleKind {
@@ -390,10 +496,11 @@ impl fmt::Display for NftRuleKind {
                 fwmark,
                 skip_set,
             } => {
-                write!(f, "iifname \"{vif_prefix}*\" ip saddr {subnet}")?;
+                let ip = header_of(subnet);
+                write!(f, "iifname \"{vif_prefix}*\" {ip} saddr {subnet}")?;
                 if let Some(set) = skip_set {
-                    let (_, mask) = net_and_mask(subnet);
-                    write!(f, " ip saddr & {mask} != @{set}")?;
+                    let mask = subnet.netmask();
+                    write!(f, " {ip} saddr & {mask} != @{set}")?;
                 }
                 write!(f, " counter meta mark set {fwmark}")?;
             }
@@ -402,10 +509,10 @@ impl fmt::Display for NftRuleKind {
                 subnet,
                 set,
             } => {
-                let (_, mask) = net_and_mask(subnet);
+                let (ip, mask) = (header_of(subnet), subnet.netmask());
                 write!(
                     f,
-                    "meta pkttype host iifname \"{bridge}\" ip daddr {subnet} counter add @{set} {{ ip daddr & {mask} }}"
+                    "meta pkttype host iifname \"{bridge}\" {ip} daddr {subnet} counter add @{set} {{ {ip} daddr & {mask} }}"
                 )?;
             }
             NftRuleKind::ClampMss {
@@ -434,8 +541,13 @@ impl fmt::Display for Change {
             Change::Address { dev, addr } => write!(f, "ip addr add {addr} dev {dev}"),
             Change::Mtu { dev, mtu, .. } => write!(f, "ip link set dev {dev} mtu {mtu}"),
             Change::LinkUp { dev, .. } => write!(f, "ip link set dev {dev} up"),
-            Change::Route(r) => write!(f, "ip route add {}", RouteSpec(r)),
-            Change::Rule(r) => write!(f, "ip rule add {}", RuleSpec(r)),
+            Change::Route(r) => write!(
+                f,
+                "ip {}route add {}",
+                Family::of(r.dest.addr()).ip_option(),
+                RouteSpec(r)
+            ),
+            Change::Rule(r) => write!(f, "ip {}rule add {}", r.family.ip_option(), RuleSpec(r)),
             Change::Sysctl(s) => {
                 write!(f, "sysctl -w {}={}", s.key, s.value)?;
                 if let Some(p) = &s.previous {
@@ -443,18 +555,40 @@ impl fmt::Display for Change {
                 }
                 Ok(())
             }
-            Change::NftTable { name } => write!(f, "nft add table ip {name}"),
-            Change::NftChain { table, name, hook } => write!(
-                f,
-                "nft add chain ip {table} {name} '{{ type filter hook {hook} priority mangle; policy accept; }}'"
-            ),
-            Change::NftSet { table, name } => write!(
-                f,
-                "nft add set ip {table} {name} '{{ type ipv4_addr; flags dynamic; }}'"
-            ),
-            Change::NftRule { table, chain, rule } => {
-                write!(f, "nft add rule ip {table} {chain} {rule}")
+            Change::NftTable { family, name } => {
+                write!(f, "nft add table {} {name}", family.nft())
             }
+            Change::NftChain {
+                family,
+                table,
+                name,
+                hook,
+            } => write!(
+                f,
+                "nft add chain {} {table} {name} '{{ type filter hook {hook} priority mangle; policy accept; }}'",
+                family.nft()
+            ),
+            Change::NftSet {
+                family,
+                table,
+                name,
+            } => {
+                let key = match family {
+                    Family::Ipv4 => "ipv4_addr",
+                    Family::Ipv6 => "ipv6_addr",
+                };
+                write!(
+                    f,
+                    "nft add set {} {table} {name} '{{ type {key}; flags dynamic; }}'",
+                    family.nft()
+                )
+            }
+            Change::NftRule {
+                family,
+                table,
+                chain,
+                rule,
+            } => write!(f, "nft add rule {} {table} {chain} {rule}", family.nft()),
         }
     }
 }
@@ -477,20 +611,40 @@ impl fmt::Display for Inverse<'_> {
                 was_up: Some(true),
             } => write!(f, "# nothing: {dev} was up already"),
             Change::LinkUp { dev, .. } => write!(f, "ip link set dev {dev} down"),
-            Change::Route(r) => write!(f, "ip route del {}", RouteSpec(r)),
-            Change::Rule(r) => write!(f, "ip rule del {}", RuleSpec(r)),
+            Change::Route(r) => write!(
+                f,
+                "ip {}route del {}",
+                Family::of(r.dest.addr()).ip_option(),
+                RouteSpec(r)
+            ),
+            Change::Rule(r) => write!(f, "ip {}rule del {}", r.family.ip_option(), RuleSpec(r)),
             Change::Sysctl(s) => match &s.previous {
                 Some(p) => write!(f, "sysctl -w {}={p}", s.key),
                 None => write!(f, "sysctl -w {}=<previous>", s.key),
             },
-            Change::NftTable { name } => write!(f, "nft delete table ip {name}"),
-            Change::NftChain { table, name, .. } => {
-                write!(f, "nft delete chain ip {table} {name}")
+            Change::NftTable { family, name } => {
+                write!(f, "nft delete table {} {name}", family.nft())
             }
-            Change::NftSet { table, name } => write!(f, "nft delete set ip {table} {name}"),
-            Change::NftRule { table, chain, rule } => write!(
+            Change::NftChain {
+                family,
+                table,
+                name,
+                ..
+            } => write!(f, "nft delete chain {} {table} {name}", family.nft()),
+            Change::NftSet {
+                family,
+                table,
+                name,
+            } => write!(f, "nft delete set {} {table} {name}", family.nft()),
+            Change::NftRule {
+                family,
+                table,
+                chain,
+                rule,
+            } => write!(
                 f,
-                "nft delete rule ip {table} {chain} handle <handle of comment \"{}\">",
+                "nft delete rule {} {table} {chain} handle <handle of comment \"{}\">",
+                family.nft(),
                 rule.comment()
             ),
         }
@@ -533,12 +687,18 @@ mod tests {
         assert_eq!(k.to_string(), "net.ipv4.conf.eth0/100.rp_filter");
         assert_eq!(k.interface(), Some("eth0.100"));
         assert_eq!(SysctlKey::ipv4_conf("all", "rp_filter").interface(), None);
-        assert_eq!(SysctlKey::ip_forward().interface(), None);
+        assert_eq!(Family::Ipv4.forwarding().interface(), None);
+        assert_eq!(Family::Ipv6.forwarding().interface(), None);
+        assert_eq!(
+            SysctlKey::ipv6_conf("vif0", "proxy_ndp").interface(),
+            Some("vif0")
+        );
     }
 
     #[test]
     fn mark_rule_prints_like_nft() {
         let c = Change::NftRule {
+            family: Family::Ipv4,
             table: "vmtun".into(),
             chain: "prerouting".into(),
             rule: NftRuleKind::Mark {
@@ -565,5 +725,71 @@ mod tests {
         });
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Change>(&s).unwrap(), c);
+    }
+
+    #[test]
+    fn state_from_before_ipv6_reads_as_ipv4() {
+        let table: Change = serde_json::from_str(r#"{"kind":"nft_table","name":"vmtun"}"#).unwrap();
+        assert_eq!(table.to_string(), "nft add table ip vmtun");
+        let rule: Change =
+            serde_json::from_str(r#"{"kind":"rule","fwmark":1,"table":201,"priority":10000}"#)
+                .unwrap();
+        assert_eq!(
+            rule.to_string(),
+            "ip rule add fwmark 0x1 lookup 201 priority 10000"
+        );
+    }
+
+    #[test]
+    fn ipv6_changes_print_like_ip_and_nft() {
+        let route = Change::Route(Route {
+            dest: "::/0".parse().unwrap(),
+            via: None,
+            dev: "vmtun0".into(),
+            table: TableId(201),
+        });
+        assert_eq!(
+            route.to_string(),
+            "ip -6 route add default dev vmtun0 table 201"
+        );
+        assert_eq!(
+            route.describe(Action::Revert),
+            "removing -6 route default dev vmtun0 table 201"
+        );
+        let rule = Change::Rule(Rule {
+            family: Family::Ipv6,
+            fwmark: FwMark(1),
+            table: TableId(201),
+            priority: 10_000,
+        });
+        assert_eq!(
+            rule.inverse().to_string(),
+            "ip -6 rule del fwmark 0x1 lookup 201 priority 10000"
+        );
+        let native = Change::NftRule {
+            family: Family::Ipv6,
+            table: "vmtun".into(),
+            chain: "prerouting".into(),
+            rule: NftRuleKind::Native {
+                bridge: "br0".into(),
+                subnet: "2001:db8:1::/64".parse().unwrap(),
+                set: "native".into(),
+            },
+        };
+        assert_eq!(
+            native.to_string(),
+            "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" \
+             ip6 daddr 2001:db8:1::/64 counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } \
+             comment \"vmtun native 2001:db8:1::/64\""
+        );
+        let set = Change::NftSet {
+            family: Family::Ipv6,
+            table: "vmtun".into(),
+            name: "native".into(),
+        };
+        assert_eq!(
+            set.to_string(),
+            "nft add set ip6 vmtun native '{ type ipv6_addr; flags dynamic; }'"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::change::{Action, Change, SysctlKey};
+use super::change::{Action, Change, Family, SysctlKey};
 use super::error::{Cause, NetError};
 use super::ops::NetOps;
 
@@ -40,14 +40,16 @@ pub struct FakeOps {
 
 impl FakeOps {
     /// A host with one interface `dev` (MTU 1500, down) and its default sysctls, plus
-    /// `net.ipv4.ip_forward` = `forward`.
+    /// forwarding of both families = `forward`.
     pub fn with_interface(dev: &str, forward: bool) -> Self {
         let mut f = FakeOps::default();
         f.add_interface(dev);
-        f.sysctls.insert(
-            SysctlKey::ip_forward().path().into(),
-            if forward { "1" } else { "0" }.into(),
-        );
+        for family in [Family::Ipv4, Family::Ipv6] {
+            f.sysctls.insert(
+                family.forwarding().path().into(),
+                if forward { "1" } else { "0" }.into(),
+            );
+        }
         f
     }
 

@@ -425,7 +425,7 @@ mod tests {
     fn prerequisites_name_the_sysctl() {
         use crate::netcfg::prereq::check_prerequisites;
         let role = Role::Old(crate::netcfg::plan::OldParams {
-            subnets: vec![],
+            subnets: vec!["203.0.113.0/29".parse().unwrap()],
             via: "100.64.0.2".parse().unwrap(),
         });
         let mut off = FakeOps::with_interface("vmtun0", false);
@@ -438,6 +438,24 @@ mod tests {
         );
         check_prerequisites(&mut off, None).unwrap();
         let mut on = FakeOps::with_interface("vmtun0", true);
+        check_prerequisites(&mut on, Some(&role)).unwrap();
+        // An IPv6 subnet needs IPv6 forwarding too.
+        let dual = Role::Old(crate::netcfg::plan::OldParams {
+            subnets: vec![
+                "203.0.113.0/29".parse().unwrap(),
+                "2001:db8:1::/64".parse().unwrap(),
+            ],
+            via: "100.64.0.2".parse().unwrap(),
+        });
+        on.sysctls
+            .insert("net/ipv6/conf/all/forwarding".into(), "0".into());
+        assert_eq!(
+            check_prerequisites(&mut on, Some(&dual))
+                .unwrap_err()
+                .to_string(),
+            "sysctl net.ipv6.conf.all.forwarding is 0, but role old forwards packets: \
+             set it with `sysctl -w net.ipv6.conf.all.forwarding=1`"
+        );
         check_prerequisites(&mut on, Some(&role)).unwrap();
     }
 }

@@ -37,8 +37,8 @@ mod ns_tests;
 mod testns;
 
 pub use change::{
-    Action, Change, Direction, FwMark, Inverse, NF_IP_PRI_MANGLE, NftHook, NftRuleKind, Route,
-    Rule, Sysctl, SysctlKey, TableId,
+    Action, Change, Direction, Family, FwMark, Inverse, NF_IP_PRI_MANGLE, NftHook, NftRuleKind,
+    Route, Rule, Sysctl, SysctlKey, TableId,
 };
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};
@@ -47,7 +47,7 @@ pub use nft::{MarkRemoval, MarkRemover, native_subnets, remove_mark_rule};
 pub use ops::NetOps;
 pub use plan::{
     DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_FORWARD_CHAIN, NFT_NATIVE_SET, NFT_TABLE, NewParams,
-    OldParams, Role, TunnelParams, plan, vif_up,
+    OldParams, Role, TunnelParams, VM_GATEWAY6, plan, vif_up,
 };
 pub use prereq::check_prerequisites;
 pub use system::SystemOps;

@@ -1,37 +1,55 @@
 //! vmtun's nftables objects over netlink, in-process (nftnl over libnftnl; no `nft` binary).
 //!
-//! vmtun owns one table (family `ip`, see [`super::NFT_TABLE`]), created exclusively so it
-//! never adopts someone else's. Every change is one nftnl batch, which the kernel applies
+//! vmtun owns one table per family of the VM subnets (`ip vmtun`, `ip6 vmtun`, see
+//! [`super::NFT_TABLE`]), each created exclusively so it never adopts someone else's. Two
+//! tables rather than one `inet` table: each family's rules match its own header without
+//! a `meta nfproto` guard, and an IPv4-only move has exactly the objects it always had. Every change is one nftnl batch, which the kernel applies
 //! atomically. Rules carry a comment naming them; since rule handles are assigned by the
 //! kernel, vmtun finds its rules again by listing the chain and matching the comment.
 //!
-//! The cutover set (`native`, `type ipv4_addr; flags dynamic`) is filled from the packet
+//! The cutover set (`native`, `type ipv4_addr` or `ipv6_addr`, `flags dynamic`) is filled from the packet
 //! path: the native rule adds the subnet's network address the first time a packet for the
 //! subnet arrives on the bridge, and the mark rule looks the (masked) source up in the set
 //! and stops marking once it is there. So the very first native packet flips the routing of
 //! the VM replies inside the kernel; [`remove_mark_rule`] then finalizes in one batch.
 
 use std::ffi::{CStr, CString};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Counter, Expression, Immediate, InterfaceName, Ipv4HeaderField, Meta,
-    NetworkHeaderField, Payload, Register,
+    Bitwise, Cmp, CmpOp, Counter, Expression, Immediate, InterfaceName, Ipv4HeaderField,
+    Ipv6HeaderField, Meta, NetworkHeaderField, Payload, Register,
 };
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
 
-use super::change::{Action, Change, Direction, NF_IP_PRI_MANGLE, NftHook, NftRuleKind};
+use super::change::{Action, Change, Direction, Family, NF_IP_PRI_MANGLE, NftHook, NftRuleKind};
 use super::error::{Cause, NetError};
 use super::nfsock::NfSock;
 use super::plan::{NFT_CHAIN, NFT_NATIVE_SET};
 
-/// vmtun's tables are IPv4-only (the VM subnets are IPv4), so no `meta nfproto` guard is
-/// needed before matching `ip saddr`.
-const FAMILY: ProtoFamily = ProtoFamily::Ipv4;
+/// The netfilter family of vmtun's table for `family`.
+fn proto(family: Family) -> ProtoFamily {
+    match family {
+        Family::Ipv4 => ProtoFamily::Ipv4,
+        Family::Ipv6 => ProtoFamily::Ipv6,
+    }
+}
+
+/// nft's datatype numbers for set keys (`TYPE_IPADDR`, `TYPE_IP6ADDR` in nftables'
+/// datatype.h) and the key lengths.
+fn set_key(family: Family) -> (u32, u32) {
+    match family {
+        Family::Ipv4 => (7, 4),
+        Family::Ipv6 => (8, 16),
+    }
+}
+
+/// Both families, the order vmtun's plans create their tables in.
+const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
 
 /// Capacity of the cutover set: one element per subnet, with room to spare.
 const NATIVE_SET_SIZE: u32 = 64;
@@ -88,29 +106,29 @@ unsafe impl<T: NlMsg> NlMsg for Exclusive<'_, T> {
     }
 }
 
-/// A set (named, dynamic, `ipv4_addr`), written with raw libnftnl calls because nftnl's
+/// A set (named, dynamic, of addresses), written with raw libnftnl calls because nftnl's
 /// `Set` has no way to set the flags and size a dynamic set needs.
-struct DynamicSet(NonNull<sys::nftnl_set>);
+struct DynamicSet(NonNull<sys::nftnl_set>, Family);
 
 impl DynamicSet {
-    fn new(table: &CStr, name: &CStr) -> Self {
+    fn new(family: Family, table: &CStr, name: &CStr) -> Self {
+        let (key_type, key_len) = set_key(family);
         // SAFETY: libnftnl allocation and attribute setters; strings are copied.
         unsafe {
             let s = sys::nftnl_set_alloc();
             let s = NonNull::new(s).unwrap_or_else(|| std::process::abort());
             let p = s.as_ptr();
-            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FAMILY as u16, FAMILY as u32);
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FAMILY as u16, proto(family) as u32);
             sys::nftnl_set_set_str(p, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
             sys::nftnl_set_set_str(p, sys::NFTNL_SET_NAME as u16, name.as_ptr());
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_ID as u16, 1);
             // `flags dynamic`: the kernel picks a backend that supports updates from the
             // packet path (the dynset expression refuses sets without one).
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_EVAL as u32);
-            // TYPE_IPADDR (7) as nft's datatype table numbers it; 4-byte keys.
-            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, 7);
-            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, 4);
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, key_len);
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, NATIVE_SET_SIZE);
-            DynamicSet(s)
+            DynamicSet(s, family)
         }
     }
 }
@@ -137,7 +155,7 @@ unsafe impl NlMsg for DynamicSet {
             let h = sys::nftnl_nlmsg_build_hdr(
                 buf as *mut libc::c_char,
                 ty as u16,
-                FAMILY as u16,
+                proto(self.1) as u16,
                 flags as u16,
                 seq,
             );
@@ -306,11 +324,28 @@ fn chain<'a>(table: &'a Table, name: &CStr, hook: NftHook) -> Chain<'a> {
     c
 }
 
-/// Appends `ip saddr|daddr NET` (payload, mask, compare); register 1 then holds the masked
-/// address, i.e. the subnet's network address.
-fn match_subnet(rule: &mut nftnl::Rule, field: Ipv4HeaderField, net: &Ipv4Net) {
-    rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(field)));
-    rule.add_expr(&Bitwise::new(net.netmask(), Ipv4Addr::UNSPECIFIED));
+/// Which address of the header a rule matches.
+#[derive(Clone, Copy)]
+enum Field {
+    Source,
+    Destination,
+}
+
+/// Appends `ip|ip6 saddr|daddr NET` (payload, mask, compare); register 1 then holds the
+/// masked address, i.e. the subnet's network address.
+fn match_subnet(rule: &mut nftnl::Rule, field: Field, net: &IpNet) {
+    let header = match (net, field) {
+        (IpNet::V4(_), Field::Source) => NetworkHeaderField::Ipv4(Ipv4HeaderField::Saddr),
+        (IpNet::V4(_), Field::Destination) => NetworkHeaderField::Ipv4(Ipv4HeaderField::Daddr),
+        (IpNet::V6(_), Field::Source) => NetworkHeaderField::Ipv6(Ipv6HeaderField::Saddr),
+        (IpNet::V6(_), Field::Destination) => NetworkHeaderField::Ipv6(Ipv6HeaderField::Daddr),
+    };
+    rule.add_expr(&Payload::Network(header));
+    let zero = match net {
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    rule.add_expr(&Bitwise::new(net.netmask(), zero));
     rule.add_expr(&Cmp::new(CmpOp::Eq, net.network()));
 }
 
@@ -328,7 +363,7 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
                 CmpOp::Eq,
                 InterfaceName::StartingWith(cstring(vif_prefix)?),
             ));
-            match_subnet(&mut r, Ipv4HeaderField::Saddr, subnet);
+            match_subnet(&mut r, Field::Source, subnet);
             if let Some(set) = skip_set {
                 // Register 1 holds `ip saddr & MASK`: skip once the subnet went native.
                 r.add_expr(&Lookup {
@@ -351,7 +386,7 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
             r.add_expr(&Cmp::new(CmpOp::Eq, libc::PACKET_HOST));
             r.add_expr(&Meta::IifName);
             r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(bridge)?)));
-            match_subnet(&mut r, Ipv4HeaderField::Daddr, subnet);
+            match_subnet(&mut r, Field::Destination, subnet);
             r.add_expr(&Counter);
             // Register 1 still holds `ip daddr & MASK`, which the match above proved to be
             // the subnet's network address: that is the element (one per subnet). A
@@ -404,6 +439,7 @@ pub(crate) struct ListedRule {
 /// copied to 8-byte aligned storage for libnftnl's parsers.
 fn dump(
     sock: &mut NfSock,
+    family: Family,
     msg: i32,
     payload: impl FnOnce(*mut libc::nlmsghdr),
     reply: i32,
@@ -414,7 +450,7 @@ fn dump(
         let h = sys::nftnl_nlmsg_build_hdr(
             buf.as_mut_ptr() as *mut libc::c_char,
             msg as u16,
-            FAMILY as u16,
+            proto(family) as u16,
             (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
             1,
         );
@@ -444,10 +480,11 @@ fn dump(
         .collect())
 }
 
-/// Lists the rules of `table`/`chain` with their handles and comments. A missing table or
-/// chain is `No such file or directory`.
+/// Lists the rules of `table`/`chain` of `family` with their handles and comments. A missing
+/// table or chain is `No such file or directory`.
 pub(crate) fn list_rules(
     sock: &mut NfSock,
+    family: Family,
     table: &str,
     chain_name: &str,
 ) -> Result<Vec<ListedRule>, Cause> {
@@ -455,6 +492,7 @@ pub(crate) fn list_rules(
     let c = cstring(chain_name)?;
     let replies = dump(
         sock,
+        family,
         libc::NFT_MSG_GETRULE,
         // SAFETY: a rule object used only to write the request's table and chain.
         |h| unsafe {
@@ -496,12 +534,28 @@ pub(crate) fn list_rules(
     Ok(out)
 }
 
-/// The elements of vmtun's cutover set: the network addresses of the subnets for which a
-/// packet has arrived natively, i.e. whose replies the kernel no longer sends through the
-/// tunnel. For the watcher (to confirm and report the flip) and `vmtun status`.
-pub fn native_subnets(table: &str) -> Result<Vec<Ipv4Addr>, NetError> {
+/// The elements of vmtun's cutover sets in both families' tables: the network addresses of
+/// the subnets for which a packet has arrived natively, i.e. whose replies the kernel no
+/// longer sends through the tunnel. For `vmtun status`. A family without a table has none.
+pub fn native_subnets(table: &str) -> Result<Vec<IpAddr>, NetError> {
+    let mut out = Vec::new();
+    for family in FAMILIES {
+        match native_of(family, table) {
+            Ok(found) => out.extend(found),
+            Err(NetError::Op {
+                cause: Cause::Errno(libc::ENOENT),
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// [`native_subnets`] for one family's table.
+fn native_of(family: Family, table: &str) -> Result<Vec<IpAddr>, NetError> {
     let op_err = |cause| NetError::Op {
-        doing: format!("listing nft set ip {table} {NFT_NATIVE_SET}"),
+        doing: format!("listing nft set {} {table} {NFT_NATIVE_SET}", family.nft()),
         cause,
     };
     let t = cstring(table).map_err(op_err)?;
@@ -519,6 +573,7 @@ pub fn native_subnets(table: &str) -> Result<Vec<Ipv4Addr>, NetError> {
     let replies = open().and_then(|mut sock| {
         dump(
             &mut sock,
+            family,
             libc::NFT_MSG_GETSETELEM,
             // SAFETY: writes the set's table and name into the request.
             |h| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(h, set) },
@@ -527,7 +582,7 @@ pub fn native_subnets(table: &str) -> Result<Vec<Ipv4Addr>, NetError> {
     });
     let mut out = Vec::new();
     // SAFETY: each reply is a complete, aligned NEWSETELEM message; parsing appends its
-    // elements to `set`, whose keys are then read (4 bytes each: `ipv4_addr`).
+    // elements to `set`, whose keys are then read (4 or 16 bytes).
     unsafe {
         if let Ok(replies) = &replies {
             for m in replies {
@@ -542,9 +597,14 @@ pub fn native_subnets(table: &str) -> Result<Vec<Ipv4Addr>, NetError> {
                     }
                     let mut len: u32 = 0;
                     let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-                    if !k.is_null() && len == 4 {
-                        let b = std::slice::from_raw_parts(k as *const u8, 4);
-                        out.push(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                    if k.is_null() {
+                        continue;
+                    }
+                    let b = std::slice::from_raw_parts(k as *const u8, len as usize);
+                    if let Ok(v4) = <[u8; 4]>::try_from(b) {
+                        out.push(IpAddr::from(v4));
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(b) {
+                        out.push(IpAddr::from(v6));
                     }
                 }
                 sys::nftnl_set_elems_iter_destroy(it);
@@ -572,20 +632,30 @@ fn comment_of(mut ud: &[u8]) -> Option<String> {
     None
 }
 
-/// Deletes the rules with these handles from `table`/`chain_name` in one batch; returns the
+/// One of vmtun's rules, by family and handle, for deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handle {
+    family: Family,
+    handle: u64,
+}
+
+/// Deletes these rules from `chain_name` of the family's `table` in one batch (both families'
+/// tables at once if need be: the kernel applies a batch whole or not at all); returns the
 /// commit time.
 fn delete_rules(
     sock: &mut NfSock,
     table: &str,
     chain_name: &str,
-    handles: &[u64],
+    handles: &[Handle],
 ) -> Result<Committed, Cause> {
-    let t = Table::new(cstring(table)?, FAMILY);
-    let c = Chain::new(cstring(chain_name)?, &t);
+    let (table, chain_name) = (cstring(table)?, cstring(chain_name)?);
+    let tables = FAMILIES.map(|f| Table::new(&table, proto(f)));
+    let chains = [0, 1].map(|i| Chain::new(&chain_name, &tables[i]));
     let mut batch = Batch::new();
     for h in handles {
-        let mut r = nftnl::Rule::new(&c);
-        r.set_handle(*h);
+        let chain = &chains[usize::from(h.family == Family::Ipv6)];
+        let mut r = nftnl::Rule::new(chain);
+        r.set_handle(h.handle);
         batch.add(&r, MsgType::Del);
     }
     commit_on(sock, batch)
@@ -596,8 +666,8 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
     let add = action == Action::Apply;
     let mut batch = Batch::new();
     match c {
-        Change::NftTable { name } => {
-            let t = Table::new(cstring(name)?, FAMILY);
+        Change::NftTable { family, name } => {
+            let t = Table::new(cstring(name)?, proto(*family));
             if add {
                 batch.add(&Exclusive(&t), MsgType::Add);
             } else {
@@ -605,8 +675,13 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
             }
             commit(batch)?;
         }
-        Change::NftChain { table, name, hook } => {
-            let t = Table::new(cstring(table)?, FAMILY);
+        Change::NftChain {
+            family,
+            table,
+            name,
+            hook,
+        } => {
+            let t = Table::new(cstring(table)?, proto(*family));
             let ch = chain(&t, &cstring(name)?, *hook);
             if add {
                 batch.add(&Exclusive(&ch), MsgType::Add);
@@ -615,25 +690,42 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
             }
             commit(batch)?;
         }
-        Change::NftSet { table, name } => {
-            let s = DynamicSet::new(&cstring(table)?, &cstring(name)?);
+        Change::NftSet {
+            family,
+            table,
+            name,
+        } => {
+            let s = DynamicSet::new(*family, &cstring(table)?, &cstring(name)?);
             batch.add(&s, if add { MsgType::Add } else { MsgType::Del });
             commit(batch)?;
         }
-        Change::NftRule { table, chain, rule } if add => {
-            let t = Table::new(cstring(table)?, FAMILY);
+        Change::NftRule {
+            family,
+            table,
+            chain,
+            rule,
+        } if add => {
+            let t = Table::new(cstring(table)?, proto(*family));
             let ch = Chain::new(cstring(chain)?, &t);
             let r = build_rule(&ch, rule)?;
             batch.add(&r, MsgType::Add);
             commit(batch)?;
         }
-        Change::NftRule { table, chain, rule } => {
+        Change::NftRule {
+            family,
+            table,
+            chain,
+            rule,
+        } => {
             let comment = rule.comment();
             let mut sock = open()?;
-            let handles: Vec<u64> = list_rules(&mut sock, table, chain)?
+            let handles: Vec<Handle> = list_rules(&mut sock, *family, table, chain)?
                 .into_iter()
                 .filter(|r| r.comment.as_deref() == Some(comment.as_str()))
-                .map(|r| r.handle)
+                .map(|r| Handle {
+                    family: *family,
+                    handle: r.handle,
+                })
                 .collect();
             if handles.is_empty() {
                 return Err(Cause::Errno(libc::ENOENT));
@@ -649,7 +741,7 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MarkRemoval {
     /// Subnets whose mark rule was removed (empty if none was left: already finalized).
-    pub removed: Vec<Ipv4Net>,
+    pub removed: Vec<IpNet>,
     /// How long the netlink commit took, from sending the batch to the kernel's last
     /// acknowledgement (listing the rules beforehand is not included).
     pub commit: Duration,
@@ -658,10 +750,11 @@ pub struct MarkRemoval {
 }
 
 /// Finalizes the cutover: removes the mark rules for `subnets` (all of vmtun's mark rules
-/// when empty) from `table`, in one atomic batch. Only vmtun's own rules go; the cutover set
-/// and the native rule stay until undo. Idempotent: with no mark rule left it removes
-/// nothing and succeeds. For `vmtun cutover`; the watcher prepares a [`MarkRemover`].
-pub fn remove_mark_rule(table: &str, subnets: &[Ipv4Net]) -> Result<MarkRemoval, NetError> {
+/// when empty) from vmtun's tables named `table`, in one atomic batch. Only vmtun's own
+/// rules go; the cutover sets and the native rules stay until undo. Idempotent: with no mark
+/// rule left it removes nothing and succeeds. For `vmtun cutover`; the watcher prepares a
+/// [`MarkRemover`].
+pub fn remove_mark_rule(table: &str, subnets: &[IpNet]) -> Result<MarkRemoval, NetError> {
     MarkRemover::prepare(table)?.remove(subnets)
 }
 
@@ -673,11 +766,12 @@ pub struct MarkRemover {
     table: String,
     sock: NfSock,
     /// vmtun's mark rules as last listed: subnet and handle.
-    rules: Vec<(Ipv4Net, u64)>,
+    rules: Vec<(IpNet, Handle)>,
 }
 
 impl MarkRemover {
-    /// Opens the socket and lists the mark rules of `table`.
+    /// Opens the socket and lists the mark rules of vmtun's tables named `table` (a family
+    /// without a table has none; neither table is an error).
     pub fn prepare(table: &str) -> Result<Self, NetError> {
         let mut sock = open().map_err(|cause| removing(table, cause))?;
         let rules = mark_rules(&mut sock, table).map_err(|cause| removing(table, cause))?;
@@ -691,7 +785,7 @@ impl MarkRemover {
     /// Removes the mark rules for `subnets` (all when empty) in one batch. Should the
     /// rules have changed since they were listed (the kernel knows no such handle), lists
     /// them again and retries once.
-    pub fn remove(&mut self, subnets: &[Ipv4Net]) -> Result<MarkRemoval, NetError> {
+    pub fn remove(&mut self, subnets: &[IpNet]) -> Result<MarkRemoval, NetError> {
         let result = match self.try_remove(subnets) {
             Err(Cause::Errno(libc::ENOENT)) => {
                 mark_rules(&mut self.sock, &self.table).and_then(|rules| {
@@ -704,10 +798,9 @@ impl MarkRemover {
         result.map_err(|cause| removing(&self.table, cause))
     }
 
-    fn try_remove(&mut self, subnets: &[Ipv4Net]) -> Result<MarkRemoval, Cause> {
-        let wanted =
-            |net: &Ipv4Net| subnets.is_empty() || subnets.iter().any(|s| s.trunc() == *net);
-        let (removed, handles): (Vec<Ipv4Net>, Vec<u64>) = self
+    fn try_remove(&mut self, subnets: &[IpNet]) -> Result<MarkRemoval, Cause> {
+        let wanted = |net: &IpNet| subnets.is_empty() || subnets.iter().any(|s| s.trunc() == *net);
+        let (removed, handles): (Vec<IpNet>, Vec<Handle>) = self
             .rules
             .iter()
             .filter(|(net, _)| wanted(net))
@@ -732,25 +825,44 @@ impl MarkRemover {
 
 fn removing(table: &str, cause: Cause) -> NetError {
     NetError::Op {
-        doing: format!("removing the mark rules from nft table ip {table}"),
+        doing: format!("removing the mark rules from nft table {table}"),
         cause,
     }
 }
 
-/// vmtun's mark rules in `table`, by the subnet their comment names.
-fn mark_rules(sock: &mut NfSock, table: &str) -> Result<Vec<(Ipv4Net, u64)>, Cause> {
-    Ok(list_rules(sock, table, NFT_CHAIN)?
-        .into_iter()
-        .filter_map(|r| {
+/// vmtun's mark rules in both families' `table`, by the subnet their comment names. A
+/// missing table has none, but with neither table there, the missing table is the answer.
+fn mark_rules(sock: &mut NfSock, table: &str) -> Result<Vec<(IpNet, Handle)>, Cause> {
+    let mut out = Vec::new();
+    let mut missing = 0;
+    for family in FAMILIES {
+        let listed = match list_rules(sock, family, table, NFT_CHAIN) {
+            Err(Cause::Errno(libc::ENOENT)) => {
+                missing += 1;
+                continue;
+            }
+            other => other?,
+        };
+        out.extend(listed.into_iter().filter_map(|r| {
             let net = r
                 .comment
                 .as_deref()?
                 .strip_prefix("vmtun mark ")?
                 .parse()
                 .ok()?;
-            Some((net, r.handle))
-        })
-        .collect())
+            Some((
+                net,
+                Handle {
+                    family,
+                    handle: r.handle,
+                },
+            ))
+        }));
+    }
+    if missing == FAMILIES.len() {
+        return Err(Cause::Errno(libc::ENOENT));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

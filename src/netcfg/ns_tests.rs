@@ -25,7 +25,8 @@ const SUBNET: &str = "203.0.113.0/29";
 /// left out: the kernel attaches a default qdisc the first time a link goes up, and keeps it.
 fn snapshot(ns: &TestNs, ifaces: &[&str]) -> String {
     let mut s = ns.sh(
-        "ip rule; echo --; ip route show table all; echo --; nft list ruleset; echo --; \
+        "ip rule; ip -6 rule; echo --; ip route show table all; ip -6 route show table all; \
+         echo --; nft list ruleset; echo --; \
          iptables-save -t mangle | grep -v '^#'; echo --; ip -o addr; echo --; ip -o link | sed 's/qdisc [^ ]* //'",
     );
     for i in ifaces {
@@ -140,7 +141,7 @@ fn role_new_applies_and_undo_restores_everything() {
     });
     assert_eq!(
         removal.removed,
-        vec![SUBNET.parse::<ipnet::Ipv4Net>().unwrap()]
+        vec![SUBNET.parse::<ipnet::IpNet>().unwrap()]
     );
     assert!(stale.removed.is_empty(), "{stale:?}");
     println!("mark rule removal commit: {:?}", removal.commit);
@@ -289,6 +290,144 @@ fn cutover_set_flips_marking_on_the_first_native_packet() {
     host.sh("ip route del 203.0.113.2/32 dev vif0 && sysctl -qw net.ipv4.conf.vif0.proxy_arp=0");
     assert_eq!(before, snapshot(&host, &ifaces));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same flip for an IPv6 subnet beside the IPv4 one: its own table, set and rules, and
+/// the first native IPv6 packet flips IPv6 only.
+#[test]
+fn ipv6_cutover_flips_its_own_family_and_undo_restores_everything() {
+    let host = host("cut6");
+    let peer = TestNs::new("peer6");
+    host.sh(&format!(
+        "ip link del br0 && \
+         ip link add br0 type veth peer name up0 netns {p} && \
+         ip link add vif0 type veth peer name vm0 netns {p} && \
+         ip addr add 2001:db8:18::1/64 dev br0 nodad && ip link set br0 up && \
+         ip addr add 2001:db8:19::1/64 dev vif0 nodad && ip link set vif0 up && \
+         sysctl -qw net.ipv6.conf.all.forwarding=1",
+        p = peer.name
+    ));
+    let br0_mac = host.sh("cat /sys/class/net/br0/address");
+    let vif0_mac = host.sh("cat /sys/class/net/vif0/address");
+    peer.sh(&format!(
+        "ip addr add 2001:db8:18::2/64 dev up0 nodad && ip link set up0 up && \
+         ip addr add 2001:db8:19::2/64 dev vm0 nodad && \
+         ip addr add 2001:db8:1::2/128 dev vm0 nodad && ip link set vm0 up && \
+         ip neigh replace 2001:db8:18::1 lladdr {} dev up0 nud permanent && \
+         ip neigh replace 2001:db8:19::1 lladdr {} dev vm0 nud permanent && \
+         ip route add 2001:db8:1::/64 via 2001:db8:18::1 dev up0",
+        br0_mac.trim(),
+        vif0_mac.trim()
+    ));
+    let ifaces = [TUN, "br0", "vif0"];
+    let before = snapshot(&host, &ifaces);
+    let dir = state_dir(&host);
+    let Role::New(mut n) = new_role() else {
+        unreachable!()
+    };
+    n.subnets.push("2001:db8:1::/64".parse().unwrap());
+    let role = Role::New(n);
+    let p = plan(&tunnel(), Some(&role));
+    let mut j = host.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        check_prerequisites(&mut ops, Some(&role)).unwrap();
+        let mut j = Journal::create(&dir, "t").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        j
+    });
+    assert!(
+        (host.sh("ip -6 rule")).contains("10000:\tfrom all fwmark 0x1 lookup 201"),
+        "{}",
+        host.sh("ip -6 rule")
+    );
+    let t201 = host.sh("ip -6 route show table 201");
+    assert!(
+        t201.starts_with("default dev vmtun0 proto static"),
+        "{t201}"
+    );
+    host.sh("nft add table ip6 observe && \
+         nft add chain ip6 observe pre '{ type filter hook prerouting priority 0; }' && \
+         nft add rule ip6 observe pre meta mark 0x1 counter");
+    let marked = || {
+        let out = host.sh("nft list chain ip6 observe pre");
+        let i = out.find("packets ").expect("counter") + "packets ".len();
+        out[i..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let vm_reply = || peer.try_sh("ping -6 -c1 -W0.2 -I 2001:db8:1::2 2001:db8:19::1");
+    let native = || peer.try_sh("ping -6 -c1 -W0.2 2001:db8:1::3");
+
+    vm_reply();
+    assert_eq!(marked(), 1, "a VM packet is marked before the cutover");
+    native();
+    assert!(
+        host.sh("nft list set ip6 vmtun native")
+            .contains("elements = { 2001:db8:1:: }"),
+        "{}",
+        host.sh("nft list set ip6 vmtun native")
+    );
+    assert_eq!(
+        host.run(|| native_subnets(NFT_TABLE).unwrap()),
+        vec!["2001:db8:1::".parse::<IpAddr>().unwrap()],
+        "the IPv4 subnet has not flipped"
+    );
+    vm_reply();
+    assert_eq!(
+        marked(),
+        1,
+        "no VM packet is marked after the first native one"
+    );
+
+    let removal =
+        host.run(|| remove_mark_rule(NFT_TABLE, &["2001:db8:1::/64".parse().unwrap()]).unwrap());
+    assert_eq!(
+        removal.removed,
+        vec!["2001:db8:1::/64".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert!(
+        host.sh("nft list table ip vmtun")
+            .contains("vmtun mark 203.0.113.0/29")
+    );
+    assert!(!host.sh("nft list table ip6 vmtun").contains("mark set"));
+
+    host.sh("nft delete table ip6 observe");
+    host.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        j.undo_all(&mut ops).unwrap();
+    });
+    assert_eq!(before, snapshot(&host, &ifaces));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn vif_up_with_ipv6_answers_for_the_gateway_at_once() {
+    let ns = TestNs::new("vif6");
+    let vm = TestNs::new("vm6");
+    ns.sh(&format!(
+        "ip link add vif4 type veth peer name eth0 netns {} && ip link set vif4 up && \
+         sysctl -qw net.ipv6.conf.all.forwarding=1",
+        vm.name
+    ));
+    vm.sh("ip link set lo up && ip link set eth0 up && \
+         ip addr add 2001:db8:1::2/128 dev eth0 nodad");
+    let p = vif_up("vif4", &["2001:db8:1::2".parse().unwrap()]);
+    ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        apply_idempotent(&mut ops, &p).unwrap();
+        apply_idempotent(&mut ops, &p).unwrap();
+    });
+    let routes = ns.sh("ip -6 route show dev vif4");
+    assert!(routes.contains("2001:db8:1::2 proto static"), "{routes}");
+    // The VM's gateway answers at once (no duplicate address detection pending), and the
+    // host routes back to the VM's address: a ping from the VM to an address of the host.
+    ns.sh("ip link set lo up && ip addr add 2001:db8:20::1/128 dev lo");
+    vm.sh("ip -6 route add default via fe80::1 dev eth0");
+    let (ok, ping) = vm.try_sh("ping -6 -c1 -W2 2001:db8:20::1");
+    assert!(ok && ping.contains("1 received"), "{ping}");
 }
 
 #[test]

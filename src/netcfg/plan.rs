@@ -3,14 +3,16 @@
 
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use super::change::{
-    Change, Direction, FwMark, NftHook, NftRuleKind, Route, Rule, Sysctl, SysctlKey, TableId,
+    Change, Direction, Family, FwMark, NftHook, NftRuleKind, Route, Rule, Sysctl, SysctlKey,
+    TableId,
 };
 
-/// Name of vmtun's own nftables table (family `ip`). It is created exclusively, so a second
-/// instance on the same host fails with `File exists` instead of sharing it.
+/// Name of vmtun's own nftables tables, one per family of the VM subnets (`ip vmtun`, `ip6
+/// vmtun`). They are created exclusively, so a second instance on the same host fails with
+/// `File exists` instead of sharing them.
 pub const NFT_TABLE: &str = "vmtun";
 /// The base chain in [`NFT_TABLE`], hooked at prerouting with mangle priority like the
 /// seed's `iptables -t mangle -A PREROUTING`.
@@ -18,8 +20,6 @@ pub const NFT_CHAIN: &str = "prerouting";
 /// The base chain in [`NFT_TABLE`] for routed traffic: the MSS clamp of TCP handshakes
 /// crossing the tunnel.
 pub const NFT_FORWARD_CHAIN: &str = "forward";
-/// An IPv4 header and a TCP header without options: the MTU less this is the MSS.
-const IPV4_TCP_HEADERS: u32 = 40;
 /// The cutover set: holds a subnet's network address once a packet for it arrived natively.
 pub const NFT_NATIVE_SET: &str = "native";
 /// Default priority of the `fwmark` policy rule: before `main` (32766), after `local` (0),
@@ -41,8 +41,8 @@ pub struct TunnelParams {
 /// have left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OldParams {
-    /// VM subnets.
-    pub subnets: Vec<Ipv4Net>,
+    /// VM subnets, IPv4 and IPv6.
+    pub subnets: Vec<IpNet>,
     /// The new host's tunnel address.
     pub via: IpAddr,
 }
@@ -51,8 +51,8 @@ pub struct OldParams {
 /// the subnets arrive natively on the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewParams {
-    /// VM subnets.
-    pub subnets: Vec<Ipv4Net>,
+    /// VM subnets, IPv4 and IPv6.
+    pub subnets: Vec<IpNet>,
     /// The old host's tunnel address.
     pub via: IpAddr,
     /// Routing table for VM replies through the tunnel.
@@ -77,6 +77,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// The VM subnets the role routes.
+    pub fn subnets(&self) -> &[IpNet] {
+        match self {
+            Role::Old(o) => &o.subnets,
+            Role::New(n) => &n.subnets,
+        }
+    }
+
     /// The role's name as the config spells it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -87,8 +95,8 @@ impl Role {
 }
 
 /// The ordered changes `vmtun up` makes: the tunnel's address, MTU and link state, then the
-/// role's routes, rule, sysctls and nftables objects. The journal applies them in this order
-/// and undoes them in reverse.
+/// role's routes, rule, sysctls and nftables objects, IPv4's before IPv6's. The journal
+/// applies them in this order and undoes them in reverse.
 pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
     let tun = &tunnel.tun;
     let mut p = vec![Change::Address {
@@ -111,38 +119,57 @@ pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
         Some(Role::Old(o)) => {
             for net in &o.subnets {
                 p.push(Change::Route(Route {
-                    dest: IpNet::V4(net.trunc()),
-                    via: Some(o.via),
+                    dest: net.trunc(),
+                    via: gateway(o.via, net),
                     dev: tun.clone(),
                     table: TableId::MAIN,
                 }));
             }
-            p.push(Change::NftTable {
-                name: NFT_TABLE.into(),
-            });
-            clamp_mss(&mut p, tunnel);
+            for family in Family::all_of(&o.subnets) {
+                p.push(nft_table(family));
+                clamp_mss(&mut p, tunnel, family);
+            }
         }
         Some(Role::New(n)) => {
-            plan_new(&mut p, tun, n);
-            clamp_mss(&mut p, tunnel);
+            for family in Family::all_of(&n.subnets) {
+                plan_new(&mut p, tun, n, family);
+                clamp_mss(&mut p, tunnel, family);
+            }
         }
     }
     p
 }
 
-/// The forward chain in vmtun's table (which must come before it in the plan) and the
-/// MSS clamp of TCP handshakes routed into the tunnel and out of it: both directions on
-/// both hosts, so a connection's segments fit the tunnel even when the other end is a
+/// The next hop for a route to `dest` through the tunnel: the other host's tunnel address
+/// when it has `dest`'s family, otherwise none (the tunnel is a point-to-point device, and
+/// cryptokey routing picks the peer by the packet's destination).
+fn gateway(via: IpAddr, dest: &IpNet) -> Option<IpAddr> {
+    (Family::of(via) == Family::of(dest.addr())).then_some(via)
+}
+
+fn nft_table(family: Family) -> Change {
+    Change::NftTable {
+        family,
+        name: NFT_TABLE.into(),
+    }
+}
+
+/// The forward chain in vmtun's table of `family` (which must come before it in the plan)
+/// and the MSS clamp of TCP handshakes routed into the tunnel and out of it: both directions
+/// on both hosts, so a connection's segments fit the tunnel even when the other end is a
 /// plain WireGuard peer.
-fn clamp_mss(p: &mut Vec<Change>, tunnel: &TunnelParams) {
+fn clamp_mss(p: &mut Vec<Change>, tunnel: &TunnelParams, family: Family) {
     p.push(Change::NftChain {
+        family,
         table: NFT_TABLE.into(),
         name: NFT_FORWARD_CHAIN.into(),
         hook: NftHook::Forward,
     });
-    let mss = u16::try_from(tunnel.mtu.saturating_sub(IPV4_TCP_HEADERS)).unwrap_or(u16::MAX);
+    let headers = family.ip_tcp_headers();
+    let mss = u16::try_from(tunnel.mtu.saturating_sub(headers)).unwrap_or(u16::MAX);
     for direction in [Direction::Into, Direction::OutOf] {
         p.push(Change::NftRule {
+            family,
             table: NFT_TABLE.into(),
             chain: NFT_FORWARD_CHAIN.into(),
             rule: NftRuleKind::ClampMss {
@@ -154,74 +181,84 @@ fn clamp_mss(p: &mut Vec<Change>, tunnel: &TunnelParams) {
     }
 }
 
-fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams) {
-    let default = match n.via {
-        IpAddr::V4(_) => IpNet::V4(Ipv4Net::default()),
-        IpAddr::V6(_) => IpNet::V6(Default::default()),
-    };
+/// Role new's changes for the subnets of one family.
+fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
+    let subnets: Vec<IpNet> = (n.subnets.iter())
+        .filter(|net| Family::of(net.addr()) == family)
+        .map(IpNet::trunc)
+        .collect();
+    let everything = family.everything();
     p.push(Change::Route(Route {
-        dest: default,
-        via: Some(n.via),
+        dest: everything,
+        via: gateway(n.via, &everything),
         dev: tun.into(),
         table: n.table,
     }));
     p.push(Change::Rule(Rule {
+        family,
         fwmark: n.fwmark,
         table: n.table,
         priority: n.rule_priority,
     }));
     // Loose reverse-path filtering only where asymmetric paths are expected: client packets
-    // arrive through the tunnel, replies may leave natively (RFC 3704 "loose" = 2).
-    for dev in [tun, n.bridge.as_str()] {
-        p.push(Change::Sysctl(Sysctl {
-            key: SysctlKey::ipv4_conf(dev, "rp_filter"),
-            value: "2".into(),
-            previous: None,
-        }));
+    // arrive through the tunnel, replies may leave natively (RFC 3704 "loose" = 2). IPv6
+    // has no such sysctl (its reverse-path filter is a netfilter rule vmtun does not add).
+    if family == Family::Ipv4 {
+        for dev in [tun, n.bridge.as_str()] {
+            p.push(Change::Sysctl(Sysctl {
+                key: SysctlKey::ipv4_conf(dev, "rp_filter"),
+                value: "2".into(),
+                previous: None,
+            }));
+        }
     }
     let table = NFT_TABLE.to_string();
     let chain = NFT_CHAIN.to_string();
-    p.push(Change::NftTable {
-        name: table.clone(),
-    });
+    p.push(nft_table(family));
     p.push(Change::NftChain {
+        family,
         table: table.clone(),
         name: chain.clone(),
         hook: NftHook::Prerouting,
     });
     p.push(Change::NftSet {
+        family,
         table: table.clone(),
         name: NFT_NATIVE_SET.into(),
     });
-    for net in &n.subnets {
+    let native = subnets.iter().map(|&subnet| NftRuleKind::Native {
+        bridge: n.bridge.clone(),
+        subnet,
+        set: NFT_NATIVE_SET.into(),
+    });
+    let mark = subnets.iter().map(|&subnet| NftRuleKind::Mark {
+        vif_prefix: n.vif_prefix.clone(),
+        subnet,
+        fwmark: n.fwmark,
+        skip_set: Some(NFT_NATIVE_SET.into()),
+    });
+    for rule in native.chain(mark) {
         p.push(Change::NftRule {
+            family,
             table: table.clone(),
             chain: chain.clone(),
-            rule: NftRuleKind::Native {
-                bridge: n.bridge.clone(),
-                subnet: net.trunc(),
-                set: NFT_NATIVE_SET.into(),
-            },
-        });
-    }
-    for net in &n.subnets {
-        p.push(Change::NftRule {
-            table: table.clone(),
-            chain: chain.clone(),
-            rule: NftRuleKind::Mark {
-                vif_prefix: n.vif_prefix.clone(),
-                subnet: net.trunc(),
-                fwmark: n.fwmark,
-                skip_set: Some(NFT_NATIVE_SET.into()),
-            },
+            rule,
         });
     }
 }
 
-/// What `vmtun vif-up IFACE` sets: a host route per VM address onto its interface, and
-/// proxy ARP there (the VM's default gateway is an arbitrary address the host answers for).
-/// These belong to the VM interface's life: they are not journaled, stay when vmtun exits
-/// and go with the interface. Apply them with [`super::apply_idempotent`].
+/// The IPv6 default gateway a VM is given (`ip -6 route add default via fe80::1 dev eth0`),
+/// the usual choice of routed IPv6 hosting: a link-local address the host holds on every VM
+/// interface, so it is the same wherever the VM runs.
+pub const VM_GATEWAY6: &str = "fe80::1/64";
+
+/// What `vmtun vif-up IFACE` sets: a host route per VM address onto its interface (/32,
+/// /128), and proxy ARP there (the VM's IPv4 default gateway is an arbitrary address the
+/// host answers for). With IPv6 addresses, the host holds the VM's IPv6 gateway
+/// [`VM_GATEWAY6`] on the interface, without duplicate address detection (which would keep
+/// it unusable for a second after each VM start or arrival). These belong to the VM
+/// interface's life: they are not journaled, stay when vmtun exits and go with the
+/// interface. Apply them with [`super::apply_idempotent`].
 pub fn vif_up(iface: &str, addresses: &[IpAddr]) -> Vec<Change> {
     let mut p: Vec<Change> = addresses
         .iter()
@@ -234,11 +271,27 @@ pub fn vif_up(iface: &str, addresses: &[IpAddr]) -> Vec<Change> {
             })
         })
         .collect();
-    p.push(Change::Sysctl(Sysctl {
-        key: SysctlKey::ipv4_conf(iface, "proxy_arp"),
-        value: "1".into(),
-        previous: None,
-    }));
+    let families: Vec<Family> = {
+        let nets: Vec<IpNet> = addresses.iter().map(|a| IpNet::from(*a)).collect();
+        Family::all_of(&nets)
+    };
+    let sysctl = |key, value: &str| {
+        Change::Sysctl(Sysctl {
+            key,
+            value: value.into(),
+            previous: None,
+        })
+    };
+    if families.contains(&Family::Ipv4) {
+        p.push(sysctl(SysctlKey::ipv4_conf(iface, "proxy_arp"), "1"));
+    }
+    if families.contains(&Family::Ipv6) {
+        p.push(sysctl(SysctlKey::ipv6_conf(iface, "accept_dad"), "0"));
+        p.push(Change::Address {
+            dev: iface.into(),
+            addr: VM_GATEWAY6.parse().expect("constant prefix"),
+        });
+    }
     p
 }
 
@@ -313,6 +366,66 @@ mod tests {
                 "nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
                 "nft add rule ip vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment \"vmtun mss into tunnel\"",
                 "nft add rule ip vmtun forward iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment \"vmtun mss out of tunnel\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_subnets_get_their_own_route_rule_and_table() {
+        let Role::New(mut n) = new_role() else {
+            unreachable!()
+        };
+        n.subnets.push("2001:db8:1::/64".parse().unwrap());
+        let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
+        // IPv4's changes come first and are as without IPv6.
+        assert_eq!(p[..15], lines(&plan(&tunnel(), Some(&new_role())))[..]);
+        assert_eq!(
+            p[15..],
+            [
+                "ip -6 route add default dev vmtun0 table 201",
+                "ip -6 rule add fwmark 0x1 lookup 201 priority 10000",
+                "nft add table ip6 vmtun",
+                "nft add chain ip6 vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
+                "nft add set ip6 vmtun native '{ type ipv6_addr; flags dynamic; }'",
+                "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" ip6 daddr 2001:db8:1::/64 counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } comment \"vmtun native 2001:db8:1::/64\"",
+                "nft add rule ip6 vmtun prerouting iifname \"vif*\" ip6 saddr 2001:db8:1::/64 ip6 saddr & ffff:ffff:ffff:ffff:: != @native counter meta mark set 0x1 comment \"vmtun mark 2001:db8:1::/64\"",
+                "nft add chain ip6 vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
+                "nft add rule ip6 vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss into tunnel\"",
+                "nft add rule ip6 vmtun forward iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss out of tunnel\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn old_role_routes_an_ipv6_subnet_onto_the_tunnel() {
+        let role = Role::Old(OldParams {
+            subnets: vec!["2001:db8:1::/64".parse().unwrap()],
+            via: "100.64.0.2".parse().unwrap(),
+        });
+        let p = lines(&plan(&tunnel(), Some(&role)));
+        assert_eq!(p[3], "ip -6 route add 2001:db8:1::/64 dev vmtun0");
+        // Only the family that has subnets gets a table.
+        assert_eq!(p[4], "nft add table ip6 vmtun");
+        assert_eq!(p.len(), 8);
+    }
+
+    #[test]
+    fn vif_up_with_ipv6_holds_the_gateway_without_dad() {
+        let p = vif_up(
+            "vif0",
+            &[
+                "203.0.113.2".parse().unwrap(),
+                "2001:db8:1::2".parse().unwrap(),
+            ],
+        );
+        assert_eq!(
+            lines(&p),
+            [
+                "ip route add 203.0.113.2/32 dev vif0",
+                "ip -6 route add 2001:db8:1::2/128 dev vif0",
+                "sysctl -w net.ipv4.conf.vif0.proxy_arp=1",
+                "sysctl -w net.ipv6.conf.vif0.accept_dad=0",
+                "ip addr add fe80::1/64 dev vif0",
             ]
         );
     }

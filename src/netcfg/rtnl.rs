@@ -16,7 +16,7 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, route::RouteMessage};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::change::{Route, Rule};
+use super::change::{Family, Route, Rule};
 use super::error::Cause;
 
 /// What vmtun needs to know about a link before changing it.
@@ -165,17 +165,20 @@ impl Rtnl {
         res.map_err(|e| link_cause(e, &r.dev))
     }
 
-    /// Adds or deletes a `fwmark M lookup T priority P` rule (IPv4).
+    /// Adds or deletes a `fwmark M lookup T priority P` rule in its family's rule list.
     pub fn rule(&self, r: &Rule, add: bool) -> Result<(), Cause> {
         let mut req = self
             .handle
             .rule()
             .add()
-            .v4()
             .fw_mark(r.fwmark.0)
             .table_id(r.table.0)
             .priority(r.priority)
             .action(RuleAction::ToTable);
+        req.message_mut().header.family = match r.family {
+            Family::Ipv4 => AddressFamily::Inet,
+            Family::Ipv6 => AddressFamily::Inet6,
+        };
         let res = if add {
             self.block(async move { req.execute().await })
         } else {
