@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// Seconds to probe before the move (and after it, and after the switch: twice this).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub dwell: f64,
+    /// The VM's traffic is IPv6: a dual-stack lab, the VM's /64 (2001:db8:1::/64) moved and
+    /// cut over, the client probing 2001:db8:1::2. The tunnel's underlay stays IPv4.
+    #[arg(long, conflicts_with_all = ["seed_cutover", "no_tunnel"])]
+    pub ipv6: bool,
 }
 
 /// Runs the demo. Needs root (it creates network namespaces); never touches the root
@@ -98,6 +102,9 @@ fn options(args: &DemoArgs, vmtun: PathBuf) -> Options {
     } else {
         HostMode::Vmtun
     };
+    if args.ipv6 {
+        options.family = migration::Family::Ipv6;
+    }
     let dwell = Duration::from_secs_f64(args.dwell);
     options.before_move = dwell;
     options.settle = dwell;
@@ -163,9 +170,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "\nvmtun demo ({}): the VM {} moves from the old host to the new host while the client probes it at {} Hz\n",
-        report.mode,
-        migration::VM_ADDR,
-        report.rate_hz
+        report.mode, report.vm, report.rate_hz
     );
     let _ = writeln!(out, "timeline (ms after the first reply)");
     for event in &report.timeline {
@@ -246,10 +251,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "\nprovider counters (packets from {}): from the old host {}, from the new host {}, dropped by anti-spoofing {}",
-        migration::SUBNET,
-        c.from_old,
-        c.from_new,
-        c.spoof_dropped
+        report.subnet, c.from_old, c.from_new, c.spoof_dropped
     );
     for exit in &report.vmtun_exits {
         let _ = writeln!(out, "vmtun up {exit}");

@@ -112,6 +112,16 @@ impl Netns {
         self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
     }
 
+    /// Keeps IPv6 on but quiet (existing and future interfaces): no duplicate address
+    /// detection, so addresses work at once, and no router solicitations.
+    pub fn quiet_ipv6(&self) -> Result<()> {
+        for scope in ["all", "default"] {
+            self.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+            self.sysctl(&format!("net.ipv6.conf.{scope}.router_solicitations"), "0")?;
+        }
+        Ok(())
+    }
+
     /// Brings `dev` up.
     pub fn link_up(&self, dev: &str) -> Result<()> {
         self.ip(&["link", "set", dev, "up"]).map(drop)

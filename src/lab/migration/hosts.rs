@@ -144,6 +144,32 @@ impl HostConfig {
         }
     }
 
+    /// Makes a migration config carry the VM's traffic of `families` (in a lab built with
+    /// them): their subnets, the VM's addresses, and the peer's allowed IPs (role old: the
+    /// tunnel address and the subnets; role new: every address, of IPv4 for the tunnel
+    /// address and of each family for the VM's replies).
+    pub fn carrying(mut self, families: &[Family]) -> Self {
+        let Some(m) = self.migration.as_mut() else {
+            return self;
+        };
+        m.subnets = families.iter().map(|f| subnet(*f).to_owned()).collect();
+        for vm in &mut self.vms {
+            vm.addresses = families.iter().map(|f| vm_addr(*f).to_owned()).collect();
+        }
+        self.peer_allowed_ips = if m.role == "old" {
+            let mut ips = vec![format!("{TUNNEL_NEW}/32")];
+            ips.extend(m.subnets.iter().cloned());
+            ips
+        } else {
+            let mut ips = vec!["0.0.0.0/0".to_owned()];
+            if families.contains(&Family::Ipv6) {
+                ips.push("::/0".to_owned());
+            }
+            ips
+        };
+        self
+    }
+
     /// The new host's config: role new with `cutover` (`"auto"`/`"manual"`), the old host
     /// as the peer for every destination (VM replies go anywhere).
     pub fn new_host(keys: &KeyPair, peer: &KeyPair, cutover: &'static str) -> Self {

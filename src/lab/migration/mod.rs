@@ -36,6 +36,7 @@ pub mod scenario;
 pub mod stats;
 pub mod topology;
 
+pub use crate::netcfg::Family;
 pub use scenario::{HostMode, Options, Report, run};
 pub use topology::MigrationLab;
 
@@ -70,6 +71,43 @@ pub const VM_GATEWAY: &str = "192.0.2.1";
 pub const OTHER_SUBNET: &str = "198.51.100.0/24";
 /// An address in [`OTHER_SUBNET`].
 pub const OTHER_ADDR: &str = "198.51.100.5";
+/// The client's IPv6 address (the lab built dual-stack: [`MigrationLab::build_dual_stack`]).
+pub const CLIENT6: &str = "2001:db8:10::2";
+/// The core's IPv6 address towards the client.
+pub const CORE_CLIENT6: &str = "2001:db8:10::1";
+/// The core's IPv6 address towards the old host.
+pub const CORE_OLD6: &str = "2001:db8:11::1";
+/// The old host's IPv6 address (on its br0).
+pub const OLD6: &str = "2001:db8:11::2";
+/// The core's IPv6 address towards the new host.
+pub const CORE_NEW6: &str = "2001:db8:12::1";
+/// The new host's IPv6 address (on its br0).
+pub const NEW6: &str = "2001:db8:12::2";
+/// Prefix length of every IPv6 underlay link.
+pub const UNDERLAY6_PREFIX: u8 = 64;
+/// The VMs' routed IPv6 subnet: a /64, as hosters route one per VM or per host.
+pub const SUBNET6: &str = "2001:db8:1::/64";
+/// The VM's IPv6 address.
+pub const VM_ADDR6: &str = "2001:db8:1::2";
+/// The VM's IPv6 default gateway: the link-local address `vif-up` puts on the host's vif.
+pub const VM_GATEWAY6: &str = "fe80::1";
+
+/// The VM's routed subnet of `family`.
+pub fn subnet(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => SUBNET,
+        Family::Ipv6 => SUBNET6,
+    }
+}
+
+/// The VM's address of `family`.
+pub fn vm_addr(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => VM_ADDR,
+        Family::Ipv6 => VM_ADDR6,
+    }
+}
+
 /// The VM's interface on the host side (libvirt's `<target dev=...>`).
 pub const VIF: &str = "vif0";
 /// Prefix of VM interfaces.

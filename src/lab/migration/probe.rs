@@ -12,7 +12,7 @@
 
 use super::stats::{Reply, Via};
 use crate::lab::{LabError, Netns, Result};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,7 +56,7 @@ pub fn decode(buf: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Opens a UDP socket bound to `bind` inside `ns`.
-pub fn bind_in(ns: &Netns, label: &str, bind: SocketAddrV4) -> Result<UdpSocket> {
+pub fn bind_in(ns: &Netns, label: &str, bind: SocketAddr) -> Result<UdpSocket> {
     let what = format!("binding UDP {bind} in {}", ns.name());
     ns.thread(label, move || {
         UdpSocket::bind(bind).map_err(|e| LabError::io(format!("binding UDP {bind}"), e))
@@ -89,13 +89,11 @@ pub struct Echo {
 }
 
 impl Echo {
-    /// Starts echoing on `0.0.0.0:port` inside `vm`.
+    /// Starts echoing on `port` inside `vm`, for both families (`[::]:port`), or for IPv4
+    /// alone (`0.0.0.0:port`) where the VM has no IPv6.
     pub fn start(vm: &Netns, port: u16) -> Result<Self> {
-        let socket = bind_in(
-            vm,
-            "echo-bind",
-            SocketAddrV4::new([0, 0, 0, 0].into(), port),
-        )?;
+        let socket = bind_in(vm, "echo-bind", (Ipv6Addr::UNSPECIFIED, port).into())
+            .or_else(|_| bind_in(vm, "echo-bind", (Ipv4Addr::UNSPECIFIED, port).into()))?;
         socket
             .set_read_timeout(Some(POLL))
             .map_err(|e| LabError::io("setting the echo socket's timeout", e))?;
@@ -184,18 +182,19 @@ fn lock(log: &Mutex<ProbeLog>) -> std::sync::MutexGuard<'_, ProbeLog> {
 
 impl Prober {
     /// Starts probing `target` from inside `client` at `rate_hz` (1..=[`MAX_RATE_HZ`]).
-    pub fn start(client: &Netns, target: SocketAddrV4, rate_hz: u32) -> Result<Self> {
+    pub fn start(client: &Netns, target: impl Into<SocketAddr>, rate_hz: u32) -> Result<Self> {
+        let target: SocketAddr = target.into();
         if !(1..=MAX_RATE_HZ).contains(&rate_hz) {
             return Err(LabError::Refused(format!(
                 "probe rate {rate_hz} Hz: use 1..={MAX_RATE_HZ}"
             )));
         }
-        let socket = bind_in(
-            client,
-            "probe-bind",
-            SocketAddrV4::new([0, 0, 0, 0].into(), 0),
-        )?;
-        enable_recv_tos(&socket)?;
+        let any: SocketAddr = match target {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = bind_in(client, "probe-bind", any)?;
+        enable_recv_tos(&socket, target.is_ipv6())?;
         socket
             .set_read_timeout(Some(POLL))
             .map_err(|e| LabError::io("setting the probe socket's timeout", e))?;
@@ -316,22 +315,28 @@ impl Drop for Prober {
     }
 }
 
-/// Asks the kernel to hand over each datagram's TOS byte (`IP_RECVTOS`, ip(7)).
-fn enable_recv_tos(socket: &UdpSocket) -> Result<()> {
+/// Asks the kernel to hand over each datagram's TOS byte (`IP_RECVTOS`, ip(7)), or for
+/// IPv6 its traffic class, which holds the DSCP the same way (`IPV6_RECVTCLASS`, ipv6(7)).
+fn enable_recv_tos(socket: &UdpSocket, ipv6: bool) -> Result<()> {
     let on: libc::c_int = 1;
+    let (level, option) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVTOS)
+    };
     // SAFETY: setsockopt(2) on a socket we own, with a c_int option value.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_RECVTOS,
+            level,
+            option,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
         return Err(LabError::io(
-            "enabling IP_RECVTOS on the probe socket",
+            "asking for the TOS byte (IP_RECVTOS, IPV6_RECVTCLASS) on the probe socket",
             std::io::Error::last_os_error(),
         ));
     }
@@ -339,7 +344,7 @@ fn enable_recv_tos(socket: &UdpSocket) -> Result<()> {
 }
 
 /// `recvmsg(2)` one datagram into `buf`: its length and the TOS byte from the `IP_TOS`
-/// control message.
+/// control message (or the traffic class from `IPV6_TCLASS`).
 fn recv_with_tos(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Option<u8>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -360,12 +365,16 @@ fn recv_with_tos(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, 
     }
     let mut tos = None;
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, bounded by
-    // msg_controllen; IP_TOS carries one byte.
+    // msg_controllen; IP_TOS carries one byte, IPV6_TCLASS an int.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TOS {
+            let (level, ty) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if level == libc::IPPROTO_IP && ty == libc::IP_TOS {
                 tos = Some(*libc::CMSG_DATA(cmsg));
+            } else if level == libc::IPPROTO_IPV6 && ty == libc::IPV6_TCLASS {
+                let class = (libc::CMSG_DATA(cmsg) as *const libc::c_int).read_unaligned();
+                tos = u8::try_from(class).ok();
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }

@@ -29,7 +29,7 @@ use super::topology::{CoreCounters, MigrationLab, Site};
 use super::*;
 use crate::lab::{self, LabError, Result, Scratch};
 use serde::Serialize;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub struct Options {
     pub after_switch: Duration,
     /// `rp_filter` on the hosts before anything runs (1: strict, a hardened host).
     pub host_rp_filter: u8,
+    /// The family of the VM's traffic: IPv4, or IPv6 in a dual-stack lab (the tunnel's
+    /// underlay stays IPv4 either way). IPv6 runs with vmtun only: the seed is IPv4.
+    pub family: Family,
 }
 
 impl Options {
@@ -97,6 +100,7 @@ impl Options {
             after_move: Duration::from_secs(2),
             after_switch: Duration::from_secs(2),
             host_rp_filter: 1,
+            family: Family::Ipv4,
         }
     }
 }
@@ -165,6 +169,10 @@ pub struct Report {
     pub mode: String,
     /// Probes per second.
     pub rate_hz: u32,
+    /// The VM's address the client probed (IPv4, or IPv6 with [`Options::family`]).
+    pub vm: IpAddr,
+    /// The VM subnet the provider switched and the counters count.
+    pub subnet: String,
     /// Per phase, in order.
     pub phases: Vec<PhaseStats>,
     /// The cutover, when one ran.
@@ -240,9 +248,21 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
             probe::MAX_RATE_HZ
         )));
     }
+    let family = options.family;
+    if family == Family::Ipv6 && options.mode != HostMode::Vmtun {
+        return Err(LabError::Refused(format!(
+            "{} over IPv6: the seed's commands and the no-tunnel baseline are IPv4 only",
+            options.mode.name()
+        )));
+    }
     let scratch = Scratch::new("demo")?;
-    progress("building the lab: client, core (provider), old host, new host, vm");
-    let lab = MigrationLab::build(options.host_rp_filter)?;
+    let lab = if family == Family::Ipv6 {
+        progress("building the lab, dual-stack: client, core (provider), old host, new host, vm");
+        MigrationLab::build_dual_stack(options.host_rp_filter)?
+    } else {
+        progress("building the lab: client, core (provider), old host, new host, vm");
+        MigrationLab::build(options.host_rp_filter)?
+    };
     let echo = Echo::start(&lab.vm, ECHO_PORT)?;
     let mut clock = Clock { events: Vec::new() };
     let mut hosts: Vec<HostVmtun<'_>> = Vec::new();
@@ -251,7 +271,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     if options.mode != HostMode::NoTunnel {
         let old_keys = KeyPair::generate(&options.vmtun)?;
         let new_keys = KeyPair::generate(&options.vmtun)?;
-        let mut new_config = HostConfig::new_host(&new_keys, &old_keys, "auto");
+        let mut new_config = HostConfig::new_host(&new_keys, &old_keys, "auto").carrying(&[family]);
         if matches!(options.mode, HostMode::Seed { .. }) {
             new_config.migration = None;
         }
@@ -270,7 +290,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         }
         new_index = Some(hosts.len());
         hosts.push(new);
-        let old_config = HostConfig::old(&old_keys, &new_keys);
+        let old_config = HostConfig::old(&old_keys, &new_keys).carrying(&[family]);
         progress(&format!(
             "vmtun up on the old host ({}, role old)",
             old_config.name
@@ -294,11 +314,12 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         clock.now("handshake done (ping through the tunnel answered)");
     }
 
+    let vm: IpAddr = vm_addr(family).parse().expect("constant");
+    let target = SocketAddr::new(vm, ECHO_PORT);
     progress(&format!(
-        "probing {VM_ADDR}:{ECHO_PORT} from the client at {} Hz",
+        "probing {target} from the client at {} Hz",
         options.rate_hz
     ));
-    let target = SocketAddrV4::new(VM_ADDR.parse::<Ipv4Addr>().expect("constant"), ECHO_PORT);
     let prober = Prober::start(&lab.client, target, options.rate_hz)?;
     let warmup = clock.now("probes started");
     lab::wait_until(SETUP_WAIT, "the first probe reply", || {
@@ -314,7 +335,10 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     match new_index {
         Some(i) if hosts[i].config.migration.is_some() => {
             hosts[i].vif_up(VIF)?;
-            clock.now("vmtun vif-up vif0 done (/32 route, proxy_arp)");
+            clock.now(match family {
+                Family::Ipv4 => "vmtun vif-up vif0 done (/32 route, proxy_arp)",
+                Family::Ipv6 => "vmtun vif-up vif0 done (/128 route, fe80::1 on vif0)",
+            });
         }
         _ => {
             lab.seed_vif_up(Site::New)?;
@@ -538,6 +562,8 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     Ok(Report {
         mode: options.mode.name().into(),
         rate_hz: options.rate_hz,
+        vm,
+        subnet: subnet(family).into(),
         phases,
         cutover,
         totals,

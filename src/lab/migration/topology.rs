@@ -27,19 +27,29 @@ pub struct CoreCounters {
 }
 
 /// The core's nftables ruleset: anti-spoofing on the new host's link, then count and stamp
-/// replies from the VM subnet by the link they arrive on (DSCP CS1 old, CS2 new).
-fn core_ruleset() -> String {
+/// replies from the VM subnets by the link they arrive on (DSCP CS1 old, CS2 new), for
+/// each family the lab has.
+fn core_ruleset(families: &[Family]) -> String {
+    let rules: String = families
+        .iter()
+        .map(|family| {
+            let (ip, net) = (family.nft(), subnet(*family));
+            format!(
+                r#"        iifname "new0" {ip} saddr {net} counter name "spoof_drop" drop comment "anti-spoofing {ip}"
+        iifname "old0" {ip} saddr {net} counter name "from_old" {ip} dscp set cs1
+        iifname "new0" {ip} saddr {net} counter name "from_new" {ip} dscp set cs2
+"#
+            )
+        })
+        .collect();
     format!(
-        r#"table ip lab {{
+        r#"table inet lab {{
     counter from_old {{ }}
     counter from_new {{ }}
     counter spoof_drop {{ }}
     chain forward {{
         type filter hook forward priority 0; policy accept;
-        iifname "new0" ip saddr {SUBNET} counter name "spoof_drop" drop comment "anti-spoofing"
-        iifname "old0" ip saddr {SUBNET} counter name "from_old" ip dscp set cs1
-        iifname "new0" ip saddr {SUBNET} counter name "from_new" ip dscp set cs2
-    }}
+{rules}    }}
 }}
 "#
     )
@@ -58,20 +68,45 @@ pub struct MigrationLab {
     pub new: Netns,
     /// The VM.
     pub vm: Netns,
+    /// The families the lab carries: IPv4, and IPv6 when built dual-stack.
+    pub families: Vec<Family>,
 }
 
 impl MigrationLab {
     /// Builds the namespaces and links, routes the VM subnet to the old host with the
     /// anti-spoofing in place, sets `rp_filter` to `host_rp_filter` on the hosts (1, strict,
     /// is a hardened host: vmtun must loosen only what it needs) and attaches the VM to the
-    /// old host as its libvirt script did before vmtun (a /32 on vif0, proxy ARP).
+    /// old host as its libvirt script did before vmtun (a /32 on vif0, proxy ARP). IPv6
+    /// is off in every namespace.
     pub fn build(host_rp_filter: u8) -> Result<Self> {
+        Self::build_with(host_rp_filter, &[Family::Ipv4])
+    }
+
+    /// [`Self::build`] with IPv6 beside IPv4 everywhere: the client, core and hosts get the
+    /// `2001:db8:1x::/64` twins of their links, the core routes [`SUBNET6`] like
+    /// [`SUBNET`], and the VM has [`VM_ADDR6`] with its gateway [`VM_GATEWAY6`].
+    pub fn build_dual_stack(host_rp_filter: u8) -> Result<Self> {
+        Self::build_with(host_rp_filter, &[Family::Ipv4, Family::Ipv6])
+    }
+
+    fn build_with(host_rp_filter: u8, families: &[Family]) -> Result<Self> {
+        let ipv6 = families.contains(&Family::Ipv6);
+        let ns = |tag: &str| -> Result<Netns> {
+            let ns = Netns::new(tag)?;
+            if ipv6 {
+                ns.quiet_ipv6()
+            } else {
+                ns.disable_ipv6()
+            }?;
+            Ok(ns)
+        };
         let lab = Self {
             client: ns("client")?,
             core: ns("core")?,
             old: ns("old")?,
             new: ns("new")?,
             vm: ns("vm")?,
+            families: families.to_vec(),
         };
         lab::veth(&lab.client, "eth0", &lab.core, "c0")?;
         lab.client
@@ -103,10 +138,39 @@ impl MigrationLab {
             )?;
         }
         lab.core.ip(&["route", "add", SUBNET, "via", OLD])?;
-        lab.nft(&lab.core, &core_ruleset())?;
+        if ipv6 {
+            lab.add_ipv6()?;
+        }
+        lab.nft(&lab.core, &core_ruleset(families))?;
         lab.attach_vm(Site::Old)?;
         lab.seed_vif_up(Site::Old)?;
         Ok(lab)
+    }
+
+    /// The IPv6 twin of the links and routes [`Self::build_with`] made for IPv4.
+    fn add_ipv6(&self) -> Result<()> {
+        let with_prefix = |a: &str| format!("{a}/{UNDERLAY6_PREFIX}");
+        self.client.add_address("eth0", &with_prefix(CLIENT6))?;
+        self.core.add_address("c0", &with_prefix(CORE_CLIENT6))?;
+        self.client
+            .ip(&["-6", "route", "add", "default", "via", CORE_CLIENT6])?;
+        self.core.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        for (host, link, core_addr, host_addr) in [
+            (&self.old, "old0", CORE_OLD6, OLD6),
+            (&self.new, "new0", CORE_NEW6, NEW6),
+        ] {
+            self.core.add_address(link, &with_prefix(core_addr))?;
+            host.add_address(BRIDGE, &with_prefix(host_addr))?;
+            host.ip(&["-6", "route", "add", "default", "via", core_addr])?;
+            host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
+        self.core
+            .ip(&["-6", "route", "add", SUBNET6, "via", OLD6])?;
+        Ok(())
+    }
+
+    fn has_ipv6(&self) -> bool {
+        self.families.contains(&Family::Ipv6)
     }
 
     /// The namespace of `site`.
@@ -186,6 +250,19 @@ impl MigrationLab {
         self.vm.ip(&[
             "route", "add", "default", "via", VM_GATEWAY, "dev", "eth0", "onlink",
         ])?;
+        if self.has_ipv6() {
+            self.vm.add_address("eth0", &format!("{VM_ADDR6}/128"))?;
+            self.vm.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                VM_GATEWAY6,
+                "dev",
+                "eth0",
+            ])?;
+        }
         guest()?;
         host.link_up(VIF)
     }
@@ -205,53 +282,79 @@ impl MigrationLab {
     pub fn move_vm(&self, from: Site, to: Site) -> Result<()> {
         self.detach_vm(from)?;
         self.attach_vm_with(to, || {
-            self.vm
-                .ip(&[
-                    "neigh", "replace", VM_GATEWAY, "lladdr", VIF_MAC, "dev", "eth0", "nud",
+            self.vm.ip(&[
+                "neigh", "replace", VM_GATEWAY, "lladdr", VIF_MAC, "dev", "eth0", "nud", "stale",
+            ])?;
+            if self.has_ipv6() {
+                self.vm.ip(&[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    VM_GATEWAY6,
+                    "lladdr",
+                    VIF_MAC,
+                    "dev",
+                    "eth0",
+                    "nud",
                     "stale",
-                ])
-                .map(drop)
+                ])?;
+            }
+            Ok(())
         })
     }
 
     /// The seed's libvirt script for vif0 on `site`, done by hand: the VM's /32 on vif0 and
-    /// proxy ARP. Used where vmtun does not run (the VM's first host, the baselines).
+    /// proxy ARP (and, dual-stack, the /128 and the gateway's link-local address, as
+    /// `vif-up` does). Used where vmtun does not run (the VM's first host, the baselines).
     pub fn seed_vif_up(&self, site: Site) -> Result<()> {
         let host = self.host(site);
         host.ip(&["route", "replace", &format!("{VM_ADDR}/32"), "dev", VIF])?;
-        host.sysctl(&format!("net.ipv4.conf.{VIF}.proxy_arp"), "1")
+        host.sysctl(&format!("net.ipv4.conf.{VIF}.proxy_arp"), "1")?;
+        if self.has_ipv6() {
+            host.ip(&[
+                "-6",
+                "route",
+                "replace",
+                &format!("{VM_ADDR6}/128"),
+                "dev",
+                VIF,
+            ])?;
+            host.ip(&["addr", "replace", &format!("{VM_GATEWAY6}/64"), "dev", VIF])?;
+        }
+        Ok(())
     }
 
-    /// The provider switches the VM subnet to the new host: first it accepts the subnet as
-    /// a source from the new host (the anti-spoofing rule goes), then it routes the subnet
+    /// The provider switches the VM subnets to the new host: first it accepts the subnets
+    /// as sources from the new host (the anti-spoofing rules go), then it routes them
     /// there. Replies from the old host stay accepted (counted and stamped as such).
     pub fn switch_provider(&self) -> Result<()> {
         let listing = self
             .core
-            .run("nft", &["-a", "list", "chain", "ip", "lab", "forward"])?;
-        let handle = listing
+            .run("nft", &["-a", "list", "chain", "inet", "lab", "forward"])?;
+        let handles: Vec<u64> = listing
             .lines()
-            .find(|line| line.contains("anti-spoofing"))
-            .and_then(|line| line.rsplit("# handle ").next())
-            .and_then(|h| h.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                LabError::Failed(format!("no anti-spoofing rule in the core: {listing}"))
-            })?;
-        self.core.run(
-            "nft",
-            &[
-                "delete",
-                "rule",
-                "ip",
-                "lab",
-                "forward",
-                "handle",
-                &handle.to_string(),
-            ],
-        )?;
-        self.core
-            .ip(&["route", "replace", SUBNET, "via", NEW])
-            .map(drop)
+            .filter(|line| line.contains("anti-spoofing"))
+            .filter_map(|line| line.rsplit("# handle ").next()?.trim().parse().ok())
+            .collect();
+        if handles.len() != self.families.len() {
+            return Err(LabError::Failed(format!(
+                "expected {} anti-spoofing rules in the core: {listing}",
+                self.families.len()
+            )));
+        }
+        for handle in handles {
+            let handle = handle.to_string();
+            let args = [
+                "delete", "rule", "inet", "lab", "forward", "handle", &handle,
+            ];
+            self.core.run("nft", &args)?;
+        }
+        self.core.ip(&["route", "replace", SUBNET, "via", NEW])?;
+        if self.has_ipv6() {
+            self.core
+                .ip(&["-6", "route", "replace", SUBNET6, "via", NEW6])?;
+        }
+        Ok(())
     }
 
     /// The core's counters of packets from the VM subnet per link.
@@ -259,7 +362,7 @@ impl MigrationLab {
         let read = |name: &str| -> Result<u64> {
             let text = self
                 .core
-                .run("nft", &["list", "counter", "ip", "lab", name])?;
+                .run("nft", &["list", "counter", "inet", "lab", name])?;
             text.split_whitespace()
                 .skip_while(|word| *word != "packets")
                 .nth(1)
@@ -272,10 +375,4 @@ impl MigrationLab {
             spoof_dropped: read("spoof_drop")?,
         })
     }
-}
-
-fn ns(tag: &str) -> Result<Netns> {
-    let ns = Netns::new(tag)?;
-    ns.disable_ipv6()?;
-    Ok(ns)
 }
