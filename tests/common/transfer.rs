@@ -75,9 +75,10 @@ impl Transfer {
         bytes: usize,
         milestone: Option<usize>,
     ) -> Result<Self> {
-        let bind: SocketAddr = format!("{to_addr}:0")
+        let ip: std::net::IpAddr = to_addr
             .parse()
-            .map_err(|_| LabError::Refused(format!("{to_addr} is not an IPv4 address")))?;
+            .map_err(|_| LabError::Refused(format!("{to_addr} is not an IP address")))?;
+        let bind = SocketAddr::new(ip, 0);
         let (port_tx, port_rx) = mpsc::channel();
         let received = Arc::new(AtomicU64::new(0));
         let progress = Arc::clone(&received);
