@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, CutoverMode, Role};
@@ -62,15 +62,20 @@ impl Migration {
         let watcher = match (m.role, m.cutover) {
             (Role::New, CutoverMode::Auto) => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
-                Some(Watcher::spawn(&m.bridge, m.subnets.clone(), move |d| {
-                    let removal = remover.remove(&[d.subnet])?;
+                let subnets = m.subnets.iter().map(|n| IpNet::V4(*n)).collect();
+                Some(Watcher::spawn(&m.bridge, subnets, move |d| {
+                    // The config has IPv4 subnets only so far; netcfg's mark rules too.
+                    let IpNet::V4(subnet) = d.subnet else {
+                        anyhow::bail!("no mark rule for IPv6 subnet {}", d.subnet);
+                    };
+                    let removal = remover.remove(&[subnet])?;
                     tracing::info!(
                         subnet = %d.subnet,
                         src = %d.src,
                         commit_us = removal.commit.as_micros() as u64,
                         "cutover: first native packet seen on the bridge; mark rule removed"
                     );
-                    Ok::<_, netcfg::NetError>(removal.gone_at)
+                    Ok(removal.gone_at)
                 })?)
             }
             _ => None,
@@ -131,12 +136,12 @@ impl std::fmt::Display for MigrationStatus {
             Role::Old => "old (the subnets go through the tunnel once a VM has left)",
             Role::New => "new (VM replies leave through the old host until cutover)",
         };
-        let list = |nets: &[Ipv4Net]| {
+        fn list<T: std::fmt::Display>(nets: &[T]) -> String {
             nets.iter()
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        };
+        }
         writeln!(f, "migration: role {role}")?;
         writeln!(f, "  subnets: {}", list(&self.subnets))?;
         if self.role == Role::Old {

@@ -5,9 +5,9 @@
 //! dropped frames the host sends out of the bridge and frames for other hosts (the packet type
 //! is not in the bytes).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// Length of an Ethernet II header: two MAC addresses and the ethertype (IEEE 802.3, 3.1.1).
 pub const ETHERNET_HEADER_LEN: usize = 14;
@@ -43,16 +43,16 @@ pub enum Verdict {
     /// An IPv4 packet for one of our subnets, from outside them: the provider routes to us.
     Native {
         /// The watched subnet containing the destination (the most specific one).
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// Source address of the packet.
-        src: Ipv4Addr,
+        src: IpAddr,
         /// Destination address of the packet.
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
     /// Shorter than the headers it announces (or than the capture kept).
     Truncated,
-    /// Not IPv4 (ARP, RARP, IPv6, LLDP, ...): carries the ethertype found.
-    NotIpv4(u16),
+    /// Not IP (ARP, RARP, LLDP, ...): carries the ethertype found.
+    NotIp(u16),
     /// Sent to a broadcast or multicast MAC: a routed packet for a VM is unicast to the host.
     NotUnicast,
     /// IPv4 header malformed: wrong version, IHL, total length or checksum.
@@ -65,7 +65,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// The matched subnet when the frame is native.
-    pub fn native_subnet(self) -> Option<Ipv4Net> {
+    pub fn native_subnet(self) -> Option<IpNet> {
         match self {
             Verdict::Native { subnet, .. } => Some(subnet),
             _ => None,
@@ -81,15 +81,15 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classifier {
     /// All of our subnets: a packet from any of them is a VM talking.
-    ours: Vec<Ipv4Net>,
+    ours: Vec<IpNet>,
     /// The subnets whose first native packet is still awaited.
-    watched: Vec<Ipv4Net>,
+    watched: Vec<IpNet>,
 }
 
 impl Classifier {
     /// A classifier for these subnets (normally `[migration] subnets`, already validated).
-    pub fn new(subnets: Vec<Ipv4Net>) -> Self {
-        let ours: Vec<Ipv4Net> = subnets.into_iter().map(|n| n.trunc()).collect();
+    pub fn new(subnets: Vec<IpNet>) -> Self {
+        let ours: Vec<IpNet> = subnets.into_iter().map(|n| n.trunc()).collect();
         Classifier {
             watched: ours.clone(),
             ours,
@@ -97,19 +97,19 @@ impl Classifier {
     }
 
     /// The subnets still watched, host bits cleared.
-    pub fn subnets(&self) -> &[Ipv4Net] {
+    pub fn subnets(&self) -> &[IpNet] {
         &self.watched
     }
 
     /// Stops matching packets for `subnet` (its cutover is done); its addresses still count
     /// as ours for the source check.
-    pub fn stop_watching(&mut self, subnet: Ipv4Net) {
+    pub fn stop_watching(&mut self, subnet: IpNet) {
         self.watched.retain(|n| *n != subnet);
     }
 
     /// The subnet a native packet is for, or `None` for anything else. Call it on frames
     /// received on the bridge only.
-    pub fn classify(&self, frame: &[u8]) -> Option<Ipv4Net> {
+    pub fn classify(&self, frame: &[u8]) -> Option<IpNet> {
         self.verdict(frame).native_subnet()
     }
 
@@ -133,7 +133,7 @@ impl Classifier {
             l3 += VLAN_TAG_LEN;
         }
         if ethertype != ETHERTYPE_IPV4 {
-            return Verdict::NotIpv4(ethertype);
+            return Verdict::NotIp(ethertype);
         }
         let Some(ip) = frame.get(l3..) else {
             return Verdict::Truncated;
@@ -155,8 +155,8 @@ impl Classifier {
         if total_len < header_len || internet_checksum(ip_header) != 0 {
             return Verdict::BadHeader;
         }
-        let src = Ipv4Addr::new(fixed[12], fixed[13], fixed[14], fixed[15]);
-        let dst = Ipv4Addr::new(fixed[16], fixed[17], fixed[18], fixed[19]);
+        let src = IpAddr::V4(Ipv4Addr::new(fixed[12], fixed[13], fixed[14], fixed[15]));
+        let dst = IpAddr::V4(Ipv4Addr::new(fixed[16], fixed[17], fixed[18], fixed[19]));
         if self.ours.iter().any(|n| n.contains(&src)) {
             return Verdict::FromOurSubnets;
         }
@@ -311,6 +311,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn any(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     fn classifier() -> Classifier {
         Classifier::new(vec![
             "203.0.113.0/29".parse().unwrap(),
@@ -331,8 +335,8 @@ mod tests {
             c.verdict(&f),
             Verdict::Native {
                 subnet: "198.51.100.0/24".parse().unwrap(),
-                src: ip(CLIENT),
-                dst: ip("198.51.100.200"),
+                src: any(CLIENT),
+                dst: any("198.51.100.200"),
             }
         );
     }
@@ -350,7 +354,7 @@ mod tests {
     #[test]
     fn host_bits_in_configured_subnets_are_ignored() {
         let c = Classifier::new(vec!["203.0.113.5/29".parse().unwrap()]);
-        assert_eq!(c.subnets(), &["203.0.113.0/29".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(c.subnets(), &["203.0.113.0/29".parse::<IpNet>().unwrap()]);
         let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
         assert_eq!(c.classify(&f), Some("203.0.113.0/29".parse().unwrap()));
     }
@@ -374,17 +378,14 @@ mod tests {
         assert_eq!(c.verdict(&qemu_rarp()), Verdict::NotUnicast);
         let mut unicast_arp = arp_request(ip(CLIENT), ip("203.0.113.2"));
         unicast_arp[..6].copy_from_slice(&HOST_MAC);
-        assert_eq!(c.verdict(&unicast_arp), Verdict::NotIpv4(ETHERTYPE_ARP));
+        assert_eq!(c.verdict(&unicast_arp), Verdict::NotIp(ETHERTYPE_ARP));
         let mut unicast_rarp = qemu_rarp();
         unicast_rarp[..6].copy_from_slice(&HOST_MAC);
-        assert_eq!(c.verdict(&unicast_rarp), Verdict::NotIpv4(ETHERTYPE_RARP));
-        assert_eq!(
-            c.verdict(&ipv6_lookalike()),
-            Verdict::NotIpv4(ETHERTYPE_IPV6)
-        );
+        assert_eq!(c.verdict(&unicast_rarp), Verdict::NotIp(ETHERTYPE_RARP));
+        assert_eq!(c.verdict(&ipv6_lookalike()), Verdict::NotIp(ETHERTYPE_IPV6));
         assert_eq!(
             c.verdict(&vlan_tagged(&ipv6_lookalike())),
-            Verdict::NotIpv4(ETHERTYPE_IPV6)
+            Verdict::NotIp(ETHERTYPE_IPV6)
         );
     }
 

@@ -14,7 +14,7 @@
 //! Watched subnets: 203.0.113.0/29 and 198.51.100.0/24.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::capture::{PacketSocket, PcapCapture, Run, StopSignal, Wait};
 use super::classify::fixtures;
@@ -181,7 +181,7 @@ impl Lab {
         lab
     }
 
-    fn subnets() -> Vec<Ipv4Net> {
+    fn subnets() -> Vec<IpNet> {
         vec![
             "203.0.113.0/29".parse().unwrap(),
             "198.51.100.0/24".parse().unwrap(),
@@ -344,8 +344,8 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     assert_eq!(watcher.status().phase, Phase::Watching);
 
     // The first native packet for 203.0.113.0/29, then more for it that must not call again.
-    let first: Ipv4Net = "203.0.113.0/29".parse().unwrap();
-    let second: Ipv4Net = "198.51.100.0/24".parse().unwrap();
+    let first: IpNet = "203.0.113.0/29".parse().unwrap();
+    let second: IpNet = "198.51.100.0/24".parse().unwrap();
     let sent = Instant::now();
     lab.send_from_s(None, "203.0.113.2", b"native");
     assert!(
@@ -369,8 +369,8 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
 
     let record = status.records[0].clone();
     assert_eq!(record.subnet, first);
-    assert_eq!(record.dst, "203.0.113.2".parse::<Ipv4Addr>().unwrap());
-    assert_eq!(record.src, "198.18.0.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(record.dst, "203.0.113.2".parse::<IpAddr>().unwrap());
+    assert_eq!(record.src, "198.18.0.2".parse::<IpAddr>().unwrap());
     assert_eq!(record.error, None);
     assert!(
         record.latency > Duration::ZERO && record.latency < EVENT_CEILING,
@@ -393,7 +393,7 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     lab.send_from_s(None, "198.51.100.8", b"after the end");
     thread::sleep(Duration::from_millis(50));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    let subnets: Vec<Ipv4Net> = seen.lock().unwrap().iter().map(|d| d.subnet).collect();
+    let subnets: Vec<IpNet> = seen.lock().unwrap().iter().map(|d| d.subnet).collect();
     assert_eq!(subnets, vec![first, second]);
 
     let status = watcher.stop();
@@ -513,15 +513,15 @@ fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
         "the flooded frame did not reach the bridge device: rx {rx_before} -> {rx_after}"
     );
     let status = watcher.stop();
-    let fired: Vec<Ipv4Net> = status.records.iter().map(|r| r.subnet).collect();
+    let fired: Vec<IpNet> = status.records.iter().map(|r| r.subnet).collect();
     assert_eq!(
         fired,
-        vec!["198.51.100.0/24".parse::<Ipv4Net>().unwrap()],
+        vec!["198.51.100.0/24".parse::<IpNet>().unwrap()],
         "fired on a frame for another host: {status:?}"
     );
     assert_eq!(
         status.waiting,
-        vec!["203.0.113.0/29".parse::<Ipv4Net>().unwrap()]
+        vec!["203.0.113.0/29".parse::<IpNet>().unwrap()]
     );
     assert_eq!(status.phase, Phase::Stopped);
 }

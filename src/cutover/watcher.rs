@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::CutoverError;
@@ -24,7 +24,7 @@ pub struct CutoverStatus {
     /// One record per subnet cut over, in the order their first native packets came.
     pub records: Vec<CutoverRecord>,
     /// Subnets whose first native packet is still awaited.
-    pub waiting: Vec<Ipv4Net>,
+    pub waiting: Vec<IpNet>,
 }
 
 /// The watcher's phase.
@@ -69,7 +69,7 @@ impl Watcher {
     /// should remove that subnet's mark rule and return. Its error is kept in the record.
     pub fn spawn<F, E>(
         bridge: &str,
-        subnets: Vec<Ipv4Net>,
+        subnets: Vec<IpNet>,
         on_native: F,
     ) -> Result<Watcher, CutoverError>
     where
