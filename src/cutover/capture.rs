@@ -342,7 +342,14 @@ pub(crate) fn compile_filter(
         message: format!("compiling `{expression}`: {e}"),
     };
     let dead = Capture::dead(Linktype::ETHERNET).map_err(filter_error)?;
-    dead.compile(&expression, true).map_err(filter_error)
+    dead.compile(&expression, optimize(classifier))
+        .map_err(filter_error)
+}
+
+/// Whether libpcap may optimise the filter: not once nothing is watched, because its optimiser
+/// refuses an expression that rejects every packet ("expression rejects all packets").
+fn optimize(classifier: &Classifier) -> bool {
+    !classifier.subnets().is_empty()
 }
 
 fn timespec_to_system_time(sec: i64, nsec: i64) -> SystemTime {
@@ -393,7 +400,7 @@ impl PcapCapture {
             .direction(pcap::Direction::In)
             .map_err(pcap_error("capturing incoming packets only"))?;
         capture
-            .filter(&classifier.bpf_expression(), true)
+            .filter(&classifier.bpf_expression(), optimize(classifier))
             .map_err(pcap_error("setting the BPF filter"))?;
         Ok(PcapCapture { capture, wait })
     }

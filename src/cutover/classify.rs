@@ -264,19 +264,27 @@ impl Classifier {
         }
     }
 
-    /// The libpcap filter expression that lets only candidates through in the kernel:
-    /// `ip and (dst net 203.0.113.0/29 or dst net ...)`, or a filter that passes nothing
-    /// once no subnet is watched. The classifier still checks each frame the filter passes.
+    /// The libpcap filter expression that lets only candidates through in the kernel, one
+    /// clause per family watched: `ip and (dst net 203.0.113.0/29 or dst net ...)`,
+    /// `ip6 and (dst net 2001:db8:1::/64 or ...)`, or both joined as `(ip and (...)) or
+    /// (ip6 and (...))`; once no subnet is watched, `ip and not ip`, which passes nothing
+    /// (libpcap's optimiser refuses it: compile it unoptimised). The classifier still checks
+    /// each frame the filter passes (source, checksum, multicast, Neighbor Discovery).
     pub fn bpf_expression(&self) -> String {
-        if self.watched.is_empty() {
-            return "ip and not ip".to_owned();
+        let clause = |family: &str, v6: bool| {
+            let nets: Vec<String> = self
+                .watched
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(|n| format!("dst net {n}"))
+                .collect();
+            (!nets.is_empty()).then(|| format!("{family} and ({})", nets.join(" or ")))
+        };
+        match (clause("ip", false), clause("ip6", true)) {
+            (Some(v4), Some(v6)) => format!("({v4}) or ({v6})"),
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => "ip and not ip".to_owned(),
         }
-        let nets: Vec<String> = self
-            .watched
-            .iter()
-            .map(|n| format!("dst net {n}"))
-            .collect();
-        format!("ip and ({})", nets.join(" or "))
     }
 }
 
@@ -963,6 +971,30 @@ mod tests {
         let mut nothing = empty_icmp;
         nothing[ip_start + 6] = 59;
         assert_eq!(c.classify(&nothing), Some(net("2001:db8:1::/64")));
+    }
+
+    #[test]
+    fn bpf_expression_covers_each_family_watched() {
+        assert_eq!(
+            Classifier::new(vec![net("2001:db8:1::/64"), net("2001:db8:100::/56")])
+                .bpf_expression(),
+            "ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56)"
+        );
+        let mut c = mixed();
+        assert_eq!(
+            c.bpf_expression(),
+            "(ip and (dst net 203.0.113.0/29 or dst net 198.51.100.0/24)) \
+             or (ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56))"
+        );
+        c.stop_watching(net("203.0.113.0/29"));
+        c.stop_watching(net("198.51.100.0/24"));
+        assert_eq!(
+            c.bpf_expression(),
+            "ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56)"
+        );
+        c.stop_watching(net("2001:db8:1::/64"));
+        c.stop_watching(net("2001:db8:100::/56"));
+        assert_eq!(c.bpf_expression(), "ip and not ip");
     }
 
     #[test]
