@@ -2,16 +2,22 @@
 //! only; they fail, never skip, without it). Nothing touches the root namespace.
 //!
 //! ```text
-//!  ns S: the provider's router                  ns N: the new host
-//!  +---------------------------------+          +-------------------------------------+
-//!  | cws<id> 198.18.0.2/24           |   veth   | cwn<id> ── port of bridge cwb<id>   |
-//!  |   mac 02:00:00:00:00:02         |==========|   cwb<id> 198.18.0.1/24 (watched)   |
-//!  | lo 203.0.113.3/32 (a "VM" src)  |          |   mac 02:00:00:00:00:01             |
-//!  | 203.0.113.0/24, 192.0.2.0/24,   |          | 203.0.113.4/32 via 198.18.0.2       |
-//!  | 198.51.100.0/24 via 198.18.0.1  |          |   (the host sending *out* of br)    |
-//!  +---------------------------------+          +-------------------------------------+
+//!  ns S: the provider's router                   ns N: the new host
+//!  +----------------------------------+          +---------------------------------------+
+//!  | cws<id> 198.18.0.2/24            |   veth   | cwn<id> ── port of bridge cwb<id>     |
+//!  |         2001:db8:ff::2/64        |==========|   cwb<id> 198.18.0.1/24 (watched)     |
+//!  |   mac 02:00:00:00:00:02          |          |           2001:db8:ff::1/64           |
+//!  | lo 203.0.113.3/32,               |          |   mac 02:00:00:00:00:01               |
+//!  |    2001:db8:1::3/128 (VM sources)|          | 203.0.113.4/32 via 198.18.0.2,        |
+//!  | 203.0.113.0/24, 192.0.2.0/24,    |          | 2001:db8:1::4/128 via 2001:db8:ff::2  |
+//!  | 198.51.100.0/24 via 198.18.0.1;  |          |   (the host sending *out* of br)      |
+//!  | 2001:db8:1::/48, 2001:db8:2::/64,|          |                                       |
+//!  | 2001:db8:3::/64                  |          |                                       |
+//!  |   via 2001:db8:ff::1             |          |                                       |
+//!  +----------------------------------+          +---------------------------------------+
 //! ```
-//! Watched subnets: 203.0.113.0/29 and 198.51.100.0/24.
+//! Watched subnets: 203.0.113.0/29 and 198.51.100.0/24 ([`Lab::subnets`]); with
+//! 2001:db8:1::/64 and 2001:db8:2::/64 too in [`Lab::mixed_subnets`].
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -154,7 +160,9 @@ impl Lab {
         n.ip(&["link", "set", &port, "master", &bridge, "up"]);
         n.ip(&["link", "set", &bridge, "up"]);
         n.ip(&["addr", "add", "198.18.0.1/24", "dev", &bridge]);
+        n.ip(&["addr", "add", "2001:db8:ff::1/64", "dev", &bridge, "nodad"]);
         n.ip(&["route", "add", "203.0.113.4/32", "via", "198.18.0.2"]);
+        n.ip(&["route", "add", "2001:db8:1::4/128", "via", "2001:db8:ff::2"]);
         s.ip(&[
             "link",
             "set",
@@ -164,10 +172,22 @@ impl Lab {
             "up",
         ]);
         s.ip(&["addr", "add", "198.18.0.2/24", "dev", &sender_if]);
+        s.ip(&[
+            "addr",
+            "add",
+            "2001:db8:ff::2/64",
+            "dev",
+            &sender_if,
+            "nodad",
+        ]);
         s.ip(&["addr", "add", "203.0.113.3/32", "dev", "lo"]);
+        s.ip(&["addr", "add", "2001:db8:1::3/128", "dev", "lo", "nodad"]);
         s.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.0.1"]);
         s.ip(&["route", "add", "192.0.2.0/24", "via", "198.18.0.1"]);
         s.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.0.1"]);
+        for net in ["2001:db8:1::/48", "2001:db8:2::/64", "2001:db8:3::/64"] {
+            s.ip(&["route", "add", net, "via", "2001:db8:ff::1"]);
+        }
         let lab = Lab {
             n,
             s,
@@ -177,6 +197,8 @@ impl Lab {
         // Resolve the neighbours both ways now, so that later sends go out at once.
         lab.send_from_s(None, "198.18.0.1", b"hello");
         lab.send_from_n("198.18.0.2", b"hello");
+        lab.send_from_s(None, "2001:db8:ff::1", b"hello");
+        lab.send_from_n("2001:db8:ff::2", b"hello");
         thread::sleep(Duration::from_millis(50));
         lab
     }
@@ -185,6 +207,16 @@ impl Lab {
         vec![
             "203.0.113.0/29".parse().unwrap(),
             "198.51.100.0/24".parse().unwrap(),
+        ]
+    }
+
+    /// Two IPv4 and two IPv6 subnets.
+    fn mixed_subnets() -> Vec<IpNet> {
+        vec![
+            "203.0.113.0/29".parse().unwrap(),
+            "2001:db8:1::/64".parse().unwrap(),
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:2::/64".parse().unwrap(),
         ]
     }
 
@@ -260,10 +292,16 @@ impl Lab {
 }
 
 fn send_udp(src: Option<&str>, dst: &str, payload: &[u8]) {
-    let bind: SocketAddr = format!("{}:0", src.unwrap_or("0.0.0.0")).parse().unwrap();
-    let socket = UdpSocket::bind(bind).expect("bind udp");
-    let dst: SocketAddr = format!("{dst}:9").parse().unwrap();
-    socket.send_to(payload, dst).expect("send udp");
+    let dst: IpAddr = dst.parse().unwrap();
+    let src: IpAddr = match (src, dst) {
+        (Some(src), _) => src.parse().unwrap(),
+        (None, IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
+        (None, IpAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind udp");
+    socket
+        .send_to(payload, SocketAddr::new(dst, 9))
+        .expect("send udp");
 }
 
 fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -524,6 +562,156 @@ fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
         vec!["203.0.113.0/29".parse::<IpNet>().unwrap()]
     );
     assert_eq!(status.phase, Phase::Stopped);
+}
+
+/// IPv6 next to IPv4: a native IPv6 packet fires the callback for its subnet with its
+/// addresses; Neighbor Discovery for a VM's address, the host's own packet out of the bridge
+/// and the rest of the noise do not.
+#[test]
+fn a_native_ipv6_packet_fires_and_neighbour_discovery_and_outgoing_frames_do_not() {
+    let lab = Lab::new();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<super::Detection>::new()));
+    let watcher = {
+        let seen = seen.clone();
+        lab.n
+            .run(|| {
+                Watcher::spawn(
+                    &lab.bridge,
+                    Lab::mixed_subnets(),
+                    move |d: &super::Detection| {
+                        seen.lock().unwrap().push(*d);
+                        Ok::<_, std::io::Error>(Instant::now())
+                    },
+                )
+            })
+            .expect("watcher starts")
+    };
+    let (rx_before, tx_before) = lab.bridge_counters();
+
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let (vm, router_ll, router) = (v6("2001:db8:1::2"), v6("fe80::2"), v6("2001:db8:ff::2"));
+    let host = fixtures::HOST_MAC;
+    let group = fixtures::solicited_node(vm);
+    // The router resolving the VM's address (multicast), then probing it (unicast to the
+    // VM's address at the host's MAC, from its link-local and global addresses), and
+    // advertisements to the VM's address.
+    lab.send_raw_from_s(&[
+        fixtures::neighbour_solicitation(fixtures::multicast_mac(group), router_ll, group, vm),
+        fixtures::neighbour_solicitation(host, router_ll, vm, vm),
+        fixtures::neighbour_solicitation(host, router, vm, vm),
+        fixtures::neighbour_advertisement(host, router_ll, vm, router),
+        fixtures::neighbour_advertisement(host, router, vm, router),
+    ]);
+    // Another subnet, just outside a watched one, a VM's packet, the host itself sending to
+    // a watched address out of the bridge.
+    lab.send_from_s(None, "2001:db8:3::1", b"other subnet");
+    lab.send_from_s(None, "2001:db8:1:1::1", b"just outside the /64");
+    lab.send_from_s(Some("2001:db8:1::3"), "2001:db8:1::2", b"vm to vm");
+    lab.send_from_n("2001:db8:1::4", b"outgoing from the host");
+    thread::sleep(Duration::from_millis(300));
+
+    let (rx_after, tx_after) = lab.bridge_counters();
+    assert!(
+        rx_after - rx_before >= 8,
+        "the noise did not reach the bridge: rx {rx_before} -> {rx_after}"
+    );
+    assert!(
+        tx_after > tx_before,
+        "the host's own packet did not leave the bridge"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "fired on noise: {:?}",
+        seen.lock().unwrap()
+    );
+
+    lab.send_from_s(None, "2001:db8:1::2", b"native IPv6");
+    assert!(
+        wait_for(EVENT_CEILING, || !watcher.records().is_empty()),
+        "no cutover after a native IPv6 packet; status {:?}",
+        watcher.status()
+    );
+    let record = watcher.records()[0].clone();
+    assert_eq!(record.subnet, "2001:db8:1::/64".parse::<IpNet>().unwrap());
+    assert_eq!(record.src, IpAddr::V6(router));
+    assert_eq!(record.dst, IpAddr::V6(vm));
+    assert_eq!(record.error, None);
+    let detection = seen.lock().unwrap()[0];
+    assert_eq!(
+        (detection.subnet, detection.src, detection.dst),
+        (record.subnet, record.src, record.dst)
+    );
+
+    // The IPv4 subnet moves on its own packet, the other two still wait.
+    lab.send_from_s(None, "203.0.113.2", b"native IPv4");
+    assert!(
+        wait_for(EVENT_CEILING, || watcher.records().len() == 2),
+        "no cutover after a native IPv4 packet; status {:?}",
+        watcher.status()
+    );
+    let status = watcher.stop();
+    assert_eq!(status.phase, Phase::Stopped);
+    let fired: Vec<IpNet> = status.records.iter().map(|r| r.subnet).collect();
+    assert_eq!(
+        fired,
+        vec![
+            "2001:db8:1::/64".parse::<IpNet>().unwrap(),
+            "203.0.113.0/29".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        status.waiting,
+        vec![
+            "198.51.100.0/24".parse::<IpNet>().unwrap(),
+            "2001:db8:2::/64".parse().unwrap()
+        ]
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+/// As [`a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge`], for IPv6: the
+/// packet socket for IPv6 keeps only PACKET_HOST frames too.
+#[test]
+fn an_ipv6_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
+    let lab = Lab::new();
+    lab.n.ip(&["link", "set", &lab.bridge, "promisc", "on"]);
+    let watcher = lab
+        .n
+        .run(|| {
+            Watcher::spawn(&lab.bridge, Lab::mixed_subnets(), |_: &super::Detection| {
+                Ok::<_, String>(Instant::now())
+            })
+        })
+        .unwrap();
+    let (rx_before, _) = lab.bridge_counters();
+    let other_host = [0x02, 0, 0, 0, 0, 0x99];
+    let flooded = fixtures::udp6(
+        other_host,
+        "2001:db8:ff::2".parse().unwrap(),
+        "2001:db8:1::2".parse().unwrap(),
+        b"for another host",
+    );
+    lab.send_raw_from_s(&[flooded]);
+    // Sent after the flooded frame, same family: once it has fired, the flooded one has been
+    // seen and refused.
+    lab.send_from_s(None, "2001:db8:2::7", b"native, after the flooded frame");
+    assert!(
+        wait_for(EVENT_CEILING, || !watcher.records().is_empty()),
+        "the native packet after the flooded frame was not seen; status {:?}",
+        watcher.status()
+    );
+    let (rx_after, _) = lab.bridge_counters();
+    assert!(
+        rx_after >= rx_before + 2,
+        "the flooded frame did not reach the bridge device: rx {rx_before} -> {rx_after}"
+    );
+    let status = watcher.stop();
+    let fired: Vec<IpNet> = status.records.iter().map(|r| r.subnet).collect();
+    assert_eq!(
+        fired,
+        vec!["2001:db8:2::/64".parse::<IpNet>().unwrap()],
+        "fired on a frame for another host: {status:?}"
+    );
 }
 
 /// Why the watcher is not libpcap: direction `in` still includes PACKET_OTHERHOST, so libpcap
