@@ -32,7 +32,7 @@ use ipnet::IpNet;
 
 use super::capture::{PacketSocket, PcapCapture, Run, StopSignal, Wait};
 use super::classify::fixtures;
-use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN};
+use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN};
 use super::{CutoverError, Phase, Watcher};
 
 /// How long a test waits for an event before calling it missing: a ceiling for a slow,
@@ -840,12 +840,25 @@ enum Source {
 
 /// Measures send-to-detection latency for one capture source: see the figures in the module
 /// doc of `cutover`.
-fn measure(lab: &Lab, source: Source, count: usize, warmup: usize) -> Vec<Duration> {
-    let classifier = Classifier::new(Lab::subnets());
+/// The watcher's subnets are `subnets`; the packets go to `to`.
+fn measure(
+    lab: &Lab,
+    source: Source,
+    subnets: Vec<IpNet>,
+    to: IpAddr,
+    count: usize,
+    warmup: usize,
+) -> Vec<Duration> {
+    let classifier = Classifier::new(subnets);
     let stop = StopSignal::new().unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
-    // Offset of our payload: Ethernet, IPv4 without options, UDP.
-    let payload_at = ETHERNET_HEADER_LEN + IPV4_MIN_HEADER_LEN + 8;
+    // Offset of our payload: Ethernet, IPv4 without options or IPv6 without extension
+    // headers, UDP; and where S sends from.
+    let (ip_header_len, from) = match to {
+        IpAddr::V4(_) => (IPV4_MIN_HEADER_LEN, "198.18.0.2"),
+        IpAddr::V6(_) => (IPV6_HEADER_LEN, "2001:db8:ff::2"),
+    };
+    let payload_at = ETHERNET_HEADER_LEN + ip_header_len + 8;
     thread::scope(|scope| {
         let receiver = scope.spawn(|| {
             lab.n.enter_then(|| {
@@ -890,12 +903,12 @@ fn measure(lab: &Lab, source: Source, count: usize, warmup: usize) -> Vec<Durati
         });
         ready_rx.recv().unwrap();
         lab.s.run(|| {
-            let socket = UdpSocket::bind("198.18.0.2:0").unwrap();
+            let socket = UdpSocket::bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
             for seq in 0..(count + warmup) as u64 {
                 let mut payload = [0u8; 16];
                 payload[..8].copy_from_slice(&seq.to_be_bytes());
                 payload[8..].copy_from_slice(&monotonic_ns().to_be_bytes());
-                socket.send_to(&payload, "203.0.113.2:9").unwrap();
+                socket.send_to(&payload, SocketAddr::new(to, 9)).unwrap();
                 thread::sleep(Duration::from_millis(2));
             }
         });
@@ -908,7 +921,7 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
     let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     format!(
-        "{name:<32} n={} p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs  max {:>7.1} µs",
+        "{name:<40} n={} p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs  max {:>7.1} µs",
         samples.len(),
         us(pick(0.5)),
         us(pick(0.9)),
@@ -921,26 +934,59 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
 #[ignore = "benchmark: run with --ignored --nocapture, as root"]
 fn compare_capture_latency() {
     let lab = Lab::new();
+    let (v4, v6): (IpAddr, IpAddr) = (
+        "203.0.113.2".parse().unwrap(),
+        "2001:db8:1::2".parse().unwrap(),
+    );
+    let stoppable = Source::PacketSocket(Wait::Stoppable);
+    // IPv4 packets to an IPv4 list (one socket); then, with both families watched (two
+    // sockets polled), IPv4 and IPv6 packets.
     let variants = [
         (
             "AF_PACKET poll+recv (watcher)",
-            Source::PacketSocket(Wait::Stoppable),
+            stoppable,
+            Lab::subnets(),
+            v4,
         ),
         (
             "AF_PACKET blocking recv",
             Source::PacketSocket(Wait::Blocking),
+            Lab::subnets(),
+            v4,
         ),
-        ("pcap immediate poll+next", Source::Pcap(Wait::Stoppable)),
-        ("pcap immediate blocking next", Source::Pcap(Wait::Blocking)),
+        (
+            "pcap immediate poll+next",
+            Source::Pcap(Wait::Stoppable),
+            Lab::subnets(),
+            v4,
+        ),
+        (
+            "pcap immediate blocking next",
+            Source::Pcap(Wait::Blocking),
+            Lab::subnets(),
+            v4,
+        ),
+        (
+            "AF_PACKET poll+recv, v4+v6 list, IPv4",
+            stoppable,
+            Lab::mixed_subnets(),
+            v4,
+        ),
+        (
+            "AF_PACKET poll+recv, v4+v6 list, IPv6",
+            stoppable,
+            Lab::mixed_subnets(),
+            v6,
+        ),
     ];
     let mut all: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
     // Interleaved rounds, so that load from elsewhere on the machine hits every variant.
     for _ in 0..5 {
-        for ((_, source), samples) in variants.iter().zip(&mut all) {
-            samples.extend(measure(&lab, *source, 200, 10));
+        for ((_, source, subnets, to), samples) in variants.iter().zip(&mut all) {
+            samples.extend(measure(&lab, *source, subnets.clone(), *to, 200, 10));
         }
     }
-    for ((name, _), samples) in variants.iter().zip(all) {
+    for ((name, ..), samples) in variants.iter().zip(all) {
         println!("{}", summary(name, samples));
     }
 }
