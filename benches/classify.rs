@@ -6,11 +6,14 @@
 //! - `other_destination`: the same frame to 198.51.100.9: the full parse, no match.
 //! - `vlan_native`: the native frame with an 802.1Q tag.
 //! - `arp_broadcast`: a broadcast ARP request, refused on the first byte.
+//! - `native6`: an IPv6/UDP frame from outside to 2001:db8:1::2 (in the watched /64).
+//! - `neighbour_solicitation`: a Neighbor Solicitation unicast to that VM address, refused
+//!   by its ICMPv6 type after the IPv6 header checks.
 //!
 //! Run: `cargo bench --bench classify`.
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vmtun::cutover::Classifier;
@@ -52,6 +55,38 @@ fn udp4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     f
 }
 
+/// Ethernet + IPv6 + `next_header` payload (checksums left zero: the classifier reads none).
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&ROUTER_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next_header, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&9u16.to_be_bytes());
+    udp.extend_from_slice(&(8 + 64u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&[0xab; 64]);
+    ipv6(src, dst, 17, &udp)
+}
+
+/// A Neighbor Solicitation for `target`, sent to `target` itself (reachability probe).
+fn neighbour_solicitation(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    ipv6(src, target, 58, &icmp)
+}
+
 fn vlan(frame: &[u8]) -> Vec<u8> {
     let mut f = frame[..12].to_vec();
     f.extend_from_slice(&0x8100u16.to_be_bytes());
@@ -74,13 +109,21 @@ fn arp_broadcast() -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let classifier = Classifier::new(vec!["203.0.113.0/29".parse().unwrap()]);
+    let classifier = Classifier::new(vec![
+        "203.0.113.0/29".parse().unwrap(),
+        "2001:db8:1::/64".parse().unwrap(),
+    ]);
     let outside = Ipv4Addr::new(198, 51, 100, 7);
     let native = udp4(outside, Ipv4Addr::new(203, 0, 113, 2));
     let other = udp4(outside, Ipv4Addr::new(198, 51, 100, 9));
     let tagged = vlan(&native);
     let arp = arp_broadcast();
+    let vm6: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+    let native6 = udp6("2001:db8:ff::7".parse().unwrap(), vm6);
+    let ns = neighbour_solicitation("fe80::2".parse().unwrap(), vm6);
     assert!(classifier.classify(&native).is_some());
+    assert!(classifier.classify(&native6).is_some());
+    assert!(classifier.classify(&ns).is_none());
     assert!(classifier.classify(&tagged).is_some());
     assert!(classifier.classify(&other).is_none());
     assert!(classifier.classify(&arp).is_none());
@@ -92,6 +135,8 @@ fn bench(c: &mut Criterion) {
         ("other_destination", &other),
         ("vlan_native", &tagged),
         ("arp_broadcast", &arp),
+        ("native6", &native6),
+        ("neighbour_solicitation", &ns),
     ] {
         g.bench_function(name, |b| b.iter(|| classifier.classify(black_box(frame))));
     }

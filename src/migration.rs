@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, CutoverMode, Role};
@@ -62,14 +62,8 @@ impl Migration {
         let watcher = match (m.role, m.cutover) {
             (Role::New, CutoverMode::Auto) => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
-                let v4: Vec<Ipv4Net> = (m.subnets.iter())
-                    .filter_map(|n| match n {
-                        IpNet::V4(n) => Some(*n),
-                        IpNet::V6(_) => None,
-                    })
-                    .collect();
-                Some(Watcher::spawn(&m.bridge, v4, move |d| {
-                    let removal = remover.remove(&[IpNet::V4(d.subnet)])?;
+                Some(Watcher::spawn(&m.bridge, m.subnets.clone(), move |d| {
+                    let removal = remover.remove(&[d.subnet])?;
                     tracing::info!(
                         subnet = %d.subnet,
                         src = %d.src,

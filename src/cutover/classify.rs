@@ -4,10 +4,16 @@
 //! No sockets, no clock. The capture edge (`capture`) hands frames in; it has already
 //! dropped frames the host sends out of the bridge and frames for other hosts (the packet type
 //! is not in the bytes).
+//!
+//! Both families: an IPv4 packet is matched against the IPv4 subnets, an IPv6 packet against
+//! the IPv6 ones. For IPv6 the counterpart of ARP is ICMPv6 Neighbor Discovery, which travels
+//! inside IPv6 and may be unicast to a VM's address (a router confirming reachability): it is
+//! refused by its type, looked up in the fixed header's Next Header only (see
+//! [`Verdict::NeighbourDiscovery`]).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// Length of an Ethernet II header: two MAC addresses and the ethertype (IEEE 802.3, 3.1.1).
 pub const ETHERNET_HEADER_LEN: usize = 14;
@@ -18,10 +24,27 @@ pub const VLAN_TAG_LEN: usize = 4;
 pub const IPV4_MIN_HEADER_LEN: usize = 20;
 /// Longest IPv4 header: IHL is four bits of 32-bit words (RFC 791, 3.1).
 pub const IPV4_MAX_HEADER_LEN: usize = 60;
-/// Bytes the capture must keep of each frame so that the classifier sees a whole IPv4 header
-/// behind one VLAN tag. Everything past it is payload we never look at (the seed's `-s 1`
-/// kept too little: libpcap then discards the first packets).
-pub const SNAPLEN: usize = ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV4_MAX_HEADER_LEN;
+/// Length of the fixed IPv6 header (RFC 8200, 3).
+pub const IPV6_HEADER_LEN: usize = 40;
+/// Bytes the capture must keep of each frame so that the classifier sees, behind one VLAN
+/// tag, a whole IPv4 header with options (78) or the fixed IPv6 header and the ICMPv6 type
+/// byte of a Neighbor Discovery message (59). Everything past it is payload we never look at
+/// (the seed's `-s 1` kept too little: libpcap then discards the first packets).
+pub const SNAPLEN: usize = max(
+    ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV4_MAX_HEADER_LEN,
+    ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV6_HEADER_LEN + 1,
+);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+/// ICMPv6's Next Header value (IANA "Assigned Internet Protocol Numbers").
+const NEXT_HEADER_ICMPV6: u8 = 58;
+/// ICMPv6 types of Neighbor Discovery (RFC 4861, 4): Router Solicitation and Advertisement,
+/// Neighbor Solicitation and Advertisement, Redirect. All are on-link signalling with a hop
+/// limit of 255 that no router forwards, so none shows where the provider routes a subnet.
+const NEIGHBOUR_DISCOVERY_TYPES: std::ops::RangeInclusive<u8> = 133..=137;
 
 /// IPv4 ethertype (IANA "IEEE 802 Numbers").
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -31,7 +54,7 @@ pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_RARP: u16 = 0x8035;
 /// 802.1Q customer VLAN tag protocol identifier.
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
-/// IPv6 ethertype: our subnets are IPv4 only.
+/// IPv6 ethertype.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 /// What the classifier concluded about one frame, with the reason when it is not native.
@@ -40,23 +63,34 @@ pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// debug logs can say *why* a frame did not trigger the cutover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// An IPv4 packet for one of our subnets, from outside them: the provider routes to us.
+    /// An IPv4 or IPv6 packet for one of our subnets, from outside them: the provider routes
+    /// to us.
     Native {
         /// The watched subnet containing the destination (the most specific one).
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// Source address of the packet.
-        src: Ipv4Addr,
+        src: IpAddr,
         /// Destination address of the packet.
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
-    /// Shorter than the headers it announces (or than the capture kept).
+    /// Shorter than the headers it announces (or than the capture kept); for an IPv6 frame
+    /// the capture kept whole (shorter than [`SNAPLEN`]), shorter than its payload length.
     Truncated,
-    /// Not IPv4 (ARP, RARP, IPv6, LLDP, ...): carries the ethertype found.
-    NotIpv4(u16),
-    /// Sent to a broadcast or multicast MAC: a routed packet for a VM is unicast to the host.
+    /// Not IP (ARP, RARP, LLDP, ...): carries the ethertype found.
+    NotIp(u16),
+    /// Sent to a broadcast or multicast MAC, or to an IPv6 multicast address (ff00::/8): a
+    /// routed packet for a VM is unicast to the host.
     NotUnicast,
-    /// IPv4 header malformed: wrong version, IHL, total length or checksum.
+    /// IP header malformed. IPv4: wrong version, IHL, total length or checksum. IPv6: wrong
+    /// version, or an ICMPv6 payload too short for its type.
     BadHeader,
+    /// An ICMPv6 Neighbor Discovery message (RFC 4861: types 133 to 137; 135/136, neighbour
+    /// solicitation and advertisement, are the router resolving or probing a VM's address):
+    /// on-link signalling like ARP, never a routed packet. Recognised only when ICMPv6
+    /// directly follows the fixed header: extension headers are not walked (they would have
+    /// to be captured whole), so an ND message behind one would count as native. RFC 4861
+    /// messages carry none in practice.
+    NeighbourDiscovery,
     /// The source is in our subnets: one of our VMs talking, not the provider's routing.
     FromOurSubnets,
     /// The destination is in none of the watched subnets.
@@ -65,7 +99,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// The matched subnet when the frame is native.
-    pub fn native_subnet(self) -> Option<Ipv4Net> {
+    pub fn native_subnet(self) -> Option<IpNet> {
         match self {
             Verdict::Native { subnet, .. } => Some(subnet),
             _ => None,
@@ -77,19 +111,20 @@ impl Verdict {
 ///
 /// Exists so that the decision that removes the mark rule is a pure function, tested with byte
 /// fixtures, and applied as a second check behind the kernel's BPF filter (which cannot see
-/// everything, e.g. the source-address rule or the IPv4 checksum).
+/// everything, e.g. the source-address rule, the IPv4 checksum or Neighbor Discovery).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classifier {
     /// All of our subnets: a packet from any of them is a VM talking.
-    ours: Vec<Ipv4Net>,
+    ours: Vec<IpNet>,
     /// The subnets whose first native packet is still awaited.
-    watched: Vec<Ipv4Net>,
+    watched: Vec<IpNet>,
 }
 
 impl Classifier {
-    /// A classifier for these subnets (normally `[migration] subnets`, already validated).
-    pub fn new(subnets: Vec<Ipv4Net>) -> Self {
-        let ours: Vec<Ipv4Net> = subnets.into_iter().map(|n| n.trunc()).collect();
+    /// A classifier for these subnets, IPv4 and IPv6 in any mix (normally `[migration]
+    /// subnets`, already validated).
+    pub fn new(subnets: Vec<IpNet>) -> Self {
+        let ours: Vec<IpNet> = subnets.into_iter().map(|n| n.trunc()).collect();
         Classifier {
             watched: ours.clone(),
             ours,
@@ -97,19 +132,19 @@ impl Classifier {
     }
 
     /// The subnets still watched, host bits cleared.
-    pub fn subnets(&self) -> &[Ipv4Net] {
+    pub fn subnets(&self) -> &[IpNet] {
         &self.watched
     }
 
     /// Stops matching packets for `subnet` (its cutover is done); its addresses still count
     /// as ours for the source check.
-    pub fn stop_watching(&mut self, subnet: Ipv4Net) {
+    pub fn stop_watching(&mut self, subnet: IpNet) {
         self.watched.retain(|n| *n != subnet);
     }
 
     /// The subnet a native packet is for, or `None` for anything else. Call it on frames
     /// received on the bridge only.
-    pub fn classify(&self, frame: &[u8]) -> Option<Ipv4Net> {
+    pub fn classify(&self, frame: &[u8]) -> Option<IpNet> {
         self.verdict(frame).native_subnet()
     }
 
@@ -132,12 +167,19 @@ impl Classifier {
             ethertype = u16::from_be_bytes([inner[0], inner[1]]);
             l3 += VLAN_TAG_LEN;
         }
-        if ethertype != ETHERTYPE_IPV4 {
-            return Verdict::NotIpv4(ethertype);
-        }
         let Some(ip) = frame.get(l3..) else {
             return Verdict::Truncated;
         };
+        match ethertype {
+            ETHERTYPE_IPV4 => self.ipv4(ip),
+            // A frame shorter than SNAPLEN was kept whole by the capture.
+            ETHERTYPE_IPV6 => self.ipv6(ip, frame.len() < SNAPLEN),
+            other => Verdict::NotIp(other),
+        }
+    }
+
+    /// The verdict on an IPv4 packet (`ip` starts at its header).
+    fn ipv4(&self, ip: &[u8]) -> Verdict {
         let Some(fixed) = ip.get(..IPV4_MIN_HEADER_LEN) else {
             return Verdict::Truncated;
         };
@@ -157,6 +199,57 @@ impl Classifier {
         }
         let src = Ipv4Addr::new(fixed[12], fixed[13], fixed[14], fixed[15]);
         let dst = Ipv4Addr::new(fixed[16], fixed[17], fixed[18], fixed[19]);
+        self.route(src.into(), dst.into())
+    }
+
+    /// The verdict on an IPv6 packet (`ip` starts at its fixed header). `whole`: the capture
+    /// kept the entire frame, so the payload length can be checked against it.
+    ///
+    /// Extension headers are not walked: only the fixed header's Next Header is looked at
+    /// for the Neighbor Discovery check. Walking them would need all of them captured (each
+    /// may be up to 2 KiB), and RFC 4861 messages are sent without any in practice (RFC 6980
+    /// forbids fragmenting them). So an ND message behind an extension header would count
+    /// as native; a native packet is never refused for carrying extension headers.
+    fn ipv6(&self, ip: &[u8], whole: bool) -> Verdict {
+        let Some(fixed) = ip.get(..IPV6_HEADER_LEN) else {
+            return Verdict::Truncated;
+        };
+        if fixed[0] >> 4 != 6 {
+            return Verdict::BadHeader;
+        }
+        let payload_len = usize::from(u16::from_be_bytes([fixed[4], fixed[5]]));
+        // The kernel drops such a packet too (ipv6_rcv). Without `whole`, the capture may
+        // have cut the frame: nothing to compare against.
+        if whole && ip.len() - IPV6_HEADER_LEN < payload_len {
+            return Verdict::Truncated;
+        }
+        let next_header = fixed[6];
+        let address = |at: usize| {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&fixed[at..at + 16]);
+            Ipv6Addr::from(octets)
+        };
+        let (src, dst) = (address(8), address(24));
+        if dst.is_multicast() {
+            return Verdict::NotUnicast;
+        }
+        if next_header == NEXT_HEADER_ICMPV6 {
+            // An ICMPv6 message has at least a type, code and checksum (RFC 4443, 2.1).
+            if payload_len == 0 {
+                return Verdict::BadHeader;
+            }
+            let Some(&icmp_type) = ip.get(IPV6_HEADER_LEN) else {
+                return Verdict::Truncated;
+            };
+            if NEIGHBOUR_DISCOVERY_TYPES.contains(&icmp_type) {
+                return Verdict::NeighbourDiscovery;
+            }
+        }
+        self.route(src.into(), dst.into())
+    }
+
+    /// The verdict on a well-formed unicast packet from `src` to `dst`.
+    fn route(&self, src: IpAddr, dst: IpAddr) -> Verdict {
         if self.ours.iter().any(|n| n.contains(&src)) {
             return Verdict::FromOurSubnets;
         }
@@ -171,19 +264,27 @@ impl Classifier {
         }
     }
 
-    /// The libpcap filter expression that lets only candidates through in the kernel:
-    /// `ip and (dst net 203.0.113.0/29 or dst net ...)`, or a filter that passes nothing
-    /// once no subnet is watched. The classifier still checks each frame the filter passes.
+    /// The libpcap filter expression that lets only candidates through in the kernel, one
+    /// clause per family watched: `ip and (dst net 203.0.113.0/29 or dst net ...)`,
+    /// `ip6 and (dst net 2001:db8:1::/64 or ...)`, or both joined as `(ip and (...)) or
+    /// (ip6 and (...))`; once no subnet is watched, `ip and not ip`, which passes nothing
+    /// (libpcap's optimiser refuses it: compile it unoptimised). The classifier still checks
+    /// each frame the filter passes (source, checksum, multicast, Neighbor Discovery).
     pub fn bpf_expression(&self) -> String {
-        if self.watched.is_empty() {
-            return "ip and not ip".to_owned();
+        let clause = |family: &str, v6: bool| {
+            let nets: Vec<String> = self
+                .watched
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(|n| format!("dst net {n}"))
+                .collect();
+            (!nets.is_empty()).then(|| format!("{family} and ({})", nets.join(" or ")))
+        };
+        match (clause("ip", false), clause("ip6", true)) {
+            (Some(v4), Some(v6)) => format!("({v4}) or ({v6})"),
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => "ip and not ip".to_owned(),
         }
-        let nets: Vec<String> = self
-            .watched
-            .iter()
-            .map(|n| format!("dst net {n}"))
-            .collect();
-        format!("ip and ({})", nets.join(" or "))
     }
 }
 
@@ -207,7 +308,7 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
 pub(crate) mod fixtures {
     //! Byte fixtures shared by the classifier tests, the filter tests and the namespace test.
 
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
@@ -292,6 +393,120 @@ pub(crate) mod fixtures {
         f
     }
 
+    /// An Ethernet frame carrying an IPv6/UDP packet with a valid UDP checksum.
+    pub fn udp6(dst_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+        let mut udp = Vec::new();
+        udp.extend_from_slice(&40000u16.to_be_bytes());
+        udp.extend_from_slice(&9u16.to_be_bytes());
+        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        // Zero means "no checksum", which IPv6 forbids for UDP: it is sent as all ones.
+        let sum = match upper_layer_checksum(src, dst, IPPROTO_UDP, &udp) {
+            0 => 0xffff,
+            sum => sum,
+        };
+        udp[6..8].copy_from_slice(&sum.to_be_bytes());
+        ethernet_ipv6(dst_mac, src, dst, IPPROTO_UDP, 64, &udp)
+    }
+
+    /// An Ethernet frame carrying an ICMPv6 message of type `icmp_type` (code 0) with `body`
+    /// after the checksum, hop limit 255 as Neighbor Discovery requires.
+    pub fn icmp6(
+        dst_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        icmp_type: u8,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut icmp = vec![icmp_type, 0, 0, 0];
+        icmp.extend_from_slice(body);
+        let sum = upper_layer_checksum(src, dst, IPPROTO_ICMPV6, &icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        ethernet_ipv6(dst_mac, src, dst, IPPROTO_ICMPV6, 255, &icmp)
+    }
+
+    /// A Neighbor Solicitation for `target` (RFC 4861, 4.3), sent to `dst`: the
+    /// solicited-node multicast address, or `target` itself to confirm reachability.
+    pub fn neighbour_solicitation(
+        dst_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        target: Ipv6Addr,
+    ) -> Vec<u8> {
+        icmp6(dst_mac, src, dst, 135, &nd_body(target))
+    }
+
+    /// A solicited Neighbor Advertisement for `target` (RFC 4861, 4.4), sent to `dst`.
+    pub fn neighbour_advertisement(
+        dst_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        target: Ipv6Addr,
+    ) -> Vec<u8> {
+        let mut body = nd_body(target);
+        body[0] = 0x60; // Solicited, Override.
+        icmp6(dst_mac, src, dst, 136, &body)
+    }
+
+    /// Reserved/flags, target address, source/target link-layer address option (ROUTER_MAC).
+    fn nd_body(target: Ipv6Addr) -> Vec<u8> {
+        let mut body = vec![0; 4];
+        body.extend_from_slice(&target.octets());
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&ROUTER_MAC);
+        body
+    }
+
+    /// The Ethernet multicast address for an IPv6 multicast address (RFC 2464, 7).
+    pub fn multicast_mac(group: Ipv6Addr) -> [u8; 6] {
+        let o = group.octets();
+        [0x33, 0x33, o[12], o[13], o[14], o[15]]
+    }
+
+    /// The solicited-node multicast address of `addr` (RFC 4291, 2.7.1).
+    pub fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+        let o = addr.octets();
+        Ipv6Addr::from([
+            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
+        ])
+    }
+
+    const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_ICMPV6: u8 = 58;
+
+    fn ethernet_ipv6(
+        dst_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        next_header: u8,
+        hop_limit: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&ROUTER_MAC);
+        f.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[next_header, hop_limit]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// The checksum of an upper-layer message over the IPv6 pseudo-header (RFC 8200, 8.1).
+    fn upper_layer_checksum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, msg: &[u8]) -> u16 {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&src.octets());
+        bytes.extend_from_slice(&dst.octets());
+        bytes.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, next_header]);
+        bytes.extend_from_slice(msg);
+        internet_checksum(&bytes)
+    }
+
     /// `frame` with an 802.1Q tag (VLAN 100) inserted after the MAC addresses.
     pub fn vlan_tagged(frame: &[u8]) -> Vec<u8> {
         let mut f = frame[..12].to_vec();
@@ -308,6 +523,10 @@ mod tests {
     use super::*;
 
     fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn any(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -331,8 +550,8 @@ mod tests {
             c.verdict(&f),
             Verdict::Native {
                 subnet: "198.51.100.0/24".parse().unwrap(),
-                src: ip(CLIENT),
-                dst: ip("198.51.100.200"),
+                src: any(CLIENT),
+                dst: any("198.51.100.200"),
             }
         );
     }
@@ -350,7 +569,7 @@ mod tests {
     #[test]
     fn host_bits_in_configured_subnets_are_ignored() {
         let c = Classifier::new(vec!["203.0.113.5/29".parse().unwrap()]);
-        assert_eq!(c.subnets(), &["203.0.113.0/29".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(c.subnets(), &["203.0.113.0/29".parse::<IpNet>().unwrap()]);
         let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
         assert_eq!(c.classify(&f), Some("203.0.113.0/29".parse().unwrap()));
     }
@@ -365,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn arp_rarp_and_ipv6_never_match() {
+    fn arp_and_rarp_never_match() {
         let c = classifier();
         assert_eq!(
             c.verdict(&arp_request(ip(CLIENT), ip("203.0.113.2"))),
@@ -374,17 +593,18 @@ mod tests {
         assert_eq!(c.verdict(&qemu_rarp()), Verdict::NotUnicast);
         let mut unicast_arp = arp_request(ip(CLIENT), ip("203.0.113.2"));
         unicast_arp[..6].copy_from_slice(&HOST_MAC);
-        assert_eq!(c.verdict(&unicast_arp), Verdict::NotIpv4(ETHERTYPE_ARP));
+        assert_eq!(c.verdict(&unicast_arp), Verdict::NotIp(ETHERTYPE_ARP));
         let mut unicast_rarp = qemu_rarp();
         unicast_rarp[..6].copy_from_slice(&HOST_MAC);
-        assert_eq!(c.verdict(&unicast_rarp), Verdict::NotIpv4(ETHERTYPE_RARP));
-        assert_eq!(
-            c.verdict(&ipv6_lookalike()),
-            Verdict::NotIpv4(ETHERTYPE_IPV6)
-        );
+        assert_eq!(c.verdict(&unicast_rarp), Verdict::NotIp(ETHERTYPE_RARP));
+        let mut lldp = unicast_arp.clone();
+        lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
+        assert_eq!(c.verdict(&lldp), Verdict::NotIp(0x88cc));
+        // Parsed as IPv6, whatever its bytes look like at IPv4 offsets.
+        assert_eq!(c.verdict(&ipv6_lookalike()), Verdict::OtherDestination);
         assert_eq!(
             c.verdict(&vlan_tagged(&ipv6_lookalike())),
-            Verdict::NotIpv4(ETHERTYPE_IPV6)
+            Verdict::OtherDestination
         );
     }
 
@@ -485,5 +705,304 @@ mod tests {
     #[test]
     fn snaplen_covers_a_tagged_header_with_full_options() {
         assert_eq!(SNAPLEN, 78);
+    }
+
+    // IPv6.
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn any6(s: &str) -> IpAddr {
+        IpAddr::V6(ip6(s))
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    /// Two IPv4 and two IPv6 subnets, as `[migration] subnets` may now list.
+    fn mixed() -> Classifier {
+        Classifier::new(vec![
+            net("203.0.113.0/29"),
+            net("2001:db8:1::/64"),
+            net("198.51.100.0/24"),
+            net("2001:db8:100::/56"),
+        ])
+    }
+
+    /// A client outside our subnets, the provider's router as it appears on the link, a VM.
+    const CLIENT6: &str = "2001:db8:ff::5";
+    const ROUTER_LL: &str = "fe80::2";
+    const VM6: &str = "2001:db8:1::2";
+
+    #[test]
+    fn native_udp6_to_a_vm_matches_its_subnet() {
+        let c = mixed();
+        let f = udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b"probe");
+        assert_eq!(
+            c.verdict(&f),
+            Verdict::Native {
+                subnet: net("2001:db8:1::/64"),
+                src: any6(CLIENT6),
+                dst: any6(VM6),
+            }
+        );
+        let f = udp6(HOST_MAC, ip6(CLIENT6), ip6("2001:db8:100:ff::1"), b"");
+        assert_eq!(c.classify(&f), Some(net("2001:db8:100::/56")));
+        // Any upper layer counts, ICMPv6 too (echo request), and the router's link-local
+        // source is outside our subnets.
+        let ping = icmp6(HOST_MAC, ip6(ROUTER_LL), ip6(VM6), 128, &[0, 1, 0, 1]);
+        assert_eq!(c.classify(&ping), Some(net("2001:db8:1::/64")));
+    }
+
+    #[test]
+    fn the_most_specific_ipv6_subnet_wins_and_host_bits_are_ignored() {
+        let c = Classifier::new(vec![net("2001:db8:1::/48"), net("2001:db8:1::7/64")]);
+        assert_eq!(
+            c.subnets(),
+            &[net("2001:db8:1::/48"), net("2001:db8:1::/64")]
+        );
+        let f = udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b"");
+        assert_eq!(c.classify(&f), Some(net("2001:db8:1::/64")));
+        let f = udp6(HOST_MAC, ip6(CLIENT6), ip6("2001:db8:1:2::1"), b"");
+        assert_eq!(c.classify(&f), Some(net("2001:db8:1::/48")));
+    }
+
+    #[test]
+    fn a_tagged_native_ipv6_packet_matches() {
+        let f = vlan_tagged(&udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b""));
+        assert_eq!(mixed().classify(&f), Some(net("2001:db8:1::/64")));
+    }
+
+    #[test]
+    fn neighbour_discovery_for_a_vm_address_is_never_native() {
+        let c = mixed();
+        let vm = ip6(VM6);
+        for src in [ip6(ROUTER_LL), ip6("2001:db8:ff::1")] {
+            // Reachability confirmation: unicast to the VM's address, at the host's MAC.
+            let ns = neighbour_solicitation(HOST_MAC, src, vm, vm);
+            assert_eq!(c.verdict(&ns), Verdict::NeighbourDiscovery);
+            assert_eq!(c.verdict(&vlan_tagged(&ns)), Verdict::NeighbourDiscovery);
+            let na = neighbour_advertisement(HOST_MAC, src, vm, vm);
+            assert_eq!(c.verdict(&na), Verdict::NeighbourDiscovery);
+        }
+        // Address resolution: to the solicited-node group, at its multicast MAC.
+        let group = solicited_node(vm);
+        let ns = neighbour_solicitation(multicast_mac(group), ip6(ROUTER_LL), group, vm);
+        assert_eq!(c.verdict(&ns), Verdict::NotUnicast);
+        // Router Solicitation/Advertisement and Redirect are on-link signalling too.
+        for icmp_type in [133, 134, 137] {
+            let f = icmp6(HOST_MAC, ip6(ROUTER_LL), vm, icmp_type, &[0; 36]);
+            assert_eq!(
+                c.verdict(&f),
+                Verdict::NeighbourDiscovery,
+                "type {icmp_type}"
+            );
+        }
+        // Only the fixed header's Next Header is looked at: behind an extension header the
+        // ICMPv6 type is not inspected and the packet counts as native (the documented rule).
+        let mut behind_hop_by_hop = neighbour_solicitation(HOST_MAC, ip6(ROUTER_LL), vm, vm);
+        let ip_start = ETHERNET_HEADER_LEN;
+        behind_hop_by_hop[ip_start + 6] = 0; // Hop-by-Hop Options
+        let hop_by_hop = [58, 0, 1, 4, 0, 0, 0, 0]; // Next Header ICMPv6, PadN
+        let at = ip_start + IPV6_HEADER_LEN;
+        behind_hop_by_hop.splice(at..at, hop_by_hop);
+        let payload_len = (behind_hop_by_hop.len() - at) as u16;
+        behind_hop_by_hop[ip_start + 4..ip_start + 6].copy_from_slice(&payload_len.to_be_bytes());
+        assert_eq!(c.classify(&behind_hop_by_hop), Some(net("2001:db8:1::/64")));
+    }
+
+    #[test]
+    fn ipv6_multicast_is_never_native() {
+        // A multicast destination at the host's unicast MAC, even inside a watched subnet.
+        let c = Classifier::new(vec![net("ff05::/16"), net("2001:db8:1::/64")]);
+        let f = udp6(HOST_MAC, ip6(CLIENT6), ip6("ff05::1:3"), b"");
+        assert_eq!(c.verdict(&f), Verdict::NotUnicast);
+        let f = udp6(HOST_MAC, ip6(CLIENT6), ip6("ff02::1"), b"");
+        assert_eq!(c.verdict(&f), Verdict::NotUnicast);
+        let group = ip6("ff02::1");
+        let f = udp6(multicast_mac(group), ip6(CLIENT6), group, b"");
+        assert_eq!(c.verdict(&f), Verdict::NotUnicast);
+        // Multicast MAC with a unicast destination: refused on the MAC, as for IPv4.
+        let f = udp6(multicast_mac(group), ip6(CLIENT6), ip6(VM6), b"");
+        assert_eq!(c.verdict(&f), Verdict::NotUnicast);
+    }
+
+    #[test]
+    fn packets_from_our_subnets_of_either_family_never_match() {
+        let mut c = mixed();
+        let vm_out = udp6(HOST_MAC, ip6(VM6), ip6(CLIENT6), b"");
+        assert_eq!(c.verdict(&vm_out), Verdict::FromOurSubnets);
+        let vm_to_vm = udp6(HOST_MAC, ip6("2001:db8:1::3"), ip6(VM6), b"");
+        assert_eq!(c.verdict(&vm_to_vm), Verdict::FromOurSubnets);
+        let across = udp6(HOST_MAC, ip6("2001:db8:100::9"), ip6(VM6), b"");
+        assert_eq!(c.verdict(&across), Verdict::FromOurSubnets);
+        let v4_vm = udp4(HOST_MAC, ip("203.0.113.3"), ip("198.51.100.9"), b"");
+        assert_eq!(c.verdict(&v4_vm), Verdict::FromOurSubnets);
+        // A subnet cut over stays ours.
+        c.stop_watching(net("2001:db8:1::/64"));
+        assert_eq!(
+            c.verdict(&udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b"")),
+            Verdict::OtherDestination
+        );
+        assert_eq!(c.verdict(&vm_out), Verdict::FromOurSubnets);
+        let from_moved = udp6(HOST_MAC, ip6(VM6), ip6("2001:db8:100::9"), b"");
+        assert_eq!(c.verdict(&from_moved), Verdict::FromOurSubnets);
+    }
+
+    #[test]
+    fn other_ipv6_destinations_never_match() {
+        let c = mixed();
+        for dst in [
+            "2001:db8:2::1",
+            "2001:db8:1:1::2",
+            "2001:db8:101::1",
+            "::1",
+            "fe80::1",
+        ] {
+            let f = udp6(HOST_MAC, ip6(CLIENT6), ip6(dst), b"");
+            assert_eq!(c.verdict(&f), Verdict::OtherDestination, "{dst}");
+        }
+        // An IPv4-only classifier parses IPv6 but watches nothing there.
+        let f = udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b"");
+        assert_eq!(classifier().verdict(&f), Verdict::OtherDestination);
+    }
+
+    #[test]
+    fn ipv4_behaviour_is_unchanged_in_a_mixed_list() {
+        let c = mixed();
+        let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
+        assert_eq!(
+            c.verdict(&f),
+            Verdict::Native {
+                subnet: net("203.0.113.0/29"),
+                src: any(CLIENT),
+                dst: any("203.0.113.2"),
+            }
+        );
+        let f = udp4(HOST_MAC, ip(CLIENT), ip("192.0.2.1"), b"");
+        assert_eq!(c.verdict(&f), Verdict::OtherDestination);
+        let f = udp4(BROADCAST, ip(CLIENT), ip("203.0.113.2"), b"");
+        assert_eq!(c.verdict(&f), Verdict::NotUnicast);
+        let mut bad_sum = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
+        bad_sum[ETHERNET_HEADER_LEN + 11] ^= 0xff;
+        assert_eq!(c.verdict(&bad_sum), Verdict::BadHeader);
+        let tagged = vlan_tagged(&udp4(HOST_MAC, ip(CLIENT), ip("198.51.100.1"), b""));
+        assert_eq!(c.classify(&tagged), Some(net("198.51.100.0/24")));
+        // An IPv4 packet is matched against IPv4 subnets only.
+        let v6_only = Classifier::new(vec![net("2001:db8:1::/64")]);
+        let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
+        assert_eq!(v6_only.verdict(&f), Verdict::OtherDestination);
+    }
+
+    #[test]
+    fn every_ipv6_truncation_is_refused_without_panic() {
+        let c = mixed();
+        let full = udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b"");
+        assert_eq!(full.len(), ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + 8);
+        // Shorter than SNAPLEN, so the capture kept it whole: whatever is missing of what
+        // the header announces is missing from the packet itself.
+        for len in 0..full.len() {
+            assert_eq!(c.verdict(&full[..len]), Verdict::Truncated, "length {len}");
+        }
+        assert!(c.classify(&full).is_some());
+        let tagged = vlan_tagged(&full);
+        for len in 0..tagged.len() {
+            assert_eq!(
+                c.verdict(&tagged[..len]),
+                Verdict::Truncated,
+                "length {len}"
+            );
+        }
+        // A frame of SNAPLEN bytes or more may have been cut by the capture: its payload
+        // length is not checked, the NS is still recognised.
+        let ns = neighbour_solicitation(HOST_MAC, ip6(ROUTER_LL), ip6(VM6), ip6(VM6));
+        assert!(ns.len() > SNAPLEN);
+        for len in 0..ns.len() {
+            let expected = if len < SNAPLEN {
+                Verdict::Truncated
+            } else {
+                Verdict::NeighbourDiscovery
+            };
+            assert_eq!(c.verdict(&ns[..len]), expected, "length {len}");
+        }
+        // Bytes after the packet (Ethernet padding of a short frame) are fine.
+        let mut padded = full.clone();
+        padded.extend_from_slice(&[0; 4]);
+        assert!(c.classify(&padded).is_some());
+    }
+
+    #[test]
+    fn a_long_ipv6_packet_cut_by_the_capture_is_still_classified() {
+        let c = mixed();
+        let long = udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), &[0xab; 1000]);
+        assert_eq!(c.classify(&long[..SNAPLEN]), Some(net("2001:db8:1::/64")));
+        let tagged = vlan_tagged(&long);
+        assert_eq!(c.classify(&tagged[..SNAPLEN]), Some(net("2001:db8:1::/64")));
+        // An NS with a long option area, tagged, cut at SNAPLEN: its type is still seen.
+        let mut long_ns = neighbour_solicitation(HOST_MAC, ip6(ROUTER_LL), ip6(VM6), ip6(VM6));
+        long_ns.resize(1000, 0);
+        let payload_len = (long_ns.len() - ETHERNET_HEADER_LEN - IPV6_HEADER_LEN) as u16;
+        long_ns[ETHERNET_HEADER_LEN + 4..ETHERNET_HEADER_LEN + 6]
+            .copy_from_slice(&payload_len.to_be_bytes());
+        assert_eq!(
+            c.verdict(&vlan_tagged(&long_ns)[..SNAPLEN]),
+            Verdict::NeighbourDiscovery
+        );
+    }
+
+    #[test]
+    fn malformed_ipv6_headers_are_refused() {
+        let c = mixed();
+        let good = udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b"");
+        let ip_start = ETHERNET_HEADER_LEN;
+        let mut bad_version = good.clone();
+        bad_version[ip_start] = 0x45;
+        assert_eq!(c.verdict(&bad_version), Verdict::BadHeader);
+        // ICMPv6 without even a type byte (the frame padded to Ethernet's minimum).
+        let mut empty_icmp = good;
+        empty_icmp.truncate(ip_start + IPV6_HEADER_LEN);
+        empty_icmp[ip_start + 4..ip_start + 6].copy_from_slice(&[0, 0]);
+        empty_icmp[ip_start + 6] = 58;
+        empty_icmp.resize(60, 0);
+        assert_eq!(c.verdict(&empty_icmp), Verdict::BadHeader);
+        // "No Next Header" with no payload is a valid, if useless, packet.
+        let mut nothing = empty_icmp;
+        nothing[ip_start + 6] = 59;
+        assert_eq!(c.classify(&nothing), Some(net("2001:db8:1::/64")));
+    }
+
+    #[test]
+    fn bpf_expression_covers_each_family_watched() {
+        assert_eq!(
+            Classifier::new(vec![net("2001:db8:1::/64"), net("2001:db8:100::/56")])
+                .bpf_expression(),
+            "ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56)"
+        );
+        let mut c = mixed();
+        assert_eq!(
+            c.bpf_expression(),
+            "(ip and (dst net 203.0.113.0/29 or dst net 198.51.100.0/24)) \
+             or (ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56))"
+        );
+        c.stop_watching(net("203.0.113.0/29"));
+        c.stop_watching(net("198.51.100.0/24"));
+        assert_eq!(
+            c.bpf_expression(),
+            "ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56)"
+        );
+        c.stop_watching(net("2001:db8:1::/64"));
+        c.stop_watching(net("2001:db8:100::/56"));
+        assert_eq!(c.bpf_expression(), "ip and not ip");
+    }
+
+    #[test]
+    fn snaplen_covers_a_tagged_ipv6_header_and_the_icmpv6_type() {
+        // Ethernet, one tag, the fixed IPv6 header, the ICMPv6 type byte.
+        let ipv6_needs = ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV6_HEADER_LEN + 1;
+        let ipv4_needs = ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV4_MAX_HEADER_LEN;
+        assert_eq!((ipv6_needs, ipv4_needs), (59, 78));
+        assert_eq!(SNAPLEN, ipv4_needs.max(ipv6_needs));
     }
 }

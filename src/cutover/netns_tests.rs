@@ -2,19 +2,25 @@
 //! only; they fail, never skip, without it). Nothing touches the root namespace.
 //!
 //! ```text
-//!  ns S: the provider's router                  ns N: the new host
-//!  +---------------------------------+          +-------------------------------------+
-//!  | cws<id> 198.18.0.2/24           |   veth   | cwn<id> ── port of bridge cwb<id>   |
-//!  |   mac 02:00:00:00:00:02         |==========|   cwb<id> 198.18.0.1/24 (watched)   |
-//!  | lo 203.0.113.3/32 (a "VM" src)  |          |   mac 02:00:00:00:00:01             |
-//!  | 203.0.113.0/24, 192.0.2.0/24,   |          | 203.0.113.4/32 via 198.18.0.2       |
-//!  | 198.51.100.0/24 via 198.18.0.1  |          |   (the host sending *out* of br)    |
-//!  +---------------------------------+          +-------------------------------------+
+//!  ns S: the provider's router                   ns N: the new host
+//!  +----------------------------------+          +---------------------------------------+
+//!  | cws<id> 198.18.0.2/24            |   veth   | cwn<id> ── port of bridge cwb<id>     |
+//!  |         2001:db8:ff::2/64        |==========|   cwb<id> 198.18.0.1/24 (watched)     |
+//!  |   mac 02:00:00:00:00:02          |          |           2001:db8:ff::1/64           |
+//!  | lo 203.0.113.3/32,               |          |   mac 02:00:00:00:00:01               |
+//!  |    2001:db8:1::3/128 (VM sources)|          | 203.0.113.4/32 via 198.18.0.2,        |
+//!  | 203.0.113.0/24, 192.0.2.0/24,    |          | 2001:db8:1::4/128 via 2001:db8:ff::2  |
+//!  | 198.51.100.0/24 via 198.18.0.1;  |          |   (the host sending *out* of br)      |
+//!  | 2001:db8:1::/48, 2001:db8:2::/64,|          |                                       |
+//!  | 2001:db8:3::/64                  |          |                                       |
+//!  |   via 2001:db8:ff::1             |          |                                       |
+//!  +----------------------------------+          +---------------------------------------+
 //! ```
-//! Watched subnets: 203.0.113.0/29 and 198.51.100.0/24.
+//! Watched subnets: 203.0.113.0/29 and 198.51.100.0/24 ([`Lab::subnets`]); with
+//! 2001:db8:1::/64 and 2001:db8:2::/64 too in [`Lab::mixed_subnets`].
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,11 +28,11 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::capture::{PacketSocket, PcapCapture, Run, StopSignal, Wait};
 use super::classify::fixtures;
-use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN};
+use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN};
 use super::{CutoverError, Phase, Watcher};
 
 /// How long a test waits for an event before calling it missing: a ceiling for a slow,
@@ -154,7 +160,9 @@ impl Lab {
         n.ip(&["link", "set", &port, "master", &bridge, "up"]);
         n.ip(&["link", "set", &bridge, "up"]);
         n.ip(&["addr", "add", "198.18.0.1/24", "dev", &bridge]);
+        n.ip(&["addr", "add", "2001:db8:ff::1/64", "dev", &bridge, "nodad"]);
         n.ip(&["route", "add", "203.0.113.4/32", "via", "198.18.0.2"]);
+        n.ip(&["route", "add", "2001:db8:1::4/128", "via", "2001:db8:ff::2"]);
         s.ip(&[
             "link",
             "set",
@@ -164,10 +172,22 @@ impl Lab {
             "up",
         ]);
         s.ip(&["addr", "add", "198.18.0.2/24", "dev", &sender_if]);
+        s.ip(&[
+            "addr",
+            "add",
+            "2001:db8:ff::2/64",
+            "dev",
+            &sender_if,
+            "nodad",
+        ]);
         s.ip(&["addr", "add", "203.0.113.3/32", "dev", "lo"]);
+        s.ip(&["addr", "add", "2001:db8:1::3/128", "dev", "lo", "nodad"]);
         s.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.0.1"]);
         s.ip(&["route", "add", "192.0.2.0/24", "via", "198.18.0.1"]);
         s.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.0.1"]);
+        for net in ["2001:db8:1::/48", "2001:db8:2::/64", "2001:db8:3::/64"] {
+            s.ip(&["route", "add", net, "via", "2001:db8:ff::1"]);
+        }
         let lab = Lab {
             n,
             s,
@@ -177,14 +197,26 @@ impl Lab {
         // Resolve the neighbours both ways now, so that later sends go out at once.
         lab.send_from_s(None, "198.18.0.1", b"hello");
         lab.send_from_n("198.18.0.2", b"hello");
+        lab.send_from_s(None, "2001:db8:ff::1", b"hello");
+        lab.send_from_n("2001:db8:ff::2", b"hello");
         thread::sleep(Duration::from_millis(50));
         lab
     }
 
-    fn subnets() -> Vec<Ipv4Net> {
+    fn subnets() -> Vec<IpNet> {
         vec![
             "203.0.113.0/29".parse().unwrap(),
             "198.51.100.0/24".parse().unwrap(),
+        ]
+    }
+
+    /// Two IPv4 and two IPv6 subnets.
+    fn mixed_subnets() -> Vec<IpNet> {
+        vec![
+            "203.0.113.0/29".parse().unwrap(),
+            "2001:db8:1::/64".parse().unwrap(),
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:2::/64".parse().unwrap(),
         ]
     }
 
@@ -260,10 +292,16 @@ impl Lab {
 }
 
 fn send_udp(src: Option<&str>, dst: &str, payload: &[u8]) {
-    let bind: SocketAddr = format!("{}:0", src.unwrap_or("0.0.0.0")).parse().unwrap();
-    let socket = UdpSocket::bind(bind).expect("bind udp");
-    let dst: SocketAddr = format!("{dst}:9").parse().unwrap();
-    socket.send_to(payload, dst).expect("send udp");
+    let dst: IpAddr = dst.parse().unwrap();
+    let src: IpAddr = match (src, dst) {
+        (Some(src), _) => src.parse().unwrap(),
+        (None, IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
+        (None, IpAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind udp");
+    socket
+        .send_to(payload, SocketAddr::new(dst, 9))
+        .expect("send udp");
 }
 
 fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -344,8 +382,8 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     assert_eq!(watcher.status().phase, Phase::Watching);
 
     // The first native packet for 203.0.113.0/29, then more for it that must not call again.
-    let first: Ipv4Net = "203.0.113.0/29".parse().unwrap();
-    let second: Ipv4Net = "198.51.100.0/24".parse().unwrap();
+    let first: IpNet = "203.0.113.0/29".parse().unwrap();
+    let second: IpNet = "198.51.100.0/24".parse().unwrap();
     let sent = Instant::now();
     lab.send_from_s(None, "203.0.113.2", b"native");
     assert!(
@@ -369,8 +407,8 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
 
     let record = status.records[0].clone();
     assert_eq!(record.subnet, first);
-    assert_eq!(record.dst, "203.0.113.2".parse::<Ipv4Addr>().unwrap());
-    assert_eq!(record.src, "198.18.0.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(record.dst, "203.0.113.2".parse::<IpAddr>().unwrap());
+    assert_eq!(record.src, "198.18.0.2".parse::<IpAddr>().unwrap());
     assert_eq!(record.error, None);
     assert!(
         record.latency > Duration::ZERO && record.latency < EVENT_CEILING,
@@ -393,7 +431,7 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
     lab.send_from_s(None, "198.51.100.8", b"after the end");
     thread::sleep(Duration::from_millis(50));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    let subnets: Vec<Ipv4Net> = seen.lock().unwrap().iter().map(|d| d.subnet).collect();
+    let subnets: Vec<IpNet> = seen.lock().unwrap().iter().map(|d| d.subnet).collect();
     assert_eq!(subnets, vec![first, second]);
 
     let status = watcher.stop();
@@ -513,17 +551,167 @@ fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
         "the flooded frame did not reach the bridge device: rx {rx_before} -> {rx_after}"
     );
     let status = watcher.stop();
-    let fired: Vec<Ipv4Net> = status.records.iter().map(|r| r.subnet).collect();
+    let fired: Vec<IpNet> = status.records.iter().map(|r| r.subnet).collect();
     assert_eq!(
         fired,
-        vec!["198.51.100.0/24".parse::<Ipv4Net>().unwrap()],
+        vec!["198.51.100.0/24".parse::<IpNet>().unwrap()],
         "fired on a frame for another host: {status:?}"
     );
     assert_eq!(
         status.waiting,
-        vec!["203.0.113.0/29".parse::<Ipv4Net>().unwrap()]
+        vec!["203.0.113.0/29".parse::<IpNet>().unwrap()]
     );
     assert_eq!(status.phase, Phase::Stopped);
+}
+
+/// IPv6 next to IPv4: a native IPv6 packet fires the callback for its subnet with its
+/// addresses; Neighbor Discovery for a VM's address, the host's own packet out of the bridge
+/// and the rest of the noise do not.
+#[test]
+fn a_native_ipv6_packet_fires_and_neighbour_discovery_and_outgoing_frames_do_not() {
+    let lab = Lab::new();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<super::Detection>::new()));
+    let watcher = {
+        let seen = seen.clone();
+        lab.n
+            .run(|| {
+                Watcher::spawn(
+                    &lab.bridge,
+                    Lab::mixed_subnets(),
+                    move |d: &super::Detection| {
+                        seen.lock().unwrap().push(*d);
+                        Ok::<_, std::io::Error>(Instant::now())
+                    },
+                )
+            })
+            .expect("watcher starts")
+    };
+    let (rx_before, tx_before) = lab.bridge_counters();
+
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let (vm, router_ll, router) = (v6("2001:db8:1::2"), v6("fe80::2"), v6("2001:db8:ff::2"));
+    let host = fixtures::HOST_MAC;
+    let group = fixtures::solicited_node(vm);
+    // The router resolving the VM's address (multicast), then probing it (unicast to the
+    // VM's address at the host's MAC, from its link-local and global addresses), and
+    // advertisements to the VM's address.
+    lab.send_raw_from_s(&[
+        fixtures::neighbour_solicitation(fixtures::multicast_mac(group), router_ll, group, vm),
+        fixtures::neighbour_solicitation(host, router_ll, vm, vm),
+        fixtures::neighbour_solicitation(host, router, vm, vm),
+        fixtures::neighbour_advertisement(host, router_ll, vm, router),
+        fixtures::neighbour_advertisement(host, router, vm, router),
+    ]);
+    // Another subnet, just outside a watched one, a VM's packet, the host itself sending to
+    // a watched address out of the bridge.
+    lab.send_from_s(None, "2001:db8:3::1", b"other subnet");
+    lab.send_from_s(None, "2001:db8:1:1::1", b"just outside the /64");
+    lab.send_from_s(Some("2001:db8:1::3"), "2001:db8:1::2", b"vm to vm");
+    lab.send_from_n("2001:db8:1::4", b"outgoing from the host");
+    thread::sleep(Duration::from_millis(300));
+
+    let (rx_after, tx_after) = lab.bridge_counters();
+    assert!(
+        rx_after - rx_before >= 8,
+        "the noise did not reach the bridge: rx {rx_before} -> {rx_after}"
+    );
+    assert!(
+        tx_after > tx_before,
+        "the host's own packet did not leave the bridge"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "fired on noise: {:?}",
+        seen.lock().unwrap()
+    );
+
+    lab.send_from_s(None, "2001:db8:1::2", b"native IPv6");
+    assert!(
+        wait_for(EVENT_CEILING, || !watcher.records().is_empty()),
+        "no cutover after a native IPv6 packet; status {:?}",
+        watcher.status()
+    );
+    let record = watcher.records()[0].clone();
+    assert_eq!(record.subnet, "2001:db8:1::/64".parse::<IpNet>().unwrap());
+    assert_eq!(record.src, IpAddr::V6(router));
+    assert_eq!(record.dst, IpAddr::V6(vm));
+    assert_eq!(record.error, None);
+    let detection = seen.lock().unwrap()[0];
+    assert_eq!(
+        (detection.subnet, detection.src, detection.dst),
+        (record.subnet, record.src, record.dst)
+    );
+
+    // The IPv4 subnet moves on its own packet, the other two still wait.
+    lab.send_from_s(None, "203.0.113.2", b"native IPv4");
+    assert!(
+        wait_for(EVENT_CEILING, || watcher.records().len() == 2),
+        "no cutover after a native IPv4 packet; status {:?}",
+        watcher.status()
+    );
+    let status = watcher.stop();
+    assert_eq!(status.phase, Phase::Stopped);
+    let fired: Vec<IpNet> = status.records.iter().map(|r| r.subnet).collect();
+    assert_eq!(
+        fired,
+        vec![
+            "2001:db8:1::/64".parse::<IpNet>().unwrap(),
+            "203.0.113.0/29".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        status.waiting,
+        vec![
+            "198.51.100.0/24".parse::<IpNet>().unwrap(),
+            "2001:db8:2::/64".parse().unwrap()
+        ]
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+/// As [`a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge`], for IPv6: the
+/// packet socket for IPv6 keeps only PACKET_HOST frames too.
+#[test]
+fn an_ipv6_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
+    let lab = Lab::new();
+    lab.n.ip(&["link", "set", &lab.bridge, "promisc", "on"]);
+    let watcher = lab
+        .n
+        .run(|| {
+            Watcher::spawn(&lab.bridge, Lab::mixed_subnets(), |_: &super::Detection| {
+                Ok::<_, String>(Instant::now())
+            })
+        })
+        .unwrap();
+    let (rx_before, _) = lab.bridge_counters();
+    let other_host = [0x02, 0, 0, 0, 0, 0x99];
+    let flooded = fixtures::udp6(
+        other_host,
+        "2001:db8:ff::2".parse().unwrap(),
+        "2001:db8:1::2".parse().unwrap(),
+        b"for another host",
+    );
+    lab.send_raw_from_s(&[flooded]);
+    // Sent after the flooded frame, same family: once it has fired, the flooded one has been
+    // seen and refused.
+    lab.send_from_s(None, "2001:db8:2::7", b"native, after the flooded frame");
+    assert!(
+        wait_for(EVENT_CEILING, || !watcher.records().is_empty()),
+        "the native packet after the flooded frame was not seen; status {:?}",
+        watcher.status()
+    );
+    let (rx_after, _) = lab.bridge_counters();
+    assert!(
+        rx_after >= rx_before + 2,
+        "the flooded frame did not reach the bridge device: rx {rx_before} -> {rx_after}"
+    );
+    let status = watcher.stop();
+    let fired: Vec<IpNet> = status.records.iter().map(|r| r.subnet).collect();
+    assert_eq!(
+        fired,
+        vec!["2001:db8:2::/64".parse::<IpNet>().unwrap()],
+        "fired on a frame for another host: {status:?}"
+    );
 }
 
 /// Why the watcher is not libpcap: direction `in` still includes PACKET_OTHERHOST, so libpcap
@@ -580,6 +768,59 @@ fn the_bpf_filter_passes_what_the_classifier_accepts() {
     }
 }
 
+/// The filter compiles for IPv4-only, IPv6-only, mixed and empty subnet lists, and on the
+/// fixtures agrees with the classifier: it passes every native packet of either family (run
+/// through libpcap's BPF interpreter) and drops the other family's and other destinations.
+#[test]
+fn the_bpf_filter_passes_native_packets_of_both_families() {
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let host = fixtures::HOST_MAC;
+    let native4 = fixtures::udp4(host, v4("198.18.0.2"), v4("203.0.113.7"), b"");
+    let native6 = fixtures::udp6(host, v6("2001:db8:ff::2"), v6("2001:db8:1::2"), b"");
+    let tagged6 = fixtures::vlan_tagged(&native6);
+    let other6 = fixtures::udp6(host, v6("2001:db8:ff::2"), v6("2001:db8:2::2"), b"");
+    let lists = [
+        ("IPv4 only", vec![net("203.0.113.0/29")], true, false),
+        ("IPv6 only", vec![net("2001:db8:1::/64")], false, true),
+        (
+            "mixed",
+            vec![net("203.0.113.0/29"), net("2001:db8:1::/64")],
+            true,
+            true,
+        ),
+    ];
+    for (name, subnets, passes4, passes6) in lists {
+        let mut c = Classifier::new(subnets);
+        let program =
+            super::capture::compile_filter("test", &c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(program.filter(&native4), passes4, "{name}: IPv4 native");
+        assert_eq!(c.classify(&native4).is_some(), passes4, "{name}");
+        assert_eq!(program.filter(&native6), passes6, "{name}: IPv6 native");
+        assert_eq!(c.classify(&native6).is_some(), passes6, "{name}");
+        for refused in [
+            fixtures::arp_request(v4("198.18.0.2"), v4("203.0.113.2")),
+            fixtures::ipv6_lookalike(),
+            fixtures::udp4(host, v4("198.18.0.2"), v4("192.0.2.1"), b""),
+            other6.clone(),
+            // libpcap's `ip6` looks at the outer ethertype only, as `ip` does: on the receive
+            // path the kernel moves the tag out of the frame before packet sockets see it.
+            tagged6.clone(),
+        ] {
+            assert!(!program.filter(&refused), "{name}: passed {refused:02x?}");
+        }
+        for subnet in c.subnets().to_vec() {
+            c.stop_watching(subnet);
+        }
+        let nothing = super::capture::compile_filter("test", &c).unwrap();
+        assert!(
+            !nothing.filter(&native4) && !nothing.filter(&native6),
+            "{name}"
+        );
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every namespace of the machine.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -599,12 +840,25 @@ enum Source {
 
 /// Measures send-to-detection latency for one capture source: see the figures in the module
 /// doc of `cutover`.
-fn measure(lab: &Lab, source: Source, count: usize, warmup: usize) -> Vec<Duration> {
-    let classifier = Classifier::new(Lab::subnets());
+/// The watcher's subnets are `subnets`; the packets go to `to`.
+fn measure(
+    lab: &Lab,
+    source: Source,
+    subnets: Vec<IpNet>,
+    to: IpAddr,
+    count: usize,
+    warmup: usize,
+) -> Vec<Duration> {
+    let classifier = Classifier::new(subnets);
     let stop = StopSignal::new().unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
-    // Offset of our payload: Ethernet, IPv4 without options, UDP.
-    let payload_at = ETHERNET_HEADER_LEN + IPV4_MIN_HEADER_LEN + 8;
+    // Offset of our payload: Ethernet, IPv4 without options or IPv6 without extension
+    // headers, UDP; and where S sends from.
+    let (ip_header_len, from) = match to {
+        IpAddr::V4(_) => (IPV4_MIN_HEADER_LEN, "198.18.0.2"),
+        IpAddr::V6(_) => (IPV6_HEADER_LEN, "2001:db8:ff::2"),
+    };
+    let payload_at = ETHERNET_HEADER_LEN + ip_header_len + 8;
     thread::scope(|scope| {
         let receiver = scope.spawn(|| {
             lab.n.enter_then(|| {
@@ -649,12 +903,12 @@ fn measure(lab: &Lab, source: Source, count: usize, warmup: usize) -> Vec<Durati
         });
         ready_rx.recv().unwrap();
         lab.s.run(|| {
-            let socket = UdpSocket::bind("198.18.0.2:0").unwrap();
+            let socket = UdpSocket::bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
             for seq in 0..(count + warmup) as u64 {
                 let mut payload = [0u8; 16];
                 payload[..8].copy_from_slice(&seq.to_be_bytes());
                 payload[8..].copy_from_slice(&monotonic_ns().to_be_bytes());
-                socket.send_to(&payload, "203.0.113.2:9").unwrap();
+                socket.send_to(&payload, SocketAddr::new(to, 9)).unwrap();
                 thread::sleep(Duration::from_millis(2));
             }
         });
@@ -667,7 +921,7 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
     let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     format!(
-        "{name:<32} n={} p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs  max {:>7.1} µs",
+        "{name:<40} n={} p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs  max {:>7.1} µs",
         samples.len(),
         us(pick(0.5)),
         us(pick(0.9)),
@@ -680,26 +934,59 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
 #[ignore = "benchmark: run with --ignored --nocapture, as root"]
 fn compare_capture_latency() {
     let lab = Lab::new();
+    let (v4, v6): (IpAddr, IpAddr) = (
+        "203.0.113.2".parse().unwrap(),
+        "2001:db8:1::2".parse().unwrap(),
+    );
+    let stoppable = Source::PacketSocket(Wait::Stoppable);
+    // IPv4 packets to an IPv4 list (one socket); then, with both families watched (two
+    // sockets polled), IPv4 and IPv6 packets.
     let variants = [
         (
             "AF_PACKET poll+recv (watcher)",
-            Source::PacketSocket(Wait::Stoppable),
+            stoppable,
+            Lab::subnets(),
+            v4,
         ),
         (
             "AF_PACKET blocking recv",
             Source::PacketSocket(Wait::Blocking),
+            Lab::subnets(),
+            v4,
         ),
-        ("pcap immediate poll+next", Source::Pcap(Wait::Stoppable)),
-        ("pcap immediate blocking next", Source::Pcap(Wait::Blocking)),
+        (
+            "pcap immediate poll+next",
+            Source::Pcap(Wait::Stoppable),
+            Lab::subnets(),
+            v4,
+        ),
+        (
+            "pcap immediate blocking next",
+            Source::Pcap(Wait::Blocking),
+            Lab::subnets(),
+            v4,
+        ),
+        (
+            "AF_PACKET poll+recv, v4+v6 list, IPv4",
+            stoppable,
+            Lab::mixed_subnets(),
+            v4,
+        ),
+        (
+            "AF_PACKET poll+recv, v4+v6 list, IPv6",
+            stoppable,
+            Lab::mixed_subnets(),
+            v6,
+        ),
     ];
     let mut all: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
     // Interleaved rounds, so that load from elsewhere on the machine hits every variant.
     for _ in 0..5 {
-        for ((_, source), samples) in variants.iter().zip(&mut all) {
-            samples.extend(measure(&lab, *source, 200, 10));
+        for ((_, source, subnets, to), samples) in variants.iter().zip(&mut all) {
+            samples.extend(measure(&lab, *source, subnets.clone(), *to, 200, 10));
         }
     }
-    for ((name, _), samples) in variants.iter().zip(all) {
+    for ((name, ..), samples) in variants.iter().zip(all) {
         println!("{}", summary(name, samples));
     }
 }

@@ -2,10 +2,10 @@
 //! record kept for the log and `vmtun status --json`. Pure values; the clocks are read by the
 //! watcher and passed in.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// The first native packet, as the watcher saw it. Handed to the callback that removes the
@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Detection {
     /// The watched subnet the packet was for.
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     /// The packet's source address (the client whose packet arrived natively).
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// The packet's destination address (a VM's).
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// When the kernel received the packet (its capture timestamp, wall clock).
     pub captured_at: SystemTime,
     /// When the watcher recognised it (monotonic, for measuring the removal).
@@ -43,11 +43,11 @@ impl Detection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CutoverRecord {
     /// The subnet whose first native packet triggered the cutover.
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     /// Source of that packet.
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// Destination of that packet.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// When the kernel received the packet.
     #[serde(rename = "packet_time_unix_ns", with = "unix_nanos")]
     pub packet_time: SystemTime,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::CutoverError;
@@ -24,7 +24,7 @@ pub struct CutoverStatus {
     /// One record per subnet cut over, in the order their first native packets came.
     pub records: Vec<CutoverRecord>,
     /// Subnets whose first native packet is still awaited.
-    pub waiting: Vec<Ipv4Net>,
+    pub waiting: Vec<IpNet>,
 }
 
 /// The watcher's phase.
@@ -47,9 +47,9 @@ pub enum Phase {
 }
 
 /// A running watcher on the new host's bridge. For each subnet it calls its callback once, on
-/// the first IPv4 packet received there for that subnet, and ends its thread when all have
-/// cut over. (The provider may switch the subnets at different times; each subnet's mark rule
-/// must stay until its own switch.)
+/// the first native packet (IPv4 or IPv6, the subnet's family) received there for that
+/// subnet, and ends its thread when all have cut over. (The provider may switch the subnets
+/// at different times; each subnet's mark rule must stay until its own switch.)
 ///
 /// Dropping it stops it too; [`stop`](Self::stop) also returns what happened.
 #[derive(Debug)]
@@ -61,7 +61,8 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts watching `bridge` for packets to `subnets` (role new, `cutover = "auto"`).
+    /// Starts watching `bridge` for packets to `subnets`, IPv4 and IPv6 in any mix (role new,
+    /// `cutover = "auto"`).
     ///
     /// The socket is opened here, in the calling thread's network namespace, so that a
     /// missing bridge or missing privilege is reported now. `on_native` runs on the watcher
@@ -69,7 +70,7 @@ impl Watcher {
     /// should remove that subnet's mark rule and return. Its error is kept in the record.
     pub fn spawn<F, E>(
         bridge: &str,
-        subnets: Vec<Ipv4Net>,
+        subnets: Vec<IpNet>,
         on_native: F,
     ) -> Result<Watcher, CutoverError>
     where
