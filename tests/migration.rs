@@ -22,10 +22,10 @@ mod common;
 #[path = "common/migration.rs"]
 mod helpers;
 
-use common::{LabError, Result, Scratch, check, preflight, wait_until};
+use common::{LabError, Result, Scratch, check, preflight, wait_ping, wait_until};
 use helpers::{
-    FrameTap, HostState, VMTUN, WAIT, decoy_frames, is_ipv4_to, launch_both, mac_of, prepare_hosts,
-    probing, send_frames, wait_cutover_done,
+    FrameTap, HostState, VMTUN, WAIT, cut_over_with_pings, decoy_frames, is_ipv4_to, launch_both,
+    mac_of, prepare_hosts, prepare_hosts_with, probing, send_frames, wait_cutover_done,
 };
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -34,7 +34,9 @@ use vmtun::lab::migration::probe::{Echo, Prober, unix_ns};
 use vmtun::lab::migration::scenario::{HostMode, Options, Report, run};
 use vmtun::lab::migration::stats::Via;
 use vmtun::lab::migration::topology::{MigrationLab, Site};
-use vmtun::lab::migration::{BRIDGE, ECHO_PORT, OTHER_ADDR, OTHER_SUBNET, VIF, VM_ADDR};
+use vmtun::lab::migration::{
+    BRIDGE, ECHO_PORT, Family, OTHER_ADDR, OTHER_SUBNET, SUBNET, SUBNET6, VIF, VM_ADDR, VM_ADDR6,
+};
 
 /// After a decoy has been seen arriving on the bridge, how long the watcher is given to
 /// (wrongly) react before the test looks. A negative check: a slow machine can only make
@@ -52,7 +54,11 @@ fn options(mode: HostMode) -> Options {
 }
 
 fn run_scenario(mode: HostMode) -> Result<Report> {
-    let report = run(&options(mode), &mut |line| eprintln!("scenario: {line}"))?;
+    run_with(&options(mode))
+}
+
+fn run_with(options: &Options) -> Result<Report> {
+    let report = run(options, &mut |line| eprintln!("scenario: {line}"))?;
     eprintln!("{}", vmtun::demo::render(&report));
     Ok(report)
 }
@@ -76,13 +82,92 @@ fn target() -> SocketAddrV4 {
 #[test]
 fn the_vm_keeps_answering_through_the_move_and_leaves_natively_after_the_switch() -> Result<()> {
     preflight(&["nft", "ping"]);
-    let report = run_scenario(HostMode::Vmtun)?;
+    the_move_went_right(&run_scenario(HostMode::Vmtun)?)
+}
 
-    let before = phase(&report, "before_move")?;
+/// The same move for a VM whose traffic is IPv6: its /64 goes through the tunnel after the
+/// move, its replies through the old site until the first native IPv6 packet flips them.
+#[test]
+fn an_ipv6_vm_keeps_answering_through_the_move_and_leaves_natively_after_the_switch() -> Result<()>
+{
+    preflight(&["nft", "ping"]);
+    let mut options = options(HostMode::Vmtun);
+    options.family = Family::Ipv6;
+    let report = run_with(&options)?;
+    check(report.vm.is_ipv6(), || {
+        format!("the client probed {}", report.vm)
+    })?;
+    let cutover = report.cutover.as_ref();
+    check(
+        cutover.is_some_and(|c| c.native_subnets == ["2001:db8:1::"]),
+        || format!("the kernel's flip for the /64: {cutover:?}"),
+    )?;
+    the_move_went_right(&report)
+}
+
+/// A dual-stack VM, both subnets in one config: after the move it answers in both families
+/// through the tunnel; after the provider's switch each subnet cuts over on its own first
+/// native packet, IPv6 first here, and the IPv4 subnet keeps going through the old site
+/// until its own.
+#[test]
+fn a_dual_stack_vm_answers_in_both_families_and_each_subnet_cuts_over_on_its_own() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("dual")?;
+    let lab = MigrationLab::build_dual_stack(1)?;
+    let _echo = Echo::start(&lab.vm, ECHO_PORT)?;
+    let both = [Family::Ipv4, Family::Ipv6];
+    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |old, new| {
+        *old = old.clone().carrying(&both);
+        *new = new.clone().carrying(&both);
+    })?;
+    launch_both(&lab, &mut old, &mut new)?;
+    lab.move_vm(Site::Old, Site::New)?;
+    new.vif_up(VIF)?;
+    for addr in [VM_ADDR, VM_ADDR6] {
+        wait_ping(&lab.client, addr, WAIT)?;
+    }
+    let through_old = lab.core_counters()?;
+    check(
+        through_old.from_old > 0 && through_old.from_new == 0,
+        || format!("after the move the VM's replies leave through the old site: {through_old:?}"),
+    )?;
+
+    lab.switch_provider()?;
+    let v6 = cut_over_with_pings(&lab, &new, VM_ADDR6, |s| !s.cut_over.is_empty())?;
+    check(v6.cut_over == [SUBNET6] && v6.waiting == [SUBNET], || {
+        format!("the first native IPv6 packet cuts over the /64 only: {v6:?}")
+    })?;
+    let marks = vmtun::lab::migration::hosts::mark_rules(&lab.new)?;
+    check(marks == [SUBNET], || {
+        format!("the IPv4 mark rule stays until its own cutover: {marks:?}")
+    })?;
+    let done = cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
+    check(done.cut_over == [SUBNET6, SUBNET], || {
+        format!("both subnets cut over, each once: {done:?}")
+    })?;
+    check(!mark_rule_present(&lab.new)?, || {
+        "a mark rule is left after both cutovers".into()
+    })?;
+    // Both families now leave natively: the old site sees no more of the VM's replies.
+    let settled = lab.core_counters()?;
+    for addr in [VM_ADDR, VM_ADDR6] {
+        wait_ping(&lab.client, addr, WAIT)?;
+    }
+    let after = lab.core_counters()?;
+    check(
+        after.from_old == settled.from_old && after.from_new > settled.from_new,
+        || format!("after both cutovers: {settled:?} then {after:?}"),
+    )?;
+    Ok(())
+}
+
+/// What a good move looks like in the report, whatever the family.
+fn the_move_went_right(report: &Report) -> Result<()> {
+    let before = phase(report, "before_move")?;
     check(before.received > 0 && before.replies_via_new == 0, || {
         format!("before the move: {before:?}")
     })?;
-    let after_move = phase(&report, "after_move")?;
+    let after_move = phase(report, "after_move")?;
     check(after_move.received > 0, || {
         format!("no replies after the move: {after_move:?}")
     })?;
@@ -90,7 +175,7 @@ fn the_vm_keeps_answering_through_the_move_and_leaves_natively_after_the_switch(
         after_move.replies_via_new == 0 && after_move.replies_via_old == after_move.received,
         || format!("after the move every reply must leave through the old host: {after_move:?}"),
     )?;
-    let after_switch = phase(&report, "after_switch")?;
+    let after_switch = phase(report, "after_switch")?;
     check(
         after_switch.replies_via_new > 0 && after_switch.replies_via_old == 0,
         || format!("after the switch replies must leave through the new host: {after_switch:?}"),
