@@ -218,6 +218,35 @@ fn a_missing_bridge_fails_naming_it() -> Result<()> {
 }
 
 #[test]
+fn a_foreign_ipv6_fwmark_rule_fails_a_dual_stack_move() -> Result<()> {
+    let s = setup("chkmark6", true, true)?;
+    let dual = fill(NEW_HOST, &s.iface, &s.a_keys, &s.b_keys)
+        .replace(
+            r#"allowed_ips = ["0.0.0.0/0"]"#,
+            r#"allowed_ips = ["0.0.0.0/0", "::/0"]"#,
+        )
+        .replace(
+            r#"subnets = ["203.0.113.0/29"]"#,
+            r#"subnets = ["203.0.113.0/29", "2001:db8:1::/64"]"#,
+        )
+        .replace(
+            r#"addresses = ["203.0.113.2"]"#,
+            r#"addresses = ["203.0.113.2", "2001:db8:1::2"]"#,
+        );
+    s.net.scratch.write("new.toml", &dual, 0o600)?;
+    s.net.a.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    s.net.a.ip(&[
+        "-6", "rule", "add", "fwmark", "0x1", "lookup", "300", "priority", "100",
+    ])?;
+    let outcome = s.check()?;
+    let fail = only_failure(&outcome, "fwmark 0x1")?;
+    check(
+        fail.contains("ip -6 rule '100: from all fwmark 0x1 lookup 300'"),
+        || fail.into(),
+    )
+}
+
+#[test]
 fn a_foreign_fwmark_rule_fails_naming_it() -> Result<()> {
     let s = setup("chkmark", true, true)?;
     s.net.a.ip(&[

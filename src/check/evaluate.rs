@@ -278,14 +278,18 @@ fn vm_interfaces(config: &Config, role: Role, facts: &Facts) -> Line {
 }
 
 fn show_rule(r: &RuleFact) -> String {
-    let mut s = format!("{}: from all", r.priority);
+    let ip = match r.family {
+        Family::Ipv4 => "ip",
+        Family::Ipv6 => "ip -6",
+    };
+    let mut s = format!("{ip} rule '{}: from all", r.priority);
     if let Some(mark) = r.fwmark {
         s += &format!(" fwmark {mark:#x}");
     }
     if let Some(t) = r.table {
         s += &format!(" lookup {t}");
     }
-    s
+    s + "'"
 }
 
 /// Role new: the table, mark and rule priority must be vmtun's alone.
@@ -303,7 +307,7 @@ fn policy_routing(m: &Migration, facts: &Facts) -> Vec<Line> {
     let own_rule = |r: &RuleFact| {
         owns(
             facts,
-            |c| matches!(c, Change::Rule(o) if Some(o.fwmark.0) == r.fwmark && o.priority == r.priority && Some(o.table.0) == r.table),
+            |c| matches!(c, Change::Rule(o) if o.family == r.family && Some(o.fwmark.0) == r.fwmark && o.priority == r.priority && Some(o.table.0) == r.table),
         )
     };
     let foreign: Vec<&RuleFact> = rules.iter().filter(|r| !own_rule(r)).collect();
@@ -311,16 +315,12 @@ fn policy_routing(m: &Migration, facts: &Facts) -> Vec<Line> {
         let found: Vec<String> = foreign
             .iter()
             .filter(|r| pick(r))
-            .map(|r| format!("'{}'", show_rule(r)))
+            .map(|r| show_rule(r))
             .collect();
         if found.is_empty() {
             Line::ok(what, "not used by anything else")
         } else {
-            Line::fail(
-                what,
-                format!("already used by ip rule {}", found.join(", ")),
-                fix,
-            )
+            Line::fail(what, format!("already used by {}", found.join(", ")), fix)
         }
     };
     let mut lines = vec![
@@ -369,7 +369,7 @@ fn table(m: &Migration, facts: &Facts, foreign_rules: &[&RuleFact]) -> Line {
         foreign_rules
             .iter()
             .filter(|r| r.table == Some(m.table))
-            .map(|r| format!("ip rule '{}'", show_rule(r))),
+            .map(|r| show_rule(r)),
     );
     if users.is_empty() {
         Line::ok(what, "nothing else uses it")

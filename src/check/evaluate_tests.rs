@@ -48,11 +48,13 @@ fn good() -> Facts {
         links: Ok(vec!["lo".into(), "br0".into()]),
         rules: Ok(vec![
             RuleFact {
+                family: Family::Ipv4,
                 priority: 0,
                 fwmark: None,
                 table: Some(255),
             },
             RuleFact {
+                family: Family::Ipv4,
                 priority: 32766,
                 fwmark: None,
                 table: Some(254),
@@ -135,6 +137,7 @@ fn vm_interfaces_may_be_absent_on_the_new_host_but_not_on_the_old() {
 fn foreign_rules_on_the_mark_priority_or_table_fail() {
     let mut f = good();
     f.rules.as_mut().unwrap().push(RuleFact {
+        family: Family::Ipv4,
         priority: 100,
         fwmark: Some(1),
         table: Some(300),
@@ -146,12 +149,45 @@ fn foreign_rules_on_the_mark_priority_or_table_fail() {
         "{detail}"
     );
     f.rules.as_mut().unwrap().push(RuleFact {
+        family: Family::Ipv4,
         priority: 10_000,
         fwmark: None,
         table: Some(201),
     });
     assert_eq!(verdict(&f, "rule priority 10000").0, Verdict::Fail);
     assert_eq!(verdict(&f, "table 201").0, Verdict::Fail);
+}
+
+#[test]
+fn an_ipv6_rule_or_route_clashes_too_and_names_its_family() {
+    let mut f = good();
+    f.rules.as_mut().unwrap().push(RuleFact {
+        family: Family::Ipv6,
+        priority: 10_000,
+        fwmark: Some(1),
+        table: Some(201),
+    });
+    // vmtun's own IPv4 rule with the same numbers does not make the IPv6 one its own.
+    f.own = Some(vec![Change::Rule(Rule {
+        family: Family::Ipv4,
+        fwmark: FwMark(1),
+        table: TableId(201),
+        priority: 10_000,
+    })]);
+    let (v, detail) = verdict(&f, "fwmark 0x1");
+    assert_eq!(v, Verdict::Fail);
+    assert!(
+        detail.contains("ip -6 rule '10000: from all fwmark 0x1 lookup 201'"),
+        "{detail}"
+    );
+    f.rules.as_mut().unwrap().pop();
+    f.table_routes = Ok(vec![RouteFact {
+        dest: "::/0".parse().unwrap(),
+        dev: Some("eth1".into()),
+    }]);
+    let (v, detail) = verdict(&f, "table 201");
+    assert_eq!(v, Verdict::Fail);
+    assert!(detail.contains("route ::/0 dev eth1"), "{detail}");
 }
 
 #[test]
@@ -176,6 +212,7 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
         priority: 10_000,
     };
     f.rules.as_mut().unwrap().push(RuleFact {
+        family: Family::Ipv4,
         priority: 10_000,
         fwmark: Some(1),
         table: Some(201),

@@ -12,6 +12,8 @@ use crate::netcfg::{Change, Family};
 /// A policy rule found on the host (`ip rule`), reduced to what can clash with vmtun's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleFact {
+    /// `ip rule` or `ip -6 rule`.
+    pub family: Family,
     /// Its priority.
     pub priority: u32,
     /// The mark it matches, if any.
@@ -96,9 +98,9 @@ pub struct Facts {
     pub forwarding: Vec<(Family, Result<String, String>)>,
     /// Interface names (an rtnetlink dump).
     pub links: Result<Vec<String>, String>,
-    /// IPv4 policy rules.
+    /// Policy rules of each family the move needs.
     pub rules: Result<Vec<RuleFact>, String>,
-    /// Routes in the migration table (role new), IPv4.
+    /// Routes in the migration table (role new), of each family the move needs.
     pub table_routes: Result<Vec<RouteFact>, String>,
     /// The `ip` and `ip6` family nftables tables (a netfilter netlink dump).
     pub nft_tables: Result<Vec<(Family, String)>, String>,

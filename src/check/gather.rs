@@ -19,16 +19,17 @@ use super::probe;
 pub fn gather(config: &Config) -> Facts {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let forwarding = families(config)
-        .into_iter()
-        .map(|f| (f, read_sysctl(&f.forwarding().to_string())))
+    let families = families(config);
+    let forwarding = families
+        .iter()
+        .map(|f| (*f, read_sysctl(&f.forwarding().to_string())))
         .collect();
     let table = config
         .migration
         .as_ref()
         .filter(|m| m.role == Role::New)
         .map(|m| m.table);
-    let dumps = netlink::route_dumps(table);
+    let dumps = netlink::route_dumps(&families, table);
     let nft_tables = match config.migration {
         Some(_) => netlink::nft_tables().map_err(|e| e.to_string()),
         None => Ok(Vec::new()),

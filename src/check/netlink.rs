@@ -1,5 +1,5 @@
-//! Read-only netlink dumps for the checks: interfaces, IPv4 policy rules and a table's
-//! routes over rtnetlink, and the `ip` family's nftables tables over netfilter netlink.
+//! Read-only netlink dumps for the checks: interfaces, each family's policy rules and a
+//! table's routes over rtnetlink, and the `ip` family's nftables tables over netfilter netlink.
 //! Nothing here sends anything but dump requests.
 
 use std::collections::HashMap;
@@ -20,15 +20,15 @@ use crate::netcfg::Family;
 pub struct RouteDumps {
     /// Interface names by index.
     pub links: Result<HashMap<u32, String>, String>,
-    /// IPv4 policy rules.
+    /// Policy rules of the families asked for.
     pub rules: Result<Vec<RuleFact>, String>,
-    /// IPv4 routes in the table asked for.
+    /// Routes of those families in the table asked for.
     pub table_routes: Result<Vec<RouteFact>, String>,
 }
 
-/// Dumps links, IPv4 rules and the IPv4 routes of `table` in the calling thread's
-/// network namespace.
-pub fn route_dumps(table: Option<u32>) -> RouteDumps {
+/// Dumps links, and the rules and the routes of `table` of each of `families`, in the
+/// calling thread's network namespace.
+pub fn route_dumps(families: &[Family], table: Option<u32>) -> RouteDumps {
     let failed = |e: String| RouteDumps {
         links: Err(e.clone()),
         rules: Err(e.clone()),
@@ -61,53 +61,87 @@ pub fn route_dumps(table: Option<u32>) -> RouteDumps {
             .try_collect()
             .await
             .map_err(|e| e.to_string());
-        let rules = handle
-            .rule()
-            .get(IpVersion::V4)
-            .execute()
-            .map_ok(|m| {
-                let mut r = RuleFact {
-                    priority: 0,
-                    fwmark: None,
-                    table: Some(u32::from(m.header.table)).filter(|t| *t != 0),
-                };
-                for a in &m.attributes {
-                    match a {
-                        RuleAttribute::Priority(p) => r.priority = *p,
-                        RuleAttribute::FwMark(f) => r.fwmark = Some(*f),
-                        RuleAttribute::Table(t) => r.table = Some(*t),
-                        _ => {}
-                    }
-                }
-                r
-            })
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string());
+        let mut rules = Ok(Vec::new());
+        for &family in families {
+            let found = dump_rules(&handle, family).await;
+            rules = rules.and_then(|mut all: Vec<RuleFact>| {
+                all.extend(found?);
+                Ok(all)
+            });
+        }
         let names = links.clone().unwrap_or_default();
-        let table_routes = match table {
-            None => Ok(Vec::new()),
-            Some(table) => {
-                let query = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                    .table_id(table)
-                    .build();
-                handle
-                    .route()
-                    .get(query)
-                    .execute()
-                    .try_filter(|m| std::future::ready(table_of(m) == table))
-                    .map_ok(|m| route_fact(&m, &names))
-                    .try_collect()
-                    .await
-                    .map_err(|e| e.to_string())
+        let mut table_routes = Ok(Vec::new());
+        if let Some(table) = table {
+            for &family in families {
+                let found = dump_table(&handle, family, table, &names).await;
+                table_routes = table_routes.and_then(|mut all: Vec<RouteFact>| {
+                    all.extend(found?);
+                    Ok(all)
+                });
             }
-        };
+        }
         RouteDumps {
             links,
             rules,
             table_routes,
         }
     })
+}
+
+async fn dump_rules(handle: &rtnetlink::Handle, family: Family) -> Result<Vec<RuleFact>, String> {
+    let version = match family {
+        Family::Ipv4 => IpVersion::V4,
+        Family::Ipv6 => IpVersion::V6,
+    };
+    handle
+        .rule()
+        .get(version)
+        .execute()
+        .map_ok(|m| {
+            let mut r = RuleFact {
+                family,
+                priority: 0,
+                fwmark: None,
+                table: Some(u32::from(m.header.table)).filter(|t| *t != 0),
+            };
+            for a in &m.attributes {
+                match a {
+                    RuleAttribute::Priority(p) => r.priority = *p,
+                    RuleAttribute::FwMark(f) => r.fwmark = Some(*f),
+                    RuleAttribute::Table(t) => r.table = Some(*t),
+                    _ => {}
+                }
+            }
+            r
+        })
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn dump_table(
+    handle: &rtnetlink::Handle,
+    family: Family,
+    table: u32,
+    names: &HashMap<u32, String>,
+) -> Result<Vec<RouteFact>, String> {
+    let query = match family {
+        Family::Ipv4 => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .table_id(table)
+            .build(),
+        Family::Ipv6 => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .table_id(table)
+            .build(),
+    };
+    handle
+        .route()
+        .get(query)
+        .execute()
+        .try_filter(|m| std::future::ready(table_of(m) == table))
+        .map_ok(|m| route_fact(&m, names))
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn table_of(m: &RouteMessage) -> u32 {
@@ -122,7 +156,10 @@ fn table_of(m: &RouteMessage) -> u32 {
 
 fn route_fact(m: &RouteMessage, names: &HashMap<u32, String>) -> RouteFact {
     let len = m.header.destination_prefix_length;
-    let mut dest = IpNet::V4(ipnet::Ipv4Net::default());
+    let mut dest = match m.header.address_family {
+        rtnetlink::packet_route::AddressFamily::Inet6 => IpNet::V6(ipnet::Ipv6Net::default()),
+        _ => IpNet::V4(ipnet::Ipv4Net::default()),
+    };
     let mut dev = None;
     for a in &m.attributes {
         match a {

@@ -267,10 +267,14 @@ pub fn snapshot(ns: &Netns) -> Result<String> {
         &["addr", "show"],
         &["route", "show", "table", "all"],
         &["rule", "show"],
+        &["-6", "route", "show", "table", "all"],
+        &["-6", "rule", "show"],
     ] {
         text += &format!("## ip {}\n{}", args.join(" "), ns.ip(args)?);
     }
     text += &format!("## nft\n{}", ns.run("nft", &["list", "ruleset"])?);
-    text += &format!("## sysctl\n{}", ns.run("sysctl", &["net.ipv4"])?);
+    for tree in ["net.ipv4", "net.ipv6"] {
+        text += &format!("## sysctl {tree}\n{}", ns.run("sysctl", &[tree])?);
+    }
     Ok(text)
 }
