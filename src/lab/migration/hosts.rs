@@ -101,9 +101,17 @@ pub struct VmEntry {
 impl VmEntry {
     /// The scenario's VM: [`VIF`] with [`VM_ADDR`].
     pub fn scenario() -> Self {
+        Self::of(Guest::FIRST, &[Family::Ipv4])
+    }
+
+    /// The lab's VM `guest` with its addresses of `families`.
+    pub fn of(guest: Guest, families: &[Family]) -> Self {
         Self {
-            vif: VIF.to_owned(),
-            addresses: vec![VM_ADDR.to_owned()],
+            vif: guest.vif(),
+            addresses: families
+                .iter()
+                .map(|f| guest.addr(*f).to_string())
+                .collect(),
         }
     }
 }
@@ -153,8 +161,8 @@ impl HostConfig {
             return self;
         };
         m.subnets = families.iter().map(|f| subnet(*f).to_owned()).collect();
-        for vm in &mut self.vms {
-            vm.addresses = families.iter().map(|f| vm_addr(*f).to_owned()).collect();
+        for (index, vm) in (0..).zip(&mut self.vms) {
+            *vm = VmEntry::of(Guest(index), families);
         }
         self.peer_allowed_ips = if m.role == "old" {
             let mut ips = vec![format!("{TUNNEL_NEW}/32")];
@@ -167,6 +175,16 @@ impl HostConfig {
             }
             ips
         };
+        self
+    }
+
+    /// Makes a migration config name every VM of `lab` (in guest order), with the
+    /// addresses of the lab's families.
+    pub fn with_guests(mut self, lab: &MigrationLab) -> Self {
+        self.vms = lab
+            .guests()
+            .map(|g| VmEntry::of(g, &lab.families))
+            .collect();
         self
     }
 

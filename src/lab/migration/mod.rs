@@ -30,6 +30,7 @@
 //! Everything is created inside lab namespaces (see [`crate::lab`]) and removed with them;
 //! nothing here touches the root namespace.
 
+pub mod guest;
 pub mod hosts;
 pub mod probe;
 pub mod scenario;
@@ -37,6 +38,7 @@ pub mod stats;
 pub mod topology;
 
 pub use crate::netcfg::Family;
+pub use guest::Guest;
 pub use scenario::{HostMode, Options, Report, run};
 pub use topology::MigrationLab;
 

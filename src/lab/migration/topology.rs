@@ -55,6 +55,14 @@ fn core_ruleset(families: &[Family]) -> String {
     )
 }
 
+/// The length of a host route of `family` (/32, /128).
+fn family_bits(family: Family) -> u8 {
+    match family {
+        Family::Ipv4 => 32,
+        Family::Ipv6 => 128,
+    }
+}
+
 /// The scenario's namespaces, links and provider. Dropping it deletes every namespace (and
 /// with them all links, routes, rules and the processes inside).
 pub struct MigrationLab {
@@ -66,8 +74,10 @@ pub struct MigrationLab {
     pub old: Netns,
     /// The host the VM arrives at.
     pub new: Netns,
-    /// The VM.
+    /// The VM ([`Guest::FIRST`]).
     pub vm: Netns,
+    /// More VMs ([`Guest`] 1, 2...), when built with [`Self::build_with`].
+    pub more_vms: Vec<Netns>,
     /// The families the lab carries: IPv4, and IPv6 when built dual-stack.
     pub families: Vec<Family>,
 }
@@ -79,17 +89,25 @@ impl MigrationLab {
     /// old host as its libvirt script did before vmtun (a /32 on vif0, proxy ARP). IPv6
     /// is off in every namespace.
     pub fn build(host_rp_filter: u8) -> Result<Self> {
-        Self::build_with(host_rp_filter, &[Family::Ipv4])
+        Self::build_with(host_rp_filter, &[Family::Ipv4], 1)
     }
 
     /// [`Self::build`] with IPv6 beside IPv4 everywhere: the client, core and hosts get the
     /// `2001:db8:1x::/64` twins of their links, the core routes [`SUBNET6`] like
     /// [`SUBNET`], and the VM has [`VM_ADDR6`] with its gateway [`VM_GATEWAY6`].
     pub fn build_dual_stack(host_rp_filter: u8) -> Result<Self> {
-        Self::build_with(host_rp_filter, &[Family::Ipv4, Family::Ipv6])
+        Self::build_with(host_rp_filter, &[Family::Ipv4, Family::Ipv6], 1)
     }
 
-    fn build_with(host_rp_filter: u8, families: &[Family]) -> Result<Self> {
+    /// The lab with `families` and `vms` VMs (1 to [`guest::MAX_GUESTS`]), each attached to
+    /// the old host as its libvirt script did before vmtun.
+    pub fn build_with(host_rp_filter: u8, families: &[Family], vms: u8) -> Result<Self> {
+        if !(1..=guest::MAX_GUESTS).contains(&vms) {
+            return Err(LabError::Failed(format!(
+                "the lab holds 1 to {} VMs, not {vms}",
+                guest::MAX_GUESTS
+            )));
+        }
         let ipv6 = families.contains(&Family::Ipv6);
         let ns = |tag: &str| -> Result<Netns> {
             let ns = Netns::new(tag)?;
@@ -106,6 +124,9 @@ impl MigrationLab {
             old: ns("old")?,
             new: ns("new")?,
             vm: ns("vm")?,
+            more_vms: (1..vms)
+                .map(|i| ns(&format!("vm{i}")))
+                .collect::<Result<_>>()?,
             families: families.to_vec(),
         };
         lab::veth(&lab.client, "eth0", &lab.core, "c0")?;
@@ -142,8 +163,10 @@ impl MigrationLab {
             lab.add_ipv6()?;
         }
         lab.nft(&lab.core, &core_ruleset(families))?;
-        lab.attach_vm(Site::Old)?;
-        lab.seed_vif_up(Site::Old)?;
+        for guest in lab.guests() {
+            lab.attach(guest, Site::Old)?;
+            lab.seed_guest_vif_up(guest, Site::Old)?;
+        }
         Ok(lab)
     }
 
@@ -211,24 +234,50 @@ impl MigrationLab {
         }
     }
 
+    /// Every VM of the lab, the scenario's first.
+    pub fn guests(&self) -> impl Iterator<Item = Guest> + use<> {
+        (0..=self.more_vms.len() as u8).map(Guest)
+    }
+
+    /// The namespace of `guest`.
+    pub fn guest_ns(&self, guest: Guest) -> &Netns {
+        match guest.0 {
+            0 => &self.vm,
+            i => &self.more_vms[usize::from(i) - 1],
+        }
+    }
+
     /// Plugs the VM into `site`: a veth pair `vif0` (host, libvirt's tap MAC) / `eth0` (VM,
     /// the guest's MAC), and inside the VM its address and default route, as the guest has
     /// them. The host side gets no route and no proxy ARP: that is `vif-up`'s job.
     pub fn attach_vm(&self, site: Site) -> Result<()> {
-        self.attach_vm_with(site, || Ok(()))
+        self.attach(Guest::FIRST, site)
     }
 
-    /// [`Self::attach_vm`], running `guest` (more guest-side state) before the tap goes up.
-    fn attach_vm_with(&self, site: Site, guest: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// [`Self::attach_vm`] for any of the lab's VMs.
+    pub fn attach(&self, guest: Guest, site: Site) -> Result<()> {
+        self.attach_with(guest, site, || Ok(()))
+    }
+
+    /// [`Self::attach`], running `guest_state` (more guest-side state) before the tap goes
+    /// up.
+    fn attach_with(
+        &self,
+        guest: Guest,
+        site: Site,
+        guest_state: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         let host = self.host(site);
+        let vm = self.guest_ns(guest);
+        let vif = guest.vif();
         lab::process::run_checked(
-            &format!("creating the VM's veth {VIF}@{}", host.name()),
+            &format!("creating the VM's veth {vif}@{}", host.name()),
             Command::new("ip").args([
                 "link",
                 "add",
-                VIF,
+                &vif,
                 "address",
-                VIF_MAC,
+                &guest.vif_mac(),
                 "netns",
                 host.name(),
                 "type",
@@ -237,22 +286,22 @@ impl MigrationLab {
                 "name",
                 "eth0",
                 "address",
-                VM_MAC,
+                &guest.mac(),
                 "netns",
-                self.vm.name(),
+                vm.name(),
             ]),
         )?;
         // The guest side first, the host's tap last: a running guest's NIC is configured
         // when the tap comes up, and vmtun routes the vif (and ARPs for the VM) the moment
         // it is up; an unanswered first ARP would cost a 1 s retransmission.
-        self.vm.link_up("eth0")?;
-        self.vm.add_address("eth0", &format!("{VM_ADDR}/32"))?;
-        self.vm.ip(&[
+        vm.link_up("eth0")?;
+        vm.add_address("eth0", &format!("{}/32", guest.addr(Family::Ipv4)))?;
+        vm.ip(&[
             "route", "add", "default", "via", VM_GATEWAY, "dev", "eth0", "onlink",
         ])?;
         if self.has_ipv6() {
-            self.vm.add_address("eth0", &format!("{VM_ADDR6}/128"))?;
-            self.vm.ip(&[
+            vm.add_address("eth0", &format!("{}/128", guest.addr(Family::Ipv6)))?;
+            vm.ip(&[
                 "-6",
                 "route",
                 "add",
@@ -263,36 +312,47 @@ impl MigrationLab {
                 "eth0",
             ])?;
         }
-        guest()?;
-        host.link_up(VIF)
+        guest_state()?;
+        host.link_up(&vif)
     }
 
     /// Unplugs the VM from `site` (deleting vif0 deletes the VM's eth0 with it, and the /32
     /// route on vif0): what libvirt does to the tap when a migrated VM leaves.
     pub fn detach_vm(&self, site: Site) -> Result<()> {
-        self.host(site).ip(&["link", "del", VIF]).map(drop)
+        self.detach(Guest::FIRST, site)
+    }
+
+    /// [`Self::detach_vm`] for any of the lab's VMs.
+    pub fn detach(&self, guest: Guest, site: Site) -> Result<()> {
+        self.host(site).ip(&["link", "del", &guest.vif()]).map(drop)
     }
 
     /// Moves the VM from `from` to `to` as a live migration does: unplug, plug in on the
     /// other host, and give the guest back its ARP entry for the gateway. A migrated guest
     /// keeps its memory, so its ARP cache still holds the gateway at the tap's MAC, which
     /// is the same on the new host ([`VIF_MAC`]); only the lab's veth, recreated, lost it.
-    /// Without this the guest would ARP again and wait for proxy ARP's `proxy_delay`
-    /// (up to 0.8 s by default), which a real migration does not.
+    /// Without this the guest would ARP again and wait for proxy ARP's answer.
     pub fn move_vm(&self, from: Site, to: Site) -> Result<()> {
-        self.detach_vm(from)?;
-        self.attach_vm_with(to, || {
-            self.vm.ip(&[
-                "neigh", "replace", VM_GATEWAY, "lladdr", VIF_MAC, "dev", "eth0", "nud", "stale",
+        self.move_guest(Guest::FIRST, from, to)
+    }
+
+    /// [`Self::move_vm`] for any of the lab's VMs.
+    pub fn move_guest(&self, guest: Guest, from: Site, to: Site) -> Result<()> {
+        self.detach(guest, from)?;
+        let vm = self.guest_ns(guest);
+        let vif_mac = guest.vif_mac();
+        self.attach_with(guest, to, || {
+            vm.ip(&[
+                "neigh", "replace", VM_GATEWAY, "lladdr", &vif_mac, "dev", "eth0", "nud", "stale",
             ])?;
             if self.has_ipv6() {
-                self.vm.ip(&[
+                vm.ip(&[
                     "-6",
                     "neigh",
                     "replace",
                     VM_GATEWAY6,
                     "lladdr",
-                    VIF_MAC,
+                    &vif_mac,
                     "dev",
                     "eth0",
                     "nud",
@@ -307,19 +367,26 @@ impl MigrationLab {
     /// proxy ARP (and, dual-stack, the /128 and the gateway's link-local address, as
     /// `vif-up` does). Used where vmtun does not run (the VM's first host, the baselines).
     pub fn seed_vif_up(&self, site: Site) -> Result<()> {
+        self.seed_guest_vif_up(Guest::FIRST, site)
+    }
+
+    /// [`Self::seed_vif_up`] for any of the lab's VMs.
+    pub fn seed_guest_vif_up(&self, guest: Guest, site: Site) -> Result<()> {
         let host = self.host(site);
-        host.ip(&["route", "replace", &format!("{VM_ADDR}/32"), "dev", VIF])?;
-        host.sysctl(&format!("net.ipv4.conf.{VIF}.proxy_arp"), "1")?;
+        let vif = guest.vif();
+        let host_route = |family| format!("{}/{}", guest.addr(family), family_bits(family));
+        host.ip(&["route", "replace", &host_route(Family::Ipv4), "dev", &vif])?;
+        host.sysctl(&format!("net.ipv4.conf.{vif}.proxy_arp"), "1")?;
         if self.has_ipv6() {
             host.ip(&[
                 "-6",
                 "route",
                 "replace",
-                &format!("{VM_ADDR6}/128"),
+                &host_route(Family::Ipv6),
                 "dev",
-                VIF,
+                &vif,
             ])?;
-            host.ip(&["addr", "replace", &format!("{VM_GATEWAY6}/64"), "dev", VIF])?;
+            host.ip(&["addr", "replace", &format!("{VM_GATEWAY6}/64"), "dev", &vif])?;
         }
         Ok(())
     }
