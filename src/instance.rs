@@ -93,6 +93,8 @@ fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) 
         crate::config::Role::Old => netcfg::Role::Old(netcfg::OldParams {
             subnets: m.subnets.clone(),
             via: m.via,
+            table: netcfg::TableId(m.table),
+            rule_priority: netcfg::DEFAULT_RULE_PRIORITY,
         }),
         crate::config::Role::New => netcfg::Role::New(netcfg::NewParams {
             subnets: m.subnets.clone(),

@@ -235,11 +235,15 @@ ip link set dev {IFACE} mtu 1420
 ip link set dev {IFACE} up
 ";
 
-/// Role old adds the subnet via the tunnel.
-const PLAN_OLD: &str = "\
-ip route add 203.0.113.0/29 via 100.64.0.2 dev {IFACE}
+/// Role old sends the subnet's addresses that have no VM here into the tunnel, and refuses
+/// what comes out of it for them.
+const PLAN_OLD: &str = r#"ip route add default via 100.64.0.2 dev {IFACE} table 201
+# the host's blackhole/unreachable/prohibit route for 203.0.113.0/29, if any, is set aside until exit
+ip rule add to 203.0.113.0/29 lookup main suppress_prefixlength 29 priority 9996
+ip rule add iif {IFACE} to 203.0.113.0/29 unreachable priority 9997
+ip rule add to 203.0.113.0/29 lookup 201 priority 9998
 nft add table ip vmtun
-";
+"#;
 
 /// Both roles clamp the MSS of TCP handshakes crossing the tunnel.
 const PLAN_CLAMP: &str = r#"nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'
@@ -247,8 +251,13 @@ nft add rule ip vmtun forward oifname "{IFACE}" tcp flags syn / syn,rst tcp opti
 nft add rule ip vmtun forward iifname "{IFACE}" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment "vmtun mss out of tunnel"
 "#;
 
-/// Role new adds the return path through the old site, and the kernel flip.
+/// Role new adds the same, the return path through the old site, and the kernel flip.
 const PLAN_NEW: &str = r#"ip route add default via 100.64.0.2 dev {IFACE} table 201
+# the host's blackhole/unreachable/prohibit route for 203.0.113.0/29, if any, is set aside until exit
+ip rule add to 203.0.113.0/29 lookup main suppress_prefixlength 29 priority 9996
+ip rule add iif {IFACE} to 203.0.113.0/29 unreachable priority 9997
+ip rule add to 203.0.113.0/29 lookup 201 priority 9998
+ip rule add fwmark 0x1 lookup main suppress_prefixlength 0 priority 9999
 ip rule add fwmark 0x1 lookup 201 priority 10000
 sysctl -w net.ipv4.conf.{IFACE}.rp_filter=2
 sysctl -w net.ipv4.conf.br0.rp_filter=2

@@ -307,7 +307,7 @@ fn policy_routing(m: &Migration, facts: &Facts) -> Vec<Line> {
     let own_rule = |r: &RuleFact| {
         owns(
             facts,
-            |c| matches!(c, Change::Rule(o) if o.family == r.family && Some(o.fwmark.0) == r.fwmark && o.priority == r.priority && Some(o.table.0) == r.table),
+            |c| matches!(c, Change::Rule(o) if o.family == r.family && o.fwmark.map(|m| m.0) == r.fwmark && o.priority == r.priority && o.table.map(|t| t.0) == r.table),
         )
     };
     let foreign: Vec<&RuleFact> = rules.iter().filter(|r| !own_rule(r)).collect();

@@ -168,12 +168,9 @@ fn an_ipv6_rule_or_route_clashes_too_and_names_its_family() {
         table: Some(201),
     });
     // vmtun's own IPv4 rule with the same numbers does not make the IPv6 one its own.
-    f.own = Some(vec![Change::Rule(Rule {
-        family: Family::Ipv4,
-        fwmark: FwMark(1),
-        table: TableId(201),
-        priority: 10_000,
-    })]);
+    f.own = Some(vec![Change::Rule(
+        Rule::new(Family::Ipv4, 10_000, Some(TableId(201))).fwmark(FwMark(1)),
+    )]);
     let (v, detail) = verdict(&f, "fwmark 0x1");
     assert_eq!(v, Verdict::Fail);
     assert!(
@@ -205,12 +202,7 @@ fn a_foreign_route_in_the_table_fails() {
 #[test]
 fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
     let mut f = good();
-    let own_rule = Rule {
-        family: Family::Ipv4,
-        fwmark: FwMark(1),
-        table: TableId(201),
-        priority: 10_000,
-    };
+    let own_rule = Rule::new(Family::Ipv4, 10_000, Some(TableId(201))).fwmark(FwMark(1));
     f.rules.as_mut().unwrap().push(RuleFact {
         family: Family::Ipv4,
         priority: 10_000,

@@ -134,10 +134,16 @@ impl SysctlKey {
         SysctlKey(format!("net/ipv6/conf/{iface}/{name}"))
     }
 
-    /// The interface of a per-interface key (`net.ipv4.conf.IFACE.NAME`, or ipv6), so a
-    /// missing file can be reported as a missing interface.
+    /// A per-interface IPv4 neighbour (ARP) setting, `net.ipv4.neigh.IFACE.NAME`.
+    pub fn ipv4_neigh(iface: &str, name: &str) -> Self {
+        SysctlKey(format!("net/ipv4/neigh/{iface}/{name}"))
+    }
+
+    /// The interface of a per-interface key (`net.ipv4.conf.IFACE.NAME`, `neigh`, or ipv6),
+    /// so a missing file can be reported as a missing interface.
     pub fn interface(&self) -> Option<&str> {
         let rest = (self.0.strip_prefix("net/ipv4/conf/"))
+            .or_else(|| self.0.strip_prefix("net/ipv4/neigh/"))
             .or_else(|| self.0.strip_prefix("net/ipv6/conf/"))?;
         let (iface, _) = rest.rsplit_once('/')?;
         Some(iface).filter(|i| !matches!(*i, "all" | "default"))
@@ -178,18 +184,127 @@ pub struct Route {
     pub table: TableId,
 }
 
-/// A policy rule `fwmark M lookup T priority P`, in one family's rule list.
+/// A policy rule `[iif DEV] [to PREFIX] [fwmark M] lookup T|unreachable
+/// [suppress_prefixlength N] priority P`, in one family's rule list. The selectors and the
+/// suppression are optional so that state files written when vmtun's only rule was
+/// `fwmark M lookup T` read as they were meant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rule {
     /// Which family's rules (IPv4 in state files from before IPv6).
     #[serde(default)]
     pub family: Family,
-    /// Mark to match (full 32-bit mask).
-    pub fwmark: FwMark,
-    /// Table to look up.
-    pub table: TableId,
+    /// Only packets that arrived on this interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iif: Option<String>,
+    /// Only packets to this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<IpNet>,
+    /// Only packets with this mark (full 32-bit mask).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwmark: Option<FwMark>,
+    /// The table to look up; `None` refuses the packet (`unreachable`: the sender gets an
+    /// ICMP destination unreachable).
+    pub table: Option<TableId>,
+    /// Ignore what the table finds if its prefix is this long or shorter (`0`: its default
+    /// routes), so that the lookup goes on with the next rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress_prefixlength: Option<u8>,
     /// Rule priority (lower runs first; main is 32766).
     pub priority: u32,
+}
+
+impl Rule {
+    /// A rule of `family` at `priority` that looks up `table` (`None`: refuses) for every
+    /// packet; the selectors below narrow it.
+    pub fn new(family: Family, priority: u32, table: Option<TableId>) -> Self {
+        Self {
+            family,
+            iif: None,
+            to: None,
+            fwmark: None,
+            table,
+            suppress_prefixlength: None,
+            priority,
+        }
+    }
+
+    /// Only packets to `net`.
+    pub fn to(self, net: IpNet) -> Self {
+        Self {
+            to: Some(net),
+            ..self
+        }
+    }
+
+    /// Only packets arriving on `dev`.
+    pub fn iif(self, dev: &str) -> Self {
+        Self {
+            iif: Some(dev.into()),
+            ..self
+        }
+    }
+
+    /// Only packets marked `mark`.
+    pub fn fwmark(self, mark: FwMark) -> Self {
+        Self {
+            fwmark: Some(mark),
+            ..self
+        }
+    }
+
+    /// Ignores routes of prefix length `len` or shorter.
+    pub fn suppress_prefixlength(self, len: u8) -> Self {
+        Self {
+            suppress_prefixlength: Some(len),
+            ..self
+        }
+    }
+}
+
+/// A route that refuses packets, as the host had it (see [`Change::SetAside`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RefusingRoute {
+    /// How it refuses.
+    pub kind: Refusal,
+    /// Its metric, when it had one.
+    pub metric: Option<u32>,
+    /// Who added it (`proto`: 3 boot, 4 static...), so that it comes back the same.
+    pub protocol: u8,
+}
+
+/// How a route refuses packets (`ip route` route types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// Dropped silently.
+    Blackhole,
+    /// ICMP destination unreachable.
+    Unreachable,
+    /// ICMP administratively prohibited.
+    Prohibit,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Blackhole => "blackhole",
+            Refusal::Unreachable => "unreachable",
+            Refusal::Prohibit => "prohibit",
+        })
+    }
+}
+
+/// `ip [-6] route del|add` of each of `routes` for `dest`, joined with `; `.
+fn refusing_routes(verb: &str, dest: &IpNet, routes: &[RefusingRoute]) -> String {
+    let ip = Family::of(dest.addr()).ip_option();
+    routes
+        .iter()
+        .map(|r| {
+            let metric = r.metric.map(|m| format!(" metric {m}")).unwrap_or_default();
+            format!("ip {ip}route {verb} {} {dest}{metric}", r.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A sysctl write, with the value it replaced so that undo restores it.
@@ -303,6 +418,17 @@ pub enum Change {
     Rule(Rule),
     /// `sysctl -w KEY=VALUE`.
     Sysctl(Sysctl),
+    /// The host's own routes that refuse a VM subnet (`blackhole`, `unreachable` or
+    /// `prohibit`, for exactly the subnet, in `main`), taken out while vmtun runs and put
+    /// back on exit. Such a route ends the kernel's rule walk for the subnet before vmtun's
+    /// rules could send the addresses of moved VMs into the tunnel; meanwhile vmtun's loop
+    /// guard does its job (unused addresses do not go round).
+    SetAside {
+        /// The subnet.
+        dest: IpNet,
+        /// What was found and taken out (`None` until applied; empty: nothing was there).
+        found: Option<Vec<RefusingRoute>>,
+    },
     /// `nft add table ip|ip6 NAME`: vmtun's own table, one per family; created exclusively,
     /// so it never adopts a table it did not make.
     NftTable {
@@ -414,6 +540,13 @@ impl Change {
                 (false, Some(p)) => format!("restoring sysctl {}={p}", s.key),
                 (false, None) => format!("restoring sysctl {}", s.key),
             },
+            Change::SetAside { dest, .. } => {
+                if apply {
+                    format!("setting aside the host's refusing route for {dest}")
+                } else {
+                    format!("putting back the host's refusing route for {dest}")
+                }
+            }
             Change::NftTable { family, name } => {
                 format!("{verb} nft table {} {name}", family.nft())
             }
@@ -474,11 +607,23 @@ struct RuleSpec<'a>(&'a Rule);
 impl fmt::Display for RuleSpec<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.0;
-        write!(
-            f,
-            "fwmark {} lookup {} priority {}",
-            r.fwmark, r.table, r.priority
-        )
+        if let Some(dev) = &r.iif {
+            write!(f, "iif {dev} ")?;
+        }
+        if let Some(to) = &r.to {
+            write!(f, "to {to} ")?;
+        }
+        if let Some(mark) = r.fwmark {
+            write!(f, "fwmark {mark} ")?;
+        }
+        match r.table {
+            Some(table) => write!(f, "lookup {table} ")?,
+            None => f.write_str("unreachable ")?,
+        }
+        if let Some(len) = r.suppress_prefixlength {
+            write!(f, "suppress_prefixlength {len} ")?;
+        }
+        write!(f, "priority {}", r.priority)
     }
 }
 
@@ -555,6 +700,21 @@ impl fmt::Display for Change {
                 }
                 Ok(())
             }
+            Change::SetAside { dest, found } => match found {
+                Some(routes) if !routes.is_empty() => write!(
+                    f,
+                    "{}  # the host's; put back on exit",
+                    refusing_routes("del", dest, routes)
+                ),
+                Some(_) => write!(
+                    f,
+                    "# no blackhole/unreachable/prohibit route for {dest} to set aside"
+                ),
+                None => write!(
+                    f,
+                    "# the host's blackhole/unreachable/prohibit route for {dest}, if any, is set aside until exit"
+                ),
+            },
             Change::NftTable { family, name } => {
                 write!(f, "nft add table {} {name}", family.nft())
             }
@@ -621,6 +781,16 @@ impl fmt::Display for Inverse<'_> {
             Change::Sysctl(s) => match &s.previous {
                 Some(p) => write!(f, "sysctl -w {}={p}", s.key),
                 None => write!(f, "sysctl -w {}=<previous>", s.key),
+            },
+            Change::SetAside { dest, found } => match found {
+                Some(routes) if !routes.is_empty() => {
+                    f.write_str(&refusing_routes("add", dest, routes))
+                }
+                Some(_) => write!(f, "# nothing to put back for {dest}"),
+                None => write!(
+                    f,
+                    "# the host's refusing route for {dest}, if any, is put back"
+                ),
             },
             Change::NftTable { family, name } => {
                 write!(f, "nft delete table {} {name}", family.nft())
@@ -728,6 +898,36 @@ mod tests {
     }
 
     #[test]
+    fn a_set_aside_route_prints_as_taken_out_and_put_back() {
+        let aside = Change::SetAside {
+            dest: "203.0.113.0/29".parse().unwrap(),
+            found: Some(vec![
+                RefusingRoute {
+                    kind: Refusal::Blackhole,
+                    metric: None,
+                    protocol: 3,
+                },
+                RefusingRoute {
+                    kind: Refusal::Unreachable,
+                    metric: Some(5),
+                    protocol: 4,
+                },
+            ]),
+        };
+        assert_eq!(
+            aside.to_string(),
+            "ip route del blackhole 203.0.113.0/29; ip route del unreachable 203.0.113.0/29 \
+             metric 5  # the host's; put back on exit"
+        );
+        assert_eq!(
+            aside.inverse().to_string(),
+            "ip route add blackhole 203.0.113.0/29; ip route add unreachable 203.0.113.0/29 metric 5"
+        );
+        let s = serde_json::to_string(&aside).unwrap();
+        assert_eq!(serde_json::from_str::<Change>(&s).unwrap(), aside);
+    }
+
+    #[test]
     fn state_from_before_ipv6_reads_as_ipv4() {
         let table: Change = serde_json::from_str(r#"{"kind":"nft_table","name":"vmtun"}"#).unwrap();
         assert_eq!(table.to_string(), "nft add table ip vmtun");
@@ -756,12 +956,8 @@ mod tests {
             route.describe(Action::Revert),
             "removing -6 route default dev vmtun0 table 201"
         );
-        let rule = Change::Rule(Rule {
-            family: Family::Ipv6,
-            fwmark: FwMark(1),
-            table: TableId(201),
-            priority: 10_000,
-        });
+        let rule =
+            Change::Rule(Rule::new(Family::Ipv6, 10_000, Some(TableId(201))).fwmark(FwMark(1)));
         assert_eq!(
             rule.inverse().to_string(),
             "ip -6 rule del fwmark 0x1 lookup 201 priority 10000"

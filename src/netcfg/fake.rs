@@ -53,7 +53,8 @@ impl FakeOps {
         f
     }
 
-    /// Adds an interface with MTU 1500, down, `rp_filter` 1 and `proxy_arp` 0.
+    /// Adds an interface with MTU 1500, down, `rp_filter` 1, `proxy_arp` 0 and the
+    /// kernel's default `proxy_delay` (80 jiffies).
     pub fn add_interface(&mut self, dev: &str) {
         self.mtus.insert(dev.into(), 1500);
         self.up.insert(dev.into(), false);
@@ -61,6 +62,10 @@ impl FakeOps {
             self.sysctls
                 .insert(SysctlKey::ipv4_conf(dev, name).path().into(), v.into());
         }
+        self.sysctls.insert(
+            SysctlKey::ipv4_neigh(dev, "proxy_delay").path().into(),
+            "80".into(),
+        );
     }
 
     fn injected(list: &[(Change, i32)], c: &Change) -> Option<i32> {
@@ -93,6 +98,8 @@ impl NetOps for FakeOps {
                 })?;
                 s.previous = Some(v.clone());
             }
+            // The simulated host has no refusing routes.
+            Change::SetAside { found, .. } => *found = Some(Vec::new()),
             _ => {}
         }
         Ok(c)

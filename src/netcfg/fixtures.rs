@@ -2,7 +2,9 @@
 //! DESIGN.md's contract (TUN `vmtun0` at 100.64.0.1/24, role new for 203.0.113.0/29).
 
 use super::change::{FwMark, TableId};
-use super::plan::{DEFAULT_RULE_PRIORITY, NewParams, Role, TunnelParams};
+use ipnet::IpNet;
+
+use super::plan::{DEFAULT_RULE_PRIORITY, NewParams, OldParams, Role, TunnelParams};
 
 /// The tunnel device's settings.
 pub(crate) fn tunnel() -> TunnelParams {
@@ -23,5 +25,18 @@ pub(crate) fn new_role() -> Role {
         rule_priority: DEFAULT_RULE_PRIORITY,
         vif_prefix: "vif".into(),
         bridge: "br0".into(),
+    })
+}
+
+/// Role old for `subnets` via 100.64.0.2, the config's defaults otherwise.
+pub(crate) fn old_role(subnets: &[&str]) -> Role {
+    Role::Old(OldParams {
+        subnets: subnets
+            .iter()
+            .map(|s| s.parse::<IpNet>().unwrap())
+            .collect(),
+        via: "100.64.0.2".parse().unwrap(),
+        table: TableId(201),
+        rule_priority: DEFAULT_RULE_PRIORITY,
     })
 }

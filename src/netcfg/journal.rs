@@ -228,10 +228,17 @@ mod tests {
     use super::*;
     use crate::netcfg::fake::{Call, FakeOps};
     use crate::netcfg::fixtures::{new_role, tunnel};
-    use crate::netcfg::plan::{Role, plan};
+    use crate::netcfg::plan::plan;
 
     fn full_plan() -> Vec<Change> {
         plan(&tunnel(), Some(&new_role()))
+    }
+
+    /// Where the plan has the mark's policy rule (`fwmark 0x1 lookup 201`).
+    fn mark_rule_at(p: &[Change]) -> usize {
+        p.iter()
+            .position(|c| matches!(c, Change::Rule(r) if r.fwmark.is_some() && r.table == Some(crate::netcfg::TableId(201))))
+            .expect("the plan has the mark rule")
     }
 
     fn host() -> FakeOps {
@@ -303,18 +310,19 @@ mod tests {
         let p = full_plan();
         let mut ops = host();
         let pristine = ops.clone();
-        // The fifth change (the policy rule) fails.
-        ops.fail_apply.push((p[4].clone(), libc::EEXIST));
+        // The mark's policy rule fails.
+        let at = mark_rule_at(&p);
+        ops.fail_apply.push((p[at].clone(), libc::EEXIST));
         let mut j = Journal::create(&d, "i").unwrap();
         let err = j.apply(&mut ops, &p).unwrap_err();
         assert_eq!(
             err.to_string(),
             "adding rule fwmark 0x1 lookup 201 priority 10000: File exists"
         );
-        assert_eq!(applied(&ops.calls).len(), 5);
+        assert_eq!(applied(&ops.calls).len(), at + 1);
         assert_eq!(
             reverted(&ops.calls).len(),
-            4,
+            at,
             "the failed change is not reverted"
         );
         assert_eq!(ops.present, pristine.present);
@@ -329,7 +337,8 @@ mod tests {
         let d = dir("leftover");
         let p = full_plan();
         let mut ops = host();
-        ops.fail_apply.push((p[4].clone(), libc::EEXIST));
+        ops.fail_apply
+            .push((p[mark_rule_at(&p)].clone(), libc::EEXIST));
         // The route (p[3]) cannot be removed during rollback.
         ops.fail_revert.push((p[3].clone(), libc::EBUSY));
         let mut j = Journal::create(&d, "i").unwrap();
@@ -357,7 +366,10 @@ mod tests {
         // The cutover removed the mark rule; the sysctl on br0 cannot be restored.
         let mark = p.last().unwrap().clone();
         ops.present.retain(|c| *c != mark);
-        let br0 = j.state().changes[6].clone();
+        let br0 = (j.state().changes.iter())
+            .find(|c| c.to_string().contains("br0.rp_filter"))
+            .unwrap()
+            .clone();
         ops.fail_revert.push((br0.clone(), libc::EPERM));
         let err = j.undo_all(&mut ops).unwrap_err();
         assert_eq!(
@@ -419,15 +431,13 @@ mod tests {
         apply_idempotent(&mut ops, &p).unwrap();
         assert_eq!(ops.present.len(), 1);
         assert_eq!(ops.sysctls["net/ipv4/conf/vif0/proxy_arp"], "1");
+        assert_eq!(ops.sysctls["net/ipv4/neigh/vif0/proxy_delay"], "0");
     }
 
     #[test]
     fn prerequisites_name_the_sysctl() {
         use crate::netcfg::prereq::check_prerequisites;
-        let role = Role::Old(crate::netcfg::plan::OldParams {
-            subnets: vec!["203.0.113.0/29".parse().unwrap()],
-            via: "100.64.0.2".parse().unwrap(),
-        });
+        let role = crate::netcfg::fixtures::old_role(&["203.0.113.0/29"]);
         let mut off = FakeOps::with_interface("vmtun0", false);
         assert_eq!(
             check_prerequisites(&mut off, Some(&role))
@@ -440,13 +450,7 @@ mod tests {
         let mut on = FakeOps::with_interface("vmtun0", true);
         check_prerequisites(&mut on, Some(&role)).unwrap();
         // An IPv6 subnet needs IPv6 forwarding too.
-        let dual = Role::Old(crate::netcfg::plan::OldParams {
-            subnets: vec![
-                "203.0.113.0/29".parse().unwrap(),
-                "2001:db8:1::/64".parse().unwrap(),
-            ],
-            via: "100.64.0.2".parse().unwrap(),
-        });
+        let dual = crate::netcfg::fixtures::old_role(&["203.0.113.0/29", "2001:db8:1::/64"]);
         on.sysctls
             .insert("net/ipv6/conf/all/forwarding".into(), "0".into());
         assert_eq!(

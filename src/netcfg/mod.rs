@@ -38,7 +38,7 @@ mod testns;
 
 pub use change::{
     Action, Change, Direction, Family, FwMark, Inverse, NF_IP_PRI_MANGLE, NftHook, NftRuleKind,
-    Route, Rule, Sysctl, SysctlKey, TableId,
+    Refusal, RefusingRoute, Route, Rule, Sysctl, SysctlKey, TableId,
 };
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};

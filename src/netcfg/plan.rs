@@ -23,8 +23,22 @@ pub const NFT_FORWARD_CHAIN: &str = "forward";
 /// The cutover set: holds a subnet's network address once a packet for it arrived natively.
 pub const NFT_NATIVE_SET: &str = "native";
 /// Default priority of the `fwmark` policy rule: before `main` (32766), after `local` (0),
-/// and away from the numbers `ip rule add` picks by itself (32765 downwards).
+/// and away from the numbers `ip rule add` picks by itself (32765 downwards). vmtun's
+/// other rules take the [`RULES_BEFORE_MARK`] numbers just below it.
 pub const DEFAULT_RULE_PRIORITY: u32 = 10_000;
+
+/// How many priorities below the mark rule's vmtun's other rules use, in this order:
+/// - `to SUBNET lookup main suppress_prefixlength LEN`: the VMs that run here (their host
+///   routes in `main`; the subnet's own route there, such as a host's `blackhole`, and the
+///   default route are passed over);
+/// - `iif TUN to SUBNET unreachable`: what came out of the tunnel for the subnet and has no
+///   VM here is refused, never sent back in (the other host sent it here for that reason);
+/// - `to SUBNET lookup TABLE`: the rest of the subnet is on the other host, through the
+///   tunnel;
+/// - role new, `fwmark M lookup main suppress_prefixlength 0`: marked VM traffic goes
+///   where this host has a route of its own (another VM here, the new site's networks);
+///   only what would take the default route goes through the tunnel, by the mark rule.
+pub const RULES_BEFORE_MARK: u32 = 4;
 
 /// The tunnel device's own settings (`[interface]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +59,10 @@ pub struct OldParams {
     pub subnets: Vec<IpNet>,
     /// The new host's tunnel address.
     pub via: IpAddr,
+    /// Routing table whose default route is the tunnel.
+    pub table: TableId,
+    /// Priority of the last of vmtun's rules (see [`DEFAULT_RULE_PRIORITY`]).
+    pub rule_priority: u32,
 }
 
 /// The new host's side: VM replies go back through the tunnel (marked, policy-routed) until
@@ -55,7 +73,8 @@ pub struct NewParams {
     pub subnets: Vec<IpNet>,
     /// The old host's tunnel address.
     pub via: IpAddr,
-    /// Routing table for VM replies through the tunnel.
+    /// Routing table whose default route is the tunnel: VM replies until the cutover, and
+    /// the subnet's addresses that have no VM here.
     pub table: TableId,
     /// Mark set on VM replies, matched by the policy rule.
     pub fwmark: FwMark,
@@ -117,15 +136,14 @@ pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
     match role {
         None => {}
         Some(Role::Old(o)) => {
-            for net in &o.subnets {
-                p.push(Change::Route(Route {
-                    dest: net.trunc(),
-                    via: gateway(o.via, net),
-                    dev: tun.clone(),
-                    table: TableId::MAIN,
-                }));
-            }
             for family in Family::all_of(&o.subnets) {
+                let tunnel_path = TunnelPath {
+                    tun,
+                    via: o.via,
+                    table: o.table,
+                    priority: o.rule_priority,
+                };
+                tunnel_path.plan(&mut p, family, &o.subnets);
                 p.push(nft_table(family));
                 clamp_mss(&mut p, tunnel, family);
             }
@@ -138,6 +156,60 @@ pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
         }
     }
     p
+}
+
+/// The routing both roles share for one family: a table whose default route is the tunnel,
+/// and the rules that send a subnet's addresses there unless a VM of this host has them
+/// (see [`RULES_BEFORE_MARK`]). Nothing goes into `main`; a host's own route there that
+/// refuses the subnet (a `blackhole` that keeps unused addresses from looping to the
+/// provider) would end the rule walk before the tunnel's rule, so it is set aside until
+/// exit ([`Change::SetAside`]), and vmtun's loop guard does its job meanwhile.
+struct TunnelPath<'a> {
+    tun: &'a str,
+    via: IpAddr,
+    table: TableId,
+    /// The mark rule's priority; the subnet rules take the ones just below.
+    priority: u32,
+}
+
+impl TunnelPath<'_> {
+    fn plan(&self, p: &mut Vec<Change>, family: Family, subnets: &[IpNet]) {
+        let everything = family.everything();
+        p.push(Change::Route(Route {
+            dest: everything,
+            via: gateway(self.via, &everything),
+            dev: self.tun.into(),
+            table: self.table,
+        }));
+        let first = self.priority - RULES_BEFORE_MARK;
+        let nets: Vec<IpNet> = (subnets.iter())
+            .filter(|net| Family::of(net.addr()) == family)
+            .map(IpNet::trunc)
+            .collect();
+        for net in &nets {
+            p.push(Change::SetAside {
+                dest: *net,
+                found: None,
+            });
+        }
+        for net in &nets {
+            p.push(Change::Rule(
+                Rule::new(family, first, Some(TableId::MAIN))
+                    .to(*net)
+                    .suppress_prefixlength(net.prefix_len()),
+            ));
+        }
+        for net in &nets {
+            p.push(Change::Rule(
+                Rule::new(family, first + 1, None).iif(self.tun).to(*net),
+            ));
+        }
+        for net in &nets {
+            p.push(Change::Rule(
+                Rule::new(family, first + 2, Some(self.table)).to(*net),
+            ));
+        }
+    }
 }
 
 /// The next hop for a route to `dest` through the tunnel: the other host's tunnel address
@@ -187,19 +259,21 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
         .filter(|net| Family::of(net.addr()) == family)
         .map(IpNet::trunc)
         .collect();
-    let everything = family.everything();
-    p.push(Change::Route(Route {
-        dest: everything,
-        via: gateway(n.via, &everything),
-        dev: tun.into(),
-        table: n.table,
-    }));
-    p.push(Change::Rule(Rule {
-        family,
-        fwmark: n.fwmark,
+    TunnelPath {
+        tun,
+        via: n.via,
         table: n.table,
         priority: n.rule_priority,
-    }));
+    }
+    .plan(p, family, &subnets);
+    p.push(Change::Rule(
+        Rule::new(family, n.rule_priority - 1, Some(TableId::MAIN))
+            .fwmark(n.fwmark)
+            .suppress_prefixlength(0),
+    ));
+    p.push(Change::Rule(
+        Rule::new(family, n.rule_priority, Some(n.table)).fwmark(n.fwmark),
+    ));
     // Loose reverse-path filtering only where asymmetric paths are expected: client packets
     // arrive through the tunnel, replies may leave natively (RFC 3704 "loose" = 2). IPv6
     // has no such sysctl (its reverse-path filter is a netfilter rule vmtun does not add).
@@ -253,8 +327,8 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
 pub const VM_GATEWAY6: &str = "fe80::1/64";
 
 /// What `vmtun vif-up IFACE` sets: a host route per VM address onto its interface (/32,
-/// /128), and proxy ARP there (the VM's IPv4 default gateway is an arbitrary address the
-/// host answers for). With IPv6 addresses, the host holds the VM's IPv6 gateway
+/// /128), and proxy ARP there without delay (the VM's IPv4 default gateway is an arbitrary
+/// address the host answers for). With IPv6 addresses, the host holds the VM's IPv6 gateway
 /// [`VM_GATEWAY6`] on the interface, without duplicate address detection (which would keep
 /// it unusable for a second after each VM start or arrival). These belong to the VM
 /// interface's life: they are not journaled, stay when vmtun exits and go with the
@@ -284,6 +358,8 @@ pub fn vif_up(iface: &str, addresses: &[IpAddr]) -> Vec<Change> {
     };
     if families.contains(&Family::Ipv4) {
         p.push(sysctl(SysctlKey::ipv4_conf(iface, "proxy_arp"), "1"));
+        // Answer at once, not after a random delay of up to 0.8 s (the default).
+        p.push(sysctl(SysctlKey::ipv4_neigh(iface, "proxy_delay"), "0"));
     }
     if families.contains(&Family::Ipv6) {
         p.push(sysctl(SysctlKey::ipv6_conf(iface, "accept_dad"), "0"));
@@ -298,7 +374,7 @@ pub fn vif_up(iface: &str, addresses: &[IpAddr]) -> Vec<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netcfg::fixtures::{new_role, tunnel};
+    use crate::netcfg::fixtures::{new_role, old_role, tunnel};
 
     fn lines(p: &[Change]) -> Vec<String> {
         p.iter().map(ToString::to_string).collect()
@@ -318,14 +394,8 @@ mod tests {
 
     #[test]
     fn old_role_routes_each_subnet_through_the_tunnel() {
-        let role = Role::Old(OldParams {
-            subnets: vec![
-                "203.0.113.0/29".parse().unwrap(),
-                // Host bits are dropped, as `ip route` would insist.
-                "198.51.100.9/29".parse().unwrap(),
-            ],
-            via: "100.64.0.2".parse().unwrap(),
-        });
+        // Host bits are dropped, as `ip route` would insist.
+        let role = old_role(&["203.0.113.0/29", "198.51.100.9/29"]);
         let t = TunnelParams {
             mtu: 1400,
             ..tunnel()
@@ -336,8 +406,15 @@ mod tests {
                 "ip addr add 100.64.0.1/24 dev vmtun0",
                 "ip link set dev vmtun0 mtu 1400",
                 "ip link set dev vmtun0 up",
-                "ip route add 203.0.113.0/29 via 100.64.0.2 dev vmtun0",
-                "ip route add 198.51.100.8/29 via 100.64.0.2 dev vmtun0",
+                "ip route add default via 100.64.0.2 dev vmtun0 table 201",
+                "# the host's blackhole/unreachable/prohibit route for 203.0.113.0/29, if any, is set aside until exit",
+                "# the host's blackhole/unreachable/prohibit route for 198.51.100.8/29, if any, is set aside until exit",
+                "ip rule add to 203.0.113.0/29 lookup main suppress_prefixlength 29 priority 9996",
+                "ip rule add to 198.51.100.8/29 lookup main suppress_prefixlength 29 priority 9996",
+                "ip rule add iif vmtun0 to 203.0.113.0/29 unreachable priority 9997",
+                "ip rule add iif vmtun0 to 198.51.100.8/29 unreachable priority 9997",
+                "ip rule add to 203.0.113.0/29 lookup 201 priority 9998",
+                "ip rule add to 198.51.100.8/29 lookup 201 priority 9998",
                 "nft add table ip vmtun",
                 "nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
                 "nft add rule ip vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss into tunnel\"",
@@ -355,6 +432,11 @@ mod tests {
                 "ip link set dev vmtun0 mtu 1420",
                 "ip link set dev vmtun0 up",
                 "ip route add default via 100.64.0.2 dev vmtun0 table 201",
+                "# the host's blackhole/unreachable/prohibit route for 203.0.113.0/29, if any, is set aside until exit",
+                "ip rule add to 203.0.113.0/29 lookup main suppress_prefixlength 29 priority 9996",
+                "ip rule add iif vmtun0 to 203.0.113.0/29 unreachable priority 9997",
+                "ip rule add to 203.0.113.0/29 lookup 201 priority 9998",
+                "ip rule add fwmark 0x1 lookup main suppress_prefixlength 0 priority 9999",
                 "ip rule add fwmark 0x1 lookup 201 priority 10000",
                 "sysctl -w net.ipv4.conf.vmtun0.rp_filter=2",
                 "sysctl -w net.ipv4.conf.br0.rp_filter=2",
@@ -378,11 +460,16 @@ mod tests {
         n.subnets.push("2001:db8:1::/64".parse().unwrap());
         let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
         // IPv4's changes come first and are as without IPv6.
-        assert_eq!(p[..15], lines(&plan(&tunnel(), Some(&new_role())))[..]);
+        assert_eq!(p[..20], lines(&plan(&tunnel(), Some(&new_role())))[..]);
         assert_eq!(
-            p[15..],
+            p[20..],
             [
                 "ip -6 route add default dev vmtun0 table 201",
+                "# the host's blackhole/unreachable/prohibit route for 2001:db8:1::/64, if any, is set aside until exit",
+                "ip -6 rule add to 2001:db8:1::/64 lookup main suppress_prefixlength 64 priority 9996",
+                "ip -6 rule add iif vmtun0 to 2001:db8:1::/64 unreachable priority 9997",
+                "ip -6 rule add to 2001:db8:1::/64 lookup 201 priority 9998",
+                "ip -6 rule add fwmark 0x1 lookup main suppress_prefixlength 0 priority 9999",
                 "ip -6 rule add fwmark 0x1 lookup 201 priority 10000",
                 "nft add table ip6 vmtun",
                 "nft add chain ip6 vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
@@ -397,16 +484,17 @@ mod tests {
     }
 
     #[test]
-    fn old_role_routes_an_ipv6_subnet_onto_the_tunnel() {
-        let role = Role::Old(OldParams {
-            subnets: vec!["2001:db8:1::/64".parse().unwrap()],
-            via: "100.64.0.2".parse().unwrap(),
-        });
+    fn old_role_sends_an_ipv6_subnet_into_the_tunnel() {
+        let role = old_role(&["2001:db8:1::/64"]);
         let p = lines(&plan(&tunnel(), Some(&role)));
-        assert_eq!(p[3], "ip -6 route add 2001:db8:1::/64 dev vmtun0");
+        assert_eq!(p[3], "ip -6 route add default dev vmtun0 table 201");
+        assert_eq!(
+            p[7],
+            "ip -6 rule add to 2001:db8:1::/64 lookup 201 priority 9998"
+        );
         // Only the family that has subnets gets a table.
-        assert_eq!(p[4], "nft add table ip6 vmtun");
-        assert_eq!(p.len(), 8);
+        assert_eq!(p[8], "nft add table ip6 vmtun");
+        assert_eq!(p.len(), 12);
     }
 
     #[test]
@@ -424,6 +512,7 @@ mod tests {
                 "ip route add 203.0.113.2/32 dev vif0",
                 "ip -6 route add 2001:db8:1::2/128 dev vif0",
                 "sysctl -w net.ipv4.conf.vif0.proxy_arp=1",
+                "sysctl -w net.ipv4.neigh.vif0.proxy_delay=0",
                 "sysctl -w net.ipv6.conf.vif0.accept_dad=0",
                 "ip addr add fe80::1/64 dev vif0",
             ]
@@ -438,6 +527,7 @@ mod tests {
             [
                 "ip route add 203.0.113.2/32 dev vif0",
                 "sysctl -w net.ipv4.conf.vif0.proxy_arp=1",
+                "sysctl -w net.ipv4.neigh.vif0.proxy_delay=0",
             ]
         );
     }

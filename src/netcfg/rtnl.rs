@@ -11,12 +11,12 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope, RouteType};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, route::RouteMessage};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::change::{Family, Route, Rule};
+use super::change::{Family, Refusal, RefusingRoute, Route, Rule, TableId};
 use super::error::Cause;
 
 /// What vmtun needs to know about a link before changing it.
@@ -165,20 +165,33 @@ impl Rtnl {
         res.map_err(|e| link_cause(e, &r.dev))
     }
 
-    /// Adds or deletes a `fwmark M lookup T priority P` rule in its family's rule list.
+    /// Adds or deletes a policy rule in its family's rule list.
     pub fn rule(&self, r: &Rule, add: bool) -> Result<(), Cause> {
-        let mut req = self
-            .handle
-            .rule()
-            .add()
-            .fw_mark(r.fwmark.0)
-            .table_id(r.table.0)
-            .priority(r.priority)
-            .action(RuleAction::ToTable);
-        req.message_mut().header.family = match r.family {
+        let mut req = self.handle.rule().add().priority(r.priority);
+        req = match r.table {
+            Some(table) => req.table_id(table.0).action(RuleAction::ToTable),
+            None => req.action(RuleAction::Unreachable),
+        };
+        if let Some(mark) = r.fwmark {
+            req = req.fw_mark(mark.0);
+        }
+        if let Some(dev) = &r.iif {
+            req = req.input_interface(dev.clone());
+        }
+        let msg = req.message_mut();
+        msg.header.family = match r.family {
             Family::Ipv4 => AddressFamily::Inet,
             Family::Ipv6 => AddressFamily::Inet6,
         };
+        if let Some(to) = r.to {
+            msg.header.dst_len = to.prefix_len();
+            msg.attributes
+                .push(RuleAttribute::Destination(to.network()));
+        }
+        if let Some(len) = r.suppress_prefixlength {
+            msg.attributes
+                .push(RuleAttribute::SuppressPrefixLen(u32::from(len)));
+        }
         let res = if add {
             self.block(async move { req.execute().await })
         } else {
@@ -188,6 +201,98 @@ impl Rtnl {
         };
         res.map_err(cause)
     }
+}
+
+impl Rtnl {
+    /// The routes in `main` for exactly `dest` that refuse its packets.
+    pub fn refusing_routes(&self, dest: IpNet) -> Result<Vec<RefusingRoute>, Cause> {
+        let main = TableId::MAIN.0;
+        let query = match dest {
+            IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .table_id(main)
+                .build(),
+            IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .table_id(main)
+                .build(),
+        };
+        let h = self.handle.clone();
+        let all: Vec<RouteMessage> = self
+            .block(async move { h.route().get(query).execute().try_collect().await })
+            .map_err(cause)?;
+        Ok(all
+            .iter()
+            .filter(|m| route_dest(m) == Some(dest) && route_table(m) == main)
+            .filter_map(|m| {
+                let kind = match m.header.kind {
+                    RouteType::BlackHole => Refusal::Blackhole,
+                    RouteType::Unreachable => Refusal::Unreachable,
+                    RouteType::Prohibit => Refusal::Prohibit,
+                    _ => return None,
+                };
+                let metric = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                });
+                Some(RefusingRoute {
+                    kind,
+                    metric,
+                    protocol: m.header.protocol.into(),
+                })
+            })
+            .collect())
+    }
+
+    /// Adds or deletes a refusing route for `dest` in `main`.
+    pub fn refusing_route(&self, dest: IpNet, r: &RefusingRoute, add: bool) -> Result<(), Cause> {
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dest.addr(), dest.prefix_len())
+            .map_err(|e| Cause::Netlink(format!("invalid route destination: {e}")))?
+            .table_id(TableId::MAIN.0)
+            .protocol(r.protocol.into())
+            .kind(match r.kind {
+                Refusal::Blackhole => RouteType::BlackHole,
+                Refusal::Unreachable => RouteType::Unreachable,
+                Refusal::Prohibit => RouteType::Prohibit,
+            });
+        if let Some(m) = r.metric {
+            b = b.priority(m);
+        }
+        let msg = b.build();
+        let h = self.handle.clone();
+        if add {
+            self.block(async move { h.route().add(msg).execute().await })
+        } else {
+            self.block(async move { h.route().del(msg).execute().await })
+        }
+        .map_err(cause)
+    }
+}
+
+/// A route message's destination prefix (`None`: unparsable).
+fn route_dest(m: &RouteMessage) -> Option<IpNet> {
+    let len = m.header.destination_prefix_length;
+    let addr = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    });
+    match (addr, m.header.address_family) {
+        (Some(a), _) => IpNet::new(a, len).ok(),
+        (None, AddressFamily::Inet) => Some(IpNet::V4(Default::default())),
+        (None, AddressFamily::Inet6) => Some(IpNet::V6(Default::default())),
+        (None, _) => None,
+    }
+}
+
+/// A route message's table (the attribute when the id is above 255).
+fn route_table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
 }
 
 fn route_message(r: &Route, index: u32) -> Result<RouteMessage, Cause> {

@@ -39,6 +39,12 @@ impl SystemOps {
             },
             Change::Route(r) => self.rtnl.route(r, add),
             Change::Rule(r) => self.rtnl.rule(r, add),
+            Change::SetAside { dest, found } => {
+                for r in found.iter().flatten() {
+                    self.rtnl.refusing_route(*dest, r, !add)?;
+                }
+                Ok(())
+            }
             Change::Sysctl(s) => match (add, &s.previous) {
                 (true, _) => sysctl::write(&s.key, &s.value).map_err(|e| sysctl_cause(&s.key, &e)),
                 (false, Some(p)) => sysctl::write(&s.key, p).map_err(|e| sysctl_cause(&s.key, &e)),
@@ -64,6 +70,9 @@ impl NetOps for SystemOps {
             Change::Sysctl(s) => {
                 s.previous =
                     Some(sysctl::read(&s.key).map_err(|e| fail(sysctl_cause(&s.key, &e)))?);
+            }
+            Change::SetAside { dest, found } => {
+                *found = Some(self.rtnl.refusing_routes(*dest).map_err(fail)?);
             }
             _ => {}
         }
