@@ -223,6 +223,37 @@ impl Config {
     pub fn vm(&self, vif: &str) -> Option<&Vm> {
         self.vms.iter().find(|vm| vm.vif == vif)
     }
+
+    /// What this valid config cannot do that an operator may expect, one line each (`up`
+    /// logs them, `check` warns): role old whose peer does not allow every address of a
+    /// subnet's family cannot serve a VM still on this host after the provider's switch,
+    /// since the new host then forwards its clients' packets (any source) through the
+    /// tunnel, and its own traffic (any destination) must go back through it.
+    pub fn caveats(&self) -> Vec<String> {
+        let Some(m) = self.migration.as_ref().filter(|m| m.role == Role::Old) else {
+            return Vec::new();
+        };
+        let Some((i, _)) = route_to(&self.peers, m.via) else {
+            return Vec::new();
+        };
+        ["0.0.0.0/0", "::/0"]
+            .into_iter()
+            .map(|e| e.parse::<IpNet>().expect("constant prefix"))
+            .filter(|every| {
+                m.subnets
+                    .iter()
+                    .any(|n| n.addr().is_ipv4() == every.addr().is_ipv4())
+                    && !self.peers[i].allowed_ips.contains(every)
+            })
+            .map(|every| {
+                format!(
+                    "peer[{i}].allowed_ips lacks {every}: a VM still on this host after the \
+                     provider's switch will be cut off; add {every}, or move every VM before \
+                     the switch"
+                )
+            })
+            .collect()
+    }
 }
 
 /// toml's errors span several lines with a source excerpt; the operator gets one.
@@ -620,6 +651,24 @@ addresses = ["203.0.113.2"]
         );
         assert_eq!(m.cutover, CutoverMode::Auto);
         assert_eq!(c.vms[0].addresses, vec![IpAddr::from([203, 0, 113, 2])]);
+    }
+
+    #[test]
+    fn role_old_without_every_address_warns_about_vms_left_behind() {
+        let narrow = parse(&good()).unwrap();
+        assert_eq!(
+            narrow.caveats(),
+            [
+                "peer[0].allowed_ips lacks 0.0.0.0/0: a VM still on this host after the \
+              provider's switch will be cut off; add 0.0.0.0/0, or move every VM before the \
+              switch"
+            ]
+        );
+        let wide = good().replace(
+            r#"allowed_ips = ["100.64.0.2/32", "203.0.113.0/29"]"#,
+            r#"allowed_ips = ["0.0.0.0/0"]"#,
+        );
+        assert_eq!(parse(&wide).unwrap().caveats(), Vec::<String>::new());
     }
 
     /// Each bad config must fail with one line that names the field.

@@ -48,6 +48,9 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     require_root()?;
+    for caveat in config.caveats() {
+        tracing::warn!("{caveat}");
+    }
     let mut ops = netcfg::SystemOps::new()?;
     netcfg::check_prerequisites(&mut ops, role.as_ref())?;
     let paths = Paths::of(&config);
@@ -94,7 +97,9 @@ fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) 
             subnets: m.subnets.clone(),
             via: m.via,
             table: netcfg::TableId(m.table),
+            fwmark: netcfg::FwMark(m.fwmark),
             rule_priority: netcfg::DEFAULT_RULE_PRIORITY,
+            vif_prefix: m.vif_prefix.clone(),
         }),
         crate::config::Role::New => netcfg::Role::New(netcfg::NewParams {
             subnets: m.subnets.clone(),
@@ -148,7 +153,7 @@ async fn run_driver(
     let migration = config
         .migration
         .as_ref()
-        .map(Migration::start)
+        .map(|m| Migration::start(m, config))
         .transpose()?;
     let vifs =
         (!config.vms.is_empty()).then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()))));

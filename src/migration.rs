@@ -6,6 +6,8 @@
 //! The cutover happens twice, on purpose: the kernel flips by itself on the first native
 //! packet (netcfg's `native` set, so even that packet's reply leaves natively), and the
 //! watcher then removes the mark rule in one atomic netlink transaction and records when.
+//! Then the new host reports the switch to the old host ([`crate::switch_report`]), where
+//! VMs that have not moved yet must now send through the tunnel too.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -13,9 +15,10 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, CutoverMode, Role};
+use crate::config::{self, Config, CutoverMode, Role};
 use crate::cutover::{CutoverStatus, Phase, Watcher};
-use crate::netcfg::{self, NFT_TABLE};
+use crate::netcfg::{self, NFT_SWITCHED_SET, NFT_TABLE};
+use crate::switch_report::{Listener, Reporter};
 
 /// A manual cutover (`vmtun cutover`), for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +46,10 @@ pub struct MigrationStatus {
     /// Role new: subnets the kernel has already seen arrive natively (their replies leave
     /// natively even before the mark rule is removed).
     pub native_subnets: Vec<IpAddr>,
+    /// Role old: subnets the new host has reported switched by the provider (what VMs of
+    /// theirs still here send goes through the tunnel).
+    #[serde(default)]
+    pub switched_subnets: Vec<IpAddr>,
 }
 
 /// The migration state of a running instance.
@@ -53,15 +60,27 @@ pub struct Migration {
     /// The watcher's last status, kept once it is stopped.
     finished: Option<CutoverStatus>,
     manual: Option<ManualCutover>,
+    /// Role new: reports the cutover to the old host.
+    reporter: Option<Reporter>,
+    /// Role old: hears those reports. Held for its thread.
+    _listener: Option<Listener>,
 }
 
 impl Migration {
-    /// Starts what the role needs at run time: on role new with `cutover = "auto"`, the
-    /// watcher on the bridge. Call after the host plan is applied (the mark rule exists).
-    pub fn start(m: &config::Migration) -> anyhow::Result<Self> {
-        let watcher = match (m.role, m.cutover) {
-            (Role::New, CutoverMode::Auto) => {
+    /// Starts what the role needs at run time: on role new, the reporter of the switch and,
+    /// with `cutover = "auto"`, the watcher on the bridge; on role old, the listener for the
+    /// new host's reports. Call after the host plan is applied (the mark rule and the tunnel
+    /// address exist).
+    pub fn start(m: &config::Migration, config: &Config) -> anyhow::Result<Self> {
+        let here = config.interface.address.addr();
+        let reporter = match m.role {
+            Role::New => Some(Reporter::start(here, m.via)?),
+            Role::Old => None,
+        };
+        let watcher = match (m.role, m.cutover, &reporter) {
+            (Role::New, CutoverMode::Auto, Some(reporter)) => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
+                let report = reporter.sender();
                 Some(Watcher::spawn(&m.bridge, m.subnets.clone(), move |d| {
                     let removal = remover.remove(&[d.subnet])?;
                     tracing::info!(
@@ -70,10 +89,33 @@ impl Migration {
                         commit_us = removal.commit.as_micros() as u64,
                         "cutover: first native packet seen on the bridge; mark rule removed"
                     );
+                    if let Some(report) = &report {
+                        let _ = report.send(d.subnet);
+                    }
                     Ok::<_, netcfg::NetError>(removal.gone_at)
                 })?)
             }
             _ => None,
+        };
+        let listener = match m.role {
+            Role::Old => {
+                let subnets = m.subnets.iter().map(IpNet::trunc).collect();
+                Some(Listener::start(
+                    &config.interface.name,
+                    here,
+                    m.via,
+                    subnets,
+                    |net| match netcfg::add_subnet_to_set(NFT_TABLE, NFT_SWITCHED_SET, net) {
+                        Ok(()) => tracing::info!(
+                            subnet = %net,
+                            "the new host reports the provider's switch: what VMs still here \
+                             send from this subnet now goes through the tunnel"
+                        ),
+                        Err(e) => tracing::warn!("switch of {net} reported, but: {e}"),
+                    },
+                )?)
+            }
+            Role::New => None,
         };
         Ok(Self {
             role: m.role,
@@ -81,6 +123,8 @@ impl Migration {
             watcher,
             finished: None,
             manual: None,
+            reporter,
+            _listener: listener,
         })
     }
 
@@ -98,6 +142,11 @@ impl Migration {
             commit_us = removal.commit.as_micros() as u64,
             "manual cutover: mark rules removed"
         );
+        if let Some(reporter) = &self.reporter {
+            for net in &self.subnets {
+                reporter.report(net.trunc());
+            }
+        }
         Ok(self.manual.insert(ManualCutover {
             at: SystemTime::now(),
             removed: removal.removed,
@@ -107,9 +156,15 @@ impl Migration {
 
     /// The snapshot for `status`.
     pub fn status(&self) -> MigrationStatus {
-        let native_subnets = match self.role {
-            Role::New => netcfg::native_subnets(NFT_TABLE).unwrap_or_default(),
-            Role::Old => Vec::new(),
+        let (native_subnets, switched_subnets) = match self.role {
+            Role::New => (
+                netcfg::native_subnets(NFT_TABLE).unwrap_or_default(),
+                Vec::new(),
+            ),
+            Role::Old => (
+                Vec::new(),
+                netcfg::switched_subnets(NFT_TABLE).unwrap_or_default(),
+            ),
         };
         MigrationStatus {
             role: self.role,
@@ -121,6 +176,7 @@ impl Migration {
                 .or_else(|| self.finished.clone()),
             manual_cutover: self.manual.clone(),
             native_subnets,
+            switched_subnets,
         }
     }
 }
@@ -140,7 +196,18 @@ impl std::fmt::Display for MigrationStatus {
         writeln!(f, "migration: role {role}")?;
         writeln!(f, "  subnets: {}", list(&self.subnets))?;
         if self.role == Role::Old {
-            return Ok(());
+            let switched: Vec<String> = (self.switched_subnets.iter())
+                .map(|a| a.to_string())
+                .collect();
+            return writeln!(
+                f,
+                "  switched by the provider (reported by the new host): {}",
+                if switched.is_empty() {
+                    "none yet".into()
+                } else {
+                    switched.join(", ")
+                }
+            );
         }
         let native: Vec<String> = self.native_subnets.iter().map(|a| a.to_string()).collect();
         writeln!(

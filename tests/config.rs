@@ -235,14 +235,21 @@ ip link set dev {IFACE} mtu 1420
 ip link set dev {IFACE} up
 ";
 
-/// Role old sends the subnet's addresses that have no VM here into the tunnel, and refuses
-/// what comes out of it for them.
+/// Role old sends the subnet's addresses that have no VM here into the tunnel, refuses
+/// what comes out of it for them, and sends what VMs still here send into it once the new
+/// host reports the subnet switched.
 const PLAN_OLD: &str = r#"ip route add default via 100.64.0.2 dev {IFACE} table 201
 # the host's blackhole/unreachable/prohibit route for 203.0.113.0/29, if any, is set aside until exit
 ip rule add to 203.0.113.0/29 lookup main suppress_prefixlength 29 priority 9996
 ip rule add iif {IFACE} to 203.0.113.0/29 unreachable priority 9997
 ip rule add to 203.0.113.0/29 lookup 201 priority 9998
+ip rule add fwmark 0x1 lookup main suppress_prefixlength 0 priority 9999
+ip rule add fwmark 0x1 lookup 201 priority 10000
+sysctl -w net.ipv4.conf.{IFACE}.rp_filter=2
 nft add table ip vmtun
+nft add chain ip vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'
+nft add set ip vmtun switched '{ type ipv4_addr; flags dynamic; }'
+nft add rule ip vmtun prerouting iifname "vif*" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 == @switched counter meta mark set 0x1 comment "vmtun switched 203.0.113.0/29"
 "#;
 
 /// Both roles clamp the MSS of TCP handshakes crossing the tunnel.

@@ -290,7 +290,6 @@ fn non_default_table_fwmark_and_two_subnets_cut_over_one_at_a_time() -> Result<(
     let _echo = Echo::start(&lab.vm, ECHO_PORT)?;
     let subnets = vec![SUBNET.to_owned(), SECOND_SUBNET.to_owned()];
     let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |old, new| {
-        old.peer_allowed_ips.push(SECOND_SUBNET.into());
         if let Some(m) = old.migration.as_mut() {
             m.subnets = subnets.clone();
         }

@@ -12,7 +12,7 @@ use common::*;
 use helpers::{WAIT, launch_both, prepare_hosts, prepare_hosts_with};
 use vmtun::lab::migration::hosts::HostVmtun;
 use vmtun::lab::migration::topology::{MigrationLab, Site};
-use vmtun::lab::migration::{Family, Guest, SUBNET};
+use vmtun::lab::migration::{CLIENT, Family, Guest, SUBNET};
 
 /// An address of the subnet that no VM of these labs has (VMs hold `.2` to `.5`).
 const UNUSED: &str = "203.0.113.6";
@@ -144,4 +144,40 @@ fn vms_move_one_after_another_and_back_without_a_restart() -> Result<()> {
     all_answer("VM 0 moved back")?;
     // The VM moved back talks to the one that stayed on the new host.
     wait_ping(lab.guest_ns(Guest::FIRST), &vm_addr(Guest(1)), WAIT)
+}
+
+/// After the provider's switch, a VM that has not moved yet stays reachable: the new host
+/// sends its traffic into the tunnel, and the old host, told of the switch, sends the VM's
+/// own traffic back through it (the provider no longer accepts the subnet from the old
+/// host). Then it moves too, and the other one moves back.
+#[test]
+fn a_vm_left_on_the_old_host_stays_reachable_after_the_switch() -> Result<()> {
+    let scratch = Scratch::new("rt-left")?;
+    let lab = lab_with_vms(2)?;
+    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |o, n| {
+        *o = o.clone().with_guests(&lab);
+        *n = n.clone().with_guests(&lab);
+    })?;
+    launch_both(&lab, &mut old, &mut new)?;
+    let (moved, stayed) = (Guest::FIRST, Guest(1));
+    lab.move_guest(moved, Site::Old, Site::New)?;
+    wait_ping(&lab.client, &vm_addr(moved), WAIT)?;
+
+    lab.switch_provider()?;
+    lab.drop_subnets_from_old()?;
+    helpers::cut_over_with_pings(&lab, &new, &vm_addr(moved), |s| s.is_done())?;
+    wait_ping(&lab.client, &vm_addr(stayed), WAIT).map_err(|e| {
+        LabError::Failed(format!(
+            "the VM left on the old host is cut off after the switch: {e}\nold host:\n{}",
+            old.log()
+        ))
+    })?;
+    // Its own traffic too (a connection it opens, a DNS query).
+    wait_ping(lab.guest_ns(stayed), CLIENT, WAIT)?;
+
+    lab.move_guest(stayed, Site::Old, Site::New)?;
+    wait_ping(&lab.client, &vm_addr(stayed), WAIT)?;
+    lab.move_guest(moved, Site::New, Site::Old)?;
+    wait_ping(&lab.client, &vm_addr(moved), WAIT)?;
+    wait_ping(lab.guest_ns(moved), CLIENT, WAIT)
 }

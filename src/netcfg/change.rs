@@ -335,6 +335,20 @@ pub enum NftRuleKind {
         /// The cutover set: while it holds the subnet, the rule no longer marks.
         skip_set: Option<String>,
     },
+    /// `iifname "vif*" ip saddr NET ip saddr & MASK == @SET counter meta mark set M` (role
+    /// old): once the new host has reported the provider's switch of the subnet (its
+    /// address in the set), the traffic of VMs still on this host leaves through the tunnel,
+    /// since the provider no longer accepts the subnet from here.
+    SwitchedMark {
+        /// Interface name prefix of the VM interfaces.
+        vif_prefix: String,
+        /// The VM subnet whose sources are marked.
+        subnet: IpNet,
+        /// The mark the policy rule matches.
+        fwmark: FwMark,
+        /// The set of switched subnets.
+        set: String,
+    },
     /// `meta pkttype host iifname "BRIDGE" ip daddr NET counter add @SET { ip daddr & MASK }` (the element is
     /// the subnet's network address): the first packet
     /// for the subnet arriving natively flips the cutover inside the kernel.
@@ -375,6 +389,7 @@ impl NftRuleKind {
     pub fn comment(&self) -> String {
         match self {
             NftRuleKind::Mark { subnet, .. } => format!("vmtun mark {subnet}"),
+            NftRuleKind::SwitchedMark { subnet, .. } => format!("vmtun switched {subnet}"),
             NftRuleKind::Native { subnet, .. } => format!("vmtun native {subnet}"),
             NftRuleKind::ClampMss { direction, .. } => match direction {
                 Direction::Into => "vmtun mss into tunnel".into(),
@@ -648,6 +663,18 @@ impl fmt::Display for NftRuleKind {
                     write!(f, " {ip} saddr & {mask} != @{set}")?;
                 }
                 write!(f, " counter meta mark set {fwmark}")?;
+            }
+            NftRuleKind::SwitchedMark {
+                vif_prefix,
+                subnet,
+                fwmark,
+                set,
+            } => {
+                let (ip, mask) = (header_of(subnet), subnet.netmask());
+                write!(
+                    f,
+                    "iifname \"{vif_prefix}*\" {ip} saddr {subnet} {ip} saddr & {mask} == @{set} counter meta mark set {fwmark}"
+                )?;
             }
             NftRuleKind::Native {
                 bridge,

@@ -37,6 +37,8 @@ pub(crate) fn old_role(subnets: &[&str]) -> Role {
             .collect(),
         via: "100.64.0.2".parse().unwrap(),
         table: TableId(201),
+        fwmark: FwMark(1),
         rule_priority: DEFAULT_RULE_PRIORITY,
+        vif_prefix: "vif".into(),
     })
 }

@@ -29,7 +29,7 @@ use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, 
 use super::change::{Action, Change, Direction, Family, NF_IP_PRI_MANGLE, NftHook, NftRuleKind};
 use super::error::{Cause, NetError};
 use super::nfsock::NfSock;
-use super::plan::{NFT_CHAIN, NFT_NATIVE_SET};
+use super::plan::{NFT_CHAIN, NFT_NATIVE_SET, NFT_SWITCHED_SET};
 
 /// The netfilter family of vmtun's table for `family`.
 fn proto(family: Family) -> ProtoFamily {
@@ -349,6 +349,35 @@ fn match_subnet(rule: &mut nftnl::Rule, field: Field, net: &IpNet) {
     rule.add_expr(&Cmp::new(CmpOp::Eq, net.network()));
 }
 
+/// `iifname "PREFIX*" ip saddr NET [ip saddr & MASK [!]= @SET] counter meta mark set M`:
+/// marks what the VMs send; `set` is the set the masked source is looked up in and whether
+/// the rule applies when it is absent (`true`) or present.
+fn mark_vm_sources(
+    r: &mut nftnl::Rule,
+    vif_prefix: &str,
+    subnet: &IpNet,
+    fwmark: super::change::FwMark,
+    set: Option<(&str, bool)>,
+) -> Result<(), Cause> {
+    r.add_expr(&Meta::IifName);
+    r.add_expr(&Cmp::new(
+        CmpOp::Eq,
+        InterfaceName::StartingWith(cstring(vif_prefix)?),
+    ));
+    match_subnet(r, Field::Source, subnet);
+    if let Some((set, inverted)) = set {
+        // Register 1 holds `ip saddr & MASK`.
+        r.add_expr(&Lookup {
+            set: cstring(set)?,
+            inverted,
+        });
+    }
+    r.add_expr(&Counter);
+    r.add_expr(&Immediate::new(fwmark.0, Register::Reg1));
+    r.add_expr(&Meta::Mark { set: true });
+    Ok(())
+}
+
 fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rule<'a>, Cause> {
     let mut r = nftnl::Rule::new(chain);
     match kind {
@@ -358,23 +387,16 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
             fwmark,
             skip_set,
         } => {
-            r.add_expr(&Meta::IifName);
-            r.add_expr(&Cmp::new(
-                CmpOp::Eq,
-                InterfaceName::StartingWith(cstring(vif_prefix)?),
-            ));
-            match_subnet(&mut r, Field::Source, subnet);
-            if let Some(set) = skip_set {
-                // Register 1 holds `ip saddr & MASK`: skip once the subnet went native.
-                r.add_expr(&Lookup {
-                    set: cstring(set)?,
-                    inverted: true,
-                });
-            }
-            r.add_expr(&Counter);
-            r.add_expr(&Immediate::new(fwmark.0, Register::Reg1));
-            r.add_expr(&Meta::Mark { set: true });
+            // Skip once the subnet went native.
+            let set = skip_set.as_deref().map(|set| (set, true));
+            mark_vm_sources(&mut r, vif_prefix, subnet, *fwmark, set)?;
         }
+        NftRuleKind::SwitchedMark {
+            vif_prefix,
+            subnet,
+            fwmark,
+            set,
+        } => mark_vm_sources(&mut r, vif_prefix, subnet, *fwmark, Some((set, false)))?,
         NftRuleKind::Native {
             bridge,
             subnet,
@@ -538,9 +560,21 @@ pub(crate) fn list_rules(
 /// the subnets for which a packet has arrived natively, i.e. whose replies the kernel no
 /// longer sends through the tunnel. For `vmtun status`. A family without a table has none.
 pub fn native_subnets(table: &str) -> Result<Vec<IpAddr>, NetError> {
+    elements_of_both(table, NFT_NATIVE_SET)
+}
+
+/// The elements of the old host's sets of switched subnets (see
+/// [`NftRuleKind::SwitchedMark`]): the network addresses of the subnets the new host has
+/// reported switched by the provider. For `vmtun status`.
+pub fn switched_subnets(table: &str) -> Result<Vec<IpAddr>, NetError> {
+    elements_of_both(table, NFT_SWITCHED_SET)
+}
+
+/// The elements of `set` in both families' tables named `table`.
+fn elements_of_both(table: &str, set: &str) -> Result<Vec<IpAddr>, NetError> {
     let mut out = Vec::new();
     for family in FAMILIES {
-        match native_of(family, table) {
+        match set_elements(family, table, set) {
             Ok(found) => out.extend(found),
             Err(NetError::Op {
                 cause: Cause::Errno(libc::ENOENT),
@@ -552,14 +586,99 @@ pub fn native_subnets(table: &str) -> Result<Vec<IpAddr>, NetError> {
     Ok(out)
 }
 
-/// [`native_subnets`] for one family's table.
-fn native_of(family: Family, table: &str) -> Result<Vec<IpAddr>, NetError> {
+/// Adds `subnet`'s network address to `set` in vmtun's table of its family. Adding an
+/// element that is there already succeeds.
+pub fn add_subnet_to_set(table: &str, set: &str, subnet: IpNet) -> Result<(), NetError> {
+    let family = Family::of(subnet.addr());
     let op_err = |cause| NetError::Op {
-        doing: format!("listing nft set {} {table} {NFT_NATIVE_SET}", family.nft()),
+        doing: format!(
+            "adding {} to nft set {} {table} {set}",
+            subnet.network(),
+            family.nft()
+        ),
+        cause,
+    };
+    let element = SetElement::new(
+        family,
+        &cstring(table).map_err(op_err)?,
+        &cstring(set).map_err(op_err)?,
+        subnet.network(),
+    );
+    let mut batch = Batch::new();
+    batch.add(&element, MsgType::Add);
+    commit(batch).map(drop).map_err(op_err)
+}
+
+/// One element of a set of addresses, for an `NFT_MSG_NEWSETELEM` (nftnl's `Set` cannot be
+/// built by name for a set that exists in the kernel only).
+struct SetElement(NonNull<sys::nftnl_set>, Family);
+
+impl SetElement {
+    fn new(family: Family, table: &CStr, set: &CStr, addr: IpAddr) -> Self {
+        let key: Vec<u8> = match addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        // SAFETY: libnftnl allocations and setters; strings and the key are copied, and the
+        // element is owned by the set once added.
+        unsafe {
+            let s = sys::nftnl_set_alloc();
+            let s = NonNull::new(s).unwrap_or_else(|| std::process::abort());
+            let p = s.as_ptr();
+            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FAMILY as u16, proto(family) as u32);
+            sys::nftnl_set_set_str(p, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(p, sys::NFTNL_SET_NAME as u16, set.as_ptr());
+            let e = sys::nftnl_set_elem_alloc();
+            if e.is_null() {
+                std::process::abort();
+            }
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr() as *const libc::c_void,
+                key.len() as u32,
+            );
+            sys::nftnl_set_elem_add(p, e);
+            SetElement(s, family)
+        }
+    }
+}
+
+impl Drop for SetElement {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed once (with its element).
+        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
+    }
+}
+
+// SAFETY: writes one NEWSETELEM/DELSETELEM message built by libnftnl.
+unsafe impl NlMsg for SetElement {
+    unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
+        let ty = match msg_type {
+            MsgType::Add => libc::NFT_MSG_NEWSETELEM,
+            MsgType::Del => libc::NFT_MSG_DELSETELEM,
+        };
+        unsafe {
+            let h = sys::nftnl_nlmsg_build_hdr(
+                buf as *mut libc::c_char,
+                ty as u16,
+                proto(self.1) as u16,
+                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(h, self.0.as_ptr());
+        }
+    }
+}
+
+/// The addresses in `set` of one family's table.
+fn set_elements(family: Family, table: &str, set_name: &str) -> Result<Vec<IpAddr>, NetError> {
+    let op_err = |cause| NetError::Op {
+        doing: format!("listing nft set {} {table} {set_name}", family.nft()),
         cause,
     };
     let t = cstring(table).map_err(op_err)?;
-    let n = cstring(NFT_NATIVE_SET).map_err(op_err)?;
+    let n = cstring(set_name).map_err(op_err)?;
     // SAFETY: libnftnl allocation; freed at the end of this function.
     let set = unsafe { sys::nftnl_set_alloc() };
     if set.is_null() {

@@ -22,6 +22,9 @@ pub const NFT_CHAIN: &str = "prerouting";
 pub const NFT_FORWARD_CHAIN: &str = "forward";
 /// The cutover set: holds a subnet's network address once a packet for it arrived natively.
 pub const NFT_NATIVE_SET: &str = "native";
+/// The old host's set of switched subnets: holds a subnet's network address once the new
+/// host has reported that the provider routes it there.
+pub const NFT_SWITCHED_SET: &str = "switched";
 /// Default priority of the `fwmark` policy rule: before `main` (32766), after `local` (0),
 /// and away from the numbers `ip rule add` picks by itself (32765 downwards). vmtun's
 /// other rules take the [`RULES_BEFORE_MARK`] numbers just below it.
@@ -61,8 +64,12 @@ pub struct OldParams {
     pub via: IpAddr,
     /// Routing table whose default route is the tunnel.
     pub table: TableId,
-    /// Priority of the last of vmtun's rules (see [`DEFAULT_RULE_PRIORITY`]).
+    /// Mark set on the traffic of VMs still here once their subnet is switched.
+    pub fwmark: FwMark,
+    /// Priority of the mark's policy rule (see [`DEFAULT_RULE_PRIORITY`]).
     pub rule_priority: u32,
+    /// Name prefix of the VM interfaces.
+    pub vif_prefix: String,
 }
 
 /// The new host's side: VM replies go back through the tunnel (marked, policy-routed) until
@@ -137,14 +144,7 @@ pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
         None => {}
         Some(Role::Old(o)) => {
             for family in Family::all_of(&o.subnets) {
-                let tunnel_path = TunnelPath {
-                    tun,
-                    via: o.via,
-                    table: o.table,
-                    priority: o.rule_priority,
-                };
-                tunnel_path.plan(&mut p, family, &o.subnets);
-                p.push(nft_table(family));
+                plan_old(&mut p, tun, o, family);
                 clamp_mss(&mut p, tunnel, family);
             }
         }
@@ -173,6 +173,7 @@ struct TunnelPath<'a> {
 }
 
 impl TunnelPath<'_> {
+    /// The changes for `subnets`, all of `family`.
     fn plan(&self, p: &mut Vec<Change>, family: Family, subnets: &[IpNet]) {
         let everything = family.everything();
         p.push(Change::Route(Route {
@@ -182,29 +183,25 @@ impl TunnelPath<'_> {
             table: self.table,
         }));
         let first = self.priority - RULES_BEFORE_MARK;
-        let nets: Vec<IpNet> = (subnets.iter())
-            .filter(|net| Family::of(net.addr()) == family)
-            .map(IpNet::trunc)
-            .collect();
-        for net in &nets {
+        for net in subnets {
             p.push(Change::SetAside {
                 dest: *net,
                 found: None,
             });
         }
-        for net in &nets {
+        for net in subnets {
             p.push(Change::Rule(
                 Rule::new(family, first, Some(TableId::MAIN))
                     .to(*net)
                     .suppress_prefixlength(net.prefix_len()),
             ));
         }
-        for net in &nets {
+        for net in subnets {
             p.push(Change::Rule(
                 Rule::new(family, first + 1, None).iif(self.tun).to(*net),
             ));
         }
-        for net in &nets {
+        for net in subnets {
             p.push(Change::Rule(
                 Rule::new(family, first + 2, Some(self.table)).to(*net),
             ));
@@ -253,12 +250,92 @@ fn clamp_mss(p: &mut Vec<Change>, tunnel: &TunnelParams, family: Family) {
     }
 }
 
-/// Role new's changes for the subnets of one family.
-fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
-    let subnets: Vec<IpNet> = (n.subnets.iter())
+/// The policy rules of marked traffic (VM traffic bound for the other site): what this
+/// host has a route of its own for stays here (another VM, this site's networks); the rest
+/// takes the tunnel table instead of the default route.
+fn mark_rules(p: &mut Vec<Change>, family: Family, fwmark: FwMark, table: TableId, priority: u32) {
+    p.push(Change::Rule(
+        Rule::new(family, priority - 1, Some(TableId::MAIN))
+            .fwmark(fwmark)
+            .suppress_prefixlength(0),
+    ));
+    p.push(Change::Rule(
+        Rule::new(family, priority, Some(table)).fwmark(fwmark),
+    ));
+}
+
+/// `net.ipv4.conf.DEV.rp_filter = 2` (RFC 3704 "loose") on each of `devs`, for IPv4 only:
+/// where a host expects packets on one path and sends replies by another. IPv6 has no such
+/// sysctl (its reverse-path filter is a netfilter rule vmtun does not add).
+fn loose_rp_filter(p: &mut Vec<Change>, family: Family, devs: &[&str]) {
+    if family != Family::Ipv4 {
+        return;
+    }
+    for dev in devs {
+        p.push(Change::Sysctl(Sysctl {
+            key: SysctlKey::ipv4_conf(dev, "rp_filter"),
+            value: "2".into(),
+            previous: None,
+        }));
+    }
+}
+
+/// Role old's changes for the subnets of one family: the tunnel path for the subnets'
+/// addresses that have no VM here, and, for VMs still here once the new host reports the
+/// provider's switch, their traffic through the tunnel (the set of switched subnets, a
+/// mark rule per subnet, and the same policy rules as role new). Clients' packets for those
+/// VMs then arrive through the tunnel while replies to others may leave natively, hence
+/// loose reverse-path filtering on the tunnel.
+fn plan_old(p: &mut Vec<Change>, tun: &str, o: &OldParams, family: Family) {
+    let subnets = of_family(&o.subnets, family);
+    TunnelPath {
+        tun,
+        via: o.via,
+        table: o.table,
+        priority: o.rule_priority,
+    }
+    .plan(p, family, &subnets);
+    mark_rules(p, family, o.fwmark, o.table, o.rule_priority);
+    loose_rp_filter(p, family, &[tun]);
+    let (table, chain) = (NFT_TABLE.to_string(), NFT_CHAIN.to_string());
+    p.push(nft_table(family));
+    p.push(Change::NftChain {
+        family,
+        table: table.clone(),
+        name: chain.clone(),
+        hook: NftHook::Prerouting,
+    });
+    p.push(Change::NftSet {
+        family,
+        table: table.clone(),
+        name: NFT_SWITCHED_SET.into(),
+    });
+    for &subnet in &subnets {
+        p.push(Change::NftRule {
+            family,
+            table: table.clone(),
+            chain: chain.clone(),
+            rule: NftRuleKind::SwitchedMark {
+                vif_prefix: o.vif_prefix.clone(),
+                subnet,
+                fwmark: o.fwmark,
+                set: NFT_SWITCHED_SET.into(),
+            },
+        });
+    }
+}
+
+/// The subnets of `family`, host bits dropped.
+fn of_family(subnets: &[IpNet], family: Family) -> Vec<IpNet> {
+    (subnets.iter())
         .filter(|net| Family::of(net.addr()) == family)
         .map(IpNet::trunc)
-        .collect();
+        .collect()
+}
+
+/// Role new's changes for the subnets of one family.
+fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
+    let subnets = of_family(&n.subnets, family);
     TunnelPath {
         tun,
         via: n.via,
@@ -266,26 +343,9 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
         priority: n.rule_priority,
     }
     .plan(p, family, &subnets);
-    p.push(Change::Rule(
-        Rule::new(family, n.rule_priority - 1, Some(TableId::MAIN))
-            .fwmark(n.fwmark)
-            .suppress_prefixlength(0),
-    ));
-    p.push(Change::Rule(
-        Rule::new(family, n.rule_priority, Some(n.table)).fwmark(n.fwmark),
-    ));
-    // Loose reverse-path filtering only where asymmetric paths are expected: client packets
-    // arrive through the tunnel, replies may leave natively (RFC 3704 "loose" = 2). IPv6
-    // has no such sysctl (its reverse-path filter is a netfilter rule vmtun does not add).
-    if family == Family::Ipv4 {
-        for dev in [tun, n.bridge.as_str()] {
-            p.push(Change::Sysctl(Sysctl {
-                key: SysctlKey::ipv4_conf(dev, "rp_filter"),
-                value: "2".into(),
-                previous: None,
-            }));
-        }
-    }
+    mark_rules(p, family, n.fwmark, n.table, n.rule_priority);
+    // Client packets arrive through the tunnel, replies may leave natively.
+    loose_rp_filter(p, family, &[tun, n.bridge.as_str()]);
     let table = NFT_TABLE.to_string();
     let chain = NFT_CHAIN.to_string();
     p.push(nft_table(family));
@@ -393,7 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn old_role_routes_each_subnet_through_the_tunnel() {
+    fn old_role_sends_each_subnet_into_the_tunnel_and_vms_left_behind_once_switched() {
         // Host bits are dropped, as `ip route` would insist.
         let role = old_role(&["203.0.113.0/29", "198.51.100.9/29"]);
         let t = TunnelParams {
@@ -415,7 +475,14 @@ mod tests {
                 "ip rule add iif vmtun0 to 198.51.100.8/29 unreachable priority 9997",
                 "ip rule add to 203.0.113.0/29 lookup 201 priority 9998",
                 "ip rule add to 198.51.100.8/29 lookup 201 priority 9998",
+                "ip rule add fwmark 0x1 lookup main suppress_prefixlength 0 priority 9999",
+                "ip rule add fwmark 0x1 lookup 201 priority 10000",
+                "sysctl -w net.ipv4.conf.vmtun0.rp_filter=2",
                 "nft add table ip vmtun",
+                "nft add chain ip vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
+                "nft add set ip vmtun switched '{ type ipv4_addr; flags dynamic; }'",
+                "nft add rule ip vmtun prerouting iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 == @switched counter meta mark set 0x1 comment \"vmtun switched 203.0.113.0/29\"",
+                "nft add rule ip vmtun prerouting iifname \"vif*\" ip saddr 198.51.100.8/29 ip saddr & 255.255.255.248 == @switched counter meta mark set 0x1 comment \"vmtun switched 198.51.100.8/29\"",
                 "nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
                 "nft add rule ip vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss into tunnel\"",
                 "nft add rule ip vmtun forward iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss out of tunnel\"",
@@ -492,9 +559,13 @@ mod tests {
             p[7],
             "ip -6 rule add to 2001:db8:1::/64 lookup 201 priority 9998"
         );
-        // Only the family that has subnets gets a table.
-        assert_eq!(p[8], "nft add table ip6 vmtun");
-        assert_eq!(p.len(), 12);
+        // No rp_filter for IPv6; only the family that has subnets gets a table.
+        assert_eq!(p[10], "nft add table ip6 vmtun");
+        assert_eq!(
+            p[13],
+            "nft add rule ip6 vmtun prerouting iifname \"vif*\" ip6 saddr 2001:db8:1::/64 ip6 saddr & ffff:ffff:ffff:ffff:: == @switched counter meta mark set 0x1 comment \"vmtun switched 2001:db8:1::/64\""
+        );
+        assert_eq!(p.len(), 17);
     }
 
     #[test]

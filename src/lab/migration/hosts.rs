@@ -138,7 +138,9 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
-    /// The old host's config: role old, the subnet via the new host's tunnel address.
+    /// The old host's config: role old, the subnet via the new host's tunnel address, the
+    /// new host's peer allowing every address (VMs still here after the switch are reached
+    /// through it and reach everything through it).
     pub fn old(keys: &KeyPair, peer: &KeyPair) -> Self {
         Self {
             name: lab::unique_ifname("vo"),
@@ -146,16 +148,15 @@ impl HostConfig {
             address: format!("{TUNNEL_OLD}/{TUNNEL_PREFIX}"),
             peer_public: peer.public.clone(),
             peer_endpoint: format!("{NEW}:{TUNNEL_PORT}"),
-            peer_allowed_ips: vec![format!("{TUNNEL_NEW}/32"), SUBNET.to_owned()],
+            peer_allowed_ips: vec!["0.0.0.0/0".to_owned()],
             migration: Some(MigrationSection::new("old", TUNNEL_NEW, "auto")),
             vms: vec![VmEntry::scenario()],
         }
     }
 
     /// Makes a migration config carry the VM's traffic of `families` (in a lab built with
-    /// them): their subnets, the VM's addresses, and the peer's allowed IPs (role old: the
-    /// tunnel address and the subnets; role new: every address, of IPv4 for the tunnel
-    /// address and of each family for the VM's replies).
+    /// them): their subnets, the VM's addresses, and the peer's allowed IPs (every address,
+    /// of IPv4 for the tunnel address and of each family for the VMs' traffic).
     pub fn carrying(mut self, families: &[Family]) -> Self {
         let Some(m) = self.migration.as_mut() else {
             return self;
@@ -164,17 +165,10 @@ impl HostConfig {
         for (index, vm) in (0..).zip(&mut self.vms) {
             *vm = VmEntry::of(Guest(index), families);
         }
-        self.peer_allowed_ips = if m.role == "old" {
-            let mut ips = vec![format!("{TUNNEL_NEW}/32")];
-            ips.extend(m.subnets.iter().cloned());
-            ips
-        } else {
-            let mut ips = vec!["0.0.0.0/0".to_owned()];
-            if families.contains(&Family::Ipv6) {
-                ips.push("::/0".to_owned());
-            }
-            ips
-        };
+        self.peer_allowed_ips = vec!["0.0.0.0/0".to_owned()];
+        if families.contains(&Family::Ipv6) {
+            self.peer_allowed_ips.push("::/0".to_owned());
+        }
         self
     }
 

@@ -424,6 +424,35 @@ impl MigrationLab {
         Ok(())
     }
 
+    /// The provider, after its switch, stops accepting the VM subnets as sources from the
+    /// old host too (its anti-spoofing follows the route): what a VM left on the old host
+    /// sends out natively is dropped from now on.
+    pub fn drop_subnets_from_old(&self) -> Result<()> {
+        for family in &self.families {
+            let (ip, net) = (family.nft(), subnet(*family));
+            self.core.run(
+                "nft",
+                &[
+                    "insert",
+                    "rule",
+                    "inet",
+                    "lab",
+                    "forward",
+                    "iifname",
+                    "old0",
+                    ip,
+                    "saddr",
+                    net,
+                    "counter",
+                    "drop",
+                    "comment",
+                    "\"anti-spoofing old\"",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// The core's counters of packets from the VM subnet per link.
     pub fn core_counters(&self) -> Result<CoreCounters> {
         let read = |name: &str| -> Result<u64> {
