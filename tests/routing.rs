@@ -12,33 +12,94 @@ use common::*;
 use helpers::{WAIT, launch_both, prepare_hosts, prepare_hosts_with};
 use vmtun::lab::migration::hosts::HostVmtun;
 use vmtun::lab::migration::topology::{MigrationLab, Site};
-use vmtun::lab::migration::{CLIENT, Family, Guest, SUBNET};
+use vmtun::lab::migration::{CLIENT, CLIENT6, Family, Guest, SUBNET};
 
-/// An address of the subnet that no VM of these labs has (VMs hold `.2` to `.5`).
-const UNUSED: &str = "203.0.113.6";
-
-/// Packets the host's TUN device has transmitted, i.e. sent into the tunnel.
-fn into_tunnel(host: &HostVmtun<'_>, ns: &Netns) -> Result<u64> {
-    let path = format!("/sys/class/net/{}/statistics/tx_packets", host.ifname());
-    let text = ns.run("cat", &[&path])?;
-    text.trim()
-        .parse()
-        .map_err(|e| LabError::Failed(format!("{path}: {text:?}: {e}")))
+/// An address of the subnet of `family` that no VM of these labs has (VMs hold `.2` to
+/// `.5`).
+fn unused(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "203.0.113.6",
+        Family::Ipv6 => "2001:db8:1::6",
+    }
 }
 
-/// Packets sent into the tunnel by both hosts together.
-fn tunnel_crossings(lab: &MigrationLab, old: &HostVmtun<'_>, new: &HostVmtun<'_>) -> Result<u64> {
-    Ok(into_tunnel(old, &lab.old)? + into_tunnel(new, &lab.new)?)
+/// Both families, as the dual-stack lab carries them.
+const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+/// Counts, on both hosts, the packets for one of `dests` sent into the tunnel while `run`
+/// runs (an nft counter on the TUN device's output in a table of the test's own, removed
+/// afterwards), so that other traffic (IPv6's own chatter) does not count.
+fn tunnel_crossings(
+    lab: &MigrationLab,
+    old: &HostVmtun<'_>,
+    new: &HostVmtun<'_>,
+    dests: &[String],
+    run: impl FnOnce() -> Result<()>,
+) -> Result<u64> {
+    let hosts = [(&lab.old, old.ifname()), (&lab.new, new.ifname())];
+    for (ns, tun) in hosts {
+        let rules: String = dests
+            .iter()
+            .map(|d| {
+                let ip = if d.contains(':') { "ip6" } else { "ip" };
+                format!("oifname \"{tun}\" {ip} daddr {d} counter name crossed\n")
+            })
+            .collect();
+        let ruleset = format!(
+            "table inet routing_test {{\n counter crossed {{ }}\n chain out {{\n type filter hook postrouting priority 0; policy accept;\n{rules} }}\n}}\n"
+        );
+        let path = std::env::temp_dir().join(format!("{}-count.nft", ns.name()));
+        std::fs::write(&path, ruleset).map_err(|e| LabError::io("writing the counter", e))?;
+        ns.run("nft", &["-f", &path.to_string_lossy()])?;
+        let _ = std::fs::remove_file(&path);
+    }
+    run()?;
+    // Let a looping packet run out its TTL before counting.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut total = 0;
+    for (ns, _) in hosts {
+        let text = ns.run(
+            "nft",
+            &["list", "counter", "inet", "routing_test", "crossed"],
+        )?;
+        ns.run("nft", &["delete", "table", "inet", "routing_test"])?;
+        total += text
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| LabError::Failed(format!("no packet count in {text:?}")))?;
+    }
+    Ok(total)
 }
 
-/// A lab of `vms` VMs with vmtun on both hosts, every VM in both configs.
+/// A dual-stack lab of `vms` VMs.
 fn lab_with_vms(vms: u8) -> Result<MigrationLab> {
     preflight(&["nft", "ping"]);
-    MigrationLab::build_with(1, &[Family::Ipv4], vms)
+    MigrationLab::build_with(1, &FAMILIES, vms)
+}
+
+/// The hosts' configs for every VM of `lab`, both families.
+fn prepare_all<'a>(
+    lab: &'a MigrationLab,
+    scratch: &Scratch,
+) -> Result<(HostVmtun<'a>, HostVmtun<'a>)> {
+    prepare_hosts_with(lab, scratch, "auto", |o, n| {
+        *o = o.clone().carrying(&FAMILIES).with_guests(lab);
+        *n = n.clone().carrying(&FAMILIES).with_guests(lab);
+    })
 }
 
 fn vm_addr(guest: Guest) -> String {
     guest.addr(Family::Ipv4).to_string()
+}
+
+/// Waits until `from` gets an answer from `guest` in each family.
+fn wait_answers(from: &Netns, guest: Guest) -> Result<()> {
+    for family in FAMILIES {
+        wait_ping(from, &guest.addr(family).to_string(), WAIT)?;
+    }
+    Ok(())
 }
 
 /// After the move, before the provider's switch: one ping to an address of the subnet that
@@ -48,23 +109,26 @@ fn vm_addr(guest: Guest) -> String {
 fn a_ping_to_an_unused_address_crosses_the_tunnel_at_most_once() -> Result<()> {
     let scratch = Scratch::new("rt-loop")?;
     let lab = lab_with_vms(1)?;
-    let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
+    let (mut old, mut new) = prepare_all(&lab, &scratch)?;
     launch_both(&lab, &mut old, &mut new)?;
     lab.move_vm(Site::Old, Site::New)?;
-    wait_ping(&lab.client, &vm_addr(Guest::FIRST), WAIT)?;
+    wait_answers(&lab.client, Guest::FIRST)?;
 
-    let before = tunnel_crossings(&lab, &old, &new)?;
-    let answered = ping_once(&lab.client, UNUSED);
-    // Let a looping packet run out its TTL before counting.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let crossings = tunnel_crossings(&lab, &old, &new)? - before;
-    eprintln!("one ping to {UNUSED}: {crossings} packet(s) into the tunnel");
-    check(!answered, || format!("{UNUSED} answered a ping"))?;
-    check(crossings <= 1, || {
-        format!("one ping to the unused {UNUSED} entered the tunnel {crossings} times")
-    })?;
+    for family in FAMILIES {
+        let unused = unused(family);
+        let mut answered = false;
+        let crossings = tunnel_crossings(&lab, &old, &new, &[unused.to_owned()], || {
+            answered = ping_once(&lab.client, unused);
+            Ok(())
+        })?;
+        eprintln!("one ping to {unused}: {crossings} packet(s) into the tunnel");
+        check(!answered, || format!("{unused} answered a ping"))?;
+        check(crossings <= 1, || {
+            format!("one ping to the unused {unused} entered the tunnel {crossings} times")
+        })?;
+    }
     // The VM still answers, through the tunnel.
-    wait_ping(&lab.client, &vm_addr(Guest::FIRST), WAIT)
+    wait_answers(&lab.client, Guest::FIRST)
 }
 
 /// A host that protects the subnet with `blackhole <subnet>` (so that its unused addresses
@@ -96,24 +160,32 @@ fn role_old_starts_beside_the_hosts_own_blackhole_for_the_subnet() -> Result<()>
 fn vms_on_the_new_host_talk_without_crossing_the_tunnel() -> Result<()> {
     let scratch = Scratch::new("rt-v2v")?;
     let lab = lab_with_vms(2)?;
-    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |o, n| {
-        *o = o.clone().with_guests(&lab);
-        *n = n.clone().with_guests(&lab);
-    })?;
+    let (mut old, mut new) = prepare_all(&lab, &scratch)?;
     launch_both(&lab, &mut old, &mut new)?;
     for guest in lab.guests() {
         lab.move_guest(guest, Site::Old, Site::New)?;
-        wait_ping(&lab.client, &vm_addr(guest), WAIT)?;
+        wait_answers(&lab.client, guest)?;
     }
-    let (first, second) = (lab.guest_ns(Guest::FIRST), vm_addr(Guest(1)));
-    wait_ping(first, &second, WAIT)?;
-    let before = tunnel_crossings(&lab, &old, &new)?;
-    let out = first.run("ping", &["-c", "3", "-i", "0.2", "-W", "1", "-q", &second])?;
-    let crossings = tunnel_crossings(&lab, &old, &new)? - before;
-    eprintln!("3 pings VM to VM on the new host: {crossings} packet(s) into the tunnel\n{out}");
-    check(crossings == 0, || {
-        format!("3 pings between two VMs on the new host put {crossings} packets into the tunnel")
-    })
+    let first = lab.guest_ns(Guest::FIRST);
+    wait_answers(first, Guest(1))?;
+    for family in FAMILIES {
+        let second = Guest(1).addr(family).to_string();
+        let both = [Guest::FIRST.addr(family).to_string(), second.clone()];
+        let crossings = tunnel_crossings(&lab, &old, &new, &both, || {
+            let out = first.run("ping", &["-c", "3", "-i", "0.2", "-W", "1", "-q", &second])?;
+            eprintln!("{out}");
+            Ok(())
+        })?;
+        eprintln!(
+            "3 pings VM to VM on the new host ({second}): {crossings} packet(s) into the tunnel"
+        );
+        check(crossings == 0, || {
+            format!(
+                "3 pings between two VMs on the new host ({second}) put {crossings} packets into the tunnel"
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// VMs move one after another, and one moves back (a reverted move): at every step each
@@ -122,14 +194,11 @@ fn vms_on_the_new_host_talk_without_crossing_the_tunnel() -> Result<()> {
 fn vms_move_one_after_another_and_back_without_a_restart() -> Result<()> {
     let scratch = Scratch::new("rt-moves")?;
     let lab = lab_with_vms(2)?;
-    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |o, n| {
-        *o = o.clone().with_guests(&lab);
-        *n = n.clone().with_guests(&lab);
-    })?;
+    let (mut old, mut new) = prepare_all(&lab, &scratch)?;
     launch_both(&lab, &mut old, &mut new)?;
     let all_answer = |step: &str| -> Result<()> {
         for guest in lab.guests() {
-            wait_ping(&lab.client, &vm_addr(guest), WAIT).map_err(|e| {
+            wait_answers(&lab.client, guest).map_err(|e| {
                 LabError::Failed(format!("{step}: VM {} does not answer: {e}", guest.0))
             })?;
         }
@@ -143,7 +212,7 @@ fn vms_move_one_after_another_and_back_without_a_restart() -> Result<()> {
     lab.move_guest(Guest::FIRST, Site::New, Site::Old)?;
     all_answer("VM 0 moved back")?;
     // The VM moved back talks to the one that stayed on the new host.
-    wait_ping(lab.guest_ns(Guest::FIRST), &vm_addr(Guest(1)), WAIT)
+    wait_answers(lab.guest_ns(Guest::FIRST), Guest(1))
 }
 
 /// After the provider's switch, a VM that has not moved yet stays reachable: the new host
@@ -154,30 +223,37 @@ fn vms_move_one_after_another_and_back_without_a_restart() -> Result<()> {
 fn a_vm_left_on_the_old_host_stays_reachable_after_the_switch() -> Result<()> {
     let scratch = Scratch::new("rt-left")?;
     let lab = lab_with_vms(2)?;
-    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |o, n| {
-        *o = o.clone().with_guests(&lab);
-        *n = n.clone().with_guests(&lab);
-    })?;
+    let (mut old, mut new) = prepare_all(&lab, &scratch)?;
     launch_both(&lab, &mut old, &mut new)?;
     let (moved, stayed) = (Guest::FIRST, Guest(1));
     lab.move_guest(moved, Site::Old, Site::New)?;
-    wait_ping(&lab.client, &vm_addr(moved), WAIT)?;
+    wait_answers(&lab.client, moved)?;
 
     lab.switch_provider()?;
     lab.drop_subnets_from_old()?;
-    helpers::cut_over_with_pings(&lab, &new, &vm_addr(moved), |s| s.is_done())?;
-    wait_ping(&lab.client, &vm_addr(stayed), WAIT).map_err(|e| {
+    for family in FAMILIES {
+        let addr = moved.addr(family).to_string();
+        let net = vmtun::lab::migration::subnet(family).to_owned();
+        helpers::cut_over_with_pings(&lab, &new, &addr, |s| s.cut_over.contains(&net))?;
+    }
+    wait_answers(&lab.client, stayed).map_err(|e| {
         LabError::Failed(format!(
             "the VM left on the old host is cut off after the switch: {e}\nold host:\n{}",
             old.log()
         ))
     })?;
     // Its own traffic too (a connection it opens, a DNS query).
-    wait_ping(lab.guest_ns(stayed), CLIENT, WAIT)?;
+    let client = [CLIENT, CLIENT6];
+    for addr in client {
+        wait_ping(lab.guest_ns(stayed), addr, WAIT)?;
+    }
 
     lab.move_guest(stayed, Site::Old, Site::New)?;
-    wait_ping(&lab.client, &vm_addr(stayed), WAIT)?;
+    wait_answers(&lab.client, stayed)?;
     lab.move_guest(moved, Site::New, Site::Old)?;
-    wait_ping(&lab.client, &vm_addr(moved), WAIT)?;
-    wait_ping(lab.guest_ns(moved), CLIENT, WAIT)
+    wait_answers(&lab.client, moved)?;
+    for addr in client {
+        wait_ping(lab.guest_ns(moved), addr, WAIT)?;
+    }
+    Ok(())
 }
