@@ -30,6 +30,7 @@ pub mod lab;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
+pub mod status;
 pub mod tun;
 pub mod udp;
 pub mod vif;

@@ -238,13 +238,13 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
     ]);
     f.port = Port::Held;
     f.peers[0].handshake = Handshake::Latest(Some(Duration::from_secs(5)));
-    let status = crate::control::Status {
+    let status = crate::status::Status {
         interface: "vmtun0".into(),
         public_key: String::new(),
         listen_port: 51820,
         peers: vec![],
         drops: Default::default(),
-        busy_poll: crate::control::BusyPollStatus {
+        busy_poll: crate::status::BusyPollStatus {
             window_us: 0,
             spun_ms: 0.0,
             caught: 0,
