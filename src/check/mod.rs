@@ -9,17 +9,26 @@
 
 mod evaluate;
 mod facts;
+mod forward;
 mod gather;
+mod marks;
 mod netlink;
+mod nft_text;
 mod probe;
+pub(crate) mod routes;
+mod ruleset;
 mod verdict;
 
 use std::path::Path;
 
 pub use evaluate::evaluate;
-pub use facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
+pub use facts::{
+    Facts, Handshake, Instance, PeerFact, Port, RouteAnswer, RouteFact, RouteKind, RouteProbe,
+    RuleFact,
+};
 pub use gather::gather;
 pub use probe::PROBE_WAIT;
+pub use ruleset::Ruleset;
 pub use verdict::{Checklist, Line, Verdict};
 
 use crate::config::Config;

@@ -43,6 +43,7 @@ pub use change::{
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};
 pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_state_file};
+pub(crate) use nfsock::NfSock;
 pub use nft::{MarkRemoval, MarkRemover, native_subnets, remove_mark_rule};
 pub use ops::NetOps;
 pub use plan::{
