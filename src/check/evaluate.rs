@@ -35,7 +35,14 @@ pub fn evaluate(config: &Config, facts: &Facts, mode: Mode) -> Checklist {
     let mut lines = vec![config_line(config), root(facts), clock(facts.now)];
     lines.push(instance(config, facts, mode));
     lines.extend(facts.forwarding.iter().map(|(f, v)| forwarding(*f, v)));
-    lines.extend(facts.default_forwarding.as_ref().map(default_forwarding));
+    // Setting ip_forward sets the default too: with it off, the forwarding line says it all.
+    let ipv4_forwards = facts
+        .forwarding
+        .iter()
+        .any(|(f, v)| *f == Family::Ipv4 && v.as_deref().map(str::trim) == Ok("1"));
+    if ipv4_forwards {
+        lines.extend(facts.default_forwarding.as_ref().map(default_forwarding));
+    }
     lines.push(match &facts.links {
         Ok(links) => Line::ok("rtnetlink", format!("answers ({} interfaces)", links.len())),
         Err(e) => Line::fail(

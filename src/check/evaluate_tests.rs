@@ -609,6 +609,12 @@ fn default_forwarding_off_fails_naming_what_it_breaks() {
     let mut f = good();
     f.default_forwarding = Some(Ok("0".into()));
     let (v, detail) = verdict(&f, "default forwarding");
+    // With ip_forward off too, the forwarding line says it all: setting ip_forward sets
+    // the default as well.
+    let mut both = f.clone();
+    both.forwarding = vec![(Family::Ipv4, Ok("0".into()))];
+    let list = evaluate(&new_host(), &both, Mode::Check);
+    assert!(list.line("default forwarding").is_none(), "{list}");
     assert_eq!(v, Verdict::Fail);
     assert!(
         detail.contains("net.ipv4.conf.default.forwarding = 0"),
@@ -915,14 +921,40 @@ fn route_queries_stand_for_the_moves_packets() {
     let c = new_host();
     let q = queries(&c, &["lo".into(), "br0".into()]);
     assert_eq!(q.len(), 1);
-    // No VM interface yet: the bridge stands in for it.
+    // No VM interface yet: lo stands in for it.
     assert_eq!(
         q[0].text(),
-        "ip route get 198.51.100.1 from 203.0.113.2 iif br0 mark 0x1"
+        "ip route get 198.51.100.1 from 203.0.113.2 iif lo mark 0x1"
     );
     let q = queries(&c, &["vif0".into(), "br0".into()]);
     assert_eq!(q[0].from.as_ref().unwrap().1, "vif0");
     let mut old = new_host();
     old.migration.as_mut().unwrap().role = crate::config::Role::Old;
     assert_eq!(queries(&old, &[])[0].text(), "ip route get 203.0.113.0");
+}
+
+#[test]
+fn on_the_old_host_the_subnet_must_be_routed_into_the_tunnel() {
+    let mut c = new_host();
+    c.migration.as_mut().unwrap().role = crate::config::Role::Old;
+    let mut f = good();
+    let mut p = probe("vmtun0", 254);
+    p.query = "ip route get 203.0.113.0".into();
+    f.route_probes = vec![p.clone()];
+    assert_eq!(
+        line_of(&c, &f, "subnet route 203.0.113.0/29").verdict,
+        Verdict::Ok
+    );
+    p.answer = Ok(crate::check::RouteAnswer {
+        dev: None,
+        table: Some(254),
+        kind: RouteKind::Blackhole,
+    });
+    f.route_probes = vec![p];
+    let l = line_of(&c, &f, "subnet route 203.0.113.0/29");
+    assert_eq!(l.verdict, Verdict::Fail);
+    assert!(
+        l.detail.ends_with("-> blackhole no device table 254"),
+        "{l:?}"
+    );
 }

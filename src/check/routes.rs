@@ -44,6 +44,9 @@ impl RouteQuery {
     }
 }
 
+/// The stand-in for a VM interface that is not here yet.
+const LOOPBACK: &str = "lo";
+
 /// Documentation addresses that stand for a client somewhere on the internet.
 const CLIENTS: [&str; 4] = [
     "198.51.100.1",
@@ -54,8 +57,11 @@ const CLIENTS: [&str; 4] = [
 
 /// What to ask the kernel about the move's routes, with `links` the host's interfaces.
 /// Role new: per subnet, a reply from a VM address (a configured one when there is one) to
-/// a client, marked, coming in on a VM interface that is here (else the bridge, which stands
-/// in for it). Role old: per subnet, an address in it that no configured VM holds.
+/// a client, marked, coming in on a VM interface that is here. Before a VM has arrived,
+/// `lo` stands in for its interface: the policy rules and tables answer the same, and the
+/// reverse-path filter, which would refuse the VM's source on any other interface that has
+/// no route back to it, does not apply there. Role old: per subnet, an address in it that
+/// no configured VM holds.
 pub fn queries(config: &Config, links: &[String]) -> Vec<RouteQuery> {
     let Some(m) = &config.migration else {
         return Vec::new();
@@ -76,9 +82,9 @@ pub fn queries(config: &Config, links: &[String]) -> Vec<RouteQuery> {
                 let iif = config
                     .vms
                     .iter()
-                    .map(|vm| &vm.vif)
-                    .find(|vif| links.contains(vif))
-                    .unwrap_or(&m.bridge);
+                    .map(|vm| vm.vif.as_str())
+                    .find(|vif| links.iter().any(|l| l == vif))
+                    .unwrap_or(LOOPBACK);
                 let client = CLIENTS
                     .iter()
                     .filter_map(|c| c.parse::<IpAddr>().ok())
@@ -88,7 +94,7 @@ pub fn queries(config: &Config, links: &[String]) -> Vec<RouteQuery> {
                 Some(RouteQuery {
                     subnet,
                     dst: client,
-                    from: Some((vm, iif.clone())),
+                    from: Some((vm, iif.to_string())),
                     mark: Some(m.fwmark),
                 })
             }
