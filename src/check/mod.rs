@@ -2,10 +2,12 @@
 //! prints one line per prerequisite of `up` and of the move (ok / warn / FAIL, with what to
 //! do about a problem); `up --dry-run` runs it before printing its plan.
 //!
-//! Sans-IO in shape: [`gather`] reads the host into plain [`Facts`] (netlink dumps, one
-//! sysctl, the running instance's status, a bind of the listen port and one handshake
-//! initiation through the protocol core), and [`evaluate`] turns facts into a
-//! [`Checklist`] in pure, unit-tested code.
+//! Sans-IO in shape: [`gather`] reads the host into plain [`Facts`] (rtnetlink dumps and,
+//! while vmtun runs, route lookups; the nftables ruleset over netfilter netlink; the
+//! forwarding sysctls; the running instance's status; a bind of the listen port and one
+//! handshake initiation through the protocol core), and [`evaluate`] turns facts into a
+//! [`Checklist`] in pure, unit-tested code: `forward` walks the forward hook's chains,
+//! `marks` finds the fwmark's other users, `routes` judges the move's routes.
 
 mod evaluate;
 mod facts;
