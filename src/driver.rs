@@ -20,9 +20,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
 use crate::busy_poll::BusyPoll;
-use crate::control::{BusyPollStatus, PeerStatus, Reply, Request, Status};
 use crate::migration::Migration;
 use crate::noise::{Event, Inbound, Outbound, PeerId, Tunnel};
+use crate::status::{BusyPollStatus, PeerStatus, Reply, Request, Status};
 use crate::tun::{Tun, TunRx, TunTx};
 use crate::udp::{GsoBatch, Udp, UdpRx};
 

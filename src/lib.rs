@@ -11,7 +11,8 @@
 //!   it moves packets between the TUN device, the UDP socket and the core. The control
 //!   socket, signals and the VM-interface watcher run on a small tokio runtime and reach
 //!   it through a handle. [`busy_poll`] is its policy for spinning briefly after traffic
-//!   instead of sleeping.
+//!   instead of sleeping. [`status`] holds what the control socket carries, shared by the
+//!   driver (which answers) and [`control`] (which carries), so neither imports the other.
 //! - [`check`]: `vmtun check`, the preflight that reads the host (facts) and judges it in
 //!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
@@ -30,6 +31,7 @@ pub mod lab;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
+pub mod status;
 pub mod switch_report;
 pub mod tun;
 pub mod udp;

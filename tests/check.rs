@@ -288,3 +288,232 @@ fn a_taken_port_and_interface_name_fail() -> Result<()> {
     expect_line(&stdout, "FAIL", "tunnel interface")
         .and_then(|l| check(l.contains(&s.iface), || l.into()))
 }
+
+// --- The host's own policy: what else on the host would break the move.
+
+/// `nft ARGS` in A.
+fn nft(s: &Setup, command: &str) -> Result<()> {
+    s.net.a.run("nft", &[command]).map(drop)
+}
+
+#[test]
+fn default_forwarding_off_fails_for_interfaces_created_later() -> Result<()> {
+    // ip_forward = 1 turned every interface's forwarding on, but interfaces created from
+    // now on (the TUN device, a VM's arriving vif) start from the default.
+    let s = setup("chkdfwd", true, true)?;
+    s.net.a.sysctl("net.ipv4.conf.default.forwarding", "0")?;
+    let outcome = s.check()?;
+    let fail = only_failure(&outcome, "default forwarding")?;
+    check(
+        fail.contains("net.ipv4.conf.default.forwarding = 0"),
+        || fail.into(),
+    )
+}
+
+#[test]
+fn a_forward_chain_that_drops_the_tunnel_fails_until_it_accepts_it() -> Result<()> {
+    let s = setup("chkfwdc", true, true)?;
+    nft(&s, "add table inet filter")?;
+    nft(
+        &s,
+        "add chain inet filter forward { type filter hook forward priority 0; policy drop; }",
+    )?;
+    nft(
+        &s,
+        "add rule inet filter forward ct state established,related accept",
+    )?;
+    let outcome = s.check()?;
+    let fail = only_failure(&outcome, "forward chain inet filter forward")?;
+    check(
+        fail.contains(&format!(
+            "from {} to vif* for 203.0.113.0/29 (its policy drop)",
+            s.iface
+        )),
+        || fail.into(),
+    )?;
+    let fix = format!(
+        "nft insert rule inet filter forward iifname \"{}\" oifname \"vif*\" accept",
+        s.iface
+    );
+    check(outcome.1.contains(&fix), || outcome.1.clone())?;
+    // What the line says to do makes the move's traffic pass.
+    nft(&s, &fix["nft ".len()..])?;
+    nft(
+        &s,
+        &format!(
+            "insert rule inet filter forward iifname \"vif*\" oifname \"{}\" accept",
+            s.iface
+        ),
+    )?;
+    let (code, stdout, _) = s.check()?;
+    check(code == Some(0), || format!("exit {code:?}:\n{stdout}"))?;
+    expect_line(&stdout, "ok", "forward hook").map(drop)
+}
+
+#[test]
+fn an_iptables_nft_drop_on_the_tunnel_interface_fails_naming_the_rule() -> Result<()> {
+    preflight(&["iptables-nft"]);
+    let s = setup("chkipt", true, true)?;
+    s.net.a.run(
+        "iptables-nft",
+        &["-A", "FORWARD", "-o", &s.iface, "-j", "DROP"],
+    )?;
+    let outcome = s.check()?;
+    let fail = only_failure(&outcome, "forward chain ip filter FORWARD")?;
+    check(
+        fail.contains(&format!("rule 'oifname \"{}\" drop'", s.iface)),
+        || fail.into(),
+    )?;
+    let fix = format!(
+        "iptables -t filter -I FORWARD -i vif+ -o {} -j ACCEPT",
+        s.iface
+    );
+    check(outcome.1.contains(&fix), || outcome.1.clone())
+}
+
+#[test]
+fn nft_rules_on_the_fwmark_fail_and_connmark_save_with_restore_warns() -> Result<()> {
+    preflight(&["iptables-nft"]);
+    let s = setup("chknftm", true, true)?;
+    nft(&s, "add table ip mangle2")?;
+    nft(
+        &s,
+        "add chain ip mangle2 pre { type filter hook prerouting priority -100; }",
+    )?;
+    nft(
+        &s,
+        "add rule ip mangle2 pre iifname \"eth9\" meta mark set 0x1",
+    )?;
+    // On the VM interfaces only, so the probe's packets leave the counters as they are.
+    for mode in ["--save-mark", "--restore-mark"] {
+        s.net.a.run(
+            "iptables-nft",
+            &[
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "vif+",
+                "-j",
+                "CONNMARK",
+                mode,
+            ],
+        )?;
+    }
+    let outcome = s.check()?;
+    let fail = only_failure(&outcome, "fwmark 0x1")?;
+    check(
+        fail.contains("nft rule 'iifname \"eth9\" meta mark set 0x1' in ip mangle2 pre"),
+        || fail.into(),
+    )?;
+    expect_line(&outcome.1, "warn", "conntrack mark").and_then(|l| {
+        check(
+            l.contains("-j CONNMARK' in ip mangle PREROUTING") && l.contains("table 201"),
+            || l.into(),
+        )
+    })
+}
+
+#[test]
+fn a_rule_that_takes_marked_replies_elsewhere_fails_the_reply_route() -> Result<()> {
+    let s = setup("chkrt", true, true)?;
+    let _b = s.start_b()?;
+    let mut up = s.net.a.spawn(
+        "up-a",
+        s.net.scratch.path(),
+        VMTUN,
+        &["up", "-c", &s.config],
+    )?;
+    wait_until(WAIT, "A's vmtun up to answer status", || {
+        s.vmtun(&["status"])
+            .is_ok_and(|(code, _, _)| code == Some(0))
+    })?;
+    let (code, stdout, _) = s.vmtun(&["check"])?;
+    check(code == Some(0), || format!("exit {code:?}:\n{stdout}"))?;
+    expect_line(&stdout, "ok", "reply route 203.0.113.0/29").and_then(|l| {
+        check(
+            l.contains("iif lo mark 0x1") && l.contains(&format!("dev {} table 201", s.iface)),
+            || l.into(),
+        )
+    })?;
+    // The host's own policy routing for its VM subnet, before vmtun's rule.
+    s.net
+        .a
+        .ip(&["route", "add", "default", "via", "198.18.0.2"])?;
+    s.net.a.ip(&[
+        "rule",
+        "add",
+        "from",
+        "203.0.113.0/29",
+        "lookup",
+        "main",
+        "priority",
+        "100",
+    ])?;
+    let (code, stdout, stderr) = s.vmtun(&["check"])?;
+    eprintln!("vmtun check: exit {code:?}\n{stdout}{stderr}");
+    check(code == Some(1), || format!("exit {code:?}:\n{stdout}"))?;
+    expect_line(&stdout, "FAIL", "reply route 203.0.113.0/29")
+        .and_then(|l| check(l.contains("-> dev ul0 table 254"), || l.into()))?;
+    up.signal(libc::SIGTERM);
+    let status = up.wait_timeout(WAIT)?;
+    check(status.success(), || format!("A's vmtun up exited {status}"))
+}
+
+#[test]
+fn the_old_hosts_own_blackhole_for_the_subnet_is_reported() -> Result<()> {
+    let s = setup("chkbh", true, true)?;
+    let old =
+        fill(NEW_HOST, &s.iface, &s.a_keys, &s.b_keys).replace("role = \"new\"", "role = \"old\"");
+    s.net.scratch.write("new.toml", &old, 0o600)?;
+    s.net
+        .a
+        .ip(&["route", "add", "blackhole", "203.0.113.0/29"])?;
+    let (_, stdout, _) = s.check()?;
+    expect_line(&stdout, "ok", "main table 203.0.113.0/29").and_then(|l| {
+        check(
+            l.contains("'blackhole 203.0.113.0/29'")
+                && l.contains("vmtun sets it aside while it runs"),
+            || l.into(),
+        )
+    })
+}
+
+#[test]
+fn a_more_specific_route_that_takes_the_subnet_from_the_tunnel_fails_on_the_old_host() -> Result<()>
+{
+    let s = setup("chkold", true, true)?;
+    let old =
+        fill(NEW_HOST, &s.iface, &s.a_keys, &s.b_keys).replace("role = \"new\"", "role = \"old\"");
+    s.net.scratch.write("new.toml", &old, 0o600)?;
+    let _b = s.start_b()?;
+    let mut up = s.net.a.spawn(
+        "up-a",
+        s.net.scratch.path(),
+        VMTUN,
+        &["up", "-c", &s.config],
+    )?;
+    wait_until(WAIT, "A's vmtun up to answer status", || {
+        s.vmtun(&["status"])
+            .is_ok_and(|(code, _, _)| code == Some(0))
+    })?;
+    let (_, stdout, _) = s.vmtun(&["check"])?;
+    expect_line(&stdout, "ok", "subnet route 203.0.113.0/29").and_then(|l| {
+        check(
+            l.contains(&format!("ip route get 203.0.113.0 -> dev {}", s.iface)),
+            || l.into(),
+        )
+    })?;
+    s.net
+        .a
+        .ip(&["route", "add", "203.0.113.0/30", "via", "198.18.0.2"])?;
+    let (code, stdout, stderr) = s.vmtun(&["check"])?;
+    eprintln!("vmtun check: exit {code:?}\n{stdout}{stderr}");
+    check(code == Some(1), || format!("exit {code:?}:\n{stdout}"))?;
+    expect_line(&stdout, "FAIL", "subnet route 203.0.113.0/29")
+        .and_then(|l| check(l.contains("-> dev ul0"), || l.into()))?;
+    up.signal(libc::SIGTERM);
+    let status = up.wait_timeout(WAIT)?;
+    check(status.success(), || format!("A's vmtun up exited {status}"))
+}

@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Migration, Role};
-use crate::netcfg::{Change, DEFAULT_RULE_PRIORITY, Family, NFT_TABLE};
+use crate::netcfg::{Change, DEFAULT_RULE_PRIORITY, Family, NFT_TABLE, RULES_BEFORE_MARK};
 use crate::noise::REJECT_AFTER_TIME;
 
 use super::Mode;
 use super::facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
+use super::ruleset::{Chain, NftFamily};
 use super::verdict::{Checklist, Line};
+use super::{forward, marks, routes};
 
 /// 2024-01-01 00:00:00 UTC: a clock before this is certainly wrong.
 const SANE_CLOCK_AFTER: u64 = 1_704_067_200;
@@ -33,6 +35,14 @@ pub fn evaluate(config: &Config, facts: &Facts, mode: Mode) -> Checklist {
     let mut lines = vec![config_line(config), root(facts), clock(facts.now)];
     lines.push(instance(config, facts, mode));
     lines.extend(facts.forwarding.iter().map(|(f, v)| forwarding(*f, v)));
+    // Setting ip_forward sets the default too: with it off, the forwarding line says it all.
+    let ipv4_forwards = facts
+        .forwarding
+        .iter()
+        .any(|(f, v)| *f == Family::Ipv4 && v.as_deref().map(str::trim) == Ok("1"));
+    if ipv4_forwards {
+        lines.extend(facts.default_forwarding.as_ref().map(default_forwarding));
+    }
     lines.push(match &facts.links {
         Ok(links) => Line::ok("rtnetlink", format!("answers ({} interfaces)", links.len())),
         Err(e) => Line::fail(
@@ -46,10 +56,25 @@ pub fn evaluate(config: &Config, facts: &Facts, mode: Mode) -> Checklist {
     }
     lines.push(tun_name(config, facts));
     if let Some(m) = &config.migration {
+        let tun = &config.interface.name;
         if m.role == Role::New {
             lines.push(bridge(m, facts));
-            lines.extend(policy_routing(m, facts));
         }
+        lines.extend(policy_routing(m, facts));
+        lines.extend(forward::lines(m, tun, &facts.nft, own_nft_table));
+        let routes = facts.main_routes.as_deref().unwrap_or_default();
+        lines.extend(
+            routes
+                .iter()
+                .filter(|r| r.dev.as_deref() != Some(tun.as_str()))
+                .map(routes::main_route_line),
+        );
+        lines.extend(
+            facts
+                .route_probes
+                .iter()
+                .map(|p| routes::route_line(m, tun, p)),
+        );
         if !config.vms.is_empty() {
             lines.push(vm_interfaces(config, m.role, facts));
         }
@@ -156,6 +181,34 @@ fn forwarding(family: Family, value: &Result<String, String>) -> Line {
     }
 }
 
+/// `net.ipv4.conf.default.forwarding`: what the TUN device and a VM's arriving interface get.
+fn default_forwarding(value: &Result<String, String>) -> Line {
+    let key = "net.ipv4.conf.default.forwarding";
+    match value.as_deref().map(str::trim) {
+        Ok("1") => Line::ok("default forwarding", format!("{key} = 1")),
+        Ok(v) => Line::fail(
+            "default forwarding",
+            format!(
+                "{key} = {v}: interfaces created from now on (vmtun's TUN device, a VM's interface when it arrives) do not forward what comes in on them"
+            ),
+            format!(
+                "sysctl -w {key}=1, and put it in /etc/sysctl.d/ to survive a reboot (vmtun never changes it)"
+            ),
+        ),
+        Err(e) => Line::fail(
+            "default forwarding",
+            format!("cannot read {key}: {e}"),
+            "run as root on the host itself",
+        ),
+    }
+}
+
+/// vmtun's own nftables tables (`ip vmtun`, `ip6 vmtun`): the nftables line judges whose they
+/// are; the checks of other users leave them out.
+fn own_nft_table(chain: &Chain) -> bool {
+    matches!(chain.family, NftFamily::Ip | NftFamily::Ip6) && chain.table == NFT_TABLE
+}
+
 fn nftables(config: &Config, facts: &Facts) -> Line {
     let foreign = |tables: &[(Family, String)]| {
         families(config).into_iter().find(|&family| {
@@ -165,7 +218,17 @@ fn nftables(config: &Config, facts: &Facts) -> Line {
                 })
         })
     };
-    match &facts.nft_tables {
+    let tables = facts.nft.as_ref().map(|r| {
+        r.tables
+            .iter()
+            .filter_map(|(f, name)| match f {
+                NftFamily::Ip => Some((Family::Ipv4, name.clone())),
+                NftFamily::Ip6 => Some((Family::Ipv6, name.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    });
+    match &tables {
         Ok(tables) if foreign(tables).is_some() => {
             let family = foreign(tables).unwrap_or_default();
             let table = format!("{} {NFT_TABLE}", family.nft());
@@ -183,7 +246,7 @@ fn nftables(config: &Config, facts: &Facts) -> Line {
         ),
         Err(e) => Line::fail(
             "nftables",
-            format!("cannot list tables: {e}"),
+            format!("cannot read the ruleset: {e}"),
             "run as root; the kernel needs nf_tables (modprobe nf_tables)",
         ),
     }
@@ -292,8 +355,9 @@ fn show_rule(r: &RuleFact) -> String {
     s + "'"
 }
 
-/// Role new: the table, mark and rule priority must be vmtun's alone.
+/// Both roles: the table, mark and rule priorities must be vmtun's alone.
 fn policy_routing(m: &Migration, facts: &Facts) -> Vec<Line> {
+    let first = DEFAULT_RULE_PRIORITY - RULES_BEFORE_MARK;
     let rules = match &facts.rules {
         Ok(rules) => rules,
         Err(e) => {
@@ -311,31 +375,40 @@ fn policy_routing(m: &Migration, facts: &Facts) -> Vec<Line> {
         )
     };
     let foreign: Vec<&RuleFact> = rules.iter().filter(|r| !own_rule(r)).collect();
-    let clash = |what: String, pick: &dyn Fn(&RuleFact) -> bool, fix: &str| {
-        let found: Vec<String> = foreign
-            .iter()
-            .filter(|r| pick(r))
-            .map(|r| show_rule(r))
-            .collect();
-        if found.is_empty() {
-            Line::ok(what, "not used by anything else")
-        } else {
-            Line::fail(what, format!("already used by {}", found.join(", ")), fix)
-        }
-    };
+    let marks = facts
+        .nft
+        .as_ref()
+        .map(|r| marks::mark_users(r, m.fwmark, own_nft_table))
+        .unwrap_or_default();
+    let clash =
+        |what: String, pick: &dyn Fn(&RuleFact) -> bool, nft: &[marks::Found], fix: &str| {
+            let found: Vec<String> = (foreign.iter())
+                .filter(|r| pick(r))
+                .map(|r| show_rule(r))
+                .chain(nft.iter().map(ToString::to_string))
+                .collect();
+            if found.is_empty() {
+                Line::ok(what, "not used by anything else")
+            } else {
+                Line::fail(what, format!("already used by {}", found.join(", ")), fix)
+            }
+        };
     let mut lines = vec![
         clash(
             format!("fwmark {:#x}", m.fwmark),
             &|r| r.fwmark == Some(m.fwmark),
+            &marks.users,
             "set migration.fwmark to a mark nothing else uses, or delete that rule if it is a leftover",
         ),
         clash(
-            format!("rule priority {DEFAULT_RULE_PRIORITY}"),
-            &|r| r.priority == DEFAULT_RULE_PRIORITY,
-            "vmtun's rule priority is fixed: move that rule to another priority",
+            format!("rule priorities {first}-{DEFAULT_RULE_PRIORITY}"),
+            &|r| (first..=DEFAULT_RULE_PRIORITY).contains(&r.priority),
+            &[],
+            "vmtun's rule priorities are fixed: move that rule to another priority",
         ),
     ];
     lines.push(table(m, facts, &foreign));
+    lines.extend(marks::conntrack_line(m, &marks));
     lines
 }
 

@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::check::Mode;
-use crate::check::facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
+use crate::check::facts::{
+    Facts, Handshake, Instance, PeerFact, Port, RouteFact, RouteKind, RuleFact,
+};
+use crate::check::ruleset::{Expr, NftFamily, Ruleset};
 use crate::check::verdict::Verdict;
 use crate::config::Config;
 use crate::netcfg::{Change, Family, FwMark, Rule, TableId};
@@ -45,6 +48,7 @@ fn good() -> Facts {
         root: true,
         now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         forwarding: vec![(Family::Ipv4, Ok("1".into()))],
+        default_forwarding: Some(Ok("1".into())),
         links: Ok(vec!["lo".into(), "br0".into()]),
         rules: Ok(vec![
             RuleFact {
@@ -61,7 +65,9 @@ fn good() -> Facts {
             },
         ]),
         table_routes: Ok(vec![]),
-        nft_tables: Ok(vec![]),
+        main_routes: Ok(vec![]),
+        route_probes: vec![],
+        nft: Ok(Ruleset::default()),
         instance: Instance::NotRunning,
         own: None,
         port: Port::Free,
@@ -154,7 +160,18 @@ fn foreign_rules_on_the_mark_priority_or_table_fail() {
         fwmark: None,
         table: Some(201),
     });
-    assert_eq!(verdict(&f, "rule priority 10000").0, Verdict::Fail);
+    assert_eq!(verdict(&f, "rule priorities 9996-10000").0, Verdict::Fail);
+    // Any of vmtun's priorities, not only the mark rule's.
+    let mut g = good();
+    g.rules.as_mut().unwrap().push(RuleFact {
+        family: Family::Ipv4,
+        priority: 9_997,
+        fwmark: None,
+        table: Some(300),
+    });
+    let (v, detail) = verdict(&g, "rule priorities 9996-10000");
+    assert_eq!(v, Verdict::Fail);
+    assert!(detail.contains("9997: from all lookup 300"), "{detail}");
     assert_eq!(verdict(&f, "table 201").0, Verdict::Fail);
 }
 
@@ -181,6 +198,7 @@ fn an_ipv6_rule_or_route_clashes_too_and_names_its_family() {
     f.table_routes = Ok(vec![RouteFact {
         dest: "::/0".parse().unwrap(),
         dev: Some("eth1".into()),
+        kind: RouteKind::Unicast,
     }]);
     let (v, detail) = verdict(&f, "table 201");
     assert_eq!(v, Verdict::Fail);
@@ -193,6 +211,7 @@ fn a_foreign_route_in_the_table_fails() {
     f.table_routes = Ok(vec![RouteFact {
         dest: "10.0.0.0/8".parse().unwrap(),
         dev: Some("eth1".into()),
+        kind: RouteKind::Unicast,
     }]);
     let (v, detail) = verdict(&f, "table 201");
     assert_eq!(v, Verdict::Fail);
@@ -212,8 +231,12 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
     f.table_routes = Ok(vec![RouteFact {
         dest: "0.0.0.0/0".parse().unwrap(),
         dev: Some("vmtun0".into()),
+        kind: RouteKind::Unicast,
     }]);
-    f.nft_tables = Ok(vec![(Family::Ipv4, "vmtun".into())]);
+    f.nft = Ok(Ruleset {
+        tables: vec![(NftFamily::Ip, "vmtun".into())],
+        chains: vec![],
+    });
     f.links.as_mut().unwrap().push("vmtun0".into());
     f.own = Some(vec![
         Change::Route(crate::netcfg::Route {
@@ -230,13 +253,13 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
     ]);
     f.port = Port::Held;
     f.peers[0].handshake = Handshake::Latest(Some(Duration::from_secs(5)));
-    let status = crate::control::Status {
+    let status = crate::status::Status {
         interface: "vmtun0".into(),
         public_key: String::new(),
         listen_port: 51820,
         peers: vec![],
         drops: Default::default(),
-        busy_poll: crate::control::BusyPollStatus {
+        busy_poll: crate::status::BusyPollStatus {
             window_us: 0,
             spun_ms: 0.0,
             caught: 0,
@@ -260,7 +283,12 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
     // Without the state file, the same objects are someone else's.
     f.own = None;
     let list = evaluate(&new_host(), &f, Mode::Check);
-    for what in ["fwmark 0x1", "rule priority 10000", "table 201", "nftables"] {
+    for what in [
+        "fwmark 0x1",
+        "rule priorities 9996-10000",
+        "table 201",
+        "nftables",
+    ] {
         assert_eq!(
             list.line(what).unwrap().verdict,
             Verdict::Fail,
@@ -358,4 +386,586 @@ fn not_root_fails() {
     let mut f = good();
     f.root = false;
     assert_eq!(verdict(&f, "root").0, Verdict::Fail);
+}
+
+// --- The host's own policy: forwarding default, the forward hook, the mark's other users,
+// routes. Rules are written as the kernel holds them (see ruleset_tests.rs for a real dump).
+
+mod nft {
+    use crate::check::ruleset::{
+        Chain, Expr, HOOK_FORWARD, Hook, NftFamily, Rule, Verdict, ct, meta,
+    };
+
+    fn name_data(name: &str) -> Vec<u8> {
+        match name.strip_suffix('*') {
+            Some(prefix) => prefix.as_bytes().to_vec(),
+            None => {
+                let mut d = name.as_bytes().to_vec();
+                d.resize(16, 0);
+                d
+            }
+        }
+    }
+
+    /// `iifname NAME` (`vif*`: a prefix).
+    pub fn iifname(name: &str) -> Vec<Expr> {
+        vec![
+            Expr::Meta {
+                key: meta::IIFNAME,
+                dreg: Some(0),
+                sreg: None,
+            },
+            Expr::Cmp {
+                sreg: 0,
+                eq: true,
+                data: name_data(name),
+            },
+        ]
+    }
+
+    /// `oifname NAME`.
+    pub fn oifname(name: &str) -> Vec<Expr> {
+        vec![
+            Expr::Meta {
+                key: meta::OIFNAME,
+                dreg: Some(0),
+                sreg: None,
+            },
+            Expr::Cmp {
+                sreg: 0,
+                eq: true,
+                data: name_data(name),
+            },
+        ]
+    }
+
+    /// `ip daddr A.B.C.D/LEN`.
+    pub fn ip_daddr(net: &str) -> Vec<Expr> {
+        let net: ipnet::Ipv4Net = net.parse().unwrap();
+        vec![
+            Expr::Payload {
+                base: 1,
+                offset: 16,
+                len: 4,
+                dreg: 0,
+            },
+            Expr::Bitwise {
+                sreg: 0,
+                dreg: 0,
+                mask: net.netmask().octets().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: 0,
+                eq: true,
+                data: net.network().octets().to_vec(),
+            },
+        ]
+    }
+
+    /// `ct state established,related`.
+    pub fn established() -> Vec<Expr> {
+        vec![
+            Expr::Ct {
+                key: ct::STATE,
+                dreg: Some(0),
+                sreg: None,
+            },
+            Expr::Bitwise {
+                sreg: 0,
+                dreg: 0,
+                mask: 6u32.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: 0,
+                eq: false,
+                data: vec![0; 4],
+            },
+        ]
+    }
+
+    /// `meta mark set VALUE`.
+    pub fn set_mark(value: u32) -> Vec<Expr> {
+        vec![
+            Expr::Immediate {
+                dreg: 0,
+                value: value.to_ne_bytes().to_vec(),
+            },
+            Expr::Meta {
+                key: meta::MARK,
+                dreg: None,
+                sreg: Some(0),
+            },
+        ]
+    }
+
+    /// `meta mark & MASK == VALUE`.
+    pub fn mark_masked(mask: u32, value: u32) -> Vec<Expr> {
+        vec![
+            Expr::Meta {
+                key: meta::MARK,
+                dreg: Some(0),
+                sreg: None,
+            },
+            Expr::Bitwise {
+                sreg: 0,
+                dreg: 0,
+                mask: mask.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: 0,
+                eq: true,
+                data: value.to_ne_bytes().to_vec(),
+            },
+        ]
+    }
+
+    /// `ct mark set meta mark` (save).
+    pub fn save() -> Vec<Expr> {
+        vec![
+            Expr::Meta {
+                key: meta::MARK,
+                dreg: Some(0),
+                sreg: None,
+            },
+            Expr::Ct {
+                key: ct::MARK,
+                dreg: None,
+                sreg: Some(0),
+            },
+        ]
+    }
+
+    /// `meta mark set ct mark` (restore).
+    pub fn restore() -> Vec<Expr> {
+        vec![
+            Expr::Ct {
+                key: ct::MARK,
+                dreg: Some(0),
+                sreg: None,
+            },
+            Expr::Meta {
+                key: meta::MARK,
+                dreg: None,
+                sreg: Some(0),
+            },
+        ]
+    }
+
+    pub fn then(v: Verdict) -> Vec<Expr> {
+        vec![Expr::Verdict(v)]
+    }
+
+    pub fn rule(handle: u64, parts: &[Vec<Expr>]) -> Rule {
+        Rule {
+            handle,
+            exprs: parts.concat(),
+        }
+    }
+
+    /// A chain `family table name`, a base chain on `hook` when given.
+    pub fn chain(
+        family: NftFamily,
+        table: &str,
+        name: &str,
+        hook: Option<u32>,
+        accepts: bool,
+        rules: Vec<Rule>,
+    ) -> Chain {
+        Chain {
+            family,
+            table: table.into(),
+            name: name.into(),
+            hook: hook.map(|num| Hook { num, priority: 0 }),
+            accepts: hook.map(|_| accepts),
+            rules,
+        }
+    }
+
+    /// A base chain on the forward hook.
+    pub fn forward(
+        family: NftFamily,
+        table: &str,
+        name: &str,
+        accepts: bool,
+        rules: Vec<Rule>,
+    ) -> Chain {
+        chain(family, table, name, Some(HOOK_FORWARD), accepts, rules)
+    }
+}
+
+fn with_chains(chains: Vec<crate::check::ruleset::Chain>) -> Facts {
+    let mut f = good();
+    f.nft = Ok(Ruleset {
+        tables: vec![],
+        chains,
+    });
+    f
+}
+
+fn line_of(config: &Config, facts: &Facts, what: &str) -> crate::check::Line {
+    let list = evaluate(config, facts, Mode::Check);
+    list.line(what)
+        .unwrap_or_else(|| panic!("no line {what:?} in\n{list}"))
+        .clone()
+}
+
+#[test]
+fn default_forwarding_off_fails_naming_what_it_breaks() {
+    let mut f = good();
+    f.default_forwarding = Some(Ok("0".into()));
+    let (v, detail) = verdict(&f, "default forwarding");
+    // With ip_forward off too, the forwarding line says it all: setting ip_forward sets
+    // the default as well.
+    let mut both = f.clone();
+    both.forwarding = vec![(Family::Ipv4, Ok("0".into()))];
+    let list = evaluate(&new_host(), &both, Mode::Check);
+    assert!(list.line("default forwarding").is_none(), "{list}");
+    assert_eq!(v, Verdict::Fail);
+    assert!(
+        detail.contains("net.ipv4.conf.default.forwarding = 0"),
+        "{detail}"
+    );
+    assert!(detail.contains("TUN device"), "{detail}");
+}
+
+#[test]
+fn a_forward_chain_with_policy_drop_and_no_accept_for_the_tunnel_fails() {
+    use crate::check::ruleset::Verdict as V;
+    use nft::*;
+    let f = with_chains(vec![forward(
+        NftFamily::Inet,
+        "filter",
+        "forward",
+        false,
+        vec![rule(3, &[established(), then(V::Accept)])],
+    )]);
+    let l = line_of(&new_host(), &f, "forward chain inet filter forward");
+    assert_eq!(l.verdict, Verdict::Fail, "{l:?}");
+    assert!(
+        l.detail
+            .contains("from vmtun0 to vif* for 203.0.113.0/29 (its policy drop)"),
+        "{l:?}"
+    );
+    assert!(
+        l.detail.contains("from vif* to vmtun0 from 203.0.113.0/29"),
+        "{l:?}"
+    );
+    let fix = l.fix.unwrap();
+    assert!(
+        fix.contains(
+            r#"nft insert rule inet filter forward iifname "vmtun0" oifname "vif*" accept"#
+        ),
+        "{fix}"
+    );
+}
+
+#[test]
+fn a_forward_chain_that_accepts_the_tunnel_both_ways_passes() {
+    use crate::check::ruleset::Verdict as V;
+    use nft::*;
+    let f = with_chains(vec![forward(
+        NftFamily::Ip,
+        "filter",
+        "forward",
+        false,
+        vec![
+            rule(2, &[established(), then(V::Accept)]),
+            // Another subnet's drop does not concern the move.
+            rule(3, &[ip_daddr("10.0.0.0/8"), then(V::Drop)]),
+            rule(
+                4,
+                &[
+                    iifname("vmtun0"),
+                    oifname("vif*"),
+                    ip_daddr("203.0.113.0/24"),
+                    then(V::Accept),
+                ],
+            ),
+            rule(5, &[iifname("vif*"), oifname("vmtun0"), then(V::Accept)]),
+        ],
+    )]);
+    let list = evaluate(&new_host(), &f, Mode::Check);
+    assert_eq!(
+        list.line("forward hook").unwrap().verdict,
+        Verdict::Ok,
+        "{list}"
+    );
+    assert!(
+        list.lines.iter().all(|l| l.verdict == Verdict::Ok),
+        "{list}"
+    );
+    // A jump to a chain that accepts is followed.
+    let f = with_chains(vec![
+        forward(
+            NftFamily::Inet,
+            "filter",
+            "forward",
+            false,
+            vec![
+                rule(2, &[iifname("vmtun0"), then(V::Jump("tunnel".into()))]),
+                rule(3, &[oifname("vmtun0"), then(V::Jump("tunnel".into()))]),
+            ],
+        ),
+        chain(
+            NftFamily::Inet,
+            "filter",
+            "tunnel",
+            None,
+            true,
+            vec![rule(9, &[then(V::Accept)])],
+        ),
+    ]);
+    assert_eq!(
+        line_of(&new_host(), &f, "forward hook").verdict,
+        Verdict::Ok
+    );
+}
+
+#[test]
+fn an_iptables_nft_drop_on_the_tunnel_interface_fails_with_an_iptables_fix() {
+    use crate::check::ruleset::Verdict as V;
+    use nft::*;
+    let mut c = new_host();
+    c.migration.as_mut().unwrap().role = crate::config::Role::Old;
+    let f = with_chains(vec![forward(
+        NftFamily::Ip,
+        "filter",
+        "FORWARD",
+        true,
+        vec![rule(
+            2,
+            &[
+                iifname("vmtun0"),
+                vec![Expr::Other("counter".into())],
+                then(V::Drop),
+            ],
+        )],
+    )]);
+    let l = line_of(&c, &f, "forward chain ip filter FORWARD");
+    assert_eq!(l.verdict, Verdict::Fail, "{l:?}");
+    assert!(
+        l.detail.contains(
+            r#"out of vmtun0 from 203.0.113.0/29 (rule 'iifname "vmtun0" drop', handle 2)"#
+        ),
+        "{l:?}"
+    );
+    assert!(!l.detail.contains("into vmtun0"), "{l:?}");
+    assert!(
+        l.fix
+            .unwrap()
+            .contains("iptables -t filter -I FORWARD -i vmtun0 -j ACCEPT"),
+    );
+}
+
+#[test]
+fn a_drop_the_check_cannot_judge_warns() {
+    use crate::check::ruleset::Verdict as V;
+    use nft::*;
+    let lookup = vec![
+        Expr::Payload {
+            base: 1,
+            offset: 12,
+            len: 4,
+            dreg: 0,
+        },
+        Expr::Lookup {
+            sreg: 0,
+            set: "blocked".into(),
+        },
+    ];
+    let f = with_chains(vec![forward(
+        NftFamily::Inet,
+        "filter",
+        "forward",
+        true,
+        vec![rule(7, &[lookup, then(V::Drop)])],
+    )]);
+    let l = line_of(&new_host(), &f, "forward chain inet filter forward");
+    assert_eq!(l.verdict, Verdict::Warn, "{l:?}");
+    assert!(
+        l.detail.contains("rule 'ip saddr @blocked drop', handle 7"),
+        "{l:?}"
+    );
+    // vmtun's own table is not judged here (the nftables line says whose it is).
+    let f = with_chains(vec![forward(
+        NftFamily::Ip,
+        "vmtun",
+        "forward",
+        false,
+        vec![],
+    )]);
+    assert_eq!(
+        line_of(&new_host(), &f, "forward hook").verdict,
+        Verdict::Ok
+    );
+}
+
+#[test]
+fn an_nft_rule_that_sets_or_tests_the_mark_fails_the_fwmark_line() {
+    use nft::*;
+    let mangle = |rules| chain(NftFamily::Ip, "mangle", "PREROUTING", Some(0), true, rules);
+    let f = with_chains(vec![mangle(vec![rule(5, &[set_mark(1)])])]);
+    let (v, detail) = verdict(&f, "fwmark 0x1");
+    assert_eq!(v, Verdict::Fail);
+    assert!(
+        detail.contains("nft rule 'meta mark set 0x1' in ip mangle PREROUTING (handle 5)"),
+        "{detail}"
+    );
+    // `meta mark & 0xff00 == 0x100` tests other bits: no user of 0x1. `& 0xff == 0x1` is.
+    let f = with_chains(vec![mangle(vec![rule(6, &[mark_masked(0xff00, 0x100)])])]);
+    assert_eq!(verdict(&f, "fwmark 0x1").0, Verdict::Ok);
+    let f = with_chains(vec![mangle(vec![rule(6, &[mark_masked(0xff, 0x1)])])]);
+    assert_eq!(verdict(&f, "fwmark 0x1").0, Verdict::Fail);
+    // iptables-nft's `-j MARK --set-mark 1` (xt_mark_tginfo2 { mark, mask }).
+    let target = Expr::Target {
+        name: "MARK".into(),
+        rev: 2,
+        info: [1u32.to_ne_bytes(), u32::MAX.to_ne_bytes()].concat(),
+    };
+    let f = with_chains(vec![mangle(vec![rule(8, &[vec![target]])])]);
+    let (v, detail) = verdict(&f, "fwmark 0x1");
+    assert_eq!(v, Verdict::Fail);
+    assert!(detail.contains("'-j MARK'"), "{detail}");
+    // vmtun's own mark rule is no other user.
+    let f = with_chains(vec![chain(
+        NftFamily::Ip,
+        "vmtun",
+        "prerouting",
+        Some(0),
+        true,
+        vec![rule(4, &[set_mark(1)])],
+    )]);
+    assert_eq!(verdict(&f, "fwmark 0x1").0, Verdict::Ok);
+}
+
+#[test]
+fn connmark_save_and_restore_together_warn() {
+    use nft::*;
+    let mangle = |rules| {
+        chain(
+            NftFamily::Inet,
+            "mangle",
+            "prerouting",
+            Some(0),
+            true,
+            rules,
+        )
+    };
+    let f = with_chains(vec![mangle(vec![
+        rule(2, &[restore()]),
+        rule(3, &[save()]),
+    ])]);
+    let list = evaluate(&new_host(), &f, Mode::Check);
+    let l = list.line("conntrack mark").expect("a conntrack mark line");
+    assert_eq!(l.verdict, Verdict::Warn);
+    assert!(
+        l.detail
+            .contains("'ct mark set meta mark' in inet mangle prerouting (handle 3) saves"),
+        "{l:?}"
+    );
+    assert!(
+        l.detail
+            .contains("'meta mark set ct mark' in inet mangle prerouting (handle 2) restores"),
+        "{l:?}"
+    );
+    assert!(list.passed());
+    // A restore alone carries nothing of vmtun's.
+    let f = with_chains(vec![mangle(vec![rule(2, &[restore()])])]);
+    assert!(
+        evaluate(&new_host(), &f, Mode::Check)
+            .line("conntrack mark")
+            .is_none()
+    );
+}
+
+fn probe(dev: &str, table: u32) -> crate::check::RouteProbe {
+    crate::check::RouteProbe {
+        query: "ip route get 198.51.100.1 from 203.0.113.2 iif br0 mark 0x1".into(),
+        subnet: "203.0.113.0/29".parse().unwrap(),
+        answer: Ok(crate::check::RouteAnswer {
+            dev: Some(dev.into()),
+            table: Some(table),
+            kind: RouteKind::Unicast,
+        }),
+    }
+}
+
+#[test]
+fn a_marked_reply_must_be_routed_into_the_tunnel() {
+    let mut f = good();
+    f.route_probes = vec![probe("vmtun0", 201)];
+    let (v, detail) = verdict(&f, "reply route 203.0.113.0/29");
+    assert_eq!(v, Verdict::Ok);
+    assert!(detail.ends_with("-> dev vmtun0 table 201"), "{detail}");
+    f.route_probes = vec![probe("eth0", 254)];
+    let (v, detail) = verdict(&f, "reply route 203.0.113.0/29");
+    assert_eq!(v, Verdict::Fail);
+    assert!(detail.contains("does not go through vmtun0"), "{detail}");
+    assert!(detail.ends_with("-> dev eth0 table 254"), "{detail}");
+}
+
+#[test]
+fn the_old_hosts_own_route_for_a_subnet_is_reported_not_failed() {
+    let mut c = new_host();
+    c.migration.as_mut().unwrap().role = crate::config::Role::Old;
+    let mut f = good();
+    f.main_routes = Ok(vec![RouteFact {
+        dest: "203.0.113.0/29".parse().unwrap(),
+        dev: None,
+        kind: RouteKind::Blackhole,
+    }]);
+    let l = line_of(&c, &f, "main table 203.0.113.0/29");
+    assert_eq!(l.verdict, Verdict::Ok);
+    assert!(l.detail.contains("'blackhole 203.0.113.0/29'"), "{l:?}");
+    assert!(
+        l.detail.contains("vmtun sets it aside while it runs"),
+        "{l:?}"
+    );
+}
+
+#[test]
+fn route_queries_stand_for_the_moves_packets() {
+    use crate::check::routes::queries;
+    let c = new_host();
+    let q = queries(&c, &["lo".into(), "br0".into()]);
+    assert_eq!(q.len(), 1);
+    // No VM interface yet: lo stands in for it.
+    assert_eq!(
+        q[0].text(),
+        "ip route get 198.51.100.1 from 203.0.113.2 iif lo mark 0x1"
+    );
+    let q = queries(&c, &["vif0".into(), "br0".into()]);
+    assert_eq!(q[0].from.as_ref().unwrap().1, "vif0");
+    let mut old = new_host();
+    old.migration.as_mut().unwrap().role = crate::config::Role::Old;
+    assert_eq!(queries(&old, &[])[0].text(), "ip route get 203.0.113.0");
+}
+
+#[test]
+fn on_the_old_host_the_subnet_must_be_routed_into_the_tunnel() {
+    let mut c = new_host();
+    c.migration.as_mut().unwrap().role = crate::config::Role::Old;
+    let mut f = good();
+    let mut p = probe("vmtun0", 254);
+    p.query = "ip route get 203.0.113.0".into();
+    f.route_probes = vec![p.clone()];
+    assert_eq!(
+        line_of(&c, &f, "subnet route 203.0.113.0/29").verdict,
+        Verdict::Ok
+    );
+    p.answer = Ok(crate::check::RouteAnswer {
+        dev: None,
+        table: Some(254),
+        kind: RouteKind::Blackhole,
+    });
+    f.route_probes = vec![p];
+    let l = line_of(&c, &f, "subnet route 203.0.113.0/29");
+    assert_eq!(l.verdict, Verdict::Fail);
+    assert!(
+        l.detail.ends_with("-> blackhole no device table 254"),
+        "{l:?}"
+    );
 }

@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use crate::control::Status;
 use crate::netcfg::{Change, Family};
 
+use super::ruleset::Ruleset;
+
 /// A policy rule found on the host (`ip rule`), reduced to what can clash with vmtun's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleFact {
@@ -22,13 +24,64 @@ pub struct RuleFact {
     pub table: Option<u32>,
 }
 
-/// A route found in the migration's routing table.
+/// A route's type (`rtm_type`), as `ip route` prints it before the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// A route that forwards (`ip route` prints no type).
+    Unicast,
+    /// `blackhole`: dropped silently.
+    Blackhole,
+    /// `unreachable`: dropped with ICMP host unreachable.
+    Unreachable,
+    /// `prohibit`: dropped with ICMP administratively prohibited.
+    Prohibit,
+    /// Another type (local, broadcast...).
+    Other,
+}
+
+impl std::fmt::Display for RouteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unicast => "unicast",
+            Self::Blackhole => "blackhole",
+            Self::Unreachable => "unreachable",
+            Self::Prohibit => "prohibit",
+            Self::Other => "other",
+        })
+    }
+}
+
+/// A route found in the migration's routing table, or the main table's route for a subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteFact {
     /// Its destination prefix.
     pub dest: IpNet,
     /// Its output interface, if named.
     pub dev: Option<String>,
+    /// Its type.
+    pub kind: RouteKind,
+}
+
+/// The kernel's answer to one route lookup (`ip route get`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAnswer {
+    /// The output interface.
+    pub dev: Option<String>,
+    /// The table the route came from.
+    pub table: Option<u32>,
+    /// The route's type.
+    pub kind: RouteKind,
+}
+
+/// One route lookup the move depends on, asked while vmtun runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteProbe {
+    /// What was asked, in `ip route get` words.
+    pub query: String,
+    /// The subnet it is about.
+    pub subnet: IpNet,
+    /// The kernel's answer, or its error.
+    pub answer: Result<RouteAnswer, String>,
 }
 
 /// Whether a `vmtun up` for this config runs now.
@@ -96,14 +149,22 @@ pub struct Facts {
     pub now: SystemTime,
     /// The forwarding sysctl of each family the move needs, as read.
     pub forwarding: Vec<(Family, Result<String, String>)>,
+    /// `net.ipv4.conf.default.forwarding`, which interfaces created later (the TUN device, a
+    /// VM's arriving interface) start with, when the move has an IPv4 subnet.
+    pub default_forwarding: Option<Result<String, String>>,
     /// Interface names (an rtnetlink dump).
     pub links: Result<Vec<String>, String>,
     /// Policy rules of each family the move needs.
     pub rules: Result<Vec<RuleFact>, String>,
     /// Routes in the migration table (role new), of each family the move needs.
     pub table_routes: Result<Vec<RouteFact>, String>,
-    /// The `ip` and `ip6` family nftables tables (a netfilter netlink dump).
-    pub nft_tables: Result<Vec<(Family, String)>, String>,
+    /// Role old: the main table's routes whose prefix is one of the subnets.
+    pub main_routes: Result<Vec<RouteFact>, String>,
+    /// The route lookups the move depends on (asked only while this config's vmtun runs:
+    /// its rule and routes come with it).
+    pub route_probes: Vec<RouteProbe>,
+    /// Every nftables table, chain and rule (a netfilter netlink dump).
+    pub nft: Result<Ruleset, String>,
     /// Whether this config's vmtun runs.
     pub instance: Instance,
     /// The host changes recorded in this config's state file: vmtun's own objects

@@ -1,18 +1,21 @@
 //! The I/O half of the checks: reads the host into [`Facts`] and changes nothing. The
-//! listen port is bound only for the handshake probe and released when it ends.
+//! listen port is bound only for the handshake probe and released when it ends; route
+//! lookups (`ip route get`) and netlink dumps only read.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, Role};
+use crate::config::Config;
 use crate::control::{self, Paths};
-use crate::netcfg::State;
+use crate::netcfg::{Family, State};
 
 use super::evaluate::families;
 use super::facts::{Facts, Handshake, Instance, PeerFact, Port};
-use super::netlink;
+use super::netlink::{self, Wanted};
 use super::probe;
+use super::routes;
+use super::ruleset::Ruleset;
 
 /// Reads everything [`super::evaluate::evaluate`] judges, in the calling thread's network
 /// namespace.
@@ -24,19 +27,30 @@ pub fn gather(config: &Config) -> Facts {
         .iter()
         .map(|f| (*f, read_sysctl(&f.forwarding().to_string())))
         .collect();
-    let table = config
-        .migration
-        .as_ref()
-        .filter(|m| m.role == Role::New)
-        .map(|m| m.table);
-    let dumps = netlink::route_dumps(&families, table);
-    let nft_tables = match config.migration {
-        Some(_) => netlink::nft_tables().map_err(|e| e.to_string()),
-        None => Ok(Vec::new()),
+    let default_forwarding = families
+        .contains(&Family::Ipv4)
+        .then(|| read_sysctl("net.ipv4.conf.default.forwarding"));
+    let migration = config.migration.as_ref();
+    let dumps = netlink::route_dumps(&Wanted {
+        families: &families,
+        table: migration.map(|m| m.table),
+        main_subnets: migration.map_or(&[], |m| &m.subnets),
+    });
+    let nft = match migration {
+        Some(_) => netlink::nft_ruleset().map_err(|e| e.to_string()),
+        None => Ok(Ruleset::default()),
     };
     let instance = match control::status(config) {
         Ok(status) => Instance::Running(Box::new(status)),
         Err(_) => Instance::NotRunning,
+    };
+    // vmtun's rule and routes exist only while it runs: before, there is nothing to ask.
+    let route_probes = match (&instance, &dumps.links) {
+        (Instance::Running(_), Ok(links)) => {
+            let names: Vec<String> = links.values().cloned().collect();
+            netlink::route_lookups(&routes::queries(config, &names))
+        }
+        _ => Vec::new(),
     };
     let (port, peers) = match &instance {
         Instance::Running(status) => (Port::Held, from_status(config, status)),
@@ -46,10 +60,13 @@ pub fn gather(config: &Config) -> Facts {
         root,
         now: SystemTime::now(),
         forwarding,
+        default_forwarding,
         links: dumps.links.map(|l| l.into_values().collect()),
         rules: dumps.rules,
         table_routes: dumps.table_routes,
-        nft_tables,
+        main_routes: dumps.main_routes,
+        route_probes,
+        nft,
         instance,
         own: own_changes(config),
         port,

@@ -2,24 +2,35 @@
 //! prints one line per prerequisite of `up` and of the move (ok / warn / FAIL, with what to
 //! do about a problem); `up --dry-run` runs it before printing its plan.
 //!
-//! Sans-IO in shape: [`gather`] reads the host into plain [`Facts`] (netlink dumps, one
-//! sysctl, the running instance's status, a bind of the listen port and one handshake
-//! initiation through the protocol core), and [`evaluate`] turns facts into a
-//! [`Checklist`] in pure, unit-tested code.
+//! Sans-IO in shape: [`gather`] reads the host into plain [`Facts`] (rtnetlink dumps and,
+//! while vmtun runs, route lookups; the nftables ruleset over netfilter netlink; the
+//! forwarding sysctls; the running instance's status; a bind of the listen port and one
+//! handshake initiation through the protocol core), and [`evaluate`] turns facts into a
+//! [`Checklist`] in pure, unit-tested code: `forward` walks the forward hook's chains,
+//! `marks` finds the fwmark's other users, `routes` judges the move's routes.
 
 mod evaluate;
 mod facts;
+mod forward;
 mod gather;
+mod marks;
 mod netlink;
+mod nft_text;
 mod probe;
+pub(crate) mod routes;
+mod ruleset;
 mod verdict;
 
 use std::path::Path;
 
 pub use evaluate::evaluate;
-pub use facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
+pub use facts::{
+    Facts, Handshake, Instance, PeerFact, Port, RouteAnswer, RouteFact, RouteKind, RouteProbe,
+    RuleFact,
+};
 pub use gather::gather;
 pub use probe::PROBE_WAIT;
+pub use ruleset::Ruleset;
 pub use verdict::{Checklist, Line, Verdict};
 
 use crate::config::Config;

@@ -1,22 +1,26 @@
 //! Read-only netlink dumps for the checks: interfaces, each family's policy rules and a
-//! table's routes over rtnetlink, and the `ip` family's nftables tables over netfilter netlink.
+//! table's routes over rtnetlink, and the nftables ruleset over netfilter netlink.
 //! Nothing here sends anything but dump requests.
 
 use std::collections::HashMap;
-use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::net::IpAddr;
 
 use futures_util::TryStreamExt as _;
 use ipnet::IpNet;
 use rtnetlink::IpVersion;
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use rtnetlink::packet_route::rule::RuleAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType,
+};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
 
-use super::facts::{RouteFact, RuleFact};
-use crate::netcfg::Family;
+use super::facts::{RouteAnswer, RouteFact, RouteKind, RouteProbe, RuleFact};
+use super::routes::RouteQuery;
+use super::ruleset::Ruleset;
+use crate::netcfg::{Cause, Family, NfSock};
 
-/// What the rtnetlink dumps found: interface names by index, rules, routes of one table.
+/// What the rtnetlink dumps found: interface names by index, rules, routes of one table, the
+/// main table's routes for the subnets, and the answers to route lookups.
 pub struct RouteDumps {
     /// Interface names by index.
     pub links: Result<HashMap<u32, String>, String>,
@@ -24,16 +28,30 @@ pub struct RouteDumps {
     pub rules: Result<Vec<RuleFact>, String>,
     /// Routes of those families in the table asked for.
     pub table_routes: Result<Vec<RouteFact>, String>,
+    /// The main table's routes whose prefix is one of the subnets asked for.
+    pub main_routes: Result<Vec<RouteFact>, String>,
 }
 
-/// Dumps links, and the rules and the routes of `table` of each of `families`, in the
-/// calling thread's network namespace.
-pub fn route_dumps(families: &[Family], table: Option<u32>) -> RouteDumps {
+/// What to read besides links: each of `families`' rules, the routes of `table`, the main
+/// table's routes for `main_subnets`.
+pub struct Wanted<'a> {
+    /// The families the move needs.
+    pub families: &'a [Family],
+    /// The migration table (role new).
+    pub table: Option<u32>,
+    /// The subnets whose own route in the main table is looked for (role old).
+    pub main_subnets: &'a [IpNet],
+}
+
+/// Dumps what `wanted` names, in the calling thread's network namespace.
+pub fn route_dumps(wanted: &Wanted) -> RouteDumps {
     let failed = |e: String| RouteDumps {
         links: Err(e.clone()),
         rules: Err(e.clone()),
-        table_routes: Err(e),
+        table_routes: Err(e.clone()),
+        main_routes: Err(e),
     };
+    let families = wanted.families;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -51,13 +69,7 @@ pub fn route_dumps(families: &[Family], table: Option<u32>) -> RouteDumps {
             .link()
             .get()
             .execute()
-            .map_ok(|m| {
-                let name = m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                });
-                (m.header.index, name.unwrap_or_default())
-            })
+            .map_ok(|m| (m.header.index, link_name(&m)))
             .try_collect()
             .await
             .map_err(|e| e.to_string());
@@ -71,7 +83,7 @@ pub fn route_dumps(families: &[Family], table: Option<u32>) -> RouteDumps {
         }
         let names = links.clone().unwrap_or_default();
         let mut table_routes = Ok(Vec::new());
-        if let Some(table) = table {
+        if let Some(table) = wanted.table {
             for &family in families {
                 let found = dump_table(&handle, family, table, &names).await;
                 table_routes = table_routes.and_then(|mut all: Vec<RouteFact>| {
@@ -80,12 +92,118 @@ pub fn route_dumps(families: &[Family], table: Option<u32>) -> RouteDumps {
                 });
             }
         }
+        let mut main_routes = Ok(Vec::new());
+        for family in Family::all_of(wanted.main_subnets) {
+            let found = dump_table(&handle, family, MAIN_TABLE, &names).await;
+            main_routes = main_routes.and_then(|mut all: Vec<RouteFact>| {
+                all.extend(
+                    found?
+                        .into_iter()
+                        .filter(|r| wanted.main_subnets.contains(&r.dest)),
+                );
+                Ok(all)
+            });
+        }
         RouteDumps {
             links,
             rules,
             table_routes,
+            main_routes,
         }
     })
+}
+
+/// `RT_TABLE_MAIN`.
+const MAIN_TABLE: u32 = 254;
+
+/// Asks the kernel each of `queries` (`ip route get`), in the calling thread's network
+/// namespace. A lookup changes nothing.
+pub fn route_lookups(queries: &[RouteQuery]) -> Vec<RouteProbe> {
+    let answers = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let names: HashMap<u32, String> = handle
+                .link()
+                .get()
+                .execute()
+                .map_ok(|m| (m.header.index, link_name(&m)))
+                .try_collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut answers = Vec::new();
+            for q in queries {
+                answers.push(lookup(&handle, q, &names).await);
+            }
+            Ok::<_, String>(answers)
+        }),
+        Err(e) => Err(e.to_string()),
+    };
+    queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| RouteProbe {
+            query: q.text(),
+            subnet: q.subnet,
+            answer: match &answers {
+                Ok(a) => a[i].clone(),
+                Err(e) => Err(e.clone()),
+            },
+        })
+        .collect()
+}
+
+async fn lookup(
+    handle: &rtnetlink::Handle,
+    q: &RouteQuery,
+    names: &HashMap<u32, String>,
+) -> Result<RouteAnswer, String> {
+    let host = |a: IpAddr| if a.is_ipv4() { 32 } else { 128 };
+    let mut builder = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(q.dst, host(q.dst))
+        .map_err(|e| e.to_string())?;
+    if let Some((src, iif)) = &q.from {
+        let index = (names.iter())
+            .find(|(_, n)| *n == iif)
+            .map(|(i, _)| *i)
+            .ok_or_else(|| format!("no interface {iif}"))?;
+        builder = builder
+            .source_prefix(*src, host(*src))
+            .map_err(|e| e.to_string())?
+            .input_interface(index);
+    }
+    if let Some(mark) = q.mark {
+        builder = builder.mark(mark);
+    }
+    let mut msg = builder.build();
+    msg.header.flags |= RouteFlags::LookupTable;
+    let found: Vec<RouteMessage> = handle
+        .route()
+        .get(msg)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let m = found.first().ok_or("no answer")?;
+    let fact = route_fact(m, names);
+    Ok(RouteAnswer {
+        dev: fact.dev,
+        table: Some(table_of(m)).filter(|t| *t != 0),
+        kind: fact.kind,
+    })
+}
+
+fn link_name(m: &LinkMessage) -> String {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 async fn dump_rules(handle: &rtnetlink::Handle, family: Family) -> Result<Vec<RuleFact>, String> {
@@ -111,6 +229,10 @@ async fn dump_rules(handle: &rtnetlink::Handle, family: Family) -> Result<Vec<Ru
                     RuleAttribute::Table(t) => r.table = Some(*t),
                     _ => {}
                 }
+            }
+            // Only a `lookup` rule has a table; an `unreachable` one is listed with main's.
+            if m.header.action != RuleAction::ToTable {
+                r.table = None;
             }
             r
         })
@@ -170,102 +292,45 @@ fn route_fact(m: &RouteMessage, names: &HashMap<u32, String>) -> RouteFact {
             _ => {}
         }
     }
-    RouteFact { dest, dev }
+    let kind = match m.header.kind {
+        RouteType::Unicast => RouteKind::Unicast,
+        RouteType::BlackHole => RouteKind::Blackhole,
+        RouteType::Unreachable => RouteKind::Unreachable,
+        RouteType::Prohibit => RouteKind::Prohibit,
+        _ => RouteKind::Other,
+    };
+    RouteFact { dest, dev, kind }
 }
 
 /// `struct nlmsghdr` + `struct nfgenmsg`.
 const NFT_REQUEST_LEN: usize = 16 + 4;
-/// `NFTA_TABLE_NAME`.
-const NFTA_TABLE_NAME: u16 = 1;
-/// `NFT_MSG_NEWTABLE`: the type of each table in a dump's reply.
-const NFT_MSG_NEWTABLE: u16 = 0;
 
-/// The `ip` and `ip6` families' nftables tables (others are not vmtun's kind): proves
-/// netfilter netlink is usable.
-pub fn nft_tables() -> io::Result<Vec<(Family, String)>> {
-    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// Every nftables table, chain and rule, of every family (a dump of each over netfilter
+/// netlink): proves netfilter netlink is usable, and is what the checks of the forward hook
+/// and of the fwmark's other users read.
+pub fn nft_ruleset() -> Result<Ruleset, Cause> {
+    let mut sock = NfSock::open().map_err(|e| Cause::from_io(&e))?;
+    let mut messages = Vec::new();
+    for (seq, what) in [
+        libc::NFT_MSG_GETTABLE,
+        libc::NFT_MSG_GETCHAIN,
+        libc::NFT_MSG_GETRULE,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = [0u8; NFT_REQUEST_LEN];
+        let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | what as u16;
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        req[0..4].copy_from_slice(&(NFT_REQUEST_LEN as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&ty.to_ne_bytes());
+        req[6..8].copy_from_slice(&flags.to_ne_bytes());
+        req[8..12].copy_from_slice(&(seq as u32 + 1).to_ne_bytes());
+        req[16] = libc::NFPROTO_UNSPEC as u8;
+        sock.send(&req).map_err(|e| Cause::from_io(&e))?;
+        messages.extend(sock.dump()?);
     }
-    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut req = [0u8; NFT_REQUEST_LEN];
-    let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | libc::NFT_MSG_GETTABLE as u16;
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req[0..4].copy_from_slice(&(NFT_REQUEST_LEN as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&ty.to_ne_bytes());
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    req[16] = libc::NFPROTO_UNSPEC as u8;
-    // SAFETY: req is valid for its length; a netlink socket sends to the kernel by default.
-    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut names = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: buf is ours and its length is passed.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut data = &buf[..n as usize];
-        while data.len() >= 16 {
-            let len = (u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize)
-                .clamp(16, data.len());
-            let ty = u16::from_ne_bytes([data[4], data[5]]);
-            let msg = &data[..len];
-            match ty {
-                t if t == libc::NLMSG_DONE as u16 => return Ok(names),
-                t if t == libc::NLMSG_ERROR as u16 => {
-                    let code = msg
-                        .get(16..20)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                }
-                t if t & 0xff == NFT_MSG_NEWTABLE => {
-                    // The nfgenmsg after the netlink header starts with the family.
-                    let family = match msg.get(16).map(|f| i32::from(*f)) {
-                        Some(libc::NFPROTO_IPV4) => Family::Ipv4,
-                        Some(libc::NFPROTO_IPV6) => Family::Ipv6,
-                        _ => {
-                            data = data.get((len + 3) & !3..).unwrap_or(&[]);
-                            continue;
-                        }
-                    };
-                    let name = table_name(msg.get(NFT_REQUEST_LEN..).unwrap_or(&[]));
-                    names.extend(name.map(|n| (family, n)));
-                }
-                _ => {}
-            }
-            data = data.get((len + 3) & !3..).unwrap_or(&[]);
-        }
-    }
-}
-
-/// `NFTA_TABLE_NAME` among a table message's attributes.
-fn table_name(mut attrs: &[u8]) -> Option<String> {
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if ty == NFTA_TABLE_NAME {
-            let value = &attrs[4..len];
-            let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
-            return Some(String::from_utf8_lossy(&value[..end]).into_owned());
-        }
-        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
-    }
-    None
+    Ok(Ruleset::from_messages(
+        messages.iter().map(|m| m.bytes.as_slice()),
+    ))
 }

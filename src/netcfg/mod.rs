@@ -43,13 +43,15 @@ pub use change::{
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};
 pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_state_file};
+pub(crate) use nfsock::NfSock;
 pub use nft::{
     MarkRemoval, MarkRemover, add_subnet_to_set, native_subnets, remove_mark_rule, switched_subnets,
 };
 pub use ops::NetOps;
 pub use plan::{
     DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_FORWARD_CHAIN, NFT_NATIVE_SET, NFT_SWITCHED_SET,
-    NFT_TABLE, NewParams, OldParams, Role, TunnelParams, VM_GATEWAY6, plan, vif_up,
+    NFT_TABLE, NewParams, OldParams, RULES_BEFORE_MARK, Role, TunnelParams, VM_GATEWAY6, plan,
+    vif_up,
 };
 pub use prereq::check_prerequisites;
 pub use system::SystemOps;

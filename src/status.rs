@@ -1,0 +1,163 @@
+//! What a running instance answers, and the requests that ask it: the control socket's
+//! messages and the status snapshot `vmtun status` prints. The driver builds the replies and
+//! `control` carries them; both use these types, so neither needs the other's.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::migration::MigrationStatus;
+
+/// What a client asks a running instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Request {
+    /// A [`Status`] snapshot.
+    Status,
+    /// Stop and undo everything.
+    Down,
+    /// Role new: remove the mark rule now.
+    Cutover,
+}
+
+impl Request {
+    /// Parses a request line.
+    pub fn parse(line: &str) -> Option<Self> {
+        match line.trim() {
+            "status" => Some(Self::Status),
+            "down" => Some(Self::Down),
+            "cutover" => Some(Self::Cutover),
+            _ => None,
+        }
+    }
+
+    /// The request as the line sent on the socket.
+    pub(crate) fn line(self) -> &'static str {
+        match self {
+            Self::Status => "status\n",
+            Self::Down => "down\n",
+            Self::Cutover => "cutover\n",
+        }
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    /// The request was carried out; a status request gets the snapshot.
+    Ok(Option<Box<Status>>),
+    /// The request failed; the text says why.
+    Error(String),
+}
+
+/// A running instance's state, as `vmtun status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// TUN device name.
+    pub interface: String,
+    /// This host's public key.
+    pub public_key: String,
+    /// UDP port.
+    pub listen_port: u16,
+    /// One entry per configured peer.
+    pub peers: Vec<PeerStatus>,
+    /// Datagrams dropped before they could be tied to a peer, by reason.
+    pub drops: BTreeMap<String, u64>,
+    /// What busy polling has cost and saved.
+    pub busy_poll: BusyPollStatus,
+    /// The move's state, when the config has `[migration]`.
+    pub migration: Option<MigrationStatus>,
+}
+
+/// Busy polling in a [`Status`]: the operator's view of the CPU it spends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BusyPollStatus {
+    /// The configured window (0: off).
+    pub window_us: u64,
+    /// Wall time spent spinning so far, in milliseconds.
+    pub spun_ms: f64,
+    /// Spins that ended with traffic: wake-ups saved.
+    pub caught: u64,
+    /// Spins cut short by the CPU budget.
+    pub over_budget: u64,
+}
+
+/// One peer in a [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its public key.
+    pub public_key: String,
+    /// Where its packets come from (configured or learned).
+    pub endpoint: Option<String>,
+    /// Its cryptokey routes.
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the last completed handshake, if any.
+    pub last_handshake_secs: Option<f64>,
+    /// Bytes received (payload of authenticated messages).
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Packets from or for this peer that were dropped, by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+fn drops_line(drops: &BTreeMap<String, u64>) -> String {
+    let total: u64 = drops.values().sum();
+    let parts: Vec<String> = drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if parts.is_empty() {
+        format!("{total}")
+    } else {
+        format!("{total} ({})", parts.join(", "))
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "interface: {}", self.interface)?;
+        writeln!(f, "  public key: {}", self.public_key)?;
+        writeln!(f, "  listening port: {}", self.listen_port)?;
+        writeln!(f, "  dropped (no peer): {}", drops_line(&self.drops))?;
+        let b = &self.busy_poll;
+        match b.window_us {
+            0 => writeln!(f, "  busy polling: off")?,
+            w => writeln!(
+                f,
+                "  busy polling: {w} us window; spun {:.1} ms, caught {} wake-ups, {} spins cut by the CPU budget",
+                b.spun_ms, b.caught, b.over_budget
+            )?,
+        }
+        for p in &self.peers {
+            writeln!(f, "\npeer: {}", p.public_key)?;
+            writeln!(
+                f,
+                "  endpoint: {}",
+                p.endpoint.as_deref().unwrap_or("(none yet)")
+            )?;
+            writeln!(f, "  allowed ips: {}", p.allowed_ips.join(", "))?;
+            match p.last_handshake_secs {
+                Some(s) => writeln!(f, "  latest handshake: {s:.1} s ago")?,
+                None => writeln!(f, "  latest handshake: never")?,
+            }
+            writeln!(
+                f,
+                "  transfer: {} B received ({} packets), {} B sent ({} packets)",
+                p.rx_bytes, p.rx_packets, p.tx_bytes, p.tx_packets
+            )?;
+            writeln!(f, "  dropped: {}", drops_line(&p.drops))?;
+        }
+        if let Some(m) = &self.migration {
+            write!(f, "\n{m}")?;
+        }
+        Ok(())
+    }
+}
