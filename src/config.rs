@@ -229,7 +229,7 @@ impl Config {
     /// subnet's family cannot serve a VM still on this host after the provider's switch,
     /// since the new host then forwards its clients' packets (any source) through the
     /// tunnel, and its own traffic (any destination) must go back through it.
-    pub fn caveats(&self) -> Vec<String> {
+    pub fn caveats(&self) -> Vec<Caveat> {
         let Some(m) = self.migration.as_ref().filter(|m| m.role == Role::Old) else {
             return Vec::new();
         };
@@ -245,14 +245,29 @@ impl Config {
                     .any(|n| n.addr().is_ipv4() == every.addr().is_ipv4())
                     && !self.peers[i].allowed_ips.contains(every)
             })
-            .map(|every| {
-                format!(
+            .map(|every| Caveat {
+                problem: format!(
                     "peer[{i}].allowed_ips lacks {every}: a VM still on this host after the \
-                     provider's switch will be cut off; add {every}, or move every VM before \
-                     the switch"
-                )
+                     provider's switch will be cut off"
+                ),
+                fix: format!("add {every}, or move every VM before the switch"),
             })
             .collect()
+    }
+}
+
+/// Something a valid config cannot do, and what to change ([`Config::caveats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caveat {
+    /// What will not work.
+    pub problem: String,
+    /// What to change.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Caveat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.problem, self.fix)
     }
 }
 
@@ -656,8 +671,9 @@ addresses = ["203.0.113.2"]
     #[test]
     fn role_old_without_every_address_warns_about_vms_left_behind() {
         let narrow = parse(&good()).unwrap();
+        let caveats: Vec<String> = narrow.caveats().iter().map(|c| c.to_string()).collect();
         assert_eq!(
-            narrow.caveats(),
+            caveats,
             [
                 "peer[0].allowed_ips lacks 0.0.0.0/0: a VM still on this host after the \
               provider's switch will be cut off; add 0.0.0.0/0, or move every VM before the \
@@ -668,7 +684,7 @@ addresses = ["203.0.113.2"]
             r#"allowed_ips = ["100.64.0.2/32", "203.0.113.0/29"]"#,
             r#"allowed_ips = ["0.0.0.0/0"]"#,
         );
-        assert_eq!(parse(&wide).unwrap().caveats(), Vec::<String>::new());
+        assert_eq!(parse(&wide).unwrap().caveats(), []);
     }
 
     /// Each bad config must fail with one line that names the field.

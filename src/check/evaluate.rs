@@ -32,7 +32,14 @@ pub fn families(config: &Config) -> Vec<Family> {
 
 /// Judges `facts` about the host for `config`.
 pub fn evaluate(config: &Config, facts: &Facts, mode: Mode) -> Checklist {
-    let mut lines = vec![config_line(config), root(facts), clock(facts.now)];
+    let mut lines = vec![config_line(config)];
+    lines.extend(
+        config
+            .caveats()
+            .into_iter()
+            .map(|c| Line::warn("config", c.problem, c.fix)),
+    );
+    lines.extend([root(facts), clock(facts.now)]);
     lines.push(instance(config, facts, mode));
     lines.extend(facts.forwarding.iter().map(|(f, v)| forwarding(*f, v)));
     // Setting ip_forward sets the default too: with it off, the forwarding line says it all.

@@ -969,3 +969,20 @@ fn on_the_old_host_the_subnet_must_be_routed_into_the_tunnel() {
         "{l:?}"
     );
 }
+
+#[test]
+fn an_old_host_that_cannot_serve_vms_left_behind_warns() {
+    let mut c = new_host();
+    c.migration.as_mut().unwrap().role = crate::config::Role::Old;
+    c.peers[0].allowed_ips = vec![
+        "100.64.0.1/32".parse().unwrap(),
+        "203.0.113.0/29".parse().unwrap(),
+    ];
+    let list = evaluate(&c, &good(), Mode::Check);
+    let warning = list
+        .lines
+        .iter()
+        .find(|l| l.verdict == Verdict::Warn && l.detail.contains("lacks 0.0.0.0/0"))
+        .unwrap_or_else(|| panic!("no warning about VMs left behind in\n{list}"));
+    assert_eq!(warning.what, "config");
+}
