@@ -10,11 +10,12 @@ use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteScope};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, route::RouteMessage};
-use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{AddressMessageBuilder, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 use super::change::{Family, Route, Rule};
 use super::error::Cause;
@@ -187,6 +188,123 @@ impl Rtnl {
             self.block(async move { h.rule().del(msg).execute().await })
         };
         res.map_err(cause)
+    }
+}
+
+impl Rtnl {
+    /// The index of link `name`, or `None` when there is no such link.
+    fn index_of(&self, name: &str) -> Result<Option<u32>, Cause> {
+        match self.link(name) {
+            Ok(l) => Ok(Some(l.index)),
+            Err(Cause::NoInterface(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `dev` holds the address `addr` (with its prefix length).
+    pub fn has_address(&self, dev: &str, addr: IpNet) -> Result<bool, Cause> {
+        let Some(index) = self.index_of(dev)? else {
+            return Ok(false);
+        };
+        let h = self.handle.clone();
+        let found: Vec<_> = self
+            .block(async move {
+                let s = h.address().get().set_link_index_filter(index).execute();
+                s.try_collect().await
+            })
+            .map_err(|e| link_cause(e, dev))?;
+        Ok(found.iter().any(|m| {
+            m.header.prefix_len == addr.prefix_len()
+                && m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Local(x) | AddressAttribute::Address(x)
+                        if *x == addr.addr())
+                })
+        }))
+    }
+
+    /// Whether the route `r` is in its table: same destination, next hop and device.
+    pub fn has_route(&self, r: &Route) -> Result<bool, Cause> {
+        let Some(index) = self.index_of(&r.dev)? else {
+            return Ok(false);
+        };
+        let wanted = route_message(r, index)?;
+        // Only the family: a destination would make it a lookup instead of a dump.
+        let mut query = RouteMessage::default();
+        query.header.address_family = wanted.header.address_family;
+        let h = self.handle.clone();
+        let found: Vec<RouteMessage> = self
+            .block(async move { h.route().get(query).execute().try_collect().await })
+            .map_err(cause)?;
+        let key = RouteKey::of(&wanted);
+        Ok(found.iter().any(|m| RouteKey::of(m) == key))
+    }
+
+    /// Whether the rule `r` is in its family's rule list.
+    pub fn has_rule(&self, r: &Rule) -> Result<bool, Cause> {
+        let version = match r.family {
+            Family::Ipv4 => IpVersion::V4,
+            Family::Ipv6 => IpVersion::V6,
+        };
+        let h = self.handle.clone();
+        let found: Vec<RuleMessage> = self
+            .block(async move { h.rule().get(version).execute().try_collect().await })
+            .map_err(cause)?;
+        Ok(found.iter().any(|m| {
+            let attr = |f: fn(&RuleAttribute) -> Option<u32>| m.attributes.iter().find_map(f);
+            let table = attr(|a| match a {
+                RuleAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(m.header.table));
+            m.header.action == RuleAction::ToTable
+                && table == r.table.0
+                && attr(|a| match a {
+                    RuleAttribute::FwMark(x) => Some(*x),
+                    _ => None,
+                }) == Some(r.fwmark.0)
+                && attr(|a| match a {
+                    RuleAttribute::Priority(x) => Some(*x),
+                    _ => None,
+                }) == Some(r.priority)
+        }))
+    }
+}
+
+/// What identifies one of vmtun's routes in a dump: family, destination, table, next hop
+/// and output interface.
+#[derive(Debug, PartialEq, Eq)]
+struct RouteKey {
+    family: AddressFamily,
+    dest_len: u8,
+    dest: Option<RouteAttribute>,
+    gateway: Option<RouteAttribute>,
+    oif: Option<u32>,
+    table: u32,
+}
+
+impl RouteKey {
+    fn of(m: &RouteMessage) -> Self {
+        let find = |f: fn(&RouteAttribute) -> bool| m.attributes.iter().find(|a| f(a)).cloned();
+        RouteKey {
+            family: m.header.address_family,
+            dest_len: m.header.destination_prefix_length,
+            // A default route comes without a destination from the kernel.
+            dest: find(|a| matches!(a, RouteAttribute::Destination(_)))
+                .filter(|_| m.header.destination_prefix_length > 0),
+            gateway: find(|a| matches!(a, RouteAttribute::Gateway(_))),
+            oif: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+            table: m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table)),
+        }
     }
 }
 
