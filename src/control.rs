@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::driver::{Command, DriverHandle};
 use crate::migration::MigrationStatus;
+use crate::restore::RestoreStatus;
 
 /// Where instances keep their sockets, locks and state files.
 pub const RUN_DIR: &str = "/run/vmtun";
@@ -111,6 +112,9 @@ pub struct Status {
     pub busy_poll: BusyPollStatus,
     /// The move's state, when the config has `[migration]`.
     pub migration: Option<MigrationStatus>,
+    /// What vmtun put back after other programs removed it.
+    #[serde(default)]
+    pub restore: Option<RestoreStatus>,
 }
 
 /// Busy polling in a [`Status`]: the operator's view of the CPU it spends.
@@ -227,6 +231,25 @@ pub fn command(config: &Config, request: Request) -> anyhow::Result<()> {
     }
 }
 
+/// `  restored: ...`: how often vmtun put back what other programs removed, the latest time.
+fn restore_line(f: &mut fmt::Formatter<'_>, r: &RestoreStatus) -> fmt::Result {
+    match &r.last {
+        None => writeln!(f, "  restored host changes: never needed")?,
+        Some(last) => writeln!(
+            f,
+            "  restored host changes: {} time(s) after another program removed them; \
+             latest {:.1} ms after the removal: {}",
+            r.restores,
+            last.took_ns as f64 / 1e6,
+            last.put_back.join("; ")
+        )?,
+    }
+    for e in &r.failed {
+        writeln!(f, "  could not restore: {e}")?;
+    }
+    Ok(())
+}
+
 fn drops_line(drops: &BTreeMap<String, u64>) -> String {
     let total: u64 = drops.values().sum();
     let parts: Vec<String> = drops
@@ -255,6 +278,9 @@ impl fmt::Display for Status {
                 "  busy polling: {w} us window; spun {:.1} ms, caught {} wake-ups, {} spins cut by the CPU budget",
                 b.spun_ms, b.caught, b.over_budget
             )?,
+        }
+        if let Some(r) = &self.restore {
+            restore_line(f, r)?;
         }
         for p in &self.peers {
             writeln!(f, "\npeer: {}", p.public_key)?;

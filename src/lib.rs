@@ -16,6 +16,8 @@
 //!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
+//! - [`restore`]: notices when another program removes what netcfg's journal records, and
+//!   puts it back (a sans-IO pacer and a tokio task on netlink notifications).
 
 pub mod busy_poll;
 pub mod check;
@@ -30,6 +32,7 @@ pub mod lab;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
+pub mod restore;
 pub mod tun;
 pub mod udp;
 pub mod vif;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, CutoverMode, Role};
 use crate::cutover::{CutoverStatus, Phase, Watcher};
-use crate::netcfg::{self, NFT_TABLE};
+use crate::netcfg::{self, NFT_TABLE, SharedJournal};
 
 /// A manual cutover (`vmtun cutover`), for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +43,10 @@ pub struct MigrationStatus {
     /// Role new: subnets the kernel has already seen arrive natively (their replies leave
     /// natively even before the mark rule is removed).
     pub native_subnets: Vec<IpAddr>,
+    /// Role new: subnets that had cut over before this instance started (the journal
+    /// remembers them): no mark rule, no watching.
+    #[serde(default)]
+    pub cut_over_before: Vec<IpNet>,
 }
 
 /// The migration state of a running instance.
@@ -53,17 +57,29 @@ pub struct Migration {
     /// The watcher's last status, kept once it is stopped.
     finished: Option<CutoverStatus>,
     manual: Option<ManualCutover>,
+    /// Records each cutover, so that neither a restore nor a restart undoes it.
+    journal: SharedJournal,
+    cut_over_before: Vec<IpNet>,
 }
 
 impl Migration {
     /// Starts what the role needs at run time: on role new with `cutover = "auto"`, the
-    /// watcher on the bridge. Call after the host plan is applied (the mark rule exists).
-    pub fn start(m: &config::Migration) -> anyhow::Result<Self> {
+    /// watcher on the bridge, for the subnets that have not cut over yet. Call after the
+    /// host plan is applied (the mark rules exist); each cutover is recorded in `journal`.
+    pub fn start(m: &config::Migration, journal: &SharedJournal) -> anyhow::Result<Self> {
+        let cut_over_before = journal.lock().cut_over().to_vec();
+        let waiting: Vec<IpNet> = (m.subnets.iter())
+            .filter(|s| !cut_over_before.contains(&s.trunc()))
+            .copied()
+            .collect();
         let watcher = match (m.role, m.cutover) {
-            (Role::New, CutoverMode::Auto) => {
+            (Role::New, CutoverMode::Auto) if !waiting.is_empty() => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
-                Some(Watcher::spawn(&m.bridge, m.subnets.clone(), move |d| {
-                    let removal = remover.remove(&[d.subnet])?;
+                let journal = journal.clone();
+                Some(Watcher::spawn(&m.bridge, waiting, move |d| {
+                    let removal = journal
+                        .lock()
+                        .record_cutover(&[d.subnet], || remover.remove(&[d.subnet]))?;
                     tracing::info!(
                         subnet = %d.subnet,
                         src = %d.src,
@@ -81,6 +97,8 @@ impl Migration {
             watcher,
             finished: None,
             manual: None,
+            journal: journal.clone(),
+            cut_over_before,
         })
     }
 
@@ -92,7 +110,9 @@ impl Migration {
         if let Some(w) = self.watcher.take() {
             self.finished = Some(w.stop());
         }
-        let removal = netcfg::remove_mark_rule(NFT_TABLE, &self.subnets)?;
+        let removal = (self.journal.lock()).record_cutover(&self.subnets, || {
+            netcfg::remove_mark_rule(NFT_TABLE, &self.subnets)
+        })?;
         tracing::info!(
             removed = ?removal.removed,
             commit_us = removal.commit.as_micros() as u64,
@@ -121,6 +141,7 @@ impl Migration {
                 .or_else(|| self.finished.clone()),
             manual_cutover: self.manual.clone(),
             native_subnets,
+            cut_over_before: self.cut_over_before.clone(),
         }
     }
 }
@@ -152,7 +173,20 @@ impl std::fmt::Display for MigrationStatus {
                 native.join(", ")
             }
         )?;
+        if !self.cut_over_before.is_empty() {
+            writeln!(
+                f,
+                "  cut over before this instance started: {} (remembered: no mark rule)",
+                list(&self.cut_over_before)
+            )?;
+        }
         match &self.cutover {
+            None if (self.subnets.iter()).all(|s| self.cut_over_before.contains(&s.trunc())) => {
+                writeln!(
+                    f,
+                    "  cutover watcher: not needed (every subnet has cut over)"
+                )?
+            }
             Some(c) => {
                 match &c.phase {
                     Phase::Watching => writeln!(
