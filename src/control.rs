@@ -231,18 +231,18 @@ pub fn command(config: &Config, request: Request) -> anyhow::Result<()> {
     }
 }
 
-/// `  restored: ...`: how often vmtun put back what other programs removed, the latest time.
-fn restore_line(f: &mut fmt::Formatter<'_>, r: &RestoreStatus) -> fmt::Result {
-    match &r.last {
-        None => writeln!(f, "  restored host changes: never needed")?,
-        Some(last) => writeln!(
+/// `  restored host changes: ...`: how often vmtun put back what other programs removed,
+/// and the latest time; nothing while that never happened.
+fn restore_lines(f: &mut fmt::Formatter<'_>, r: &RestoreStatus) -> fmt::Result {
+    if let Some(last) = &r.last {
+        writeln!(
             f,
             "  restored host changes: {} time(s) after another program removed them; \
              latest {:.1} ms after the removal: {}",
             r.restores,
             last.took_ns as f64 / 1e6,
             last.put_back.join("; ")
-        )?,
+        )?;
     }
     for e in &r.failed {
         writeln!(f, "  could not restore: {e}")?;
@@ -280,7 +280,7 @@ impl fmt::Display for Status {
             )?,
         }
         if let Some(r) = &self.restore {
-            restore_line(f, r)?;
+            restore_lines(f, r)?;
         }
         for p in &self.peers {
             writeln!(f, "\npeer: {}", p.public_key)?;
@@ -305,5 +305,57 @@ impl fmt::Display for Status {
             write!(f, "\n{m}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::Restore;
+
+    fn status(restore: Option<RestoreStatus>) -> Status {
+        Status {
+            interface: "vmtun0".into(),
+            public_key: "key".into(),
+            listen_port: 51820,
+            peers: Vec::new(),
+            drops: BTreeMap::new(),
+            busy_poll: BusyPollStatus {
+                window_us: 0,
+                spun_ms: 0.0,
+                caught: 0,
+                over_budget: 0,
+            },
+            migration: None,
+            restore,
+        }
+    }
+
+    #[test]
+    fn restores_show_only_once_there_was_one() {
+        let quiet = status(Some(RestoreStatus::default())).to_string();
+        assert_eq!(quiet, status(None).to_string());
+        assert_eq!(quiet.lines().count(), 5);
+        let restored = status(Some(RestoreStatus {
+            restores: 2,
+            last: Some(Restore {
+                at_unix_ns: 1,
+                took_ns: 24_500_000,
+                put_back: vec![
+                    "ip rule add fwmark 0x1 lookup 201 priority 10000".into(),
+                    "nft add table ip vmtun".into(),
+                ],
+            }),
+            failed: vec!["adding nft table ip vmtun: File exists".into()],
+        }));
+        assert_eq!(
+            restored.to_string().lines().skip(5).collect::<Vec<_>>(),
+            [
+                "  restored host changes: 2 time(s) after another program removed them; \
+                 latest 24.5 ms after the removal: ip rule add fwmark 0x1 lookup 201 \
+                 priority 10000; nft add table ip vmtun",
+                "  could not restore: adding nft table ip vmtun: File exists",
+            ]
+        );
     }
 }

@@ -228,3 +228,43 @@ impl std::fmt::Display for MigrationStatus {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_after_a_restart_names_the_subnets_that_cut_over_before() {
+        let net: IpNet = "203.0.113.0/29".parse().unwrap();
+        let mut s = MigrationStatus {
+            role: Role::New,
+            subnets: vec![net],
+            cutover: None,
+            manual_cutover: None,
+            native_subnets: vec!["203.0.113.0".parse().unwrap()],
+            cut_over_before: vec![net],
+        };
+        assert_eq!(
+            s.to_string(),
+            "migration: role new (VM replies leave through the old host until cutover)
+  subnets: 203.0.113.0/29
+  arrived natively (kernel flip): 203.0.113.0
+  cut over before this instance started: 203.0.113.0/29 (remembered: no mark rule)
+  cutover watcher: not needed (every subnet has cut over)
+"
+        );
+        // With a subnet still to come and `cutover = "manual"`, the watcher is off.
+        s.subnets.push("198.51.100.0/29".parse().unwrap());
+        assert!(
+            s.to_string()
+                .ends_with("  cutover watcher: off (cutover = \"manual\")\n"),
+            "{s}"
+        );
+        // A status from a vmtun that did not know restarts reads as none.
+        let json = serde_json::to_value(&s).unwrap();
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("cut_over_before");
+        let read: MigrationStatus = serde_json::from_value(old).unwrap();
+        assert!(read.cut_over_before.is_empty());
+    }
+}
