@@ -213,7 +213,7 @@ async fn compare(journal: &SharedJournal, status: &StatusHandle, since: Instant)
     );
     let put_back: Vec<String> = restored.put_back.iter().map(ToString::to_string).collect();
     for e in &restored.failed {
-        tracing::error!("another program removed some of vmtun's host changes; putting back: {e}");
+        tracing::error!("could not put back a host change of vmtun's that went missing: {e}");
     }
     if !put_back.is_empty() {
         tracing::warn!(
