@@ -79,7 +79,15 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         .build()?;
     let tun = Tun::create(&config.interface.name)?;
     let mut journal = netcfg::Journal::create(run_dir, &config.interface.name)?;
-    let cut_over = journal.cut_over().to_vec();
+    // Only role new has a cutover to remember.
+    let routed = match &role {
+        Some(netcfg::Role::New(n)) => n.subnets.as_slice(),
+        _ => &[],
+    };
+    let cut_over: Vec<_> = (journal.cut_over().iter())
+        .filter(|s| routed.iter().any(|r| r.trunc() == **s))
+        .copied()
+        .collect();
     if !cut_over.is_empty() {
         tracing::info!(
             "{cut_over:?} cut over before (remembered in {}): no mark rule for them",

@@ -67,11 +67,9 @@ impl Migration {
     /// watcher on the bridge, for the subnets that have not cut over yet. Call after the
     /// host plan is applied (the mark rules exist); each cutover is recorded in `journal`.
     pub fn start(m: &config::Migration, journal: &SharedJournal) -> anyhow::Result<Self> {
-        let cut_over_before = journal.lock().cut_over().to_vec();
-        let waiting: Vec<IpNet> = (m.subnets.iter())
-            .filter(|s| !cut_over_before.contains(&s.trunc()))
-            .copied()
-            .collect();
+        let remembered = journal.lock().cut_over().to_vec();
+        let (cut_over_before, waiting): (Vec<IpNet>, Vec<IpNet>) = (m.subnets.iter())
+            .partition(|s| m.role == Role::New && remembered.contains(&s.trunc()));
         let watcher = match (m.role, m.cutover) {
             (Role::New, CutoverMode::Auto) if !waiting.is_empty() => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
