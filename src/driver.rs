@@ -70,6 +70,8 @@ pub struct Identity {
     pub listen_port: u16,
     /// Each peer's allowed_ips as text, in config order.
     pub allowed_ips: Vec<Vec<String>>,
+    /// The restore monitor's counters, when one runs.
+    pub restore: Option<crate::restore::StatusHandle>,
 }
 
 /// Counters of local I/O trouble that are not the core's business.
@@ -393,6 +395,7 @@ impl Driver {
                 over_budget: busy.over_budget,
             },
             migration: self.migration.as_ref().map(Migration::status),
+            restore: self.identity.restore.as_ref().map(|r| r.get()),
         }
     }
 }

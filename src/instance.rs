@@ -20,8 +20,9 @@ use crate::config::Config;
 use crate::control::{self, Paths, Request};
 use crate::driver::{Command, Driver, Exit, Identity};
 use crate::migration::Migration;
-use crate::netcfg;
+use crate::netcfg::{self, Change, NetError, NetOps, SharedJournal, SysctlKey};
 use crate::noise::{PeerConfig, Tunnel, TunnelConfig};
+use crate::restore;
 use crate::tun::Tun;
 
 /// How long `vmtun down` waits for a running instance to undo its changes and exit.
@@ -31,11 +32,23 @@ const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// overflow the default ~200 KiB while the loop is busy on the other side.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
+/// For tests of a crash in the middle of `up`: with `VMTUN_TEST_KILL_AFTER_CHANGES=N` in its
+/// environment, `up` kills itself with SIGKILL (nothing undone, as a crash or `kill -9`
+/// would) right after the N-th change of its plan reached the kernel.
+const KILL_AFTER_CHANGES: &str = "VMTUN_TEST_KILL_AFTER_CHANGES";
+
 /// `vmtun up`: runs until SIGINT/SIGTERM or `vmtun down`, then undoes what it did.
 pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let (tunnel_params, role) = host_params(&config);
+    let run_dir = Path::new(control::RUN_DIR);
     let plan = netcfg::plan(&tunnel_params, role.as_ref());
     if dry_run {
+        let remembered = netcfg::remembered_cutover(run_dir, &config.interface.name)
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                Vec::new()
+            });
+        let plan = netcfg::after_cutover(&plan, &remembered);
         println!("# vmtun up -c {} would:", config.path.display());
         println!(
             "ip tuntap add dev {} mode tun   # held by the process; gone when it exits",
@@ -68,15 +81,42 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let tun = Tun::create(&config.interface.name)?;
-    let mut journal = netcfg::Journal::create(Path::new(control::RUN_DIR), &config.interface.name)?;
-    if let Err(e) = journal.apply(&mut ops, &plan) {
+    let mut journal = netcfg::Journal::create(run_dir, &config.interface.name)?;
+    // Only role new has a cutover to remember.
+    let routed = match &role {
+        Some(netcfg::Role::New(n)) => n.subnets.as_slice(),
+        _ => &[],
+    };
+    let cut_over: Vec<_> = (journal.cut_over().iter())
+        .filter(|s| routed.iter().any(|r| r.trunc() == **s))
+        .copied()
+        .collect();
+    if !cut_over.is_empty() {
+        tracing::info!(
+            "{cut_over:?} cut over before (remembered in {}): no mark rule for them",
+            run_dir.display()
+        );
+    }
+    let plan = netcfg::after_cutover(&plan, &cut_over);
+    let applied = match kill_after_changes() {
+        Some(n) => journal.apply(
+            &mut KillAfter {
+                ops: &mut ops,
+                left: n,
+            },
+            &plan,
+        ),
+        None => journal.apply(&mut ops, &plan),
+    };
+    if let Err(e) = applied {
         drop(tun);
         journal.undo_all(&mut ops)?;
         return Err(e.into());
     }
-    let result = runtime.block_on(run_driver(&config, &paths, tun, udp));
+    let journal = SharedJournal::new(journal);
+    let result = runtime.block_on(run_driver(&config, &paths, tun, udp, &journal));
     let _ = std::fs::remove_file(&paths.socket);
-    journal.undo_all(&mut ops)?;
+    journal.lock().undo_all(&mut ops)?;
     let exit = result?;
     tracing::info!(
         "{} down ({exit:?}); host changes undone",
@@ -114,12 +154,57 @@ fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) 
     (tunnel, role)
 }
 
+/// [`KILL_AFTER_CHANGES`], if set.
+fn kill_after_changes() -> Option<usize> {
+    let n = std::env::var(KILL_AFTER_CHANGES).ok()?.parse().ok()?;
+    tracing::warn!("{KILL_AFTER_CHANGES}={n}: this vmtun kills itself after {n} host change(s)");
+    Some(n)
+}
+
+/// The [`NetOps`] of `up` under [`KILL_AFTER_CHANGES`]: the system's, and SIGKILL once
+/// `left` changes are made.
+struct KillAfter<'a> {
+    ops: &'a mut dyn NetOps,
+    left: usize,
+}
+
+impl NetOps for KillAfter<'_> {
+    fn capture(&mut self, c: &Change) -> Result<Change, NetError> {
+        self.ops.capture(c)
+    }
+
+    fn apply(&mut self, c: &Change) -> Result<(), NetError> {
+        self.ops.apply(c)?;
+        self.left = self.left.saturating_sub(1);
+        if self.left == 0 {
+            // SAFETY: kill(2) on our own pid; SIGKILL does not return.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        Ok(())
+    }
+
+    fn revert(&mut self, c: &Change) -> Result<(), NetError> {
+        self.ops.revert(c)
+    }
+
+    fn is_in_place(&mut self, c: &Change) -> Result<bool, NetError> {
+        self.ops.is_in_place(c)
+    }
+
+    fn read_sysctl(&mut self, key: &SysctlKey) -> Result<String, NetError> {
+        self.ops.read_sysctl(key)
+    }
+}
+
 async fn run_driver(
     config: &Config,
     paths: &Paths,
     tun: Tun,
     udp: std::net::UdpSocket,
+    journal: &SharedJournal,
 ) -> anyhow::Result<Exit> {
+    let monitor = restore::Monitor::start(journal.clone())
+        .context("watching for removals of vmtun's host changes (netlink notifications)")?;
     let identity = Identity {
         interface: config.interface.name.clone(),
         public_key: config.interface.private_key.public_key().to_base64(),
@@ -129,6 +214,7 @@ async fn run_driver(
             .iter()
             .map(|p| p.allowed_ips.iter().map(|n| n.to_string()).collect())
             .collect(),
+        restore: Some(monitor.status()),
     };
     let mut tunnel = Tunnel::new(tunnel_config(config), Instant::now(), SystemTime::now());
     tunnel.set_mtu(config.interface.mtu.into());
@@ -153,7 +239,7 @@ async fn run_driver(
     let migration = config
         .migration
         .as_ref()
-        .map(|m| Migration::start(m, config))
+        .map(|m| Migration::start(m, config, journal))
         .transpose()?;
     let vifs =
         (!config.vms.is_empty()).then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()))));
@@ -172,9 +258,14 @@ async fn run_driver(
         .spawn(move || {
             let _ = done_tx.send(driver.run());
         })?;
+    // The monitor stops first: what vmtun undoes on its way out is not to be put back.
     let exit = tokio::select! {
-        exit = &mut done => exit,
+        exit = &mut done => {
+            monitor.stop();
+            exit
+        }
         () = shutdown_signal() => {
+            monitor.stop();
             handle.send(Command::Stop);
             done.await
         }

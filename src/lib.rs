@@ -17,6 +17,8 @@
 //!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
+//! - [`restore`]: notices when another program removes what netcfg's journal records, and
+//!   puts it back (a sans-IO pacer and a tokio task on netlink notifications).
 
 pub mod busy_poll;
 pub mod check;
@@ -31,6 +33,7 @@ pub mod lab;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
+pub mod restore;
 pub mod status;
 pub mod switch_report;
 pub mod tun;

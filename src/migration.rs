@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, CutoverMode, Role};
 use crate::cutover::{CutoverStatus, Phase, Watcher};
-use crate::netcfg::{self, NFT_SWITCHED_SET, NFT_TABLE};
+use crate::netcfg::{self, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
 use crate::switch_report::{Listener, Reporter};
 
 /// A manual cutover (`vmtun cutover`), for `status`.
@@ -46,6 +46,10 @@ pub struct MigrationStatus {
     /// Role new: subnets the kernel has already seen arrive natively (their replies leave
     /// natively even before the mark rule is removed).
     pub native_subnets: Vec<IpAddr>,
+    /// Role new: subnets that had cut over before this instance started (the journal
+    /// remembers them): no mark rule, no watching.
+    #[serde(default)]
+    pub cut_over_before: Vec<IpNet>,
     /// Role old: subnets the new host has reported switched by the provider (what VMs of
     /// theirs still here send goes through the tunnel).
     #[serde(default)]
@@ -60,6 +64,9 @@ pub struct Migration {
     /// The watcher's last status, kept once it is stopped.
     finished: Option<CutoverStatus>,
     manual: Option<ManualCutover>,
+    /// Records each cutover, so that neither a restore nor a restart undoes it.
+    journal: SharedJournal,
+    cut_over_before: Vec<IpNet>,
     /// Role new: reports the cutover to the old host.
     reporter: Option<Reporter>,
     /// Role old: hears those reports. Held for its thread.
@@ -67,22 +74,39 @@ pub struct Migration {
 }
 
 impl Migration {
-    /// Starts what the role needs at run time: on role new, the reporter of the switch and,
-    /// with `cutover = "auto"`, the watcher on the bridge; on role old, the listener for the
-    /// new host's reports. Call after the host plan is applied (the mark rule and the tunnel
-    /// address exist).
-    pub fn start(m: &config::Migration, config: &Config) -> anyhow::Result<Self> {
+    /// Starts what the role needs at run time: on role new, the reporter of the switch
+    /// (which reports at once the subnets that cut over before) and, with `cutover =
+    /// "auto"`, the watcher on the bridge for the subnets that have not cut over yet; on
+    /// role old, the listener for the new host's reports. Call after the host plan is
+    /// applied (the mark rules and the tunnel address exist); each cutover is recorded in
+    /// `journal`.
+    pub fn start(
+        m: &config::Migration,
+        config: &Config,
+        journal: &SharedJournal,
+    ) -> anyhow::Result<Self> {
         let here = config.interface.address.addr();
+        let remembered = journal.lock().cut_over().to_vec();
+        let (cut_over_before, waiting): (Vec<IpNet>, Vec<IpNet>) = (m.subnets.iter())
+            .partition(|s| m.role == Role::New && remembered.contains(&s.trunc()));
         let reporter = match m.role {
             Role::New => Some(Reporter::start(here, m.via)?),
             Role::Old => None,
         };
+        if let Some(reporter) = &reporter {
+            for net in &cut_over_before {
+                reporter.report(net.trunc());
+            }
+        }
         let watcher = match (m.role, m.cutover, &reporter) {
-            (Role::New, CutoverMode::Auto, Some(reporter)) => {
+            (Role::New, CutoverMode::Auto, Some(reporter)) if !waiting.is_empty() => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
+                let journal = journal.clone();
                 let report = reporter.sender();
-                Some(Watcher::spawn(&m.bridge, m.subnets.clone(), move |d| {
-                    let removal = remover.remove(&[d.subnet])?;
+                Some(Watcher::spawn(&m.bridge, waiting, move |d| {
+                    let removal = journal
+                        .lock()
+                        .record_cutover(&[d.subnet], || remover.remove(&[d.subnet]))?;
                     tracing::info!(
                         subnet = %d.subnet,
                         src = %d.src,
@@ -98,23 +122,13 @@ impl Migration {
             _ => None,
         };
         let listener = match m.role {
-            Role::Old => {
-                let subnets = m.subnets.iter().map(IpNet::trunc).collect();
-                Some(Listener::start(
-                    &config.interface.name,
-                    here,
-                    m.via,
-                    subnets,
-                    |net| match netcfg::add_subnet_to_set(NFT_TABLE, NFT_SWITCHED_SET, net) {
-                        Ok(()) => tracing::info!(
-                            subnet = %net,
-                            "the new host reports the provider's switch: what VMs still here \
-                             send from this subnet now goes through the tunnel"
-                        ),
-                        Err(e) => tracing::warn!("switch of {net} reported, but: {e}"),
-                    },
-                )?)
-            }
+            Role::Old => Some(Listener::start(
+                &config.interface.name,
+                here,
+                m.via,
+                m.subnets.iter().map(IpNet::trunc).collect(),
+                |net| netcfg::add_subnet_to_set(NFT_TABLE, NFT_SWITCHED_SET, net),
+            )?),
             Role::New => None,
         };
         Ok(Self {
@@ -123,6 +137,8 @@ impl Migration {
             watcher,
             finished: None,
             manual: None,
+            journal: journal.clone(),
+            cut_over_before,
             reporter,
             _listener: listener,
         })
@@ -136,7 +152,9 @@ impl Migration {
         if let Some(w) = self.watcher.take() {
             self.finished = Some(w.stop());
         }
-        let removal = netcfg::remove_mark_rule(NFT_TABLE, &self.subnets)?;
+        let removal = (self.journal.lock()).record_cutover(&self.subnets, || {
+            netcfg::remove_mark_rule(NFT_TABLE, &self.subnets)
+        })?;
         tracing::info!(
             removed = ?removal.removed,
             commit_us = removal.commit.as_micros() as u64,
@@ -176,6 +194,7 @@ impl Migration {
                 .or_else(|| self.finished.clone()),
             manual_cutover: self.manual.clone(),
             native_subnets,
+            cut_over_before: self.cut_over_before.clone(),
             switched_subnets,
         }
     }
@@ -219,7 +238,20 @@ impl std::fmt::Display for MigrationStatus {
                 native.join(", ")
             }
         )?;
+        if !self.cut_over_before.is_empty() {
+            writeln!(
+                f,
+                "  cut over before this instance started: {} (remembered: no mark rule)",
+                list(&self.cut_over_before)
+            )?;
+        }
         match &self.cutover {
+            None if (self.subnets.iter()).all(|s| self.cut_over_before.contains(&s.trunc())) => {
+                writeln!(
+                    f,
+                    "  cutover watcher: not needed (every subnet has cut over)"
+                )?
+            }
             Some(c) => {
                 match &c.phase {
                     Phase::Watching => writeln!(
@@ -259,5 +291,46 @@ impl std::fmt::Display for MigrationStatus {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_after_a_restart_names_the_subnets_that_cut_over_before() {
+        let net: IpNet = "203.0.113.0/29".parse().unwrap();
+        let mut s = MigrationStatus {
+            role: Role::New,
+            subnets: vec![net],
+            cutover: None,
+            manual_cutover: None,
+            native_subnets: vec!["203.0.113.0".parse().unwrap()],
+            cut_over_before: vec![net],
+            switched_subnets: Vec::new(),
+        };
+        assert_eq!(
+            s.to_string(),
+            "migration: role new (VM replies leave through the old host until cutover)
+  subnets: 203.0.113.0/29
+  arrived natively (kernel flip): 203.0.113.0
+  cut over before this instance started: 203.0.113.0/29 (remembered: no mark rule)
+  cutover watcher: not needed (every subnet has cut over)
+"
+        );
+        // With a subnet still to come and `cutover = "manual"`, the watcher is off.
+        s.subnets.push("198.51.100.0/29".parse().unwrap());
+        assert!(
+            s.to_string()
+                .ends_with("  cutover watcher: off (cutover = \"manual\")\n"),
+            "{s}"
+        );
+        // A status from a vmtun that did not know restarts reads as none.
+        let json = serde_json::to_value(&s).unwrap();
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("cut_over_before");
+        let read: MigrationStatus = serde_json::from_value(old).unwrap();
+        assert!(read.cut_over_before.is_empty());
     }
 }

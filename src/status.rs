@@ -8,6 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::migration::MigrationStatus;
+use crate::restore::RestoreStatus;
 
 /// What a client asks a running instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +70,9 @@ pub struct Status {
     pub busy_poll: BusyPollStatus,
     /// The move's state, when the config has `[migration]`.
     pub migration: Option<MigrationStatus>,
+    /// What vmtun put back after other programs removed it.
+    #[serde(default)]
+    pub restore: Option<RestoreStatus>,
 }
 
 /// Busy polling in a [`Status`]: the operator's view of the CPU it spends.
@@ -107,6 +111,25 @@ pub struct PeerStatus {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// `  restored host changes: ...`: how often vmtun put back what other programs removed,
+/// and the latest time; nothing while that never happened.
+fn restore_lines(f: &mut fmt::Formatter<'_>, r: &RestoreStatus) -> fmt::Result {
+    if let Some(last) = &r.last {
+        writeln!(
+            f,
+            "  restored host changes: {} time(s) after another program removed them; \
+             latest {:.1} ms after the removal: {}",
+            r.restores,
+            last.took_ns as f64 / 1e6,
+            last.put_back.join("; ")
+        )?;
+    }
+    for e in &r.failed {
+        writeln!(f, "  could not restore: {e}")?;
+    }
+    Ok(())
+}
+
 fn drops_line(drops: &BTreeMap<String, u64>) -> String {
     let total: u64 = drops.values().sum();
     let parts: Vec<String> = drops
@@ -136,6 +159,9 @@ impl fmt::Display for Status {
                 b.spun_ms, b.caught, b.over_budget
             )?,
         }
+        if let Some(r) = &self.restore {
+            restore_lines(f, r)?;
+        }
         for p in &self.peers {
             writeln!(f, "\npeer: {}", p.public_key)?;
             writeln!(
@@ -159,5 +185,57 @@ impl fmt::Display for Status {
             write!(f, "\n{m}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::Restore;
+
+    fn status(restore: Option<RestoreStatus>) -> Status {
+        Status {
+            interface: "vmtun0".into(),
+            public_key: "key".into(),
+            listen_port: 51820,
+            peers: Vec::new(),
+            drops: BTreeMap::new(),
+            busy_poll: BusyPollStatus {
+                window_us: 0,
+                spun_ms: 0.0,
+                caught: 0,
+                over_budget: 0,
+            },
+            migration: None,
+            restore,
+        }
+    }
+
+    #[test]
+    fn restores_show_only_once_there_was_one() {
+        let quiet = status(Some(RestoreStatus::default())).to_string();
+        assert_eq!(quiet, status(None).to_string());
+        assert_eq!(quiet.lines().count(), 5);
+        let restored = status(Some(RestoreStatus {
+            restores: 2,
+            last: Some(Restore {
+                at_unix_ns: 1,
+                took_ns: 24_500_000,
+                put_back: vec![
+                    "ip rule add fwmark 0x1 lookup 201 priority 10000".into(),
+                    "nft add table ip vmtun".into(),
+                ],
+            }),
+            failed: vec!["adding nft table ip vmtun: File exists".into()],
+        }));
+        assert_eq!(
+            restored.to_string().lines().skip(5).collect::<Vec<_>>(),
+            [
+                "  restored host changes: 2 time(s) after another program removed them; \
+                 latest 24.5 ms after the removal: ip rule add fwmark 0x1 lookup 201 \
+                 priority 10000; nft add table ip vmtun",
+                "  could not restore: adding nft table ip vmtun: File exists",
+            ]
+        );
     }
 }

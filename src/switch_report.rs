@@ -116,8 +116,10 @@ fn send(socket: &UdpSocket, dest: SocketAddr, subnets: &[IpNet]) {
     }
 }
 
-/// Role old: receives the reports on a thread of its own and hands each newly switched
-/// subnet to `on_switched`. Dropping it stops the thread.
+/// Role old: receives the reports on a thread of its own and hands each one to
+/// `on_switched`, which must be idempotent: reports repeat, and whoever flushed the kernel's
+/// set (a reload of the host's firewall) is answered by the next one. Dropping it stops the
+/// thread.
 pub struct Listener {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -126,13 +128,16 @@ pub struct Listener {
 impl Listener {
     /// Binds [`REPORT_PORT`] on this host's tunnel address `at`, on the tunnel device `tun`
     /// only, and believes only reports from `peer` about one of `subnets`.
-    pub fn start(
+    pub fn start<E>(
         tun: &str,
         at: IpAddr,
         peer: IpAddr,
         subnets: Vec<IpNet>,
-        mut on_switched: impl FnMut(IpNet) + Send + 'static,
-    ) -> anyhow::Result<Self> {
+        mut on_switched: impl FnMut(IpNet) -> Result<(), E> + Send + 'static,
+    ) -> anyhow::Result<Self>
+    where
+        E: std::fmt::Display,
+    {
         let socket = UdpSocket::bind(SocketAddr::new(at, REPORT_PORT))
             .with_context(|| format!("binding the switch listener to {at} port {REPORT_PORT}"))?;
         bind_to_device(&socket, tun)
@@ -171,9 +176,20 @@ impl Listener {
                                 "switch listener: ignored a report of {net} from {from} \
                                  (the peer is {peer}; subnets {subnets:?})"
                             );
-                        } else if !seen.contains(&net) {
-                            seen.push(net);
-                            on_switched(net);
+                        } else {
+                            match on_switched(net) {
+                                Ok(()) if !seen.contains(&net) => {
+                                    seen.push(net);
+                                    tracing::info!(
+                                        subnet = %net,
+                                        "the new host reports the provider's switch: what VMs \
+                                         still here send from this subnet now goes through \
+                                         the tunnel"
+                                    );
+                                }
+                                Ok(()) => {}
+                                Err(e) => tracing::warn!("switch of {net} reported, but: {e}"),
+                            }
                         }
                     }
                 })?

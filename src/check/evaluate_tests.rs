@@ -266,6 +266,7 @@ fn vmtuns_own_rule_route_table_device_and_port_are_no_conflict() {
             over_budget: 0,
         },
         migration: None,
+        restore: None,
     };
     f.instance = Instance::Running(Box::new(status));
     let list = evaluate(&new_host(), &f, Mode::Check);

@@ -478,6 +478,21 @@ pub enum Change {
         /// Set name.
         name: String,
     },
+    /// An element of one of vmtun's sets: a subnet's network address in the cutover set
+    /// once the subnet has cut over. The kernel adds it on the first native packet; vmtun
+    /// records it then, and adds it itself when it puts its table back or starts again
+    /// after a remembered cutover.
+    NftSetElement {
+        /// Table family.
+        #[serde(default)]
+        family: Family,
+        /// Table name.
+        table: String,
+        /// Set name.
+        set: String,
+        /// The element.
+        addr: IpAddr,
+    },
     /// A rule in vmtun's chain.
     NftRule {
         /// Table family.
@@ -576,6 +591,18 @@ impl Change {
                 table,
                 name,
             } => format!("{verb} nft set {} {table} {name}", family.nft()),
+            Change::NftSetElement {
+                family,
+                table,
+                set,
+                addr,
+            } => {
+                let to = if apply { "to" } else { "from" };
+                format!(
+                    "{verb} nft element {addr} {to} set {} {table} {set}",
+                    family.nft()
+                )
+            }
             Change::NftRule {
                 family,
                 table,
@@ -770,6 +797,16 @@ impl fmt::Display for Change {
                     family.nft()
                 )
             }
+            Change::NftSetElement {
+                family,
+                table,
+                set,
+                addr,
+            } => write!(
+                f,
+                "nft add element {} {table} {set} {{ {addr} }}",
+                family.nft()
+            ),
             Change::NftRule {
                 family,
                 table,
@@ -833,6 +870,16 @@ impl fmt::Display for Inverse<'_> {
                 table,
                 name,
             } => write!(f, "nft delete set {} {table} {name}", family.nft()),
+            Change::NftSetElement {
+                family,
+                table,
+                set,
+                addr,
+            } => write!(
+                f,
+                "nft delete element {} {table} {set} {{ {addr} }}",
+                family.nft()
+            ),
             Change::NftRule {
                 family,
                 table,

@@ -167,6 +167,15 @@ impl NetOps for FakeOps {
         Ok(())
     }
 
+    fn is_in_place(&mut self, c: &Change) -> Result<bool, NetError> {
+        Ok(match c {
+            Change::Mtu { dev, mtu, .. } => self.mtus.get(dev) == Some(mtu),
+            Change::LinkUp { dev, .. } => self.up.get(dev) == Some(&true),
+            Change::Sysctl(s) => self.sysctls.get(s.key.path()) == Some(&s.value),
+            _ => self.present.contains(c),
+        })
+    }
+
     fn read_sysctl(&mut self, key: &SysctlKey) -> Result<String, NetError> {
         self.sysctls
             .get(key.path())

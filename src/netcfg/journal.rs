@@ -4,13 +4,25 @@
 //!
 //! The state file (`/run/vmtun/<instance>.json` by default; `/run` is emptied at boot, as
 //! are the changes it records) lets `vmtun down` clean up after an instance that was killed.
+//! A change is written to it *before* it is made, with the values it overwrites: killed in
+//! between, the record names a change that may not be on the host, which undo takes as
+//! already gone, rather than a change on the host that nobody remembers.
+//!
+//! The record is what vmtun has on the host now: when a subnet cuts over, its mark rule
+//! leaves the record and its cutover set element joins it ([`super::after_cutover`]), so
+//! [`Journal::restore`], which puts back what another program removed, never turns the
+//! tunnel path back on. Which subnets have cut over is also kept beside the state file, in
+//! `<instance>.cutover.json`, which outlives the instance: a restarted `up` plans from it.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::after_cutover::after_cutover;
 use super::change::Change;
 use super::error::NetError;
 use super::ops::NetOps;
@@ -35,17 +47,36 @@ pub struct State {
     pub changes: Vec<Change>,
 }
 
+/// What the cutover memory file (`<instance>.cutover.json`) holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Memory {
+    /// The subnets that have cut over on this host, in the order they did.
+    cut_over: Vec<IpNet>,
+}
+
+/// What [`Journal::restore`] did.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The changes that were missing and are back, in the order they were put back.
+    pub put_back: Vec<Change>,
+    /// What could not be checked or put back.
+    pub failed: Vec<NetError>,
+}
+
 /// Records and undoes the host changes of one vmtun instance.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    memory_path: PathBuf,
     state: State,
+    cut_over: Vec<IpNet>,
 }
 
 impl Journal {
     /// Starts a journal for `instance` in `dir` (created if missing) and writes its empty
     /// state file. Fails if a state file is already there: another instance is running, or
-    /// one died without cleaning up and `vmtun down` should run first.
+    /// one died without cleaning up and `vmtun down` should run first. The subnets a
+    /// previous instance saw cut over are read back ([`Journal::cut_over`]).
     pub fn create(dir: &Path, instance: &str) -> Result<Journal, NetError> {
         let path = dir.join(format!("{instance}.json"));
         fs::create_dir_all(dir).map_err(|e| state_err(dir, format!("creating directory: {e}")))?;
@@ -59,12 +90,14 @@ impl Journal {
         }
         let j = Journal {
             path,
+            memory_path: memory_path(dir, instance),
             state: State {
                 version: STATE_VERSION,
                 instance: instance.into(),
                 pid: std::process::id(),
                 changes: Vec::new(),
             },
+            cut_over: remembered_cutover(dir, instance)?,
         };
         j.persist()?;
         Ok(j)
@@ -84,8 +117,11 @@ impl Journal {
                 ),
             ));
         }
+        let dir = path.parent().unwrap_or(Path::new("."));
         Ok(Journal {
             path: path.into(),
+            memory_path: memory_path(dir, &state.instance),
+            cut_over: remembered_cutover(dir, &state.instance)?,
             state,
         })
     }
@@ -100,29 +136,42 @@ impl Journal {
         &self.state
     }
 
-    /// Applies `plan` in order, recording each change once made. On the first failure, the
-    /// changes this call made are reverted (newest first) and the error names the change that
-    /// failed. Changes recorded by earlier calls stay.
+    /// The subnets that have cut over on this host, by this instance or one before it.
+    pub fn cut_over(&self) -> &[IpNet] {
+        &self.cut_over
+    }
+
+    /// Applies `plan` in order, recording each change (with what it overwrites) before
+    /// making it. On the first failure, the changes this call made are reverted (newest
+    /// first) and the error names the change that failed. Changes recorded by earlier calls
+    /// stay.
     pub fn apply(&mut self, ops: &mut dyn NetOps, plan: &[Change]) -> Result<(), NetError> {
         let start = self.state.changes.len();
         for c in plan {
-            let step = ops.capture(c).and_then(|c| {
-                ops.apply(&c)?;
-                Ok(c)
-            });
-            let failure = match step {
-                Ok(c) => {
-                    self.state.changes.push(c);
-                    match self.persist() {
-                        Ok(()) => continue,
-                        Err(e) => e,
-                    }
-                }
-                Err(e) => e,
-            };
-            return Err(self.roll_back(ops, start, failure));
+            if let Err(failure) = self.apply_one(ops, c) {
+                return Err(self.roll_back(ops, start, failure));
+            }
         }
         Ok(())
+    }
+
+    /// Records `c` and makes it. A change that fails is taken off the record again: it may
+    /// have failed because its object was someone else's (`File exists`).
+    fn apply_one(&mut self, ops: &mut dyn NetOps, c: &Change) -> Result<(), NetError> {
+        let c = ops.capture(c)?;
+        self.state.changes.push(c);
+        let made = self
+            .persist()
+            .and_then(|()| match self.state.changes.last() {
+                Some(c) => ops.apply(c),
+                None => unreachable!("pushed just above"),
+            });
+        if made.is_err() {
+            self.state.changes.pop();
+            // Best effort: the record names a change that is not made, which undo takes.
+            let _ = self.persist();
+        }
+        made
     }
 
     /// Reverts the changes recorded from index `start` on, newest first.
@@ -142,9 +191,56 @@ impl Journal {
         }
     }
 
+    /// Records that `subnets` cut over, around `remove`, which takes their mark rules off
+    /// the host: the record drops the rules before `remove` runs (so a restore in between
+    /// cannot put them back; the caller holds the journal) and gets them back if it fails.
+    /// Afterwards the state file and the cutover memory are written; failing that is
+    /// logged, since the cutover itself happened.
+    pub fn record_cutover<T, E>(
+        &mut self,
+        subnets: &[IpNet],
+        remove: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let before = std::mem::take(&mut self.state.changes);
+        self.state.changes = after_cutover(&before, subnets);
+        let removed = remove();
+        if removed.is_err() {
+            self.state.changes = before;
+            return removed;
+        }
+        for s in subnets {
+            if !self.cut_over.contains(&s.trunc()) {
+                self.cut_over.push(s.trunc());
+            }
+        }
+        if let Err(e) = self.persist().and_then(|()| self.persist_memory()) {
+            tracing::warn!("the cutover of {subnets:?} happened, but recording it failed: {e}");
+        }
+        removed
+    }
+
+    /// Puts back, in the order they were first applied, the recorded changes that are no
+    /// longer in place (another program flushed the ruleset, deleted a rule, reset a
+    /// sysctl). The record is unchanged: it already says what should be there.
+    pub fn restore(&self, ops: &mut dyn NetOps) -> Restored {
+        let mut done = Restored::default();
+        for c in &self.state.changes {
+            match ops.is_in_place(c) {
+                Ok(true) => {}
+                Ok(false) => match ops.apply(c) {
+                    Ok(()) => done.put_back.push(c.clone()),
+                    Err(e) => done.failed.push(e),
+                },
+                Err(e) => done.failed.push(e),
+            }
+        }
+        done
+    }
+
     /// Undoes every recorded change, newest first. Objects already gone (routes that went
     /// with the TUN device, the mark rule the cutover removed) count as undone. On success
-    /// the state file is removed; otherwise it keeps what is still in place.
+    /// the state file is removed; otherwise it keeps what is still in place. The cutover
+    /// memory stays.
     pub fn undo_all(&mut self, ops: &mut dyn NetOps) -> Result<(), NetError> {
         let made = std::mem::take(&mut self.state.changes);
         let (kept, failures) = revert_all(ops, made);
@@ -165,17 +261,70 @@ impl Journal {
     /// leaves a truncated record. No fsync: the changes recorded do not survive a reboot
     /// either, and `/run` is usually a tmpfs.
     fn persist(&self) -> Result<(), NetError> {
-        let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&self.state)
-            .map_err(|e| state_err(&self.path, format!("encoding: {e}")))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.write_all(b"\n")?;
-            fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| state_err(&self.path, format!("writing: {e}")))
+        write_json(&self.path, &self.state)
     }
+
+    fn persist_memory(&self) -> Result<(), NetError> {
+        let memory = Memory {
+            cut_over: self.cut_over.clone(),
+        };
+        write_json(&self.memory_path, &memory)
+    }
+}
+
+/// A running instance's journal, shared by the threads that change what it records: the
+/// cutover watcher ([`Journal::record_cutover`]), the restore monitor ([`Journal::restore`])
+/// and the exit ([`Journal::undo_all`]). Holding the lock, each sees the others' work whole.
+#[derive(Debug, Clone)]
+pub struct SharedJournal(Arc<Mutex<Journal>>);
+
+impl SharedJournal {
+    /// Shares `journal`.
+    pub fn new(journal: Journal) -> Self {
+        Self(Arc::new(Mutex::new(journal)))
+    }
+
+    /// The journal, exclusively until the guard drops.
+    pub fn lock(&self) -> MutexGuard<'_, Journal> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `<instance>.cutover.json` in `dir`.
+fn memory_path(dir: &Path, instance: &str) -> PathBuf {
+    dir.join(format!("{instance}.cutover.json"))
+}
+
+/// The subnets that have cut over on this host for `instance`, as an earlier instance
+/// recorded them in `dir` (none without a record). For `up` and `up --dry-run`.
+pub fn remembered_cutover(dir: &Path, instance: &str) -> Result<Vec<IpNet>, NetError> {
+    let path = memory_path(dir, instance);
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str::<Memory>(&text)
+            .map(|m| m.cut_over)
+            .map_err(|e| {
+                state_err(
+                    &path,
+                    format!("not valid: {e} (remove it to forget the cutover)"),
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(state_err(&path, e.to_string())),
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (temporary file, then rename).
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), NetError> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| state_err(path, format!("encoding: {e}")))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| state_err(path, format!("writing: {e}")))
 }
 
 /// Reverts `made` newest first; returns the changes still in place (in applied order) and
@@ -461,5 +610,206 @@ mod tests {
              set it with `sysctl -w net.ipv6.conf.all.forwarding=1`"
         );
         check_prerequisites(&mut on, Some(&role)).unwrap();
+    }
+
+    /// A [`FakeOps`] that, when asked to make a change, reads the state file first: the
+    /// journal's record at the moment the kernel would change.
+    struct Witness {
+        host: FakeOps,
+        path: PathBuf,
+        seen: Vec<Vec<Change>>,
+    }
+
+    impl NetOps for Witness {
+        fn capture(&mut self, c: &Change) -> Result<Change, NetError> {
+            self.host.capture(c)
+        }
+        fn apply(&mut self, c: &Change) -> Result<(), NetError> {
+            self.seen
+                .push(Journal::load(&self.path).unwrap().state().changes.clone());
+            self.host.apply(c)
+        }
+        fn revert(&mut self, c: &Change) -> Result<(), NetError> {
+            self.host.revert(c)
+        }
+        fn is_in_place(&mut self, c: &Change) -> Result<bool, NetError> {
+            self.host.is_in_place(c)
+        }
+        fn read_sysctl(&mut self, key: &crate::netcfg::SysctlKey) -> Result<String, NetError> {
+            self.host.read_sysctl(key)
+        }
+    }
+
+    #[test]
+    fn each_change_is_on_record_with_what_it_overwrites_before_it_is_made() {
+        let d = dir("intent");
+        let p = full_plan();
+        let mut j = Journal::create(&d, "i").unwrap();
+        let mut ops = Witness {
+            host: host(),
+            path: j.path().to_owned(),
+            seen: Vec::new(),
+        };
+        j.apply(&mut ops, &p).unwrap();
+        assert_eq!(ops.seen.len(), p.len());
+        for (i, record) in ops.seen.iter().enumerate() {
+            assert_eq!(
+                record.len(),
+                i + 1,
+                "when `{}` was made, the state file held {record:?}",
+                p[i]
+            );
+            assert_eq!(record[..], j.state().changes[..=i]);
+        }
+        // So the sysctl's record carries the host's value, not vmtun's.
+        let rp = j
+            .state()
+            .changes
+            .iter()
+            .find(|c| c.to_string().contains("br0.rp_filter"))
+            .unwrap();
+        assert_eq!(
+            rp.to_string(),
+            "sysctl -w net.ipv4.conf.br0.rp_filter=2  # was 1"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_change_that_fails_leaves_the_record() {
+        let d = dir("intent-fail");
+        let p = full_plan();
+        let mut ops = host();
+        // Someone else's rule is there: vmtun must never come to undo it.
+        ops.fail_apply
+            .push((p[mark_rule_at(&p)].clone(), libc::EEXIST));
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &p).unwrap_err();
+        let on_disk = Journal::load(j.path()).unwrap();
+        assert!(on_disk.state().changes.is_empty(), "{:?}", on_disk.state());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn restore_puts_back_what_is_missing_in_the_order_it_was_applied() {
+        let d = dir("restore");
+        let p = full_plan();
+        let mut ops = host();
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        let whole = ops.clone();
+        assert!(
+            j.restore(&mut ops).put_back.is_empty(),
+            "nothing was missing"
+        );
+
+        // `nft flush ruleset`, `ip rule del`, and rp_filter reset by someone else.
+        ops.present
+            .retain(|c| !c.to_string().starts_with("nft ") && !matches!(c, Change::Rule(_)));
+        ops.sysctls
+            .insert("net/ipv4/conf/br0/rp_filter".into(), "1".into());
+        let restored = j.restore(&mut ops);
+        assert!(restored.failed.is_empty(), "{:?}", restored.failed);
+        let missing: Vec<Change> = j
+            .state()
+            .changes
+            .iter()
+            .filter(|c| {
+                c.to_string().starts_with("nft ")
+                    || matches!(c, Change::Rule(_))
+                    || c.to_string().contains("br0.rp_filter")
+            })
+            .cloned()
+            .collect();
+        assert_eq!(restored.put_back, missing);
+        assert_eq!(ops.present, {
+            // The rule comes back after the route, the tables after the sysctls: the order
+            // of the plan.
+            let mut p = whole.present.clone();
+            p.sort_by_key(|c| j.state().changes.iter().position(|x| x == c));
+            p
+        });
+        assert_eq!(ops.sysctls, whole.sysctls);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    fn mark_rule_of(changes: &[Change]) -> Option<&Change> {
+        changes.iter().find(|c| {
+            matches!(
+                c,
+                Change::NftRule {
+                    rule: crate::netcfg::NftRuleKind::Mark { .. },
+                    ..
+                }
+            )
+        })
+    }
+
+    #[test]
+    fn after_a_cutover_restore_leaves_the_mark_rule_out_and_puts_the_element_back() {
+        let d = dir("cutover");
+        let p = full_plan();
+        let subnet: IpNet = "203.0.113.0/29".parse().unwrap();
+        let mut ops = host();
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        let mark = mark_rule_of(&p).unwrap().clone();
+        // The watcher removes the rule; the kernel had put the element in the set.
+        let element = Change::NftSetElement {
+            family: crate::netcfg::Family::Ipv4,
+            table: "vmtun".into(),
+            set: "native".into(),
+            addr: "203.0.113.0".parse().unwrap(),
+        };
+        ops.present.push(element.clone());
+        j.record_cutover(&[subnet], || ops.revert(&mark)).unwrap();
+        assert!(mark_rule_of(&j.state().changes).is_none());
+        assert!(j.state().changes.contains(&element));
+        assert_eq!(j.cut_over(), [subnet]);
+        let on_disk = Journal::load(j.path()).unwrap();
+        assert_eq!(on_disk.state(), j.state());
+
+        // `nft flush ruleset`: the table comes back with the element and without the rule.
+        ops.present.retain(|c| !c.to_string().starts_with("nft "));
+        let restored = j.restore(&mut ops);
+        assert!(restored.failed.is_empty(), "{:?}", restored.failed);
+        assert!(!ops.present.contains(&mark));
+        assert!(ops.present.contains(&element));
+        assert!(restored.put_back.contains(&element));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_removal_keeps_the_mark_rule_on_record() {
+        let d = dir("cutover-fail");
+        let mut ops = host();
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &full_plan()).unwrap();
+        let before = j.state().clone();
+        let err = j.record_cutover(&["203.0.113.0/29".parse().unwrap()], || {
+            Err::<(), _>("netlink said no")
+        });
+        assert_eq!(err, Err("netlink said no"));
+        assert_eq!(j.state(), &before);
+        assert!(j.cut_over().is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_cutover_is_remembered_after_the_instance_is_gone() {
+        let d = dir("remember");
+        let subnet: IpNet = "203.0.113.0/29".parse().unwrap();
+        let mut ops = host();
+        let mut j = Journal::create(&d, "i").unwrap();
+        j.apply(&mut ops, &full_plan()).unwrap();
+        j.record_cutover(&[subnet], || Ok::<(), ()>(())).unwrap();
+        j.undo_all(&mut ops).unwrap();
+        assert!(!j.path().exists());
+        assert_eq!(remembered_cutover(&d, "i").unwrap(), [subnet]);
+        let next = Journal::create(&d, "i").unwrap();
+        assert_eq!(next.cut_over(), [subnet]);
+        // Another instance name has its own memory.
+        assert!(remembered_cutover(&d, "other").unwrap().is_empty());
+        let _ = fs::remove_dir_all(&d);
     }
 }

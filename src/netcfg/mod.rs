@@ -7,17 +7,25 @@
 //! - [`plan`] and [`vif_up`] turn typed inputs into an ordered `Vec<`[`Change`]`>`, which
 //!   prints as the commands it stands for (`--dry-run`).
 //! - [`Journal`] applies a plan through a [`NetOps`], rolls back on the first failure,
-//!   records what it applied in a state file, and undoes it in reverse order.
+//!   records what it applied in a state file, and undoes it in reverse order. It also puts
+//!   back what another program removed ([`Journal::restore`]) and remembers which subnets
+//!   have cut over ([`after_cutover`]), so that neither a restore nor a restart turns the
+//!   tunnel path back on.
 //! - [`SystemOps`] is the real [`NetOps`] (rtnetlink, nftnl, `/proc/sys`); [`FakeOps`] is a
 //!   recording fake over a simulated host for unit tests.
+//! - [`EventSocket`] and [`Interest`] notice, from netlink notifications, when another
+//!   program may have removed some of it (the restore monitor then calls
+//!   [`Journal::restore`]).
 //! - [`remove_mark_rule`] is the cutover's atomic finalization; [`MarkRemover`] is the
 //!   same made ready in advance, for the watcher.
 //!
 //! Everything acts on the network namespace of the calling thread, which is how the tests
 //! run it inside namespaces of their own.
 
+mod after_cutover;
 mod change;
 mod error;
+mod events;
 mod fake;
 mod journal;
 mod nfsock;
@@ -36,13 +44,18 @@ mod ns_tests;
 #[cfg(test)]
 mod testns;
 
+pub use after_cutover::after_cutover;
 pub use change::{
     Action, Change, Direction, Family, FwMark, Inverse, NF_IP_PRI_MANGLE, NftHook, NftRuleKind,
     Refusal, RefusingRoute, Route, Rule, Sysctl, SysctlKey, TableId,
 };
 pub use error::{Cause, NetError};
+pub use events::{EventSocket, Interest, Source as EventSource};
 pub use fake::{Call, FakeOps};
-pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_state_file};
+pub use journal::{
+    DEFAULT_STATE_DIR, Journal, Restored, SharedJournal, State, apply_idempotent,
+    remembered_cutover, undo_state_file,
+};
 pub(crate) use nfsock::NfSock;
 pub use nft::{
     MarkRemoval, MarkRemover, add_subnet_to_set, native_subnets, remove_mark_rule, switched_subnets,

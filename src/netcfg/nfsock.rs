@@ -26,8 +26,11 @@ pub(crate) struct NfSock {
 }
 
 /// One netlink message received: its header fields and the whole message (header included).
-pub(crate) struct Msg {
+#[derive(Debug, Clone)]
+pub struct Msg {
+    /// `nlmsg_type`.
     pub ty: u16,
+    /// The message, header included.
     pub bytes: Vec<u8>,
 }
 
@@ -127,26 +130,7 @@ impl NfSock {
         };
         // SAFETY: u64 storage viewed as bytes; `n` <= RECV_BUF.
         let data = unsafe { std::slice::from_raw_parts(self.buf.as_ptr() as *const u8, n) };
-        let mut out = Vec::new();
-        let mut off = 0;
-        while off + NLMSG_HDRLEN <= data.len() {
-            let len = u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]])
-                as usize;
-            let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-            if len < NLMSG_HDRLEN || off + len > data.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            out.push(Msg {
-                ty,
-                bytes: data[off..off + len].to_vec(),
-            });
-            // NLMSG_ALIGN: messages are padded to 4 bytes.
-            off += (len + 3) & !3;
-        }
-        Ok(out)
+        split(data)
     }
 
     /// Waits until every sequence number in `seqs` is acknowledged, or returns the first
@@ -186,6 +170,30 @@ impl NfSock {
             }
         }
     }
+}
+
+/// Splits one received datagram into its netlink messages.
+pub(crate) fn split(data: &[u8]) -> io::Result<Vec<Msg>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= data.len() {
+        let len =
+            u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) as usize;
+        let ty = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+        if len < NLMSG_HDRLEN || off + len > data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            ));
+        }
+        out.push(Msg {
+            ty,
+            bytes: data[off..off + len].to_vec(),
+        });
+        // NLMSG_ALIGN: messages are padded to 4 bytes.
+        off += (len + 3) & !3;
+    }
+    Ok(out)
 }
 
 /// The error code and the sequence number of the request an `NLMSG_ERROR` answers.

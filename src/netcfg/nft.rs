@@ -456,6 +456,30 @@ pub(crate) struct ListedRule {
     pub comment: Option<String>,
 }
 
+/// Builds a request of message type `msg` (an `NFT_MSG_GET*`) with `flags` and the payload
+/// written by `payload`, in 8-byte aligned storage; its length in bytes.
+fn request(
+    family: Family,
+    msg: i32,
+    flags: i32,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+) -> (Vec<u64>, usize) {
+    let mut buf = vec![0u64; (nftnl::nft_nlmsg_maxsize() as usize).div_ceil(8)];
+    // SAFETY: the buffer holds the largest nftables message.
+    let len = unsafe {
+        let h = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr() as *mut libc::c_char,
+            msg as u16,
+            proto(family) as u16,
+            flags as u16,
+            1,
+        );
+        payload(h);
+        (*h).nlmsg_len as usize
+    };
+    (buf, len)
+}
+
 /// Sends a dump request of message type `msg` (an `NFT_MSG_GET*`), with the payload
 /// written by `payload`, and returns the replies of type `reply` (an `NFT_MSG_NEW*`), each
 /// copied to 8-byte aligned storage for libnftnl's parsers.
@@ -466,20 +490,8 @@ fn dump(
     payload: impl FnOnce(*mut libc::nlmsghdr),
     reply: i32,
 ) -> Result<Vec<Vec<u64>>, Cause> {
-    let mut buf = vec![0u64; (nftnl::nft_nlmsg_maxsize() as usize).div_ceil(8)];
-    // SAFETY: the buffer holds the largest nftables message.
-    let len = unsafe {
-        let h = sys::nftnl_nlmsg_build_hdr(
-            buf.as_mut_ptr() as *mut libc::c_char,
-            msg as u16,
-            proto(family) as u16,
-            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
-            1,
-        );
-        payload(h);
-        (*h).nlmsg_len as usize
-    };
-    // SAFETY: `len` bytes of `buf` were written above.
+    let (buf, len) = request(family, msg, libc::NLM_F_DUMP | libc::NLM_F_ACK, payload);
+    // SAFETY: `len` bytes of `buf` were written by `request`.
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, len) };
     sock.send(bytes).map_err(|e| Cause::from_io(&e))?;
     let reply_type = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | reply as u16;
@@ -500,6 +512,109 @@ fn dump(
             aligned
         })
         .collect())
+}
+
+/// Whether the object a `GET` request of type `msg` names exists (the kernel answers it, or
+/// says `No such file or directory`).
+fn exists(
+    sock: &mut NfSock,
+    family: Family,
+    msg: i32,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+) -> Result<bool, Cause> {
+    let (buf, len) = request(family, msg, libc::NLM_F_ACK, payload);
+    // SAFETY: `len` bytes of `buf` were written by `request`.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, len) };
+    sock.send(bytes).map_err(|e| Cause::from_io(&e))?;
+    match sock.wait_acks(1..2) {
+        Ok(()) => Ok(true),
+        Err(Cause::Errno(libc::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the nft change `c` is in place: its table, chain or set exists, its element is
+/// in its set, its rule (by comment) in its chain.
+pub(crate) fn is_in_place(c: &Change) -> Result<bool, Cause> {
+    let mut sock = open()?;
+    let absent_is_false = |r: Result<bool, Cause>| match r {
+        Err(Cause::Errno(libc::ENOENT)) => Ok(false),
+        other => other,
+    };
+    match c {
+        Change::NftTable { family, name } => {
+            let n = cstring(name)?;
+            // SAFETY: a table object used only to write the request's name, freed at once.
+            exists(&mut sock, *family, libc::NFT_MSG_GETTABLE, |h| unsafe {
+                let t = sys::nftnl_table_alloc();
+                if t.is_null() {
+                    std::process::abort();
+                }
+                sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, n.as_ptr());
+                sys::nftnl_table_nlmsg_build_payload(h, t);
+                sys::nftnl_table_free(t);
+            })
+        }
+        Change::NftChain {
+            family,
+            table,
+            name,
+            ..
+        } => {
+            let (t, n) = (cstring(table)?, cstring(name)?);
+            // SAFETY: a chain object used only to write the request's names, freed at once.
+            exists(&mut sock, *family, libc::NFT_MSG_GETCHAIN, |h| unsafe {
+                let c = sys::nftnl_chain_alloc();
+                if c.is_null() {
+                    std::process::abort();
+                }
+                sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_TABLE as u16, t.as_ptr());
+                sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_NAME as u16, n.as_ptr());
+                sys::nftnl_chain_nlmsg_build_payload(h, c);
+                sys::nftnl_chain_free(c);
+            })
+        }
+        Change::NftSet {
+            family,
+            table,
+            name,
+        } => {
+            let (t, n) = (cstring(table)?, cstring(name)?);
+            // SAFETY: a set object used only to write the request's names, freed at once.
+            exists(&mut sock, *family, libc::NFT_MSG_GETSET, |h| unsafe {
+                let s = sys::nftnl_set_alloc();
+                if s.is_null() {
+                    std::process::abort();
+                }
+                sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
+                sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, n.as_ptr());
+                sys::nftnl_set_nlmsg_build_payload(h, s);
+                sys::nftnl_set_free(s);
+            })
+        }
+        Change::NftSetElement {
+            family,
+            table,
+            set,
+            addr,
+        } => absent_is_false(
+            set_elements(&mut sock, *family, table, set).map(|found| found.contains(addr)),
+        ),
+        Change::NftRule {
+            family,
+            table,
+            chain,
+            rule,
+        } => {
+            let comment = rule.comment();
+            absent_is_false(list_rules(&mut sock, *family, table, chain).map(|rules| {
+                rules
+                    .iter()
+                    .any(|r| r.comment.as_deref() == Some(comment.as_str()))
+            }))
+        }
+        _ => Err(Cause::Netlink("not an nftables change".into())),
+    }
 }
 
 /// Lists the rules of `table`/`chain` of `family` with their handles and comments. A missing
@@ -574,13 +689,15 @@ pub fn switched_subnets(table: &str) -> Result<Vec<IpAddr>, NetError> {
 fn elements_of_both(table: &str, set: &str) -> Result<Vec<IpAddr>, NetError> {
     let mut out = Vec::new();
     for family in FAMILIES {
-        match set_elements(family, table, set) {
+        match open().and_then(|mut sock| set_elements(&mut sock, family, table, set)) {
             Ok(found) => out.extend(found),
-            Err(NetError::Op {
-                cause: Cause::Errno(libc::ENOENT),
-                ..
-            }) => {}
-            Err(e) => return Err(e),
+            Err(Cause::Errno(libc::ENOENT)) => {}
+            Err(cause) => {
+                return Err(NetError::Op {
+                    doing: format!("listing nft set {} {table} {set}", family.nft()),
+                    cause,
+                });
+            }
         }
     }
     Ok(out)
@@ -589,96 +706,25 @@ fn elements_of_both(table: &str, set: &str) -> Result<Vec<IpAddr>, NetError> {
 /// Adds `subnet`'s network address to `set` in vmtun's table of its family. Adding an
 /// element that is there already succeeds.
 pub fn add_subnet_to_set(table: &str, set: &str, subnet: IpNet) -> Result<(), NetError> {
-    let family = Family::of(subnet.addr());
-    let op_err = |cause| NetError::Op {
-        doing: format!(
-            "adding {} to nft set {} {table} {set}",
-            subnet.network(),
-            family.nft()
-        ),
-        cause,
+    let element = Change::NftSetElement {
+        family: Family::of(subnet.addr()),
+        table: table.into(),
+        set: set.into(),
+        addr: subnet.network(),
     };
-    let element = SetElement::new(
-        family,
-        &cstring(table).map_err(op_err)?,
-        &cstring(set).map_err(op_err)?,
-        subnet.network(),
-    );
-    let mut batch = Batch::new();
-    batch.add(&element, MsgType::Add);
-    commit(batch).map(drop).map_err(op_err)
+    carry_out(Action::Apply, &element)
+        .map_err(|cause| NetError::change(Action::Apply, &element, cause))
 }
 
-/// One element of a set of addresses, for an `NFT_MSG_NEWSETELEM` (nftnl's `Set` cannot be
-/// built by name for a set that exists in the kernel only).
-struct SetElement(NonNull<sys::nftnl_set>, Family);
-
-impl SetElement {
-    fn new(family: Family, table: &CStr, set: &CStr, addr: IpAddr) -> Self {
-        let key: Vec<u8> = match addr {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        };
-        // SAFETY: libnftnl allocations and setters; strings and the key are copied, and the
-        // element is owned by the set once added.
-        unsafe {
-            let s = sys::nftnl_set_alloc();
-            let s = NonNull::new(s).unwrap_or_else(|| std::process::abort());
-            let p = s.as_ptr();
-            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FAMILY as u16, proto(family) as u32);
-            sys::nftnl_set_set_str(p, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(p, sys::NFTNL_SET_NAME as u16, set.as_ptr());
-            let e = sys::nftnl_set_elem_alloc();
-            if e.is_null() {
-                std::process::abort();
-            }
-            sys::nftnl_set_elem_set(
-                e,
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                key.as_ptr() as *const libc::c_void,
-                key.len() as u32,
-            );
-            sys::nftnl_set_elem_add(p, e);
-            SetElement(s, family)
-        }
-    }
-}
-
-impl Drop for SetElement {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new`, freed once (with its element).
-        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
-    }
-}
-
-// SAFETY: writes one NEWSETELEM/DELSETELEM message built by libnftnl.
-unsafe impl NlMsg for SetElement {
-    unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
-        let ty = match msg_type {
-            MsgType::Add => libc::NFT_MSG_NEWSETELEM,
-            MsgType::Del => libc::NFT_MSG_DELSETELEM,
-        };
-        unsafe {
-            let h = sys::nftnl_nlmsg_build_hdr(
-                buf as *mut libc::c_char,
-                ty as u16,
-                proto(self.1) as u16,
-                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
-                seq,
-            );
-            sys::nftnl_set_elems_nlmsg_build_payload(h, self.0.as_ptr());
-        }
-    }
-}
-
-/// The addresses in `set` of one family's table.
-fn set_elements(family: Family, table: &str, set_name: &str) -> Result<Vec<IpAddr>, NetError> {
-    let op_err = |cause| NetError::Op {
-        doing: format!("listing nft set {} {table} {set_name}", family.nft()),
-        cause,
-    };
-    let t = cstring(table).map_err(op_err)?;
-    let n = cstring(set_name).map_err(op_err)?;
+/// The elements of set `set` in `table` of `family` (addresses of the family).
+fn set_elements(
+    sock: &mut NfSock,
+    family: Family,
+    table: &str,
+    set_name: &str,
+) -> Result<Vec<IpAddr>, Cause> {
+    let t = cstring(table)?;
+    let n = cstring(set_name)?;
     // SAFETY: libnftnl allocation; freed at the end of this function.
     let set = unsafe { sys::nftnl_set_alloc() };
     if set.is_null() {
@@ -689,16 +735,14 @@ fn set_elements(family: Family, table: &str, set_name: &str) -> Result<Vec<IpAdd
         sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, t.as_ptr());
         sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, n.as_ptr());
     }
-    let replies = open().and_then(|mut sock| {
-        dump(
-            &mut sock,
-            family,
-            libc::NFT_MSG_GETSETELEM,
-            // SAFETY: writes the set's table and name into the request.
-            |h| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(h, set) },
-            libc::NFT_MSG_NEWSETELEM,
-        )
-    });
+    let replies = dump(
+        sock,
+        family,
+        libc::NFT_MSG_GETSETELEM,
+        // SAFETY: writes the set's table and name into the request.
+        |h| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(h, set) },
+        libc::NFT_MSG_NEWSETELEM,
+    );
     let mut out = Vec::new();
     // SAFETY: each reply is a complete, aligned NEWSETELEM message; parsing appends its
     // elements to `set`, whose keys are then read (4 or 16 bytes).
@@ -731,7 +775,7 @@ fn set_elements(family: Family, table: &str, set_name: &str) -> Result<Vec<IpAdd
         }
         sys::nftnl_set_free(set);
     }
-    replies.map_err(op_err)?;
+    replies?;
     Ok(out)
 }
 
@@ -780,6 +824,69 @@ fn delete_rules(
     commit_on(sock, batch)
 }
 
+/// One element of a set, written with raw libnftnl calls (nftnl's `Set` builds a whole
+/// set of its own).
+struct SetElement(NonNull<sys::nftnl_set>, Family);
+
+impl SetElement {
+    fn new(family: Family, table: &CStr, set: &CStr, addr: IpAddr) -> Self {
+        let key: Vec<u8> = match addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        // SAFETY: libnftnl allocations and setters; strings and the key are copied, and
+        // the element belongs to the set once added.
+        unsafe {
+            let s = sys::nftnl_set_alloc();
+            let s = NonNull::new(s).unwrap_or_else(|| std::process::abort());
+            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, set.as_ptr());
+            let e = sys::nftnl_set_elem_alloc();
+            if e.is_null() {
+                std::process::abort();
+            }
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr().cast(),
+                key.len() as u32,
+            );
+            sys::nftnl_set_elem_add(s.as_ptr(), e);
+            SetElement(s, family)
+        }
+    }
+}
+
+impl Drop for SetElement {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed once (with its element).
+        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
+    }
+}
+
+// SAFETY: writes one NEWSETELEM/DELSETELEM message built by libnftnl.
+unsafe impl NlMsg for SetElement {
+    unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (
+                libc::NFT_MSG_NEWSETELEM,
+                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
+            ),
+            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
+        };
+        unsafe {
+            let h = sys::nftnl_nlmsg_build_hdr(
+                buf as *mut libc::c_char,
+                ty as u16,
+                proto(self.1) as u16,
+                flags as u16,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(h, self.0.as_ptr());
+        }
+    }
+}
+
 /// Applies or reverts one nft change (one batch). Other changes are not nft's.
 pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
     let add = action == Action::Apply;
@@ -816,6 +923,16 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
         } => {
             let s = DynamicSet::new(*family, &cstring(table)?, &cstring(name)?);
             batch.add(&s, if add { MsgType::Add } else { MsgType::Del });
+            commit(batch)?;
+        }
+        Change::NftSetElement {
+            family,
+            table,
+            set,
+            addr,
+        } => {
+            let e = SetElement::new(*family, &cstring(table)?, &cstring(set)?, *addr);
+            batch.add(&e, if add { MsgType::Add } else { MsgType::Del });
             commit(batch)?;
         }
         Change::NftRule {

@@ -533,3 +533,83 @@ fn a_missing_bridge_is_named() {
     assert_eq!(before, snapshot(&ns, &[TUN]));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What another program does to vmtun's objects on a real kernel: `nft flush ruleset`, `ip
+/// rule del`, `ip route del`, `rp_filter` reset. The notification sockets see each; the
+/// journal finds exactly those changes missing and puts them back, leaving the host as
+/// vmtun set it (and, after the cutover, without the mark rule and with the set element).
+#[test]
+fn removals_are_noticed_and_put_back_as_recorded() {
+    let ns = host("restore");
+    add_foreign_state(&ns);
+    let ifaces = [TUN, "br0"];
+    let dir = state_dir(&ns);
+    let p = plan(&tunnel(), Some(&new_role()));
+    let subnet: ipnet::IpNet = SUBNET.parse().unwrap();
+    ns.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        let mut j = Journal::create(&dir, "t").unwrap();
+        j.apply(&mut ops, &p).unwrap();
+        let applied = snapshot(&ns, &ifaces);
+        let vmtun_table = ns.sh("nft list table ip vmtun");
+        let interest = Interest::of(&j.state().changes);
+        let mut route = EventSocket::open(EventSource::Route).unwrap();
+        let mut nft = EventSocket::open(EventSource::Nftables).unwrap();
+        // What each notification socket says once a command has run: woken or not.
+        let woken = |sock: &mut EventSocket, cmd: &str| {
+            ns.sh(cmd);
+            let mut any = false;
+            while let Some(w) = sock.read(&interest).unwrap() {
+                any |= w;
+            }
+            any
+        };
+        assert!(!woken(&mut nft, "nft add table inet other"), "not vmtun's");
+        assert!(
+            !woken(&mut nft, "nft delete table inet other"),
+            "not vmtun's"
+        );
+        assert!(!woken(&mut route, "ip route add 198.51.100.0/24 dev br0"));
+        assert!(!woken(&mut route, "ip route del 198.51.100.0/24 dev br0"));
+        assert!(woken(&mut nft, "nft flush ruleset"));
+        assert!(woken(
+            &mut route,
+            "ip rule del fwmark 1 lookup 201 priority 10000"
+        ));
+        assert!(woken(&mut route, "ip route del default table 201"));
+        assert!(woken(
+            &mut route,
+            "sysctl -qw net.ipv4.conf.br0.rp_filter=1"
+        ));
+        assert_ne!(snapshot(&ns, &ifaces), applied);
+
+        let restored = j.restore(&mut ops);
+        assert!(restored.failed.is_empty(), "{:?}", restored.failed);
+        let put_back: Vec<String> = restored.put_back.iter().map(|c| c.to_string()).collect();
+        assert_eq!(put_back.len(), 3 + 8, "{put_back:#?}");
+        assert_eq!(
+            put_back[..3],
+            [
+                "ip route add default via 100.64.0.2 dev vmtun0 table 201",
+                "ip rule add fwmark 0x1 lookup 201 priority 10000",
+                "sysctl -w net.ipv4.conf.br0.rp_filter=2  # was 0",
+            ]
+        );
+        // vmtun's table is back as it was (the foreign one went with the flush: not ours).
+        assert_eq!(ns.sh("nft list table ip vmtun"), vmtun_table);
+        assert!(j.restore(&mut ops).put_back.is_empty(), "all in place");
+
+        // The cutover: the mark rule goes on purpose and the set element comes.
+        j.record_cutover(&[subnet], || remove_mark_rule(NFT_TABLE, &[subnet]))
+            .unwrap();
+        ns.sh("nft flush ruleset");
+        let restored = j.restore(&mut ops);
+        assert!(restored.failed.is_empty(), "{:?}", restored.failed);
+        let table = ns.sh("nft list table ip vmtun");
+        assert!(!table.contains("vmtun mark"), "{table}");
+        assert!(table.contains("elements = { 203.0.113.0 }"), "{table}");
+        assert!(table.contains("vmtun native 203.0.113.0/29"), "{table}");
+        j.undo_all(&mut ops).unwrap();
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,6 +22,11 @@ pub trait NetOps {
     /// as such ([`NetError::is_gone`]); the journal decides whether that is fine.
     fn revert(&mut self, c: &Change) -> Result<(), NetError>;
 
+    /// Whether `c`, as applied, is still in place: its object exists, its sysctl or MTU has
+    /// vmtun's value, its link is up. An object on an interface that is gone is not in
+    /// place. For putting back what another program removed.
+    fn is_in_place(&mut self, c: &Change) -> Result<bool, NetError>;
+
     /// Reads a sysctl (prerequisite checks).
     fn read_sysctl(&mut self, key: &SysctlKey) -> Result<String, NetError>;
 }

@@ -10,11 +10,12 @@ use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, route::RouteMessage};
-use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{AddressMessageBuilder, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 use super::change::{Family, Refusal, RefusingRoute, Route, Rule, TableId};
 use super::error::Cause;
@@ -167,6 +168,19 @@ impl Rtnl {
 
     /// Adds or deletes a policy rule in its family's rule list.
     pub fn rule(&self, r: &Rule, add: bool) -> Result<(), Cause> {
+        let mut req = self.rule_request(r);
+        let res = if add {
+            self.block(async move { req.execute().await })
+        } else {
+            let msg: RuleMessage = req.message_mut().clone();
+            let h = self.handle.clone();
+            self.block(async move { h.rule().del(msg).execute().await })
+        };
+        res.map_err(cause)
+    }
+
+    /// The request that adds `r`.
+    fn rule_request(&self, r: &Rule) -> rtnetlink::RuleAddRequest {
         let mut req = self.handle.rule().add().priority(r.priority);
         req = match r.table {
             Some(table) => req.table_id(table.0).action(RuleAction::ToTable),
@@ -192,14 +206,7 @@ impl Rtnl {
             msg.attributes
                 .push(RuleAttribute::SuppressPrefixLen(u32::from(len)));
         }
-        let res = if add {
-            self.block(async move { req.execute().await })
-        } else {
-            let msg: RuleMessage = req.message_mut().clone();
-            let h = self.handle.clone();
-            self.block(async move { h.rule().del(msg).execute().await })
-        };
-        res.map_err(cause)
+        req
     }
 }
 
@@ -265,6 +272,149 @@ impl Rtnl {
             self.block(async move { h.route().del(msg).execute().await })
         }
         .map_err(cause)
+    }
+
+    /// The index of link `name`, or `None` when there is no such link.
+    fn index_of(&self, name: &str) -> Result<Option<u32>, Cause> {
+        match self.link(name) {
+            Ok(l) => Ok(Some(l.index)),
+            Err(Cause::NoInterface(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `dev` holds the address `addr` (with its prefix length).
+    pub fn has_address(&self, dev: &str, addr: IpNet) -> Result<bool, Cause> {
+        let Some(index) = self.index_of(dev)? else {
+            return Ok(false);
+        };
+        let h = self.handle.clone();
+        let found: Vec<_> = self
+            .block(async move {
+                let s = h.address().get().set_link_index_filter(index).execute();
+                s.try_collect().await
+            })
+            .map_err(|e| link_cause(e, dev))?;
+        Ok(found.iter().any(|m| {
+            m.header.prefix_len == addr.prefix_len()
+                && m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Local(x) | AddressAttribute::Address(x)
+                        if *x == addr.addr())
+                })
+        }))
+    }
+
+    /// Whether the route `r` is in its table: same destination, next hop and device.
+    pub fn has_route(&self, r: &Route) -> Result<bool, Cause> {
+        let Some(index) = self.index_of(&r.dev)? else {
+            return Ok(false);
+        };
+        let wanted = route_message(r, index)?;
+        // Only the family: a destination would make it a lookup instead of a dump.
+        let mut query = RouteMessage::default();
+        query.header.address_family = wanted.header.address_family;
+        let h = self.handle.clone();
+        let found: Vec<RouteMessage> = self
+            .block(async move { h.route().get(query).execute().try_collect().await })
+            .map_err(cause)?;
+        let key = RouteKey::of(&wanted);
+        Ok(found.iter().any(|m| RouteKey::of(m) == key))
+    }
+
+    /// Whether the rule `r` is in its family's rule list.
+    pub fn has_rule(&self, r: &Rule) -> Result<bool, Cause> {
+        let version = match r.family {
+            Family::Ipv4 => IpVersion::V4,
+            Family::Ipv6 => IpVersion::V6,
+        };
+        let wanted = RuleKey::of(self.rule_request(r).message_mut());
+        let h = self.handle.clone();
+        let found: Vec<RuleMessage> = self
+            .block(async move { h.rule().get(version).execute().try_collect().await })
+            .map_err(cause)?;
+        Ok(found.iter().any(|m| RuleKey::of(m) == wanted))
+    }
+}
+
+/// The suppress_prefixlength the kernel lists for a rule that has none (-1).
+const NO_SUPPRESSION: u32 = u32::MAX;
+
+/// What identifies one of vmtun's rules in a dump: everything its request sets.
+#[derive(Debug, PartialEq, Eq)]
+struct RuleKey {
+    family: AddressFamily,
+    action: RuleAction,
+    /// Only for a `lookup` rule (others are listed with main's).
+    table: Option<u32>,
+    dst_len: u8,
+    attributes: Vec<RuleAttribute>,
+}
+
+impl RuleKey {
+    fn of(m: &RuleMessage) -> Self {
+        let table = (m.header.action == RuleAction::ToTable).then(|| {
+            m.attributes
+                .iter()
+                .find_map(|a| match a {
+                    RuleAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table))
+        });
+        let mut attributes: Vec<RuleAttribute> = m
+            .attributes
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    RuleAttribute::Priority(_)
+                        | RuleAttribute::FwMark(_)
+                        | RuleAttribute::Destination(_)
+                        | RuleAttribute::Iifname(_)
+                        | RuleAttribute::SuppressPrefixLen(_)
+                ) && **a != RuleAttribute::SuppressPrefixLen(NO_SUPPRESSION)
+            })
+            .cloned()
+            .collect();
+        attributes.sort_by_key(|a| format!("{a:?}"));
+        RuleKey {
+            family: m.header.family,
+            action: m.header.action,
+            table,
+            dst_len: m.header.dst_len,
+            attributes,
+        }
+    }
+}
+
+/// What identifies one of vmtun's routes in a dump: family, destination, table, next hop
+/// and output interface.
+#[derive(Debug, PartialEq, Eq)]
+struct RouteKey {
+    family: AddressFamily,
+    dest_len: u8,
+    dest: Option<RouteAttribute>,
+    gateway: Option<RouteAttribute>,
+    oif: Option<u32>,
+    table: u32,
+}
+
+impl RouteKey {
+    fn of(m: &RouteMessage) -> Self {
+        let find = |f: fn(&RouteAttribute) -> bool| m.attributes.iter().find(|a| f(a)).cloned();
+        RouteKey {
+            family: m.header.address_family,
+            dest_len: m.header.destination_prefix_length,
+            // A default route comes without a destination from the kernel.
+            dest: find(|a| matches!(a, RouteAttribute::Destination(_)))
+                .filter(|_| m.header.destination_prefix_length > 0),
+            gateway: find(|a| matches!(a, RouteAttribute::Gateway(_))),
+            oif: m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+            table: route_table(m),
+        }
     }
 }
 

@@ -53,7 +53,40 @@ impl SystemOps {
             Change::NftTable { .. }
             | Change::NftChain { .. }
             | Change::NftSet { .. }
+            | Change::NftSetElement { .. }
             | Change::NftRule { .. } => nft::carry_out(action, c),
+        }
+    }
+
+    fn in_place(&mut self, c: &Change) -> Result<bool, Cause> {
+        let link = |rtnl: &Rtnl, dev: &str| match rtnl.link(dev) {
+            Ok(l) => Ok(Some(l)),
+            Err(Cause::NoInterface(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match c {
+            Change::Address { dev, addr } => self.rtnl.has_address(dev, *addr),
+            Change::Mtu { dev, mtu, .. } => {
+                Ok(link(&self.rtnl, dev)?.is_some_and(|l| l.mtu == Some(*mtu)))
+            }
+            Change::LinkUp { dev, .. } => Ok(link(&self.rtnl, dev)?.is_some_and(|l| l.up)),
+            Change::Route(r) => self.rtnl.has_route(r),
+            Change::Rule(r) => self.rtnl.has_rule(r),
+            // Set aside as long as none of the host's routes it took out is back.
+            Change::SetAside { dest, found } => {
+                let now = self.rtnl.refusing_routes(*dest)?;
+                Ok(!found.iter().flatten().any(|r| now.contains(r)))
+            }
+            Change::Sysctl(s) => match sysctl::read(&s.key) {
+                Ok(v) => Ok(v.trim() == s.value),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+                Err(e) => Err(sysctl_cause(&s.key, &e)),
+            },
+            Change::NftTable { .. }
+            | Change::NftChain { .. }
+            | Change::NftSet { .. }
+            | Change::NftSetElement { .. }
+            | Change::NftRule { .. } => nft::is_in_place(c),
         }
     }
 }
@@ -87,6 +120,13 @@ impl NetOps for SystemOps {
     fn revert(&mut self, c: &Change) -> Result<(), NetError> {
         self.carry_out(Action::Revert, c)
             .map_err(|cause| NetError::change(Action::Revert, c, cause))
+    }
+
+    fn is_in_place(&mut self, c: &Change) -> Result<bool, NetError> {
+        self.in_place(c).map_err(|cause| NetError::Op {
+            doing: format!("checking that `{c}` is still in place"),
+            cause,
+        })
     }
 
     fn read_sysctl(&mut self, key: &SysctlKey) -> Result<String, NetError> {

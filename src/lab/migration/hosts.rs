@@ -396,8 +396,9 @@ impl<'a> HostVmtun<'a> {
 impl Drop for HostVmtun<'_> {
     fn drop(&mut self) {
         drop(self.process.take());
-        // A killed instance leaves its files in the shared /run: remove this device's only.
-        for ext in ["sock", "lock", "json"] {
+        // A killed instance leaves its files in the shared /run, and any instance its cutover
+        // memory: remove this device's only.
+        for ext in ["sock", "lock", "json", "cutover.json"] {
             let _ = std::fs::remove_file(format!("/run/vmtun/{}.{ext}", self.config.name));
         }
     }
