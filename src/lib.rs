@@ -28,6 +28,7 @@ pub mod driver;
 pub mod instance;
 pub mod keys;
 pub mod lab;
+pub mod metrics;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
