@@ -35,19 +35,17 @@ const LIMITS: Limits = Limits {
 /// Connections served at once; more are closed unanswered.
 pub const MAX_CONNECTIONS: usize = 16;
 
-/// The endpoint's address could not be bound.
+/// The endpoint's address could not be bound. One line: the kernel's reason is in the
+/// message, not a source error that `{:#}` would print a second time.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "metrics.listen: cannot listen on {addr}: {source}{}",
-    bind_hint(source)
-)]
+#[error("metrics.listen: cannot listen on {addr}: {cause}{}", bind_hint(cause))]
 pub struct BindError {
     addr: SocketAddr,
-    source: io::Error,
+    cause: io::Error,
 }
 
-fn bind_hint(source: &io::Error) -> &'static str {
-    match source.kind() {
+fn bind_hint(cause: &io::Error) -> &'static str {
+    match cause.kind() {
         io::ErrorKind::AddrInUse => {
             "; stop what uses that port, or choose another one in [metrics] listen"
         }
@@ -65,7 +63,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
         listener.set_nonblocking(true)?;
         Ok(listener)
     });
-    bound.map_err(|source| BindError { addr, source })
+    bound.map_err(|cause| BindError { addr, cause })
 }
 
 /// Serves the metrics of the running instance behind `driver` on `listener` (from
@@ -336,12 +334,13 @@ mod tests {
     fn a_port_in_use_is_one_line_naming_the_field() {
         let taken = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = bind(addr).unwrap_err().to_string();
+        // As `main` prints it, with every cause.
+        let e = format!("{:#}", anyhow::Error::from(bind(addr).unwrap_err()));
         assert!(
             e.starts_with(&format!("metrics.listen: cannot listen on {addr}: ")),
             "{e}"
         );
-        assert!(e.contains("choose another one in [metrics] listen"), "{e}");
+        assert!(e.ends_with("choose another one in [metrics] listen"), "{e}");
         assert!(!e.contains('\n'), "{e}");
     }
 }
