@@ -1,7 +1,8 @@
 //! The metrics endpoint as an operator runs it: `vmtun up` with `[metrics] listen` on one
 //! host, traffic through the tunnel, and a Prometheus scrape (`GET /metrics` over TCP) from
 //! inside that host's namespace; the other host has no `[metrics]` and listens on no TCP
-//! port at all. And a metrics port already in use stops `up` before it touches the host.
+//! port at all. A metrics port already in use stops `up` before it touches the host. And
+//! on the migration lab (`vmtun::lab::migration`), the new host's cutover as scraped.
 //!
 //! ```text
 //!   ns a                                         ns b
@@ -15,12 +16,17 @@
 //! ```
 
 mod common;
+#[path = "common/migration.rs"]
+mod helpers;
 
 use common::*;
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
+use vmtun::lab::migration::hosts::CutoverState;
+use vmtun::lab::migration::topology::MigrationLab;
+use vmtun::lab::migration::{SUBNET, VM_ADDR};
 
 /// Where host A serves its metrics, inside its namespace.
 const METRICS: &str = "127.0.0.1:9586";
@@ -234,4 +240,61 @@ fn a_metrics_port_in_use_stops_up_before_the_host_changes() -> Result<()> {
     })?;
     drop(squatter);
     Ok(())
+}
+
+/// The new host's cutover as Prometheus sees it: the watcher's phase before and after the
+/// provider's switch, the subnet switched, and the cutover latency `status --json` records.
+#[test]
+fn a_scrape_of_the_new_host_shows_the_cutover() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("metrics-cutover")?;
+    let lab = MigrationLab::build(1)?;
+    let (_old, mut new) = helpers::prepare_hosts(&lab, &scratch, "auto")?;
+    let config = std::fs::read_to_string(&new.path)
+        .map_err(|e| LabError::io(format!("reading {}", new.path.display()), e))?;
+    std::fs::write(
+        &new.path,
+        format!("{config}\n[metrics]\nlisten = {METRICS:?}\n"),
+    )
+    .map_err(|e| LabError::io(format!("writing {}", new.path.display()), e))?;
+    new.launch()?;
+    let phase = |s: &HashMap<String, f64>, phase: &str| {
+        s.get(&format!("vmtun_cutover_phase{{phase=\"{phase}\"}}"))
+            .copied()
+    };
+    let switched = format!("vmtun_migration_subnet_switched{{subnet=\"{SUBNET}\"}}");
+    let page = scrape(&lab.new, METRICS)?;
+    let before = samples(&page);
+    check(
+        phase(&before, "watching") == Some(1.0)
+            && phase(&before, "done") == Some(0.0)
+            && before.get(&switched) == Some(&0.0)
+            && before.get("vmtun_migration_role{role=\"new\"}") == Some(&1.0),
+        || format!("the new host's metrics before the switch:\n{page}"),
+    )?;
+
+    lab.switch_provider()?;
+    let done = helpers::cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
+    // A page may be up to 100 ms old: scrape until it shows the cutover.
+    let after = wait_for(
+        WAIT,
+        "the new host's metrics to show the cutover done",
+        || {
+            let s = samples(&scrape(&lab.new, METRICS).ok()?);
+            (phase(&s, "done") == Some(1.0)).then_some(s)
+        },
+    )
+    .map_err(|e| LabError::Failed(e.to_string()))?;
+    let latency = after.get(&format!(
+        "vmtun_cutover_latency_seconds{{subnet=\"{SUBNET}\"}}"
+    ));
+    let recorded = done.latency_ns.map(|ns| ns as f64 / 1e9);
+    check(
+        matches!((latency, recorded), (Some(l), Some(r)) if *l > 0.0 && (l - r).abs() < 1e-9),
+        || format!("cutover latency {latency:?} s in the metrics, {recorded:?} s in vmtun status"),
+    )?;
+    check(
+        after.get(&switched) == Some(&1.0) && phase(&after, "watching") == Some(0.0),
+        || format!("the new host's metrics after the cutover: {after:?}"),
+    )
 }
