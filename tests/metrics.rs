@@ -197,6 +197,31 @@ fn a_scrape_counts_the_traffic_and_shows_the_handshake() -> Result<()> {
 }
 
 #[test]
+fn dry_run_says_where_the_metrics_would_be_served() -> Result<()> {
+    preflight(&["nft"]);
+    let net = Pair::new("metricsdry")?;
+    let (ca, _) = configs();
+    let path = ca.write(&net.scratch)?.to_string_lossy().into_owned();
+    let (code, stdout, stderr) = run_vmtun(
+        &net.a,
+        &net.scratch,
+        "up-dry-run",
+        &["up", "--dry-run", "-c", &path],
+        WAIT,
+    )?;
+    let said = format!(
+        "# and listen on UDP port {PORT}\n# and serve metrics on http://{METRICS}/metrics\n"
+    );
+    check(code == Some(0) && stdout.ends_with(&said), || {
+        format!("vmtun up --dry-run: exit {code:?}, stdout:\n{stdout}\nstderr:\n{stderr}")
+    })?;
+    let listening = tcp_listeners(&net.a)?;
+    check(listening.is_empty(), || {
+        format!("vmtun up --dry-run left a TCP listener: {listening:?}")
+    })
+}
+
+#[test]
 fn a_metrics_port_in_use_stops_up_before_the_host_changes() -> Result<()> {
     preflight(&["nft"]);
     let net = Pair::new("metricsport")?;
