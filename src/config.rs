@@ -51,6 +51,8 @@ pub struct Config {
     pub migration: Option<Migration>,
     /// Which addresses live behind which VM interface (for `vif-up`).
     pub vms: Vec<Vm>,
+    /// The Prometheus endpoint, when the operator turned it on.
+    pub metrics: Option<Metrics>,
 }
 
 /// `[interface]`: the TUN device and this host's identity.
@@ -126,6 +128,13 @@ pub struct Migration {
     pub cutover: CutoverMode,
 }
 
+/// `[metrics]`: the opt-in Prometheus endpoint (off without the section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where `vmtun up` serves `GET /metrics` over HTTP.
+    pub listen: SocketAddr,
+}
+
 /// `[[vm]]`: the addresses behind one VM interface.
 #[derive(Debug, Clone)]
 pub struct Vm {
@@ -144,6 +153,7 @@ struct RawConfig {
     migration: Option<RawMigration>,
     #[serde(default)]
     vm: Vec<RawVm>,
+    metrics: Option<RawMetrics>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +193,12 @@ struct RawMigration {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawVm {
     vif: String,
     addresses: Vec<String>,
@@ -210,12 +226,14 @@ impl Config {
             None => None,
         };
         let vms = vms(raw.vm, migration.as_ref())?;
+        let metrics = raw.metrics.map(metrics).transpose()?;
         Ok(Self {
             path: path.to_path_buf(),
             interface,
             peers,
             migration,
             vms,
+            metrics,
         })
     }
 
@@ -378,19 +396,24 @@ fn prefix(field: &str, text: &str, network: bool) -> Result<IpNet, ConfigError> 
     Ok(net)
 }
 
-/// `IPv4:PORT` or `[IPv6]:PORT`. A v4-mapped IPv6 address (`[::ffff:198.18.0.2]`) is
-/// taken as the IPv4 address it stands for, the form the tunnel uses for IPv4 peers.
-fn endpoint(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    let Ok(addr) = text.parse::<SocketAddr>() else {
+/// `IPv4:PORT` or `[IPv6]:PORT`; `examples` shows the operator both forms.
+fn socket_address(field: &str, text: &str, examples: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse::<SocketAddr>().or_else(|_| {
         let hint = if text.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
             "it has no port"
         } else {
             "names are not resolved"
         };
-        return err(format!(
-            "{field}: {text:?} is not IP:PORT like 198.51.100.7:51820 or [2001:db8::1]:51820 ({hint})"
-        ));
-    };
+        err(format!(
+            "{field}: {text:?} is not IP:PORT like {examples} ({hint})"
+        ))
+    })
+}
+
+/// `IPv4:PORT` or `[IPv6]:PORT`. A v4-mapped IPv6 address (`[::ffff:198.18.0.2]`) is
+/// taken as the IPv4 address it stands for, the form the tunnel uses for IPv4 peers.
+fn endpoint(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let addr = socket_address(field, text, "198.51.100.7:51820 or [2001:db8::1]:51820")?;
     if addr.port() == 0 {
         return err(format!("{field}: {text}: port 0 cannot be sent to"));
     }
@@ -568,6 +591,21 @@ fn migration(
     })
 }
 
+/// The metrics endpoint's address: an IP and a fixed port, so scrapers know where to look.
+fn metrics(raw: RawMetrics) -> Result<Metrics, ConfigError> {
+    let listen = socket_address(
+        "metrics.listen",
+        &raw.listen,
+        "127.0.0.1:9586 or [::1]:9586",
+    )?;
+    if listen.port() == 0 {
+        return err(format!(
+            "metrics.listen: {listen}: port 0 would pick a random port no scraper knows; give one, e.g. 9586"
+        ));
+    }
+    Ok(Metrics { listen })
+}
+
 fn vms(raw: Vec<RawVm>, migration: Option<&Migration>) -> Result<Vec<Vm>, ConfigError> {
     if raw.is_empty() {
         return Ok(Vec::new());
@@ -732,6 +770,51 @@ addresses = ["203.0.113.2"]
         ];
         for (text, expected) in cases {
             let e = parse(&text).expect_err(expected).to_string();
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+            assert!(!e.contains('\n'), "error spans several lines: {e:?}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_listen_where_asked() {
+        assert_eq!(parse(&good()).unwrap().metrics, None);
+        let with = |section: &str| parse(&format!("{}\n[metrics]\n{section}\n", good()));
+        let on = with("listen = \"127.0.0.1:9586\"")
+            .unwrap()
+            .metrics
+            .unwrap();
+        assert_eq!(on.listen, "127.0.0.1:9586".parse().unwrap());
+        let v6 = with("listen = \"[::1]:9586\"").unwrap().metrics.unwrap();
+        assert_eq!(v6.listen, "[::1]:9586".parse().unwrap());
+        let cases = [
+            (
+                "listen = \"localhost:9586\"",
+                "metrics.listen: \"localhost:9586\" is not IP:PORT like 127.0.0.1:9586 or [::1]:9586 (names are not resolved)",
+            ),
+            (
+                "listen = \"127.0.0.1\"",
+                "metrics.listen: \"127.0.0.1\" is not IP:PORT like 127.0.0.1:9586 or [::1]:9586 (it has no port)",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "metrics.listen: 127.0.0.1:0: port 0 would pick a random port",
+            ),
+            (
+                "listen = \"127.0.0.1:70000\"",
+                "metrics.listen: \"127.0.0.1:70000\" is not IP:PORT",
+            ),
+            (
+                "listen = 9586",
+                "listen: invalid type: integer `9586`, expected a string",
+            ),
+            ("", "missing field `listen`"),
+            (
+                "listen = \"127.0.0.1:9586\"\npath = \"/m\"",
+                "unknown field `path`",
+            ),
+        ];
+        for (section, expected) in cases {
+            let e = with(section).expect_err(expected).to_string();
             assert!(e.contains(expected), "expected {expected:?} in {e:?}");
             assert!(!e.contains('\n'), "error spans several lines: {e:?}");
         }

@@ -14,10 +14,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::driver::{Command, DriverHandle};
+use crate::driver::DriverHandle;
 pub use crate::status::{Reply, Request, Status};
 
 /// Where instances keep their sockets, locks and state files.
@@ -71,16 +70,10 @@ async fn serve_client(stream: tokio::net::UnixStream, driver: DriverHandle) {
         match tokio::time::timeout(CLIENT_TIMEOUT, BufReader::new(read).read_line(&mut line)).await
         {
             Ok(Ok(_)) => match Request::parse(&line) {
-                Some(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    if !driver.send(Command::Control(request, tx)) {
-                        return;
-                    }
-                    match rx.await {
-                        Ok(reply) => reply,
-                        Err(_) => return,
-                    }
-                }
+                Some(request) => match driver.request(request).await {
+                    Some(reply) => reply,
+                    None => return,
+                },
                 None => Reply::Error(format!("unknown request {:?}", line.trim())),
             },
             _ => return,

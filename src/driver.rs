@@ -58,6 +58,16 @@ impl DriverHandle {
     pub fn send(&self, command: Command) -> bool {
         self.commands.send(command).is_ok() && self.waker.wake().is_ok()
     }
+
+    /// Asks the loop `request` (answered between two batches of packets) and waits for the
+    /// reply; `None` if the loop has ended.
+    pub async fn request(&self, request: Request) -> Option<Reply> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::Control(request, tx)) {
+            return None;
+        }
+        rx.await.ok()
+    }
 }
 
 /// What the status snapshot needs that the core does not know.

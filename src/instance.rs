@@ -58,6 +58,9 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
             println!("{change}");
         }
         println!("# and listen on UDP port {}", config.interface.listen_port);
+        if let Some(m) = &config.metrics {
+            println!("# and serve metrics on http://{}/metrics", m.listen);
+        }
         return Ok(());
     }
     require_root()?;
@@ -77,6 +80,11 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         netcfg::undo_state_file(&mut ops, &paths.state)?;
     }
     let udp = bind_udp(config.interface.listen_port)?;
+    let metrics = config
+        .metrics
+        .as_ref()
+        .map(|m| crate::metrics::bind(m.listen))
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -114,7 +122,7 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         return Err(e.into());
     }
     let journal = SharedJournal::new(journal);
-    let result = runtime.block_on(run_driver(&config, &paths, tun, udp, &journal));
+    let result = runtime.block_on(run_driver(&config, &paths, tun, udp, &journal, metrics));
     let _ = std::fs::remove_file(&paths.socket);
     journal.lock().undo_all(&mut ops)?;
     let exit = result?;
@@ -202,6 +210,7 @@ async fn run_driver(
     tun: Tun,
     udp: std::net::UdpSocket,
     journal: &SharedJournal,
+    metrics: Option<std::net::TcpListener>,
 ) -> anyhow::Result<Exit> {
     let monitor = restore::Monitor::start(journal.clone())
         .context("watching for removals of vmtun's host changes (netlink notifications)")?;
@@ -252,6 +261,9 @@ async fn run_driver(
         config.interface.busy_poll,
     )?;
     let listener = control::listen(&paths.socket, handle.clone())?;
+    let metrics = metrics
+        .map(|m| crate::metrics::serve(m, handle.clone()))
+        .transpose()?;
     let (done_tx, mut done) = oneshot::channel();
     let data_path = std::thread::Builder::new()
         .name("vmtun-data".into())
@@ -273,6 +285,9 @@ async fn run_driver(
     let _ = data_path.join();
     let exit = exit.context("the data path thread died")??;
     listener.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     if let Some(vifs) = vifs {
         vifs.abort();
     }

@@ -13,6 +13,8 @@
 //!   it through a handle. [`busy_poll`] is its policy for spinning briefly after traffic
 //!   instead of sleeping. [`status`] holds what the control socket carries, shared by the
 //!   driver (which answers) and [`control`] (which carries), so neither imports the other.
+//! - [`metrics`]: the opt-in Prometheus endpoint; it renders the same snapshots (pure)
+//!   and serves them with a tiny HTTP responder on that tokio runtime.
 //! - [`check`]: `vmtun check`, the preflight that reads the host (facts) and judges it in
 //!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
@@ -30,6 +32,7 @@ pub mod driver;
 pub mod instance;
 pub mod keys;
 pub mod lab;
+pub mod metrics;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;

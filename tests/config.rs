@@ -130,6 +130,9 @@ fn cases(key_file_0644: String) -> Vec<Case> {
         case("endpoint without port", &["endpoint"], |c| {
             c.replace("\"198.18.0.2:51820\"", "\"198.18.0.2\"")
         }),
+        case("metrics address with a name", &["metrics.listen"], |c| {
+            format!("{c}\n[metrics]\nlisten = \"localhost:9586\"\n")
+        }),
         case(
             "private_key_file readable by others",
             &["permission", "0644", "chmod"],

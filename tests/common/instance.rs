@@ -52,6 +52,8 @@ pub struct VmtunCfg {
     pub busy_poll_us: Option<u32>,
     /// The peers.
     pub peers: Vec<PeerCfg>,
+    /// `[metrics] listen`, e.g. `127.0.0.1:9586`; `None`: no metrics endpoint.
+    pub metrics: Option<String>,
 }
 
 impl VmtunCfg {
@@ -65,6 +67,7 @@ impl VmtunCfg {
             mtu: None,
             busy_poll_us: None,
             peers,
+            metrics: None,
         }
     }
 
@@ -97,6 +100,9 @@ impl VmtunCfg {
             if let Some(keepalive) = peer.persistent_keepalive {
                 text += &format!("persistent_keepalive = {keepalive}\n");
             }
+        }
+        if let Some(listen) = &self.metrics {
+            text += &format!("\n[metrics]\nlisten = {listen:?}\n");
         }
         text
     }
