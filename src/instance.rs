@@ -102,6 +102,7 @@ fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) 
             rule_priority: netcfg::DEFAULT_RULE_PRIORITY,
             vif_prefix: m.vif_prefix.clone(),
             bridge: m.bridge.clone(),
+            native_interfaces: m.native_interfaces.clone(),
         }),
     });
     (tunnel, role)

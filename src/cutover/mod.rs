@@ -92,37 +92,40 @@ mod capture;
 #[cfg(test)]
 mod netns_tests;
 
-pub use classify::{Classifier, Verdict};
+pub use capture::index_of;
+pub use classify::{Classifier, MacAddr, Verdict};
 pub use record::{CutoverRecord, Detection};
-pub use watcher::{CutoverStatus, Phase, Watcher};
+pub use watcher::{CutoverStatus, Phase, Uplink, WATCHER_RT_PRIORITY, Watcher};
 
-/// Why the watcher could not start. Each names the bridge and what to do.
+/// Why the watcher could not start. Each names the interface and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CutoverError {
     /// The subnet list was empty: nothing could ever match.
     #[error("cutover: no subnets to watch (set [migration] subnets)")]
     NoSubnets,
-    /// The bridge does not exist in this network namespace.
-    #[error("bridge {bridge}: no such interface (check [migration] bridge)")]
+    /// A native interface does not exist in this network namespace.
+    #[error(
+        "interface {iface}: no such interface (check [migration] bridge and native_interfaces)"
+    )]
     NoSuchInterface {
-        /// The configured bridge name.
-        bridge: String,
+        /// The configured interface name.
+        iface: String,
     },
     /// A socket call failed.
-    #[error("bridge {bridge}: {action}: {source}{}", privilege_hint(source))]
+    #[error("interface {iface}: {action}: {source}{}", privilege_hint(source))]
     Io {
-        /// The configured bridge name.
-        bridge: String,
+        /// The configured interface name.
+        iface: String,
         /// What the watcher was doing.
         action: &'static str,
         /// The kernel's answer.
         source: io::Error,
     },
     /// libpcap could not compile the filter for the subnets.
-    #[error("bridge {bridge}: BPF filter: {message}")]
+    #[error("interface {iface}: BPF filter: {message}")]
     Filter {
-        /// The configured bridge name.
-        bridge: String,
+        /// The configured interface name.
+        iface: String,
         /// libpcap's complaint, with the expression.
         message: String,
     },

@@ -220,16 +220,25 @@ pub enum NftRuleKind {
         /// The cutover set: while it holds the subnet, the rule no longer marks.
         skip_set: Option<String>,
     },
-    /// `meta pkttype host iifname "BRIDGE" ip daddr NET counter add @SET { ip daddr & MASK }` (the element is
-    /// the subnet's network address): the first packet
-    /// for the subnet arriving natively flips the cutover inside the kernel.
+    /// `meta pkttype host iifname "IFACE" ether saddr @GATEWAYS ip daddr NET fib saddr . iif
+    /// oif exists counter add @SET { ip daddr & MASK }` (the element is the subnet's network
+    /// address): the first packet for the subnet arriving natively from the provider flips
+    /// the cutover inside the kernel. Only the provider: the frame comes from an uplink
+    /// gateway's MAC, and the route back to its source leaves through the interface it came
+    /// in on (strict reverse path), the same conditions the watcher applies. One rule per
+    /// native interface and subnet.
     Native {
-        /// The interface native traffic arrives on.
-        bridge: String,
+        /// The interface native traffic arrives on (the bridge, or another uplink).
+        #[serde(rename = "bridge")]
+        iface: String,
         /// The VM subnet.
         subnet: IpNet,
         /// The cutover set the subnet is added to.
         set: String,
+        /// The set of the gateways' MACs (state files from before it have none: no MAC or
+        /// reverse-path condition).
+        #[serde(default)]
+        gateways: Option<String>,
     },
     /// `iifname|oifname "TUN" tcp flags syn / syn,rst tcp option maxseg size > MSS
     /// counter tcp option maxseg size set MSS`: a TCP handshake crossing the tunnel agrees on
@@ -260,6 +269,12 @@ impl NftRuleKind {
     pub fn comment(&self) -> String {
         match self {
             NftRuleKind::Mark { subnet, .. } => format!("vmtun mark {subnet}"),
+            NftRuleKind::Native {
+                subnet,
+                iface,
+                gateways: Some(_),
+                ..
+            } => format!("vmtun native {subnet} on {iface}"),
             NftRuleKind::Native { subnet, .. } => format!("vmtun native {subnet}"),
             NftRuleKind::ClampMss { direction, .. } => match direction {
                 Direction::Into => "vmtun mss into tunnel".into(),
@@ -326,8 +341,8 @@ pub enum Change {
         #[serde(default)]
         hook: NftHook,
     },
-    /// A dynamic set of addresses of the table's family (`flags dynamic`) that rules may
-    /// fill from the packet path.
+    /// A set in vmtun's table: addresses of the table's family that rules fill from the
+    /// packet path (`flags dynamic`), or MACs that vmtun fills.
     NftSet {
         /// Table family.
         #[serde(default)]
@@ -336,6 +351,9 @@ pub enum Change {
         table: String,
         /// Set name.
         name: String,
+        /// What it holds (state files from before MAC sets: addresses).
+        #[serde(default)]
+        key: SetKey,
     },
     /// A rule in vmtun's chain.
     NftRule {
@@ -349,6 +367,17 @@ pub enum Change {
         /// What the rule does.
         rule: NftRuleKind,
     },
+}
+
+/// What one of vmtun's nftables sets holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKey {
+    /// Addresses of the table's family, added from the packet path (`flags dynamic`).
+    #[default]
+    DynamicAddress,
+    /// Ethernet addresses (`ether_addr`), added by vmtun.
+    EtherAddr,
 }
 
 /// The netfilter hook of one of vmtun's base chains.
@@ -427,6 +456,7 @@ impl Change {
                 family,
                 table,
                 name,
+                ..
             } => format!("{verb} nft set {} {table} {name}", family.nft()),
             Change::NftRule {
                 family,
@@ -505,15 +535,21 @@ impl fmt::Display for NftRuleKind {
                 write!(f, " counter meta mark set {fwmark}")?;
             }
             NftRuleKind::Native {
-                bridge,
+                iface,
                 subnet,
                 set,
+                gateways,
             } => {
                 let (ip, mask) = (header_of(subnet), subnet.netmask());
-                write!(
-                    f,
-                    "meta pkttype host iifname \"{bridge}\" {ip} daddr {subnet} counter add @{set} {{ {ip} daddr & {mask} }}"
-                )?;
+                write!(f, "meta pkttype host iifname \"{iface}\" ")?;
+                if let Some(gateways) = gateways {
+                    write!(f, "ether saddr @{gateways} ")?;
+                }
+                write!(f, "{ip} daddr {subnet} ")?;
+                if gateways.is_some() {
+                    write!(f, "fib saddr . iif oif exists ")?;
+                }
+                write!(f, "counter add @{set} {{ {ip} daddr & {mask} }}")?;
             }
             NftRuleKind::ClampMss {
                 tun,
@@ -572,14 +608,16 @@ impl fmt::Display for Change {
                 family,
                 table,
                 name,
+                key,
             } => {
-                let key = match family {
-                    Family::Ipv4 => "ipv4_addr",
-                    Family::Ipv6 => "ipv6_addr",
+                let spec = match (key, family) {
+                    (SetKey::DynamicAddress, Family::Ipv4) => "type ipv4_addr; flags dynamic;",
+                    (SetKey::DynamicAddress, Family::Ipv6) => "type ipv6_addr; flags dynamic;",
+                    (SetKey::EtherAddr, _) => "type ether_addr;",
                 };
                 write!(
                     f,
-                    "nft add set {} {table} {name} '{{ type {key}; flags dynamic; }}'",
+                    "nft add set {} {table} {name} '{{ {spec} }}'",
                     family.nft()
                 )
             }
@@ -635,6 +673,7 @@ impl fmt::Display for Inverse<'_> {
                 family,
                 table,
                 name,
+                ..
             } => write!(f, "nft delete set {} {table} {name}", family.nft()),
             Change::NftRule {
                 family,
@@ -728,6 +767,29 @@ mod tests {
     }
 
     #[test]
+    fn a_native_rule_from_before_the_gateway_condition_reads_as_it_was() {
+        let old: Change = serde_json::from_str(
+            r#"{"kind":"nft_rule","family":"ipv4","table":"vmtun","chain":"prerouting",
+                "rule":{"rule":"native","bridge":"br0","subnet":"203.0.113.0/29","set":"native"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.to_string(),
+            "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" \
+             ip daddr 203.0.113.0/29 counter add @native { ip daddr & 255.255.255.248 } \
+             comment \"vmtun native 203.0.113.0/29\""
+        );
+        let set: Change = serde_json::from_str(
+            r#"{"kind":"nft_set","family":"ipv4","table":"vmtun","name":"native"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            set.to_string(),
+            "nft add set ip vmtun native '{ type ipv4_addr; flags dynamic; }'"
+        );
+    }
+
+    #[test]
     fn state_from_before_ipv6_reads_as_ipv4() {
         let table: Change = serde_json::from_str(r#"{"kind":"nft_table","name":"vmtun"}"#).unwrap();
         assert_eq!(table.to_string(), "nft add table ip vmtun");
@@ -771,25 +833,38 @@ mod tests {
             table: "vmtun".into(),
             chain: "prerouting".into(),
             rule: NftRuleKind::Native {
-                bridge: "br0".into(),
+                iface: "br0".into(),
                 subnet: "2001:db8:1::/64".parse().unwrap(),
                 set: "native".into(),
+                gateways: Some("gateways".into()),
             },
         };
         assert_eq!(
             native.to_string(),
             "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" \
-             ip6 daddr 2001:db8:1::/64 counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } \
-             comment \"vmtun native 2001:db8:1::/64\""
+             ether saddr @gateways ip6 daddr 2001:db8:1::/64 fib saddr . iif oif exists \
+             counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } \
+             comment \"vmtun native 2001:db8:1::/64 on br0\""
         );
         let set = Change::NftSet {
             family: Family::Ipv6,
             table: "vmtun".into(),
             name: "native".into(),
+            key: SetKey::DynamicAddress,
         };
         assert_eq!(
             set.to_string(),
             "nft add set ip6 vmtun native '{ type ipv6_addr; flags dynamic; }'"
+        );
+        let gateways = Change::NftSet {
+            family: Family::Ipv6,
+            table: "vmtun".into(),
+            name: "gateways".into(),
+            key: SetKey::EtherAddr,
+        };
+        assert_eq!(
+            gateways.to_string(),
+            "nft add set ip6 vmtun gateways '{ type ether_addr; }'"
         );
     }
 }

@@ -11,7 +11,9 @@
 //! - [`SystemOps`] is the real [`NetOps`] (rtnetlink, nftnl, `/proc/sys`); [`FakeOps`] is a
 //!   recording fake over a simulated host for unit tests.
 //! - [`remove_mark_rule`] is the cutover's atomic finalization; [`MarkRemover`] is the
-//!   same made ready in advance, for the watcher.
+//!   same made ready in advance, for the watcher. [`add_gateway_macs`] fills the set of the
+//!   uplink gateways' MACs the native rules require; `uplink` reads what the cutover needs
+//!   to know of the uplink (default gateways, their MACs, reverse paths).
 //!
 //! Everything acts on the network namespace of the calling thread, which is how the tests
 //! run it inside namespaces of their own.
@@ -28,6 +30,7 @@ mod prereq;
 mod rtnl;
 mod sysctl;
 mod system;
+mod uplink;
 
 #[cfg(test)]
 mod fixtures;
@@ -43,11 +46,12 @@ pub use change::{
 pub use error::{Cause, NetError};
 pub use fake::{Call, FakeOps};
 pub use journal::{DEFAULT_STATE_DIR, Journal, State, apply_idempotent, undo_state_file};
-pub use nft::{MarkRemoval, MarkRemover, native_subnets, remove_mark_rule};
+pub use nft::{MarkRemoval, MarkRemover, add_gateway_macs, native_subnets, remove_mark_rule};
 pub use ops::NetOps;
 pub use plan::{
-    DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_FORWARD_CHAIN, NFT_NATIVE_SET, NFT_TABLE, NewParams,
-    OldParams, Role, TunnelParams, VM_GATEWAY6, plan, vif_up,
+    DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_FORWARD_CHAIN, NFT_GATEWAY_SET, NFT_NATIVE_SET,
+    NFT_TABLE, NewParams, OldParams, Role, TunnelParams, VM_GATEWAY6, plan, vif_up,
 };
 pub use prereq::check_prerequisites;
 pub use system::SystemOps;
+pub use uplink::{RouteLookup, default_gateways, resolve_gateway_macs};

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::change::{
-    Change, Direction, Family, FwMark, NftHook, NftRuleKind, Route, Rule, Sysctl, SysctlKey,
-    TableId,
+    Change, Direction, Family, FwMark, NftHook, NftRuleKind, Route, Rule, SetKey, Sysctl,
+    SysctlKey, TableId,
 };
 
 /// Name of vmtun's own nftables tables, one per family of the VM subnets (`ip vmtun`, `ip6
@@ -22,6 +22,9 @@ pub const NFT_CHAIN: &str = "prerouting";
 pub const NFT_FORWARD_CHAIN: &str = "forward";
 /// The cutover set: holds a subnet's network address once a packet for it arrived natively.
 pub const NFT_NATIVE_SET: &str = "native";
+/// The MACs of the uplink gateways, the only senders whose packets count as native: created
+/// empty by the plan, filled by vmtun at start (`add_gateway_macs`).
+pub const NFT_GATEWAY_SET: &str = "gateways";
 /// Default priority of the `fwmark` policy rule: before `main` (32766), after `local` (0),
 /// and away from the numbers `ip rule add` picks by itself (32765 downwards).
 pub const DEFAULT_RULE_PRIORITY: u32 = 10_000;
@@ -65,6 +68,17 @@ pub struct NewParams {
     pub vif_prefix: String,
     /// Where native packets for the subnets arrive after the provider's switch.
     pub bridge: String,
+    /// More interfaces where native packets may arrive, besides `bridge` (a second uplink,
+    /// a VLAN device or a bond outside the bridge).
+    pub native_interfaces: Vec<String>,
+}
+
+impl NewParams {
+    /// Every interface where native packets may arrive: the bridge, then the others.
+    pub fn native_ifaces(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.bridge.as_str())
+            .chain(self.native_interfaces.iter().map(String::as_str))
+    }
 }
 
 /// The migration role (`[migration]`), absent for a plain tunnel.
@@ -204,7 +218,7 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
     // arrive through the tunnel, replies may leave natively (RFC 3704 "loose" = 2). IPv6
     // has no such sysctl (its reverse-path filter is a netfilter rule vmtun does not add).
     if family == Family::Ipv4 {
-        for dev in [tun, n.bridge.as_str()] {
+        for dev in std::iter::once(tun).chain(n.native_ifaces()) {
             p.push(Change::Sysctl(Sysctl {
                 key: SysctlKey::ipv4_conf(dev, "rp_filter"),
                 value: "2".into(),
@@ -221,15 +235,24 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
         name: chain.clone(),
         hook: NftHook::Prerouting,
     });
-    p.push(Change::NftSet {
-        family,
-        table: table.clone(),
-        name: NFT_NATIVE_SET.into(),
-    });
-    let native = subnets.iter().map(|&subnet| NftRuleKind::Native {
-        bridge: n.bridge.clone(),
-        subnet,
-        set: NFT_NATIVE_SET.into(),
+    for (name, key) in [
+        (NFT_NATIVE_SET, SetKey::DynamicAddress),
+        (NFT_GATEWAY_SET, SetKey::EtherAddr),
+    ] {
+        p.push(Change::NftSet {
+            family,
+            table: table.clone(),
+            name: name.into(),
+            key,
+        });
+    }
+    let native = n.native_ifaces().flat_map(|iface| {
+        subnets.iter().map(move |&subnet| NftRuleKind::Native {
+            iface: iface.into(),
+            subnet,
+            set: NFT_NATIVE_SET.into(),
+            gateways: Some(NFT_GATEWAY_SET.into()),
+        })
     });
     let mark = subnets.iter().map(|&subnet| NftRuleKind::Mark {
         vif_prefix: n.vif_prefix.clone(),
@@ -361,7 +384,8 @@ mod tests {
                 "nft add table ip vmtun",
                 "nft add chain ip vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
                 "nft add set ip vmtun native '{ type ipv4_addr; flags dynamic; }'",
-                "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" ip daddr 203.0.113.0/29 counter add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
+                "nft add set ip vmtun gateways '{ type ether_addr; }'",
+                "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" ether saddr @gateways ip daddr 203.0.113.0/29 fib saddr . iif oif exists counter add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29 on br0\"",
                 "nft add rule ip vmtun prerouting iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter meta mark set 0x1 comment \"vmtun mark 203.0.113.0/29\"",
                 "nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
                 "nft add rule ip vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment \"vmtun mss into tunnel\"",
@@ -378,20 +402,53 @@ mod tests {
         n.subnets.push("2001:db8:1::/64".parse().unwrap());
         let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
         // IPv4's changes come first and are as without IPv6.
-        assert_eq!(p[..15], lines(&plan(&tunnel(), Some(&new_role())))[..]);
+        assert_eq!(p[..16], lines(&plan(&tunnel(), Some(&new_role())))[..]);
         assert_eq!(
-            p[15..],
+            p[16..],
             [
                 "ip -6 route add default dev vmtun0 table 201",
                 "ip -6 rule add fwmark 0x1 lookup 201 priority 10000",
                 "nft add table ip6 vmtun",
                 "nft add chain ip6 vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
                 "nft add set ip6 vmtun native '{ type ipv6_addr; flags dynamic; }'",
-                "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" ip6 daddr 2001:db8:1::/64 counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } comment \"vmtun native 2001:db8:1::/64\"",
+                "nft add set ip6 vmtun gateways '{ type ether_addr; }'",
+                "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" ether saddr @gateways ip6 daddr 2001:db8:1::/64 fib saddr . iif oif exists counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } comment \"vmtun native 2001:db8:1::/64 on br0\"",
                 "nft add rule ip6 vmtun prerouting iifname \"vif*\" ip6 saddr 2001:db8:1::/64 ip6 saddr & ffff:ffff:ffff:ffff:: != @native counter meta mark set 0x1 comment \"vmtun mark 2001:db8:1::/64\"",
                 "nft add chain ip6 vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
                 "nft add rule ip6 vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss into tunnel\"",
                 "nft add rule ip6 vmtun forward iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss out of tunnel\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_native_interface_gets_its_native_rules_and_loose_rp_filter() {
+        let Role::New(mut n) = new_role() else {
+            unreachable!()
+        };
+        n.subnets.push("198.51.100.0/24".parse().unwrap());
+        n.native_interfaces = vec!["eth1.100".into()];
+        let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
+        let rp: Vec<&String> = p.iter().filter(|l| l.contains("rp_filter")).collect();
+        assert_eq!(
+            rp,
+            [
+                "sysctl -w net.ipv4.conf.vmtun0.rp_filter=2",
+                "sysctl -w net.ipv4.conf.br0.rp_filter=2",
+                "sysctl -w net.ipv4.conf.eth1/100.rp_filter=2",
+            ]
+        );
+        let native: Vec<&str> = p
+            .iter()
+            .filter_map(|l| l.split("comment \"vmtun native ").nth(1))
+            .collect();
+        assert_eq!(
+            native,
+            [
+                "203.0.113.0/29 on br0\"",
+                "198.51.100.0/24 on br0\"",
+                "203.0.113.0/29 on eth1.100\"",
+                "198.51.100.0/24 on eth1.100\"",
             ]
         );
     }

@@ -1,0 +1,127 @@
+//! Who may trigger the cutover on the new host: only the provider. A neighbour on the new
+//! host's uplink segment (a third namespace on its bridge) forges unicast frames that look
+//! like the provider's routing of the VM subnets; neither the kernel's native rule nor the
+//! watcher may act on them, and the provider's real switch must still flip both.
+//!
+//! ```text
+//!                     ┌─ new host ─────────────────────────────────────┐
+//!  core new0 ─────────┤ up0 ┐                                          │
+//!  198.18.2.1         │     br0 198.18.2.2   vmtun role new, watcher   │
+//!  (the uplink gw)    │ nb0 ┘                vif0 ── vm 203.0.113.2,   │
+//!                     └──┼─────────────────────────── 2001:db8:1::2 ───┘
+//!                        └── attacker eth0 (no address: raw frames only)
+//! ```
+//! The rest of the lab (client, core, old host, tunnel) is `tests/migration.rs`'s.
+
+mod common;
+#[path = "common/migration.rs"]
+mod helpers;
+
+use common::{Netns, Result, Scratch, check, lab, preflight, wait_ping};
+use helpers::{
+    FrameTap, WAIT, cut_over_with_pings, frame, ipv4_udp, ipv6_udp, launch_both, mac_of,
+    prepare_hosts_with, send_frames,
+};
+use std::time::Duration;
+use vmtun::lab::migration::hosts::{CutoverState, mark_rules};
+use vmtun::lab::migration::probe::Echo;
+use vmtun::lab::migration::topology::{MigrationLab, Site};
+use vmtun::lab::migration::{BRIDGE, ECHO_PORT, Family, SUBNET, SUBNET6, VIF, VM_ADDR, VM_ADDR6};
+
+/// After the forged frames have been seen on the bridge, how long the watcher and the
+/// kernel are given to (wrongly) react before the test looks. A negative check: a slow
+/// machine can only hide a false cutover, never fail a correct vmtun.
+const GRACE: Duration = Duration::from_millis(300);
+
+/// A namespace plugged into `host`'s bridge by a veth `nb0` (host side) / `eth0`: another
+/// machine on the new host's uplink segment.
+fn neighbour_on_bridge(host: &Netns) -> Result<Netns> {
+    let ns = Netns::new("neighbour")?;
+    ns.disable_ipv6()?;
+    lab::veth(host, "nb0", &ns, "eth0")?;
+    host.set_master("nb0", BRIDGE)?;
+    Ok(ns)
+}
+
+/// One forged frame per family, from `src_mac` to the host's bridge MAC: a client's source
+/// outside the subnets, the VM's address as destination, exactly what the provider's router
+/// sends after its switch.
+fn forged_frames(host_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
+    let vm6 = VM_ADDR6.parse().expect("constant");
+    let client6 = "2001:db8:10::66".parse().expect("constant");
+    vec![
+        (
+            "a forged IPv4 frame to the VM",
+            frame(
+                host_mac,
+                src_mac,
+                0x0800,
+                &ipv4_udp([198, 18, 10, 66], [203, 0, 113, 2]),
+            ),
+        ),
+        (
+            "a forged IPv6 frame to the VM",
+            frame(host_mac, src_mac, 0x86dd, &ipv6_udp(client6, vm6)),
+        ),
+    ]
+}
+
+#[test]
+fn a_forged_frame_from_a_neighbour_on_the_uplink_does_not_cut_over() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("cut-forged")?;
+    let lab = MigrationLab::build_dual_stack(1)?;
+    let _echo = Echo::start(&lab.vm, ECHO_PORT)?;
+    let both = [Family::Ipv4, Family::Ipv6];
+    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |old, new| {
+        *old = old.clone().carrying(&both);
+        *new = new.clone().carrying(&both);
+    })?;
+    launch_both(&lab, &mut old, &mut new)?;
+    lab.move_vm(Site::Old, Site::New)?;
+    new.vif_up(VIF)?;
+    for addr in [VM_ADDR, VM_ADDR6] {
+        wait_ping(&lab.client, addr, WAIT)?;
+    }
+
+    let attacker = neighbour_on_bridge(&lab.new)?;
+    let host_mac = mac_of(&lab.new, BRIDGE)?;
+    let attacker_mac = mac_of(&attacker, "eth0")?;
+    for (what, forged) in forged_frames(host_mac, attacker_mac) {
+        let tap = FrameTap::open(&lab.new, BRIDGE)?;
+        send_frames(&attacker, "eth0", vec![forged.clone()])?;
+        tap.wait_frame(what, &forged)?;
+        std::thread::sleep(GRACE);
+        let state = CutoverState::from_status(&new.status()?);
+        let marks = mark_rules(&lab.new)?;
+        check(
+            state.phase.as_deref() == Some("watching")
+                && state.cut_over.is_empty()
+                && state.native_subnets.is_empty()
+                && marks == [SUBNET, SUBNET6],
+            || {
+                format!(
+                    "{what} from a neighbour on the bridge triggered the cutover: {state:?}, \
+                     mark rules left {marks:?}"
+                )
+            },
+        )?;
+    }
+
+    // The provider's real switch still flips both families.
+    lab.switch_provider()?;
+    cut_over_with_pings(&lab, &new, VM_ADDR6, |s| s.cut_over == [SUBNET6])?;
+    let done = cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
+    check(done.cut_over == [SUBNET6, SUBNET], || {
+        format!("the provider's switch cuts over both subnets: {done:?}")
+    })?;
+    let marks = mark_rules(&lab.new)?;
+    check(marks.is_empty(), || {
+        format!("mark rules left after the provider's switch: {marks:?}")
+    })?;
+    eprintln!(
+        "provider's switch: first native packet -> mark rule gone in {:.3} ms",
+        done.latency_ns.unwrap_or(0) as f64 / 1e6
+    );
+    Ok(())
+}
