@@ -8,7 +8,7 @@
 //! watcher then removes the mark rule in one atomic netlink transaction and records when.
 //!
 //! Both act only on packets from the provider: at start, role new learns the MACs of the
-//! uplink gateways ([`learn_gateways`], the rules in `crate::cutover`'s module doc), puts
+//! uplink gateways (`learn_gateways`, the rules in `crate::cutover`'s module doc), puts
 //! them in the kernel's `gateways` set and hands the same list to the watcher. Without a
 //! gateway MAC nothing can trigger the cutover: the watcher is reported failed (`vmtun
 //! cutover` by hand) and the tunnel runs on.
