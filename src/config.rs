@@ -130,7 +130,15 @@ pub struct Migration {
     pub fwmark: u32,
     /// Role new: automatic or manual cutover.
     pub cutover: CutoverMode,
+    /// Role new: how long replies keep going through the old host after the first native
+    /// packet (zero: the kernel flips on that packet). For a provider that routes the subnet
+    /// to the new host before it accepts it as a source from there.
+    pub cutover_hold: Duration,
 }
+
+/// The longest `[migration] cutover_hold_ms`: a minute; a provider that needs longer between
+/// its route and its filter is better served by `cutover = "manual"`.
+const MAX_CUTOVER_HOLD_MS: u32 = 60_000;
 
 /// One of `[migration] gateways`: a router on the uplink, by address (its MAC is looked up
 /// in the neighbour table at start) or by MAC.
@@ -208,6 +216,7 @@ struct RawMigration {
     table: Option<u32>,
     fwmark: Option<u32>,
     cutover: Option<CutoverMode>,
+    cutover_hold_ms: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -553,6 +562,12 @@ fn migration(
             "migration.table: {table} is reserved by the kernel (0, 253, 254, 255)"
         ));
     }
+    let cutover_hold_ms = raw.cutover_hold_ms.unwrap_or(0);
+    if cutover_hold_ms > MAX_CUTOVER_HOLD_MS {
+        return err(format!(
+            "migration.cutover_hold_ms: {cutover_hold_ms} is above {MAX_CUTOVER_HOLD_MS} (a minute); ask the provider how long it takes between its route change and its source filter"
+        ));
+    }
     let fwmark = raw.fwmark.unwrap_or(1);
     if fwmark == 0 {
         return err("migration.fwmark: 0 means no mark; use a non-zero value");
@@ -568,6 +583,7 @@ fn migration(
         table,
         fwmark,
         cutover: raw.cutover.unwrap_or(CutoverMode::Auto),
+        cutover_hold: Duration::from_millis(cutover_hold_ms.into()),
     })
 }
 
@@ -669,6 +685,7 @@ addresses = ["203.0.113.2"]
         );
         assert_eq!(m.cutover, CutoverMode::Auto);
         assert!(m.gateways.is_empty() && m.native_interfaces.is_empty());
+        assert_eq!(m.cutover_hold, Duration::ZERO);
         assert_eq!(m.native_ifaces(), ["br0"]);
         assert_eq!(c.vms[0].addresses, vec![IpAddr::from([203, 0, 113, 2])]);
     }
@@ -736,6 +753,7 @@ addresses = ["203.0.113.2"]
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\ngateways = [\"198.18.2.1\", \"52:54:00:zz:00:01\"]"), "migration.gateways: \"52:54:00:zz:00:01\" is neither an IP address nor a MAC"),
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1\", \"br0\"]"), "migration.native_interfaces: br0 is listed twice"),
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1:0\"]"), "migration.native_interfaces: \"eth1:0\" is not a valid interface name"),
+            (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\ncutover_hold_ms = 60001"), "migration.cutover_hold_ms: 60001 is above 60000"),
         ];
         for (text, expected) in cases {
             let e = parse(&text).expect_err(expected).to_string();

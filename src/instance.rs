@@ -103,6 +103,7 @@ fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) 
             vif_prefix: m.vif_prefix.clone(),
             bridge: m.bridge.clone(),
             native_interfaces: m.native_interfaces.clone(),
+            kernel_flip: m.cutover_hold.is_zero(),
         }),
     });
     (tunnel, role)

@@ -96,7 +96,16 @@ impl Migration {
                     interfaces: m.native_ifaces(),
                     gateways,
                 };
+                let hold = m.cutover_hold;
                 Some(Watcher::spawn(&uplink, m.subnets.clone(), move |d| {
+                    if !hold.is_zero() {
+                        tracing::info!(
+                            subnet = %d.subnet,
+                            hold_ms = hold.as_millis() as u64,
+                            "cutover: first native packet; replies keep going through the old host for the hold"
+                        );
+                        std::thread::sleep(hold);
+                    }
                     let removal = remover.remove(&[d.subnet])?;
                     tracing::info!(
                         subnet = %d.subnet,

@@ -1,7 +1,9 @@
-//! Who may trigger the cutover on the new host: only the provider. A neighbour on the new
-//! host's uplink segment (a third namespace on its bridge) forges unicast frames that look
-//! like the provider's routing of the VM subnets; neither the kernel's native rule nor the
-//! watcher may act on them, and the provider's real switch must still flip both.
+//! Who may trigger the cutover on the new host, and when. Only the provider: a neighbour on
+//! the new host's uplink segment (a third namespace on its bridge) forges unicast frames that
+//! look like the provider's routing of the VM subnets; neither the kernel's native rule nor
+//! the watcher may act on them, and the provider's real switch must still flip both. And a
+//! provider that routes the subnet to the new host before it lifts its source filter there
+//! costs the VM its replies for that gap, unless `cutover_hold_ms` covers it.
 //!
 //! ```text
 //!                     ┌─ new host ─────────────────────────────────────┐
@@ -17,14 +19,14 @@ mod common;
 #[path = "common/migration.rs"]
 mod helpers;
 
-use common::{Netns, Result, Scratch, check, lab, preflight, wait_ping};
+use common::{Netns, Result, Scratch, check, lab, preflight, wait_ping, wait_until};
 use helpers::{
     FrameTap, WAIT, cut_over_with_pings, frame, ipv4_udp, ipv6_udp, launch_both, mac_of,
-    prepare_hosts_with, send_frames,
+    prepare_hosts_with, probing, send_frames, wait_cutover_done,
 };
 use std::time::Duration;
 use vmtun::lab::migration::hosts::{CutoverState, mark_rules};
-use vmtun::lab::migration::probe::Echo;
+use vmtun::lab::migration::probe::{Echo, unix_ns};
 use vmtun::lab::migration::topology::{MigrationLab, Site};
 use vmtun::lab::migration::{BRIDGE, ECHO_PORT, Family, SUBNET, SUBNET6, VIF, VM_ADDR, VM_ADDR6};
 
@@ -124,4 +126,93 @@ fn a_forged_frame_from_a_neighbour_on_the_uplink_does_not_cut_over() -> Result<(
         done.latency_ns.unwrap_or(0) as f64 / 1e6
     );
     Ok(())
+}
+
+/// How long the provider of the next test takes from routing the subnet to the new host to
+/// accepting it as a source from there.
+const FILTER_GAP: Duration = Duration::from_millis(300);
+/// The hold that covers it, with room for a slow machine.
+const HOLD_MS: u32 = 3000;
+
+/// What the client saw when the provider routed first and lifted its filter [`FILTER_GAP`]
+/// later.
+#[derive(Debug)]
+struct RouteFirst {
+    /// Probes sent from the route change on that got no reply.
+    lost: usize,
+    /// Replies the provider dropped as spoofed (from the new host, before the filter went).
+    spoof_dropped: u64,
+    /// The cutover's record: first native packet to mark rule gone.
+    cutover_ms: f64,
+}
+
+/// The move at 1 kHz with `cutover_hold_ms = hold_ms`, then the provider's switch in the
+/// other order: the route first, the source filter [`FILTER_GAP`] later.
+fn route_first_then_lift(hold_ms: u32) -> Result<RouteFirst> {
+    let scratch = Scratch::new("cut-order")?;
+    let lab = MigrationLab::build(1)?;
+    let _echo = Echo::start(&lab.vm, ECHO_PORT)?;
+    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |_, new| {
+        if let Some(m) = new.migration.as_mut() {
+            m.cutover_hold_ms = hold_ms;
+        }
+    })?;
+    launch_both(&lab, &mut old, &mut new)?;
+    let prober = probing(&lab, 1000)?;
+    lab.move_vm(Site::Old, Site::New)?;
+    new.vif_up(VIF)?;
+    let moved = unix_ns();
+    wait_until(WAIT, "replies through the tunnel", || {
+        prober.answered_since(moved)
+    })?;
+    let before = lab.core_counters()?;
+    let routed = unix_ns();
+    lab.route_to_new()?;
+    std::thread::sleep(FILTER_GAP);
+    lab.lift_source_filter()?;
+    let done = wait_cutover_done(&new)?;
+    let since_done = unix_ns();
+    wait_until(WAIT, "replies after the cutover", || {
+        prober.answered_since(since_done)
+    })?;
+    let (log, _) = prober.finish(Duration::from_millis(300))?;
+    let after = lab.core_counters()?;
+    let first = log.sent_ns.partition_point(|&t| t < routed);
+    Ok(RouteFirst {
+        lost: log.replies[first..].iter().filter(|r| r.is_none()).count(),
+        spoof_dropped: after.spoof_dropped - before.spoof_dropped,
+        cutover_ms: done.latency_ns.unwrap_or(0) as f64 / 1e6,
+    })
+}
+
+/// vmtun assumes the provider accepts the subnet from the new host no later than it routes
+/// the subnet there. In the other order the first native packet flips the replies to leave
+/// natively while the provider still drops them; a hold longer than the provider's gap keeps
+/// them on the old path until then, and nothing is lost.
+#[test]
+fn a_provider_that_routes_before_lifting_its_filter_needs_a_hold() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let without = route_first_then_lift(0)?;
+    let with = route_first_then_lift(HOLD_MS)?;
+    eprintln!(
+        "route first, filter lifted {} ms later (1 kHz probes):\n  \
+         no hold:      {} probes lost, {} replies dropped as spoofed, cutover {:.3} ms\n  \
+         hold {HOLD_MS} ms: {} probes lost, {} replies dropped as spoofed, cutover {:.3} ms",
+        FILTER_GAP.as_millis(),
+        without.lost,
+        without.spoof_dropped,
+        without.cutover_ms,
+        with.lost,
+        with.spoof_dropped,
+        with.cutover_ms
+    );
+    check(without.spoof_dropped > 0 && without.lost > 0, || {
+        format!("without a hold the provider's order should cost replies: {without:?}")
+    })?;
+    check(with.spoof_dropped == 0 && with.lost == 0, || {
+        format!("the hold did not keep the replies on the old path: {with:?}")
+    })?;
+    check(with.cutover_ms >= f64::from(HOLD_MS), || {
+        format!("the mark rule went before the hold was over: {with:?}")
+    })
 }

@@ -233,8 +233,10 @@ pub enum NftRuleKind {
         iface: String,
         /// The VM subnet.
         subnet: IpNet,
-        /// The cutover set the subnet is added to.
-        set: String,
+        /// The cutover set the subnet is added to; none: the rule only counts, and the
+        /// kernel does not flip (`[migration] cutover_hold_ms`: the watcher removes the mark
+        /// rule after the hold).
+        set: Option<String>,
         /// The set of the gateways' MACs (state files from before it have none: no MAC or
         /// reverse-path condition).
         #[serde(default)]
@@ -549,7 +551,10 @@ impl fmt::Display for NftRuleKind {
                 if gateways.is_some() {
                     write!(f, "fib saddr . iif oif exists ")?;
                 }
-                write!(f, "counter add @{set} {{ {ip} daddr & {mask} }}")?;
+                f.write_str("counter")?;
+                if let Some(set) = set {
+                    write!(f, " add @{set} {{ {ip} daddr & {mask} }}")?;
+                }
             }
             NftRuleKind::ClampMss {
                 tun,
@@ -835,7 +840,7 @@ mod tests {
             rule: NftRuleKind::Native {
                 iface: "br0".into(),
                 subnet: "2001:db8:1::/64".parse().unwrap(),
-                set: "native".into(),
+                set: Some("native".into()),
                 gateways: Some("gateways".into()),
             },
         };

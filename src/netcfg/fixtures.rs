@@ -24,5 +24,6 @@ pub(crate) fn new_role() -> Role {
         vif_prefix: "vif".into(),
         bridge: "br0".into(),
         native_interfaces: Vec::new(),
+        kernel_flip: true,
     })
 }

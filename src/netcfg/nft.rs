@@ -514,11 +514,13 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
                 r.add_expr(&Register2IsTrue);
             }
             r.add_expr(&Counter);
-            // Register 1 holds `ip daddr & MASK`, which the match above proved to be the
-            // subnet's network address: that is the element (one per subnet). A constant
-            // loaded with `immediate` would do the same, but nft cannot type it when
-            // listing the rule.
-            r.add_expr(&DynsetAdd { set: cstring(set)? });
+            if let Some(set) = set {
+                // Register 1 holds `ip daddr & MASK`, which the match above proved to be the
+                // subnet's network address: that is the element (one per subnet). A
+                // constant loaded with `immediate` would do the same, but nft cannot type
+                // it when listing the rule.
+                r.add_expr(&DynsetAdd { set: cstring(set)? });
+            }
         }
         NftRuleKind::ClampMss {
             tun,

@@ -71,6 +71,9 @@ pub struct NewParams {
     /// More interfaces where native packets may arrive, besides `bridge` (a second uplink,
     /// a VLAN device or a bond outside the bridge).
     pub native_interfaces: Vec<String>,
+    /// Whether the kernel flips on the first native packet (off with a cutover hold: the
+    /// watcher then removes the mark rule once the hold is over).
+    pub kernel_flip: bool,
 }
 
 impl NewParams {
@@ -250,7 +253,7 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
         subnets.iter().map(move |&subnet| NftRuleKind::Native {
             iface: iface.into(),
             subnet,
-            set: NFT_NATIVE_SET.into(),
+            set: n.kernel_flip.then(|| NFT_NATIVE_SET.into()),
             gateways: Some(NFT_GATEWAY_SET.into()),
         })
     });
@@ -449,6 +452,25 @@ mod tests {
                 "198.51.100.0/24 on br0\"",
                 "203.0.113.0/29 on eth1.100\"",
                 "198.51.100.0/24 on eth1.100\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_the_kernel_flip_the_native_rule_only_counts() {
+        let Role::New(mut n) = new_role() else {
+            unreachable!()
+        };
+        n.kernel_flip = false;
+        let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
+        let native: Vec<&String> = p
+            .iter()
+            .filter(|l| l.contains("comment \"vmtun native"))
+            .collect();
+        assert_eq!(
+            native,
+            [
+                "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" ether saddr @gateways ip daddr 203.0.113.0/29 fib saddr . iif oif exists counter comment \"vmtun native 203.0.113.0/29 on br0\""
             ]
         );
     }
