@@ -22,7 +22,8 @@ mod helpers;
 use common::{Netns, Result, Scratch, check, lab, preflight, wait_ping, wait_until};
 use helpers::{
     FrameTap, WAIT, cut_over_with_pings, frame, ipv4_udp, ipv6_udp, launch_both, mac_of,
-    prepare_hosts_with, probing, send_frames, wait_cutover_done,
+    migration_status_text, prepare_hosts, prepare_hosts_with, probing, send_frames,
+    wait_cutover_done,
 };
 use std::time::Duration;
 use vmtun::lab::migration::hosts::{CutoverState, mark_rules};
@@ -214,5 +215,39 @@ fn a_provider_that_routes_before_lifting_its_filter_needs_a_hold() -> Result<()>
     })?;
     check(with.cutover_ms >= f64::from(HOLD_MS), || {
         format!("the mark rule went before the hold was over: {with:?}")
+    })
+}
+
+/// A new host whose uplink gateway vmtun cannot learn (no default route through the bridge,
+/// no `gateways` key): nothing may trigger the cutover, which `status` says with what to do;
+/// the kernel's gateways set stays empty, and `vmtun cutover` still works by hand.
+#[test]
+fn without_a_known_gateway_the_watcher_says_so_and_vmtun_cutover_still_works() -> Result<()> {
+    preflight(&["nft"]);
+    let scratch = Scratch::new("cut-nogw")?;
+    let lab = MigrationLab::build(1)?;
+    lab.new.ip(&["route", "del", "default"])?;
+    let (_old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
+    new.launch()?;
+    let text = migration_status_text(&new)?;
+    check(
+        text.contains(
+            "  cutover watcher: FAILED (cutover: no default route through br0 names the uplink \
+             gateway, so nothing may trigger the cutover: set [migration] gateways, or run \
+             `vmtun cutover` at the switch); run vmtun cutover",
+        ),
+        || format!("vmtun status:\n{text}"),
+    )?;
+    let set = lab
+        .new
+        .run("nft", &["list", "set", "ip", "vmtun", "gateways"])?;
+    check(!set.contains("elements"), || format!("gateways set: {set}"))?;
+    let out = new.output(&["cutover"])?;
+    check(out.status.success(), || {
+        format!("vmtun cutover: {}", String::from_utf8_lossy(&out.stderr))
+    })?;
+    let marks = mark_rules(&lab.new)?;
+    check(marks.is_empty(), || {
+        format!("mark rules left after vmtun cutover: {marks:?}")
     })
 }
