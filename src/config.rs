@@ -120,12 +120,47 @@ pub struct Migration {
     pub vif_prefix: String,
     /// Role new: where natively routed packets arrive.
     pub bridge: String,
+    /// Role new: more interfaces where natively routed packets may arrive, besides `bridge`.
+    pub native_interfaces: Vec<String>,
+    /// Role new: the provider's routers on the uplink, whose packets alone may trigger the
+    /// cutover; empty: the gateways of the host's default routes through the native
+    /// interfaces.
+    pub gateways: Vec<Gateway>,
     /// Role new: routing table for VM replies via the tunnel.
     pub table: u32,
     /// Role new: mark that selects `table`.
     pub fwmark: u32,
     /// Role new: automatic or manual cutover.
     pub cutover: CutoverMode,
+    /// Role new: how long replies keep going through the old host after the first native
+    /// packet (zero: the kernel flips on that packet). For a provider that routes the subnet
+    /// to the new host before it accepts it as a source from there.
+    pub cutover_hold: Duration,
+}
+
+/// The longest `[migration] cutover_hold_ms`: a minute; a provider that needs longer between
+/// its route and its filter is better served by `cutover = "manual"`.
+const MAX_CUTOVER_HOLD_MS: u32 = 60_000;
+
+/// One of `[migration] gateways`: a router on the uplink, by address (its MAC is looked up
+/// in the neighbour table at start) or by MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gateway {
+    /// The router's address on the uplink, e.g. `198.18.2.1` or `fe80::1`.
+    Address(IpAddr),
+    /// The router's MAC, e.g. `52:54:00:ab:cd:ef` (a router vmtun cannot resolve, or the
+    /// physical MACs behind a redundant pair's virtual one).
+    Mac(crate::cutover::MacAddr),
+}
+
+impl Migration {
+    /// Every interface where native packets may arrive: `bridge`, then `native_interfaces`.
+    pub fn native_ifaces(&self) -> Vec<String> {
+        std::iter::once(&self.bridge)
+            .chain(&self.native_interfaces)
+            .cloned()
+            .collect()
+    }
 }
 
 /// `[metrics]`: the opt-in Prometheus endpoint (off without the section).
@@ -186,9 +221,12 @@ struct RawMigration {
     via: String,
     vif_prefix: Option<String>,
     bridge: Option<String>,
+    native_interfaces: Option<Vec<String>>,
+    gateways: Option<Vec<String>>,
     table: Option<u32>,
     fwmark: Option<u32>,
     cutover: Option<CutoverMode>,
+    cutover_hold_ms: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -569,10 +607,34 @@ fn migration(
     ifname("migration.vif_prefix", &vif_prefix)?;
     let bridge = raw.bridge.unwrap_or_else(|| "br0".into());
     ifname("migration.bridge", &bridge)?;
+    let native_interfaces = raw.native_interfaces.unwrap_or_default();
+    for (i, name) in native_interfaces.iter().enumerate() {
+        ifname("migration.native_interfaces", name)?;
+        if *name == bridge || native_interfaces[..i].contains(name) {
+            return err(format!(
+                "migration.native_interfaces: {name} is listed twice (with migration.bridge, it is watched already)"
+            ));
+        }
+    }
+    let gateways = (raw.gateways.unwrap_or_default().iter())
+        .map(|text| match (text.parse(), text.parse()) {
+            (Ok(addr), _) => Ok(Gateway::Address(addr)),
+            (_, Ok(mac)) => Ok(Gateway::Mac(mac)),
+            _ => err(format!(
+                "migration.gateways: {text:?} is neither an IP address nor a MAC like 52:54:00:ab:cd:ef"
+            )),
+        })
+        .collect::<Result<Vec<Gateway>, ConfigError>>()?;
     let table = raw.table.unwrap_or(201);
     if RESERVED_TABLES.contains(&table) {
         return err(format!(
             "migration.table: {table} is reserved by the kernel (0, 253, 254, 255)"
+        ));
+    }
+    let cutover_hold_ms = raw.cutover_hold_ms.unwrap_or(0);
+    if cutover_hold_ms > MAX_CUTOVER_HOLD_MS {
+        return err(format!(
+            "migration.cutover_hold_ms: {cutover_hold_ms} is above {MAX_CUTOVER_HOLD_MS} (a minute); ask the provider how long it takes between its route change and its source filter"
         ));
     }
     let fwmark = raw.fwmark.unwrap_or(1);
@@ -585,9 +647,12 @@ fn migration(
         via,
         vif_prefix,
         bridge,
+        native_interfaces,
+        gateways,
         table,
         fwmark,
         cutover: raw.cutover.unwrap_or(CutoverMode::Auto),
+        cutover_hold: Duration::from_millis(cutover_hold_ms.into()),
     })
 }
 
@@ -703,6 +768,9 @@ addresses = ["203.0.113.2"]
             (201, 1, "vif", "br0")
         );
         assert_eq!(m.cutover, CutoverMode::Auto);
+        assert!(m.gateways.is_empty() && m.native_interfaces.is_empty());
+        assert_eq!(m.cutover_hold, Duration::ZERO);
+        assert_eq!(m.native_ifaces(), ["br0"]);
         assert_eq!(c.vms[0].addresses, vec![IpAddr::from([203, 0, 113, 2])]);
     }
 
@@ -723,6 +791,24 @@ addresses = ["203.0.113.2"]
             r#"allowed_ips = ["0.0.0.0/0"]"#,
         );
         assert_eq!(parse(&wide).unwrap().caveats(), []);
+    }
+
+    #[test]
+    fn gateways_take_addresses_and_macs_and_native_interfaces_add_to_the_bridge() {
+        let text = good().replace(
+            "via = \"100.64.0.2\"",
+            "via = \"100.64.0.2\"\ngateways = [\"198.18.2.1\", \"fe80::1\", \"52:54:00:AB:cd:ef\"]\nnative_interfaces = [\"eth1.100\", \"bond0\"]",
+        );
+        let m = parse(&text).unwrap().migration.unwrap();
+        assert_eq!(
+            m.gateways,
+            [
+                Gateway::Address("198.18.2.1".parse().unwrap()),
+                Gateway::Address("fe80::1".parse().unwrap()),
+                Gateway::Mac(crate::cutover::MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef])),
+            ]
+        );
+        assert_eq!(m.native_ifaces(), ["br0", "eth1.100", "bond0"]);
     }
 
     /// Each bad config must fail with one line that names the field.
@@ -767,6 +853,10 @@ addresses = ["203.0.113.2"]
             (g.replace(PUB_C, PUB_B), "peer[0].public_key: is this host's own public key"),
             (g.replace("\"100.64.0.2/32\", \"203.0.113.0/29\"", "\"100.64.0.2/32\""), "migration.subnets"),
             (g.replace("role = \"old\"", "role = \"new\""), "must include 0.0.0.0/0"),
+            (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\ngateways = [\"198.18.2.1\", \"52:54:00:zz:00:01\"]"), "migration.gateways: \"52:54:00:zz:00:01\" is neither an IP address nor a MAC"),
+            (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1\", \"br0\"]"), "migration.native_interfaces: br0 is listed twice"),
+            (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1:0\"]"), "migration.native_interfaces: \"eth1:0\" is not a valid interface name"),
+            (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\ncutover_hold_ms = 60001"), "migration.cutover_hold_ms: 60001 is above 60000"),
         ];
         for (text, expected) in cases {
             let e = parse(&text).expect_err(expected).to_string();

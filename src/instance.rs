@@ -157,6 +157,8 @@ fn host_params(config: &Config) -> (netcfg::TunnelParams, Option<netcfg::Role>) 
             rule_priority: netcfg::DEFAULT_RULE_PRIORITY,
             vif_prefix: m.vif_prefix.clone(),
             bridge: m.bridge.clone(),
+            native_interfaces: m.native_interfaces.clone(),
+            kernel_flip: m.cutover_hold.is_zero(),
         }),
     });
     (tunnel, role)

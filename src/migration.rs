@@ -8,17 +8,26 @@
 //! watcher then removes the mark rule in one atomic netlink transaction and records when.
 //! Then the new host reports the switch to the old host ([`crate::switch_report`]), where
 //! VMs that have not moved yet must now send through the tunnel too.
+//!
+//! Both act only on packets from the provider: at start, role new learns the MACs of the
+//! uplink gateways (`learn_gateways`, the rules in `crate::cutover`'s module doc), puts
+//! them in the kernel's `gateways` set and hands the same list to the watcher. Without a
+//! gateway MAC nothing can trigger the cutover: the watcher is reported failed (`vmtun
+//! cutover` by hand) and the tunnel runs on.
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, Config, CutoverMode, Role};
-use crate::cutover::{CutoverStatus, Phase, Watcher};
-use crate::netcfg::{self, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
+use crate::config::{self, Config, CutoverMode, Gateway, Role};
+use crate::cutover::{CutoverStatus, MacAddr, Phase, Uplink, Watcher, index_of};
+use crate::netcfg::{self, Family, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
 use crate::switch_report::{Listener, Reporter};
+
+/// How long `vmtun up` waits for the kernel to resolve a gateway's MAC it does not know yet.
+const GATEWAY_RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
 /// A manual cutover (`vmtun cutover`), for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,11 +84,11 @@ pub struct Migration {
 
 impl Migration {
     /// Starts what the role needs at run time: on role new, the reporter of the switch
-    /// (which reports at once the subnets that cut over before) and, with `cutover =
-    /// "auto"`, the watcher on the bridge for the subnets that have not cut over yet; on
-    /// role old, the listener for the new host's reports. Call after the host plan is
-    /// applied (the mark rules and the tunnel address exist); each cutover is recorded in
-    /// `journal`.
+    /// (which reports at once the subnets that cut over before), the uplink gateways' MACs
+    /// in the kernel's set and, with `cutover = "auto"`, the watcher on the native
+    /// interfaces for the subnets that have not cut over yet; on role old, the listener for
+    /// the new host's reports. Call after the host plan is applied (the mark rules and the
+    /// tunnel address exist); each cutover is recorded in `journal`.
     pub fn start(
         m: &config::Migration,
         config: &Config,
@@ -98,12 +107,47 @@ impl Migration {
                 reporter.report(net.trunc());
             }
         }
+        let mut finished = None;
+        let gateways = match m.role {
+            Role::New if !waiting.is_empty() => match learn_gateways(m) {
+                Ok(macs) => {
+                    let raw: Vec<[u8; 6]> = macs.iter().map(|mac| mac.0).collect();
+                    let elements = netcfg::gateway_elements(&Family::all_of(&m.subnets), &raw);
+                    let mut ops = netcfg::SystemOps::new()?;
+                    journal.lock().apply(&mut ops, &elements)?;
+                    macs
+                }
+                Err(error) => {
+                    tracing::error!("{error}");
+                    finished = Some(CutoverStatus {
+                        phase: Phase::Failed { error },
+                        records: Vec::new(),
+                        waiting: waiting.iter().map(IpNet::trunc).collect(),
+                    });
+                    Vec::new()
+                }
+            },
+            _ => Vec::new(),
+        };
         let watcher = match (m.role, m.cutover, &reporter) {
-            (Role::New, CutoverMode::Auto, Some(reporter)) if !waiting.is_empty() => {
+            (Role::New, CutoverMode::Auto, Some(reporter)) if !gateways.is_empty() => {
                 let mut remover = netcfg::MarkRemover::prepare(NFT_TABLE)?;
                 let journal = journal.clone();
                 let report = reporter.sender();
-                Some(Watcher::spawn(&m.bridge, waiting, move |d| {
+                let uplink = Uplink {
+                    interfaces: m.native_ifaces(),
+                    gateways,
+                };
+                let hold = m.cutover_hold;
+                Some(Watcher::spawn(&uplink, waiting, move |d| {
+                    if !hold.is_zero() {
+                        tracing::info!(
+                            subnet = %d.subnet,
+                            hold_ms = hold.as_millis() as u64,
+                            "cutover: first native packet; replies keep going through the old host for the hold"
+                        );
+                        std::thread::sleep(hold);
+                    }
                     let removal = journal
                         .lock()
                         .record_cutover(&[d.subnet], || remover.remove(&[d.subnet]))?;
@@ -135,7 +179,7 @@ impl Migration {
             role: m.role,
             subnets: m.subnets.clone(),
             watcher,
-            finished: None,
+            finished: finished.filter(|_| m.cutover == CutoverMode::Auto),
             manual: None,
             journal: journal.clone(),
             cut_over_before,
@@ -198,6 +242,66 @@ impl Migration {
             switched_subnets,
         }
     }
+}
+
+/// The MACs of the uplink gateways (see `crate::cutover`'s module doc for the rules): those
+/// `[migration] gateways` names, or, when it is empty, the gateways of the host's default
+/// routes through the native interfaces, each resolved in the neighbour table (waiting up to
+/// [`GATEWAY_RESOLVE_WAIT`] for one the kernel does not know yet). Gateways that do not
+/// resolve are logged; an error (one line, for the operator) when no MAC at all is known.
+fn learn_gateways(m: &config::Migration) -> Result<Vec<MacAddr>, String> {
+    let ifaces = m.native_ifaces();
+    let ifindexes: Vec<u32> = ifaces.iter().filter_map(|i| index_of(i)).collect();
+    let mut macs: Vec<MacAddr> = Vec::new();
+    let mut addresses: Vec<(IpAddr, u32)> = Vec::new();
+    let first = ifindexes.first().copied().unwrap_or(0);
+    for gateway in &m.gateways {
+        match *gateway {
+            Gateway::Mac(mac) => macs.push(mac),
+            Gateway::Address(addr) => addresses.push((addr, first)),
+        }
+    }
+    let on = ifaces.join(", ");
+    if m.gateways.is_empty() {
+        addresses = netcfg::default_gateways(&ifindexes).map_err(|e| {
+            format!("cutover: reading the default routes: {e}; run `vmtun cutover` at the switch")
+        })?;
+        if addresses.is_empty() {
+            return Err(format!(
+                "cutover: no default route through {on} names the uplink gateway, so nothing may trigger the cutover: set [migration] gateways, or run `vmtun cutover` at the switch"
+            ));
+        }
+    }
+    let resolved = netcfg::resolve_gateway_macs(&addresses, &ifindexes, GATEWAY_RESOLVE_WAIT)
+        .map_err(|e| {
+            format!("cutover: reading the neighbour table: {e}; run `vmtun cutover` at the switch")
+        })?;
+    let mut unresolved = Vec::new();
+    for (addr, mac) in resolved {
+        match mac {
+            Some(mac) => {
+                tracing::info!(gateway = %addr, mac = %MacAddr(mac), "uplink gateway");
+                macs.push(MacAddr(mac));
+            }
+            None => unresolved.push(addr.to_string()),
+        }
+    }
+    if !unresolved.is_empty() {
+        tracing::warn!(
+            "cutover: the uplink gateway {} has no MAC in the neighbour table on {on} after {} s: its packets will not trigger the cutover; give its MAC in [migration] gateways",
+            unresolved.join(", "),
+            GATEWAY_RESOLVE_WAIT.as_secs()
+        );
+    }
+    macs.sort();
+    macs.dedup();
+    if macs.is_empty() {
+        return Err(format!(
+            "cutover: the uplink gateway {} has no MAC in the neighbour table on {on}, so nothing may trigger the cutover: give its MAC in [migration] gateways, or run `vmtun cutover` at the switch",
+            unresolved.join(", ")
+        ));
+    }
+    Ok(macs)
 }
 
 impl std::fmt::Display for MigrationStatus {

@@ -274,7 +274,8 @@ sysctl -w net.ipv4.conf.br0.rp_filter=2
 nft add table ip vmtun
 nft add chain ip vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'
 nft add set ip vmtun native '{ type ipv4_addr; flags dynamic; }'
-nft add rule ip vmtun prerouting meta pkttype host iifname "br0" ip daddr 203.0.113.0/29 counter add @native { ip daddr & 255.255.255.248 } comment "vmtun native 203.0.113.0/29"
+nft add set ip vmtun gateways '{ type ether_addr; }'
+nft add rule ip vmtun prerouting meta pkttype host iifname "br0" ether saddr @gateways ip daddr 203.0.113.0/29 fib saddr . iif oif exists counter add @native { ip daddr & 255.255.255.248 } comment "vmtun native 203.0.113.0/29 on br0"
 nft add rule ip vmtun prerouting iifname "vif*" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter meta mark set 0x1 comment "vmtun mark 203.0.113.0/29"
 "#;
 

@@ -1,9 +1,17 @@
-//! The OS edge of the cutover: receiving frames from the bridge, filtered in the kernel, with a
-//! kernel receive timestamp, and stoppable at any time through an eventfd.
+//! The OS edge of the cutover: receiving frames from the native interfaces (the bridge, and
+//! any other uplink configured), filtered in the kernel, with a kernel receive timestamp and
+//! the interface they came in on, and stoppable at any time through an eventfd.
 //!
-//! [`PacketSocket`] is one `AF_PACKET` socket per address family watched, bound to the bridge
+//! [`PacketSocket`] is one `AF_PACKET` socket per interface and address family watched, bound
 //! for `ETH_P_IP` and `ETH_P_IPV6`, each with the classic BPF program libpcap compiles
-//! attached, polled together with the stop signal. `PcapCapture` (libpcap in immediate mode,
+//! attached, polled together with the stop signal.
+//!
+//! An interface going down is survived: the kernel reports `ENETDOWN` on the socket (and
+//! stops delivering), and hooks the socket up again by itself when the interface comes back
+//! up with the same index; the capture reads the error to clear it and keeps waiting. While
+//! an interface has been down, the capture also checks every [`DOWN_RECHECK`] that it still
+//! exists: one deleted (or recreated under a new index, which the socket does not follow) is
+//! an error naming it. `PcapCapture` (libpcap in immediate mode,
 //! tests only) does the same job for the latency comparison at the top of [`super`], which
 //! explains the choice. This file must not decide anything about the frames; the classifier
 //! does.
@@ -49,10 +57,12 @@ impl StopSignal {
     }
 }
 
-/// One frame as received: at most [`SNAPLEN`] bytes, and the kernel's receive time.
+/// One frame as received: at most [`SNAPLEN`] bytes, the kernel's receive time, and the
+/// index of the interface it came in on.
 pub(crate) struct Frame<'a> {
     pub(crate) data: &'a [u8],
     pub(crate) captured_at: SystemTime,
+    pub(crate) ifindex: u32,
 }
 
 /// How a source waits for frames.
@@ -74,38 +84,38 @@ pub(crate) enum Run<T> {
     Stopped,
 }
 
-/// Most sockets a source waits on: one per address family.
-const MAX_SOCKETS: usize = 2;
-
-/// Most frames read from one socket per wakeup before the other socket's turn.
+/// Most frames read from one socket per wakeup before the other sockets' turn.
 const BATCH: usize = 64;
 
-/// Waits until one of `fds` (at most [`MAX_SOCKETS`]) is readable or `stop` is raised.
-/// Returns which are readable, by index, or None when stopped.
-fn wait_readable(fds: &[RawFd], stop: &StopSignal) -> io::Result<Option<[bool; MAX_SOCKETS]>> {
-    let unused = libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    };
-    // The stop signal first: it wins when both are ready.
-    let mut pollfds = [unused; MAX_SOCKETS + 1];
-    pollfds[0] = libc::pollfd {
-        fd: stop.fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    for (pollfd, &fd) in pollfds[1..].iter_mut().zip(fds) {
-        *pollfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+/// While an interface has been down, how often the capture checks that it still exists.
+pub(crate) const DOWN_RECHECK: Duration = Duration::from_secs(1);
+
+/// What a wait on the sockets and the stop signal found.
+enum Ready {
+    /// The stop signal was raised.
+    Stopped,
+    /// Some sockets are readable or report an error (their `revents` in the poll set).
+    Sockets,
+    /// The timeout passed with nothing to read.
+    Timeout,
+}
+
+/// Polls `pollfds` (the stop signal first: it wins when several are ready) for at most
+/// `timeout` (None: no limit).
+fn wait_readable(pollfds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<Ready> {
+    let timeout_ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    for pollfd in pollfds.iter_mut() {
+        pollfd.revents = 0;
     }
-    let count = 1 + fds.len().min(MAX_SOCKETS);
     loop {
-        // SAFETY: pollfds is a live array of at least `count` pollfd.
-        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), count as libc::nfds_t, -1) };
+        // SAFETY: pollfds is a live slice of pollfd.
+        let n = unsafe {
+            libc::poll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -113,41 +123,78 @@ fn wait_readable(fds: &[RawFd], stop: &StopSignal) -> io::Result<Option<[bool; M
             }
             return Err(err);
         }
-        if pollfds[0].revents != 0 {
-            return Ok(None);
-        }
-        let mut ready = [false; MAX_SOCKETS];
-        for (ready, pollfd) in ready.iter_mut().zip(&pollfds[1..count]) {
-            if pollfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
-                return Err(io::Error::other("the capture socket reported an error"));
-            }
-            *ready = pollfd.revents != 0;
-        }
-        if ready.contains(&true) {
-            return Ok(Some(ready));
-        }
+        return Ok(match pollfds.first() {
+            Some(stop) if stop.revents != 0 => Ready::Stopped,
+            _ if n == 0 => Ready::Timeout,
+            _ => Ready::Sockets,
+        });
     }
 }
 
-/// Checks that `bridge` names an interface in this network namespace, for a clear error before
-/// any socket is opened.
-pub(crate) fn interface_index(bridge: &str) -> Result<u32, CutoverError> {
-    let no_such = || CutoverError::NoSuchInterface {
-        bridge: bridge.to_owned(),
-    };
-    if bridge.is_empty() || bridge.len() >= libc::IFNAMSIZ {
-        return Err(no_such());
+/// The pollfd for reading `fd`.
+fn readable(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
     }
-    let name = CString::new(bridge).map_err(|_| no_such())?;
+}
+
+/// The index of the interface named `name` in the calling thread's network namespace, None if
+/// there is none.
+pub fn index_of(name: &str) -> Option<u32> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let name = CString::new(name).ok()?;
     // SAFETY: name is a valid NUL-terminated string for the duration of the call.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(no_such()),
-        index => Ok(index),
+        0 => None,
+        index => Some(index),
     }
 }
 
-/// `AF_PACKET` sockets on the bridge that receive the IPv4 and IPv6 frames addressed to the
-/// host: one per family watched, each bound to its ethertype (`ETH_P_IP`, `ETH_P_IPV6`).
+/// Checks that `iface` names an interface in this network namespace, for a clear error before
+/// any socket is opened.
+pub(crate) fn interface_index(iface: &str) -> Result<u32, CutoverError> {
+    index_of(iface).ok_or_else(|| CutoverError::NoSuchInterface {
+        iface: iface.to_owned(),
+    })
+}
+
+/// Reads and clears the socket's pending error (`SO_ERROR`).
+fn take_error(fd: RawFd) -> io::Error {
+    let mut code: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: code and len are live and sized as stated.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut code).cast(),
+            &raw mut len,
+        )
+    };
+    if rc < 0 {
+        io::Error::last_os_error()
+    } else {
+        io::Error::from_raw_os_error(code)
+    }
+}
+
+/// One packet socket: on which interface, for which ethertype.
+struct Socket {
+    fd: OwnedFd,
+    iface: String,
+    ifindex: u32,
+    /// Whether its interface has gone down since the watch began (see the module doc).
+    was_down: bool,
+}
+
+/// `AF_PACKET` sockets on the native interfaces that receive the IPv4 and IPv6 frames
+/// addressed to the host: one per interface and family watched, each bound to its ethertype
+/// (`ETH_P_IP`, `ETH_P_IPV6`).
 ///
 /// Bound to an ethertype, a packet socket is a receive-path protocol handler: the kernel never
 /// gives it the frames the host sends (those go to `ETH_P_ALL` taps only), nor ARP or RARP.
@@ -158,27 +205,29 @@ pub(crate) fn interface_index(bridge: &str) -> Result<u32, CutoverError> {
 /// The BPF program drops other destinations in the kernel; [`Self::run`] also keeps only
 /// `PACKET_HOST` frames (a promiscuous bridge also gets `PACKET_OTHERHOST` ones).
 ///
-/// Frames of one family come in order; between the two sockets there is no order.
+/// Frames of one family on one interface come in order; between sockets there is no order.
 pub(crate) struct PacketSocket {
-    /// One socket per family watched, IPv4's first.
-    sockets: Vec<OwnedFd>,
+    /// One socket per interface and family watched, IPv4's first on each interface.
+    sockets: Vec<Socket>,
+    /// The poll set: the stop signal (set by `run`), then each socket.
+    pollfds: Vec<libc::pollfd>,
     wait: Wait,
     buf: [u8; SNAPLEN],
 }
 
 impl PacketSocket {
-    /// Opens the sockets on `bridge` (in the calling thread's network namespace) for the
+    /// Opens the sockets on `ifaces` (in the calling thread's network namespace) for the
     /// families of the classifier's subnets.
     ///
-    /// [`Wait::Blocking`] reads one socket only: it takes subnets of one family.
+    /// [`Wait::Blocking`] reads one socket only: it takes one interface and subnets of one
+    /// family.
     pub(crate) fn open(
-        bridge: &str,
+        ifaces: &[String],
         classifier: &Classifier,
         wait: Wait,
     ) -> Result<Self, CutoverError> {
-        let index = interface_index(bridge)?;
         let subnets = classifier.subnets();
-        let mut protocols = Vec::with_capacity(MAX_SOCKETS);
+        let mut protocols = Vec::with_capacity(2);
         if subnets.iter().any(|n| matches!(n, IpNet::V4(_))) {
             protocols.push(libc::ETH_P_IP);
         }
@@ -187,16 +236,27 @@ impl PacketSocket {
         }
         #[cfg(test)]
         assert!(
-            wait != Wait::Blocking || protocols.len() == 1,
-            "a blocking PacketSocket reads one socket: give it subnets of one family"
+            wait != Wait::Blocking || protocols.len() * ifaces.len() == 1,
+            "a blocking PacketSocket reads one socket: give it one interface and one family"
         );
-        let program = compile_filter(bridge, classifier)?;
-        let sockets = protocols
-            .into_iter()
-            .map(|protocol| open_socket(bridge, index, protocol, &program, wait))
-            .collect::<Result<_, _>>()?;
+        let mut sockets = Vec::with_capacity(ifaces.len() * protocols.len());
+        for iface in ifaces {
+            let ifindex = interface_index(iface)?;
+            let program = compile_filter(iface, classifier)?;
+            for &protocol in &protocols {
+                sockets.push(Socket {
+                    fd: open_socket(iface, ifindex, protocol, &program, wait)?,
+                    iface: iface.clone(),
+                    ifindex,
+                    was_down: false,
+                });
+            }
+        }
+        let mut pollfds = vec![readable(-1)];
+        pollfds.extend(sockets.iter().map(|s| readable(s.fd.as_raw_fd())));
         Ok(PacketSocket {
             sockets,
+            pollfds,
             wait,
             buf: [0; SNAPLEN],
         })
@@ -204,46 +264,67 @@ impl PacketSocket {
 
     /// Replaces the kernel filter (atomically, on each socket) with the classifier's current
     /// one, so that subnets already cut over no longer wake the watcher.
-    pub(crate) fn update_filter(
-        &self,
-        bridge: &str,
-        classifier: &Classifier,
-    ) -> Result<(), CutoverError> {
-        let program = compile_filter(bridge, classifier)?;
-        for fd in &self.sockets {
-            attach_filter(fd, bridge, &program)?;
+    pub(crate) fn update_filter(&self, classifier: &Classifier) -> Result<(), CutoverError> {
+        for socket in &self.sockets {
+            let program = compile_filter(&socket.iface, classifier)?;
+            attach_filter(&socket.fd, &socket.iface, &program)?;
         }
         Ok(())
     }
 
     /// Hands every frame received for the host to `on_frame` until it returns `Some` or
-    /// `stop` is raised.
+    /// `stop` is raised. An error names the interface.
     pub(crate) fn run<T>(
         &mut self,
         stop: &StopSignal,
         mut on_frame: impl FnMut(Frame<'_>) -> Option<T>,
     ) -> io::Result<Run<T>> {
-        let fds: Vec<RawFd> = self.sockets.iter().map(|fd| fd.as_raw_fd()).collect();
+        self.pollfds[0] = readable(stop.fd.as_raw_fd());
         loop {
-            let ready = match self.wait {
-                Wait::Stoppable => match wait_readable(&fds, stop)? {
-                    Some(ready) => ready,
-                    None => return Ok(Run::Stopped),
-                },
-                // One socket (see `open`); the read blocks.
-                #[cfg(test)]
-                Wait::Blocking => [true; MAX_SOCKETS],
-            };
-            for (&fd, _) in fds.iter().zip(ready).filter(|(_, ready)| *ready) {
-                // At most BATCH frames, then the other socket's turn: frames the filter
-                // passes but the classifier refuses, coming fast for one family, must not
-                // hold back the other family's first native packet.
+            if self.wait == Wait::Stoppable {
+                let timeout = self
+                    .sockets
+                    .iter()
+                    .any(|s| s.was_down)
+                    .then_some(DOWN_RECHECK);
+                match wait_readable(&mut self.pollfds, timeout)? {
+                    Ready::Stopped => return Ok(Run::Stopped),
+                    Ready::Timeout => {
+                        self.check_still_there()?;
+                        continue;
+                    }
+                    Ready::Sockets => {}
+                }
+            }
+            for (i, socket) in self.sockets.iter_mut().enumerate() {
+                let revents = self.pollfds[i + 1].revents;
+                if self.wait == Wait::Stoppable && revents == 0 {
+                    continue;
+                }
+                if revents & libc::POLLERR != 0 {
+                    socket.handle_error(take_error(socket.fd.as_raw_fd()))?;
+                }
+                // At most BATCH frames, then the other sockets' turn: frames the filter
+                // passes but the classifier refuses, coming fast on one socket, must not
+                // hold back another family's or interface's first native packet.
                 for _ in 0..BATCH {
-                    match recv(fd, &mut self.buf)? {
+                    let received = match recv(socket.fd.as_raw_fd(), &mut self.buf) {
+                        Ok(received) => received,
+                        Err(e) => {
+                            socket.handle_error(e)?;
+                            None
+                        }
+                    };
+                    match received {
                         None => break,
                         Some((len, pkttype, captured_at)) if pkttype == libc::PACKET_HOST => {
                             let data = self.buf.get(..len).unwrap_or(&self.buf);
-                            if let Some(t) = on_frame(Frame { data, captured_at }) {
+                            let ifindex = socket.ifindex;
+                            if let Some(t) = on_frame(Frame {
+                                data,
+                                captured_at,
+                                ifindex,
+                            }) {
                                 return Ok(Run::Done(t));
                             }
                         }
@@ -256,19 +337,62 @@ impl PacketSocket {
             }
         }
     }
+
+    /// Fails if an interface that went down has since disappeared (or was recreated under
+    /// another index, which the socket does not follow).
+    fn check_still_there(&self) -> io::Result<()> {
+        match self
+            .sockets
+            .iter()
+            .find(|s| s.was_down && index_of(&s.iface) != Some(s.ifindex))
+        {
+            Some(gone) => Err(gone.error(io::Error::from_raw_os_error(libc::ENODEV))),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Opens one packet socket on the bridge with interface index `index` for the ethertype
+impl Socket {
+    /// Survives its interface going down (the kernel hooks the socket up again when it comes
+    /// back); any other error is returned, naming the interface.
+    fn handle_error(&mut self, e: io::Error) -> io::Result<()> {
+        if e.raw_os_error() == Some(libc::ENETDOWN) && index_of(&self.iface) == Some(self.ifindex) {
+            if !self.was_down {
+                tracing::warn!(
+                    iface = self.iface,
+                    "cutover watcher: {} went down; watching again once it is up",
+                    self.iface
+                );
+            }
+            self.was_down = true;
+            return Ok(());
+        }
+        if e.raw_os_error() == Some(0) {
+            return Ok(());
+        }
+        Err(self.error(e))
+    }
+
+    fn error(&self, e: io::Error) -> io::Error {
+        let what = match e.raw_os_error() {
+            Some(libc::ENETDOWN | libc::ENODEV) => "disappeared".to_owned(),
+            _ => format!("reading packets: {e}"),
+        };
+        io::Error::new(e.kind(), format!("interface {}: {what}", self.iface))
+    }
+}
+
+/// Opens one packet socket on the interface `iface` with index `index` for the ethertype
 /// `protocol`, with `program` attached before it receives anything.
 fn open_socket(
-    bridge: &str,
+    iface: &str,
     index: u32,
     protocol: libc::c_int,
     program: &pcap::BpfProgram,
     wait: Wait,
 ) -> Result<OwnedFd, CutoverError> {
     let io_error = |action: &'static str, source: io::Error| CutoverError::Io {
-        bridge: bridge.to_owned(),
+        iface: iface.to_owned(),
         action,
         source,
     };
@@ -296,7 +420,7 @@ fn open_socket(
     // SAFETY: raw was just returned by socket(2) and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-    attach_filter(&fd, bridge, program)?;
+    attach_filter(&fd, iface, program)?;
     setsockopt(&fd, libc::SO_TIMESTAMPNS, &1 as &libc::c_int)
         .map_err(|e| io_error("enabling receive timestamps", e))?;
 
@@ -372,13 +496,13 @@ fn recv(fd: RawFd, buf: &mut [u8; SNAPLEN]) -> io::Result<Option<(usize, u8, Sys
 
 fn attach_filter(
     fd: &OwnedFd,
-    bridge: &str,
+    iface: &str,
     program: &pcap::BpfProgram,
 ) -> Result<(), CutoverError> {
     let insns = program.get_instructions();
     let filter = libc::sock_fprog {
         len: u16::try_from(insns.len()).map_err(|_| CutoverError::Filter {
-            bridge: bridge.to_owned(),
+            iface: iface.to_owned(),
             message: format!(
                 "{} BPF instructions, more than the kernel takes",
                 insns.len()
@@ -389,7 +513,7 @@ fn attach_filter(
         filter: insns.as_ptr().cast::<libc::sock_filter>().cast_mut(),
     };
     setsockopt(fd, libc::SO_ATTACH_FILTER, &filter).map_err(|source| CutoverError::Io {
-        bridge: bridge.to_owned(),
+        iface: iface.to_owned(),
         action: "attaching the BPF filter",
         source,
     })
@@ -415,12 +539,12 @@ fn setsockopt<T>(fd: &OwnedFd, option: libc::c_int, value: &T) -> io::Result<()>
 
 /// Compiles the classifier's filter expression for Ethernet with libpcap, without a device.
 pub(crate) fn compile_filter(
-    bridge: &str,
+    iface: &str,
     classifier: &Classifier,
 ) -> Result<pcap::BpfProgram, CutoverError> {
     let expression = classifier.bpf_expression();
     let filter_error = |e: pcap::Error| CutoverError::Filter {
-        bridge: bridge.to_owned(),
+        iface: iface.to_owned(),
         message: format!("compiling `{expression}`: {e}"),
     };
     let dead = Capture::dead(Linktype::ETHERNET).map_err(filter_error)?;
@@ -428,10 +552,11 @@ pub(crate) fn compile_filter(
         .map_err(filter_error)
 }
 
-/// Whether libpcap may optimise the filter: not once nothing is watched, because its optimiser
-/// refuses an expression that rejects every packet ("expression rejects all packets").
+/// Whether libpcap may optimise the filter: not once nothing is watched (or no gateway is
+/// known), because its optimiser refuses an expression that rejects every packet
+/// ("expression rejects all packets").
 fn optimize(classifier: &Classifier) -> bool {
-    !classifier.subnets().is_empty()
+    !classifier.subnets().is_empty() && !classifier.gateways().is_empty()
 }
 
 fn timespec_to_system_time(sec: i64, nsec: i64) -> SystemTime {
@@ -446,6 +571,7 @@ fn timespec_to_system_time(sec: i64, nsec: i64) -> SystemTime {
 pub(crate) struct PcapCapture {
     capture: Capture<pcap::Active>,
     wait: Wait,
+    ifindex: u32,
 }
 
 #[cfg(test)]
@@ -456,10 +582,10 @@ impl PcapCapture {
         classifier: &Classifier,
         wait: Wait,
     ) -> Result<Self, CutoverError> {
-        interface_index(bridge)?;
+        let ifindex = interface_index(bridge)?;
         let pcap_error = |action: &'static str| {
             move |e: pcap::Error| CutoverError::Io {
-                bridge: bridge.to_owned(),
+                iface: bridge.to_owned(),
                 action,
                 source: io::Error::other(e),
             }
@@ -484,7 +610,11 @@ impl PcapCapture {
         capture
             .filter(&classifier.bpf_expression(), optimize(classifier))
             .map_err(pcap_error("setting the BPF filter"))?;
-        Ok(PcapCapture { capture, wait })
+        Ok(PcapCapture {
+            capture,
+            wait,
+            ifindex,
+        })
     }
 
     /// As [`PacketSocket::run`].
@@ -493,9 +623,13 @@ impl PcapCapture {
         stop: &StopSignal,
         mut on_frame: impl FnMut(Frame<'_>) -> Option<T>,
     ) -> io::Result<Run<T>> {
+        let mut pollfds = [
+            readable(stop.fd.as_raw_fd()),
+            readable(self.capture.as_raw_fd()),
+        ];
         loop {
             if self.wait == Wait::Stoppable
-                && wait_readable(&[self.capture.as_raw_fd()], stop)?.is_none()
+                && matches!(wait_readable(&mut pollfds, None)?, Ready::Stopped)
             {
                 return Ok(Run::Stopped);
             }
@@ -508,6 +642,7 @@ impl PcapCapture {
                         if let Some(t) = on_frame(Frame {
                             data: packet.data,
                             captured_at,
+                            ifindex: self.ifindex,
                         }) {
                             return Ok(Run::Done(t));
                         }

@@ -1,15 +1,30 @@
-//! The pure core of the cutover: is this Ethernet frame, received on the new host's bridge, a
-//! packet the provider now routes natively to one of our subnets?
+//! The pure core of the cutover: is this Ethernet frame, received on one of the new host's
+//! native interfaces (the bridge, and any other uplink configured), a packet the provider now
+//! routes natively to one of our subnets?
 //!
 //! No sockets, no clock. The capture edge (`capture`) hands frames in; it has already
-//! dropped frames the host sends out of the bridge and frames for other hosts (the packet type
-//! is not in the bytes).
+//! dropped frames the host sends and frames for other hosts (the packet type is not in the
+//! bytes).
+//!
+//! Only the provider may trigger the cutover: a native packet must come from the MAC of the
+//! uplink's gateway (one of [`Classifier::new`]'s `gateways`), as the kernel's native rule
+//! requires with `ether saddr @gateways`. A neighbour on the uplink segment forging the
+//! provider's traffic (a client's source, a VM's destination, the host's MAC) is refused as
+//! [`Verdict::NotFromGateway`]. The reverse-path half of the condition needs the routing
+//! table and is the watcher's (`netcfg::RouteLookup`).
 //!
 //! Both families: an IPv4 packet is matched against the IPv4 subnets, an IPv6 packet against
 //! the IPv6 ones. For IPv6 the counterpart of ARP is ICMPv6 Neighbor Discovery, which travels
 //! inside IPv6 and may be unicast to a VM's address (a router confirming reachability): it is
 //! refused by its type, looked up in the fixed header's Next Header only (see
 //! [`Verdict::NeighbourDiscovery`]).
+//!
+//! No 802.1Q tag is ever parsed: the kernel takes the tag off a received frame before a packet
+//! socket sees it (into the skb's metadata), and a socket bound to `ETH_P_IP` or `ETH_P_IPV6`
+//! gets only frames whose (inner) protocol is that; a tagged frame for a VLAN the host has no
+//! device for is `PACKET_OTHERHOST`, which the capture drops. A VLAN is watched by naming its
+//! device (`eth0.100`) among the native interfaces. A frame that still reads 0x8100 is
+//! refused as [`Verdict::NotIp`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -17,22 +32,19 @@ use ipnet::IpNet;
 
 /// Length of an Ethernet II header: two MAC addresses and the ethertype (IEEE 802.3, 3.1.1).
 pub const ETHERNET_HEADER_LEN: usize = 14;
-/// Length of one 802.1Q tag: TPID already counted as the ethertype, plus TCI and the inner
-/// ethertype (IEEE 802.1Q, 9.3).
-pub const VLAN_TAG_LEN: usize = 4;
 /// Shortest IPv4 header, without options (RFC 791, 3.1).
 pub const IPV4_MIN_HEADER_LEN: usize = 20;
 /// Longest IPv4 header: IHL is four bits of 32-bit words (RFC 791, 3.1).
 pub const IPV4_MAX_HEADER_LEN: usize = 60;
 /// Length of the fixed IPv6 header (RFC 8200, 3).
 pub const IPV6_HEADER_LEN: usize = 40;
-/// Bytes the capture must keep of each frame so that the classifier sees, behind one VLAN
-/// tag, a whole IPv4 header with options (78) or the fixed IPv6 header and the ICMPv6 type
-/// byte of a Neighbor Discovery message (59). Everything past it is payload we never look at
-/// (the seed's `-s 1` kept too little: libpcap then discards the first packets).
+/// Bytes the capture must keep of each frame so that the classifier sees a whole IPv4 header
+/// with options (74) or the fixed IPv6 header and the ICMPv6 type byte of a Neighbor
+/// Discovery message (55). Everything past it is payload we never look at (the seed's `-s 1`
+/// kept too little: libpcap then discards the first packets).
 pub const SNAPLEN: usize = max(
-    ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV4_MAX_HEADER_LEN,
-    ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV6_HEADER_LEN + 1,
+    ETHERNET_HEADER_LEN + IPV4_MAX_HEADER_LEN,
+    ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + 1,
 );
 
 const fn max(a: usize, b: usize) -> usize {
@@ -52,10 +64,43 @@ pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 /// RARP ethertype: QEMU broadcasts RARP frames after a live migration to update switches.
 pub const ETHERTYPE_RARP: u16 = 0x8035;
-/// 802.1Q customer VLAN tag protocol identifier.
+/// 802.1Q customer VLAN tag protocol identifier: never seen by the capture (module doc).
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
 /// IPv6 ethertype.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// An Ethernet MAC address: which router's frames may trigger the cutover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::fmt::Display for MacAddr {
+    /// Lower-case hex, colon-separated, as `ip link` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = ();
+
+    /// Six hex octets separated by colons (`52:54:00:ab:cd:ef`), either case.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or(())?;
+            if part.is_empty() || part.len() > 2 {
+                return Err(());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| ())?;
+        }
+        match parts.next() {
+            None => Ok(MacAddr(out)),
+            Some(_) => Err(()),
+        }
+    }
+}
 
 /// What the classifier concluded about one frame, with the reason when it is not native.
 ///
@@ -93,6 +138,14 @@ pub enum Verdict {
     NeighbourDiscovery,
     /// The source is in our subnets: one of our VMs talking, not the provider's routing.
     FromOurSubnets,
+    /// Would be native, but the frame's source MAC is not the uplink gateway's: a neighbour on
+    /// the segment (or a router vmtun was not told about) cannot trigger the cutover.
+    NotFromGateway {
+        /// The subnet the packet was for.
+        subnet: IpNet,
+        /// The frame's source MAC.
+        src_mac: MacAddr,
+    },
     /// The destination is in none of the watched subnets.
     OtherDestination,
 }
@@ -107,7 +160,7 @@ impl Verdict {
     }
 }
 
-/// Decides whether frames seen on the bridge are native packets for the VM subnets.
+/// Decides whether frames seen on the native interfaces are native packets for the VM subnets.
 ///
 /// Exists so that the decision that removes the mark rule is a pure function, tested with byte
 /// fixtures, and applied as a second check behind the kernel's BPF filter (which cannot see
@@ -118,17 +171,26 @@ pub struct Classifier {
     ours: Vec<IpNet>,
     /// The subnets whose first native packet is still awaited.
     watched: Vec<IpNet>,
+    /// The MACs of the uplink gateways: only their frames can be native.
+    gateways: Vec<MacAddr>,
 }
 
 impl Classifier {
     /// A classifier for these subnets, IPv4 and IPv6 in any mix (normally `[migration]
-    /// subnets`, already validated).
-    pub fn new(subnets: Vec<IpNet>) -> Self {
+    /// subnets`, already validated), accepting native packets from the `gateways` MACs only
+    /// (none: nothing is ever native).
+    pub fn new(subnets: Vec<IpNet>, gateways: Vec<MacAddr>) -> Self {
         let ours: Vec<IpNet> = subnets.into_iter().map(|n| n.trunc()).collect();
         Classifier {
             watched: ours.clone(),
             ours,
+            gateways,
         }
+    }
+
+    /// The gateway MACs whose frames may be native.
+    pub fn gateways(&self) -> &[MacAddr] {
+        &self.gateways
     }
 
     /// The subnets still watched, host bits cleared.
@@ -157,24 +219,26 @@ impl Classifier {
         if header[0] & 0x01 != 0 {
             return Verdict::NotUnicast;
         }
-        let mut ethertype = u16::from_be_bytes([header[12], header[13]]);
-        let mut l3 = ETHERNET_HEADER_LEN;
-        if ethertype == ETHERTYPE_VLAN {
-            // libpcap puts back the tag the kernel stripped; one tag is all a host bridge sees.
-            let Some(inner) = frame.get(l3 + 2..l3 + VLAN_TAG_LEN) else {
-                return Verdict::Truncated;
-            };
-            ethertype = u16::from_be_bytes([inner[0], inner[1]]);
-            l3 += VLAN_TAG_LEN;
-        }
-        let Some(ip) = frame.get(l3..) else {
-            return Verdict::Truncated;
-        };
-        match ethertype {
+        let ethertype = u16::from_be_bytes([header[12], header[13]]);
+        let ip = &frame[ETHERNET_HEADER_LEN..];
+        let verdict = match ethertype {
             ETHERTYPE_IPV4 => self.ipv4(ip),
             // A frame shorter than SNAPLEN was kept whole by the capture.
             ETHERTYPE_IPV6 => self.ipv6(ip, frame.len() < SNAPLEN),
             other => Verdict::NotIp(other),
+        };
+        match verdict {
+            Verdict::Native { subnet, .. } => {
+                let mut src_mac = [0u8; 6];
+                src_mac.copy_from_slice(&header[6..12]);
+                let src_mac = MacAddr(src_mac);
+                if self.gateways.contains(&src_mac) {
+                    verdict
+                } else {
+                    Verdict::NotFromGateway { subnet, src_mac }
+                }
+            }
+            other => other,
         }
     }
 
@@ -264,13 +328,27 @@ impl Classifier {
         }
     }
 
-    /// The libpcap filter expression that lets only candidates through in the kernel, one
-    /// clause per family watched: `ip and (dst net 203.0.113.0/29 or dst net ...)`,
+    /// The libpcap filter expression that lets only candidates through in the kernel: the
+    /// gateways' source MACs (`ether src 02:00:00:00:00:02 and ...`, several joined by `or`),
+    /// then one clause per family watched: `ip and (dst net 203.0.113.0/29 or dst net ...)`,
     /// `ip6 and (dst net 2001:db8:1::/64 or ...)`, or both joined as `(ip and (...)) or
-    /// (ip6 and (...))`; once no subnet is watched, `ip and not ip`, which passes nothing
-    /// (libpcap's optimiser refuses it: compile it unoptimised). The classifier still checks
-    /// each frame the filter passes (source, checksum, multicast, Neighbor Discovery).
+    /// (ip6 and (...))`; once no subnet is watched, or with no gateway, `ip and not ip`, which
+    /// passes nothing (libpcap's optimiser refuses it: compile it unoptimised). The
+    /// classifier still checks each frame the filter passes (source, checksum, multicast,
+    /// Neighbor Discovery). Forged frames from other MACs never wake the watcher.
     pub fn bpf_expression(&self) -> String {
+        let macs: Vec<String> = (self.gateways.iter())
+            .map(|m| format!("ether src {m}"))
+            .collect();
+        match (macs.len(), self.packet_expression()) {
+            (0, _) | (_, None) => "ip and not ip".to_owned(),
+            (1, Some(packets)) => format!("{} and ({packets})", macs[0]),
+            (_, Some(packets)) => format!("({}) and ({packets})", macs.join(" or ")),
+        }
+    }
+
+    /// The destination part of [`Self::bpf_expression`], None when nothing is watched.
+    fn packet_expression(&self) -> Option<String> {
         let clause = |family: &str, v6: bool| {
             let nets: Vec<String> = self
                 .watched
@@ -281,9 +359,9 @@ impl Classifier {
             (!nets.is_empty()).then(|| format!("{family} and ({})", nets.join(" or ")))
         };
         match (clause("ip", false), clause("ip6", true)) {
-            (Some(v4), Some(v6)) => format!("({v4}) or ({v6})"),
-            (Some(one), None) | (None, Some(one)) => one,
-            (None, None) => "ip and not ip".to_owned(),
+            (Some(v4), Some(v6)) => Some(format!("({v4}) or ({v6})")),
+            (Some(one), None) | (None, Some(one)) => Some(one),
+            (None, None) => None,
         }
     }
 }
@@ -318,6 +396,19 @@ pub(crate) mod fixtures {
     pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
     /// The broadcast MAC.
     pub const BROADCAST: [u8; 6] = [0xff; 6];
+    /// A neighbour on the uplink segment that is not the gateway.
+    pub const NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
+
+    /// The gateways of the fixtures' classifiers: the router alone.
+    pub fn gateways() -> Vec<MacAddr> {
+        vec![MacAddr(ROUTER_MAC)]
+    }
+
+    /// `frame` with its source MAC replaced by `src`.
+    pub fn from_mac(mut frame: Vec<u8>, src: [u8; 6]) -> Vec<u8> {
+        frame[6..12].copy_from_slice(&src);
+        frame
+    }
 
     /// An Ethernet frame carrying an IPv4/UDP packet with a valid header checksum.
     pub fn udp4(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
@@ -531,10 +622,13 @@ mod tests {
     }
 
     fn classifier() -> Classifier {
-        Classifier::new(vec![
-            "203.0.113.0/29".parse().unwrap(),
-            "198.51.100.0/24".parse().unwrap(),
-        ])
+        Classifier::new(
+            vec![
+                "203.0.113.0/29".parse().unwrap(),
+                "198.51.100.0/24".parse().unwrap(),
+            ],
+            gateways(),
+        )
     }
 
     const CLIENT: &str = "198.18.5.5";
@@ -558,29 +652,91 @@ mod tests {
 
     #[test]
     fn the_most_specific_subnet_wins() {
-        let c = Classifier::new(vec![
-            "203.0.113.0/24".parse().unwrap(),
-            "203.0.113.0/29".parse().unwrap(),
-        ]);
+        let c = Classifier::new(
+            vec![
+                "203.0.113.0/24".parse().unwrap(),
+                "203.0.113.0/29".parse().unwrap(),
+            ],
+            gateways(),
+        );
         let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
         assert_eq!(c.classify(&f), Some("203.0.113.0/29".parse().unwrap()));
     }
 
     #[test]
     fn host_bits_in_configured_subnets_are_ignored() {
-        let c = Classifier::new(vec!["203.0.113.5/29".parse().unwrap()]);
+        let c = Classifier::new(vec!["203.0.113.5/29".parse().unwrap()], gateways());
         assert_eq!(c.subnets(), &["203.0.113.0/29".parse::<IpNet>().unwrap()]);
         let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
         assert_eq!(c.classify(&f), Some("203.0.113.0/29".parse().unwrap()));
     }
 
     #[test]
-    fn a_tagged_native_packet_matches() {
+    fn a_frame_still_tagged_is_not_ip() {
+        // The kernel untags received frames before a packet socket sees them; a frame that
+        // still carries a tag is refused, for either family.
         let f = vlan_tagged(&udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b""));
+        assert_eq!(classifier().verdict(&f), Verdict::NotIp(ETHERTYPE_VLAN));
+        let f = vlan_tagged(&udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b""));
+        assert_eq!(mixed().verdict(&f), Verdict::NotIp(ETHERTYPE_VLAN));
+    }
+
+    #[test]
+    fn only_the_gateways_mac_can_be_native() {
+        let c = classifier();
+        let native = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
+        assert!(c.classify(&native).is_some());
+        // The same packet forged by a neighbour on the segment, in either family.
         assert_eq!(
-            classifier().classify(&f),
-            Some("203.0.113.0/29".parse().unwrap())
+            c.verdict(&from_mac(native, NEIGHBOUR_MAC)),
+            Verdict::NotFromGateway {
+                subnet: "203.0.113.0/29".parse().unwrap(),
+                src_mac: MacAddr(NEIGHBOUR_MAC),
+            }
         );
+        let forged6 = from_mac(udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b""), NEIGHBOUR_MAC);
+        assert_eq!(
+            mixed().verdict(&forged6),
+            Verdict::NotFromGateway {
+                subnet: net("2001:db8:1::/64"),
+                src_mac: MacAddr(NEIGHBOUR_MAC),
+            }
+        );
+        // The MAC is checked only on what would be native: other refusals keep their reason.
+        let vm_out = from_mac(
+            udp4(HOST_MAC, ip("203.0.113.2"), ip(CLIENT), b""),
+            NEIGHBOUR_MAC,
+        );
+        assert_eq!(c.verdict(&vm_out), Verdict::FromOurSubnets);
+        // Several gateways (a redundant pair): each may trigger; none known: nothing can.
+        let pair = Classifier::new(
+            vec![net("203.0.113.0/29")],
+            vec![MacAddr(NEIGHBOUR_MAC), MacAddr(ROUTER_MAC)],
+        );
+        let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
+        assert!(pair.classify(&f).is_some());
+        assert!(pair.classify(&from_mac(f.clone(), NEIGHBOUR_MAC)).is_some());
+        let blind = Classifier::new(vec![net("203.0.113.0/29")], Vec::new());
+        assert!(matches!(blind.verdict(&f), Verdict::NotFromGateway { .. }));
+        assert_eq!(blind.bpf_expression(), "ip and not ip");
+    }
+
+    #[test]
+    fn mac_addresses_parse_and_print_like_ip_link() {
+        let m: MacAddr = "52:54:00:AB:cd:0f".parse().unwrap();
+        assert_eq!(m, MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0x0f]));
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:0f");
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:00",
+            "52:54:00:ab:cd:",
+            "5254:00:ab:cd:0f:1",
+            "gg:00:00:00:00:00",
+            "152:54:00:ab:cd:0f",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -602,10 +758,6 @@ mod tests {
         assert_eq!(c.verdict(&lldp), Verdict::NotIp(0x88cc));
         // Parsed as IPv6, whatever its bytes look like at IPv4 offsets.
         assert_eq!(c.verdict(&ipv6_lookalike()), Verdict::OtherDestination);
-        assert_eq!(
-            c.verdict(&vlan_tagged(&ipv6_lookalike())),
-            Verdict::OtherDestination
-        );
     }
 
     #[test]
@@ -637,14 +789,6 @@ mod tests {
         }
         // The classifier needs the IP header only, not the payload.
         assert!(c.classify(&full[..header_end]).is_some());
-        let tagged = vlan_tagged(&full);
-        for len in 0..header_end + VLAN_TAG_LEN {
-            assert_eq!(
-                c.verdict(&tagged[..len]),
-                Verdict::Truncated,
-                "length {len}"
-            );
-        }
     }
 
     #[test]
@@ -684,7 +828,15 @@ mod tests {
     fn bpf_expression_lists_every_subnet() {
         assert_eq!(
             classifier().bpf_expression(),
-            "ip and (dst net 203.0.113.0/29 or dst net 198.51.100.0/24)"
+            "ether src 02:00:00:00:00:02 and (ip and (dst net 203.0.113.0/29 or dst net 198.51.100.0/24))"
+        );
+        let pair = Classifier::new(
+            vec!["203.0.113.0/29".parse().unwrap()],
+            vec![MacAddr(ROUTER_MAC), MacAddr(NEIGHBOUR_MAC)],
+        );
+        assert_eq!(
+            pair.bpf_expression(),
+            "(ether src 02:00:00:00:00:02 or ether src 02:00:00:00:00:66) and (ip and (dst net 203.0.113.0/29))"
         );
     }
 
@@ -696,15 +848,18 @@ mod tests {
         assert_eq!(c.verdict(&to_moved), Verdict::OtherDestination);
         let from_moved = udp4(HOST_MAC, ip("203.0.113.2"), ip("198.51.100.9"), b"");
         assert_eq!(c.verdict(&from_moved), Verdict::FromOurSubnets);
-        assert_eq!(c.bpf_expression(), "ip and (dst net 198.51.100.0/24)");
+        assert_eq!(
+            c.bpf_expression(),
+            "ether src 02:00:00:00:00:02 and (ip and (dst net 198.51.100.0/24))"
+        );
         c.stop_watching("198.51.100.0/24".parse().unwrap());
         assert!(c.subnets().is_empty());
         assert_eq!(c.bpf_expression(), "ip and not ip");
     }
 
     #[test]
-    fn snaplen_covers_a_tagged_header_with_full_options() {
-        assert_eq!(SNAPLEN, 78);
+    fn snaplen_covers_a_header_with_full_options() {
+        assert_eq!(SNAPLEN, 74);
     }
 
     // IPv6.
@@ -723,12 +878,15 @@ mod tests {
 
     /// Two IPv4 and two IPv6 subnets, as `[migration] subnets` may now list.
     fn mixed() -> Classifier {
-        Classifier::new(vec![
-            net("203.0.113.0/29"),
-            net("2001:db8:1::/64"),
-            net("198.51.100.0/24"),
-            net("2001:db8:100::/56"),
-        ])
+        Classifier::new(
+            vec![
+                net("203.0.113.0/29"),
+                net("2001:db8:1::/64"),
+                net("198.51.100.0/24"),
+                net("2001:db8:100::/56"),
+            ],
+            gateways(),
+        )
     }
 
     /// A client outside our subnets, the provider's router as it appears on the link, a VM.
@@ -758,7 +916,10 @@ mod tests {
 
     #[test]
     fn the_most_specific_ipv6_subnet_wins_and_host_bits_are_ignored() {
-        let c = Classifier::new(vec![net("2001:db8:1::/48"), net("2001:db8:1::7/64")]);
+        let c = Classifier::new(
+            vec![net("2001:db8:1::/48"), net("2001:db8:1::7/64")],
+            gateways(),
+        );
         assert_eq!(
             c.subnets(),
             &[net("2001:db8:1::/48"), net("2001:db8:1::/64")]
@@ -770,12 +931,6 @@ mod tests {
     }
 
     #[test]
-    fn a_tagged_native_ipv6_packet_matches() {
-        let f = vlan_tagged(&udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), b""));
-        assert_eq!(mixed().classify(&f), Some(net("2001:db8:1::/64")));
-    }
-
-    #[test]
     fn neighbour_discovery_for_a_vm_address_is_never_native() {
         let c = mixed();
         let vm = ip6(VM6);
@@ -783,7 +938,6 @@ mod tests {
             // Reachability confirmation: unicast to the VM's address, at the host's MAC.
             let ns = neighbour_solicitation(HOST_MAC, src, vm, vm);
             assert_eq!(c.verdict(&ns), Verdict::NeighbourDiscovery);
-            assert_eq!(c.verdict(&vlan_tagged(&ns)), Verdict::NeighbourDiscovery);
             let na = neighbour_advertisement(HOST_MAC, src, vm, vm);
             assert_eq!(c.verdict(&na), Verdict::NeighbourDiscovery);
         }
@@ -816,7 +970,7 @@ mod tests {
     #[test]
     fn ipv6_multicast_is_never_native() {
         // A multicast destination at the host's unicast MAC, even inside a watched subnet.
-        let c = Classifier::new(vec![net("ff05::/16"), net("2001:db8:1::/64")]);
+        let c = Classifier::new(vec![net("ff05::/16"), net("2001:db8:1::/64")], gateways());
         let f = udp6(HOST_MAC, ip6(CLIENT6), ip6("ff05::1:3"), b"");
         assert_eq!(c.verdict(&f), Verdict::NotUnicast);
         let f = udp6(HOST_MAC, ip6(CLIENT6), ip6("ff02::1"), b"");
@@ -888,10 +1042,8 @@ mod tests {
         let mut bad_sum = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
         bad_sum[ETHERNET_HEADER_LEN + 11] ^= 0xff;
         assert_eq!(c.verdict(&bad_sum), Verdict::BadHeader);
-        let tagged = vlan_tagged(&udp4(HOST_MAC, ip(CLIENT), ip("198.51.100.1"), b""));
-        assert_eq!(c.classify(&tagged), Some(net("198.51.100.0/24")));
         // An IPv4 packet is matched against IPv4 subnets only.
-        let v6_only = Classifier::new(vec![net("2001:db8:1::/64")]);
+        let v6_only = Classifier::new(vec![net("2001:db8:1::/64")], gateways());
         let f = udp4(HOST_MAC, ip(CLIENT), ip("203.0.113.2"), b"");
         assert_eq!(v6_only.verdict(&f), Verdict::OtherDestination);
     }
@@ -907,14 +1059,6 @@ mod tests {
             assert_eq!(c.verdict(&full[..len]), Verdict::Truncated, "length {len}");
         }
         assert!(c.classify(&full).is_some());
-        let tagged = vlan_tagged(&full);
-        for len in 0..tagged.len() {
-            assert_eq!(
-                c.verdict(&tagged[..len]),
-                Verdict::Truncated,
-                "length {len}"
-            );
-        }
         // A frame of SNAPLEN bytes or more may have been cut by the capture: its payload
         // length is not checked, the NS is still recognised.
         let ns = neighbour_solicitation(HOST_MAC, ip6(ROUTER_LL), ip6(VM6), ip6(VM6));
@@ -938,18 +1082,13 @@ mod tests {
         let c = mixed();
         let long = udp6(HOST_MAC, ip6(CLIENT6), ip6(VM6), &[0xab; 1000]);
         assert_eq!(c.classify(&long[..SNAPLEN]), Some(net("2001:db8:1::/64")));
-        let tagged = vlan_tagged(&long);
-        assert_eq!(c.classify(&tagged[..SNAPLEN]), Some(net("2001:db8:1::/64")));
-        // An NS with a long option area, tagged, cut at SNAPLEN: its type is still seen.
+        // An NS with a long option area, cut at SNAPLEN: its type is still seen.
         let mut long_ns = neighbour_solicitation(HOST_MAC, ip6(ROUTER_LL), ip6(VM6), ip6(VM6));
         long_ns.resize(1000, 0);
         let payload_len = (long_ns.len() - ETHERNET_HEADER_LEN - IPV6_HEADER_LEN) as u16;
         long_ns[ETHERNET_HEADER_LEN + 4..ETHERNET_HEADER_LEN + 6]
             .copy_from_slice(&payload_len.to_be_bytes());
-        assert_eq!(
-            c.verdict(&vlan_tagged(&long_ns)[..SNAPLEN]),
-            Verdict::NeighbourDiscovery
-        );
+        assert_eq!(c.verdict(&long_ns[..SNAPLEN]), Verdict::NeighbourDiscovery);
     }
 
     #[test]
@@ -976,21 +1115,24 @@ mod tests {
     #[test]
     fn bpf_expression_covers_each_family_watched() {
         assert_eq!(
-            Classifier::new(vec![net("2001:db8:1::/64"), net("2001:db8:100::/56")])
-                .bpf_expression(),
-            "ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56)"
+            Classifier::new(
+                vec![net("2001:db8:1::/64"), net("2001:db8:100::/56")],
+                gateways()
+            )
+            .bpf_expression(),
+            "ether src 02:00:00:00:00:02 and (ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56))"
         );
         let mut c = mixed();
         assert_eq!(
             c.bpf_expression(),
-            "(ip and (dst net 203.0.113.0/29 or dst net 198.51.100.0/24)) \
-             or (ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56))"
+            "ether src 02:00:00:00:00:02 and ((ip and (dst net 203.0.113.0/29 or dst net 198.51.100.0/24)) \
+             or (ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56)))"
         );
         c.stop_watching(net("203.0.113.0/29"));
         c.stop_watching(net("198.51.100.0/24"));
         assert_eq!(
             c.bpf_expression(),
-            "ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56)"
+            "ether src 02:00:00:00:00:02 and (ip6 and (dst net 2001:db8:1::/64 or dst net 2001:db8:100::/56))"
         );
         c.stop_watching(net("2001:db8:1::/64"));
         c.stop_watching(net("2001:db8:100::/56"));
@@ -998,11 +1140,11 @@ mod tests {
     }
 
     #[test]
-    fn snaplen_covers_a_tagged_ipv6_header_and_the_icmpv6_type() {
-        // Ethernet, one tag, the fixed IPv6 header, the ICMPv6 type byte.
-        let ipv6_needs = ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV6_HEADER_LEN + 1;
-        let ipv4_needs = ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV4_MAX_HEADER_LEN;
-        assert_eq!((ipv6_needs, ipv4_needs), (59, 78));
+    fn snaplen_covers_an_ipv6_header_and_the_icmpv6_type() {
+        // Ethernet, the fixed IPv6 header, the ICMPv6 type byte.
+        let ipv6_needs = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + 1;
+        let ipv4_needs = ETHERNET_HEADER_LEN + IPV4_MAX_HEADER_LEN;
+        assert_eq!((ipv6_needs, ipv4_needs), (55, 74));
         assert_eq!(SNAPLEN, ipv4_needs.max(ipv6_needs));
     }
 }

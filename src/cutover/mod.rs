@@ -5,23 +5,67 @@
 //! over an IPv4 subnet, an IPv6 packet an IPv6 one.
 //!
 //! - [`classify`]: the pure core. Is this Ethernet frame a native IPv4 or IPv6 packet for one
-//!   of our subnets? Never ARP, RARP (QEMU's post-migration announcements), ICMPv6 Neighbor
-//!   Discovery (IPv6's ARP: a router resolving or probing a VM's address), other subnets, our
-//!   own VMs' packets, broadcast or multicast frames, IPv6 multicast destinations or
-//!   truncated frames. Byte fixtures test it.
+//!   of our subnets, from the uplink gateway? Never ARP, RARP (QEMU's post-migration
+//!   announcements), ICMPv6 Neighbor Discovery (IPv6's ARP: a router resolving or probing a
+//!   VM's address), other subnets, our own VMs' packets, broadcast or multicast frames, IPv6
+//!   multicast destinations, truncated frames, or frames from any other MAC. Byte fixtures
+//!   test it.
 //! - [`record`]: what was seen and when (`Detection`, `CutoverRecord` for `vmtun status`).
-//! - `capture`: the OS edge, one `AF_PACKET` socket per family on the bridge with a kernel
-//!   BPF filter and receive timestamps, stoppable through an eventfd.
-//! - [`watcher`]: the thread tying them together; it calls the callback once per subnet.
+//! - `capture`: the OS edge, one `AF_PACKET` socket per native interface and family with a
+//!   kernel BPF filter and receive timestamps, stoppable through an eventfd; it survives an
+//!   interface going down and up.
+//! - [`watcher`]: the thread tying them together, at real-time priority when allowed, with
+//!   the reverse-path check (`netcfg::RouteLookup`); it calls the callback once per subnet.
 //!
-//! Wiring on the new host (role new, `cutover = "auto"`), with netcfg's per-subnet removal:
-//! `Watcher::spawn(&bridge, subnets, move |d| netcfg::remove_mark_rule(&table,
-//! &[d.subnet]).map(|r| r.gone_at))`; `vmtun status` shows [`Watcher::status`]. (netcfg's
-//! mark rules are IPv4 only so far: `migration` refuses an IPv6 detection in its callback.)
+//! Wiring on the new host (role new, `cutover = "auto"`, in `crate::migration`): the uplink
+//! gateways' MACs go into the kernel's `gateways` set and into [`Uplink`], then
+//! `Watcher::spawn(&uplink, subnets, move |d| remover.remove(&[d.subnet]).map(|r|
+//! r.gone_at))`; `vmtun status` shows [`Watcher::status`].
 //!
 //! This module never edits netfilter, routes or rules: the callback given to
 //! [`Watcher::spawn`] (netcfg's atomic removal of vmtun's own mark rule) does. It never
 //! spawns a program either: the seed's `tcpdump ... && iptables -F` cost 17–1566 ms.
+//!
+//! # Only the provider may trigger it
+//! A unicast frame to the host's MAC with a client's source and a VM's destination is what
+//! the provider's router sends after its switch, but any neighbour on the uplink segment can
+//! forge one; acting on it would flip the VMs' replies to leave natively while the provider
+//! still routes the subnet to the old host and drops them as spoofed. So a packet counts as
+//! native only if, in both the watcher and the kernel's native rule (`netcfg`'s
+//! `NftRuleKind::Native`):
+//! - it came in on a native interface (`[migration] bridge`, `native_interfaces`), addressed
+//!   to the host (`PACKET_HOST`, `meta pkttype host`);
+//! - its source MAC is an uplink gateway's (classifier and BPF `ether src`; `ether saddr
+//!   @gateways`);
+//! - the host's route back to its source leaves through the interface it came in on, a
+//!   strict reverse-path check (an rtnetlink route lookup on a socket opened in advance; `fib
+//!   saddr . iif oif exists`). So a second uplink's native packets count only for sources
+//!   the host routes back through it (as `rp_filter = 1` would require).
+//!
+//! The bridge port a frame entered by is not checked: neither the `ip`/`ip6` hook nor a
+//! packet socket on the bridge sees it (the packet's device is the bridge), and neighbours
+//! behind the provider's switch share the uplink's port anyway. A neighbour that spoofs the
+//! gateway's MAC as well passes; that takes MAC spoofing on the provider's switch, which the
+//! switch sees.
+//!
+//! Which MACs, decided at `vmtun up` (`crate::migration`):
+//! - `[migration] gateways` lists the routers by address (looked up in the neighbour table)
+//!   or by MAC (a router that does not answer, the physical MACs behind a VRRP pair). Empty,
+//!   the default: the gateways of the main table's default routes through the native
+//!   interfaces, i.e. the router the host itself uses.
+//! - A gateway address without a usable neighbour entry is sent one empty UDP datagram (to
+//!   make the kernel resolve it, as any first packet would) and looked up again for up to 3
+//!   s. One that still has none is logged and left out.
+//! - No MAC at all (no default route through a native interface, or none resolved): nothing
+//!   can trigger the cutover, neither the kernel nor the watcher. `vmtun up` still runs the
+//!   tunnel; `vmtun status` shows the watcher FAILED with the reason, and `vmtun cutover` at
+//!   the switch does it by hand. Replies keep leaving through the old host meanwhile, which
+//!   the provider keeps accepting: the safe side.
+//! - The MACs are fixed for the run: a later change of the neighbour entry is not followed.
+//!   Following it would let whoever can spoof ARP or Neighbor Discovery on the segment (the
+//!   attacker above) put their own MAC in. A router replaced during the move therefore does
+//!   not trigger the cutover (the safe side again, `vmtun cutover` by hand); list both MACs
+//!   for a planned swap.
 //!
 //! # Which capture, measured
 //! An `AF_PACKET` socket bound to the bridge for `ETH_P_IP`, with libpcap's compiled filter
@@ -92,37 +136,40 @@ mod capture;
 #[cfg(test)]
 mod netns_tests;
 
-pub use classify::{Classifier, Verdict};
+pub use capture::index_of;
+pub use classify::{Classifier, MacAddr, Verdict};
 pub use record::{CutoverRecord, Detection};
-pub use watcher::{CutoverStatus, Phase, Watcher};
+pub use watcher::{CutoverStatus, Phase, Uplink, WATCHER_RT_PRIORITY, Watcher};
 
-/// Why the watcher could not start. Each names the bridge and what to do.
+/// Why the watcher could not start. Each names the interface and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CutoverError {
     /// The subnet list was empty: nothing could ever match.
     #[error("cutover: no subnets to watch (set [migration] subnets)")]
     NoSubnets,
-    /// The bridge does not exist in this network namespace.
-    #[error("bridge {bridge}: no such interface (check [migration] bridge)")]
+    /// A native interface does not exist in this network namespace.
+    #[error(
+        "interface {iface}: no such interface (check [migration] bridge and native_interfaces)"
+    )]
     NoSuchInterface {
-        /// The configured bridge name.
-        bridge: String,
+        /// The configured interface name.
+        iface: String,
     },
     /// A socket call failed.
-    #[error("bridge {bridge}: {action}: {source}{}", privilege_hint(source))]
+    #[error("interface {iface}: {action}: {source}{}", privilege_hint(source))]
     Io {
-        /// The configured bridge name.
-        bridge: String,
+        /// The configured interface name.
+        iface: String,
         /// What the watcher was doing.
         action: &'static str,
         /// The kernel's answer.
         source: io::Error,
     },
     /// libpcap could not compile the filter for the subnets.
-    #[error("bridge {bridge}: BPF filter: {message}")]
+    #[error("interface {iface}: BPF filter: {message}")]
     Filter {
-        /// The configured bridge name.
-        bridge: String,
+        /// The configured interface name.
+        iface: String,
         /// libpcap's complaint, with the expression.
         message: String,
     },

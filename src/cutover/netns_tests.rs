@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use super::capture::{PacketSocket, PcapCapture, Run, StopSignal, Wait};
 use super::classify::fixtures;
 use super::classify::{Classifier, ETHERNET_HEADER_LEN, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN};
-use super::{CutoverError, Phase, Watcher};
+use super::{CutoverError, Phase, Uplink, Watcher};
 
 /// How long a test waits for an event before calling it missing: a ceiling for a slow,
 /// shared machine, never a speed check (speed is measured by `benches/cutover.sh`).
@@ -203,6 +203,14 @@ impl Lab {
         lab
     }
 
+    /// The bridge, with S as the gateway.
+    fn uplink(&self) -> Uplink {
+        Uplink {
+            interfaces: vec![self.bridge.clone()],
+            gateways: fixtures::gateways(),
+        }
+    }
+
     fn subnets() -> Vec<IpNet> {
         vec![
             "203.0.113.0/29".parse().unwrap(),
@@ -324,11 +332,15 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
         let (calls, seen) = (calls.clone(), seen.clone());
         lab.n
             .run(|| {
-                Watcher::spawn(&lab.bridge, Lab::subnets(), move |d: &super::Detection| {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    seen.lock().unwrap().push(*d);
-                    Ok::<_, std::io::Error>(Instant::now())
-                })
+                Watcher::spawn(
+                    &lab.uplink(),
+                    Lab::subnets(),
+                    move |d: &super::Detection| {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(*d);
+                        Ok::<_, std::io::Error>(Instant::now())
+                    },
+                )
             })
             .expect("watcher starts")
     };
@@ -448,7 +460,7 @@ fn stops_at_once_without_a_packet_and_reports_callback_errors() {
     let watcher = lab
         .n
         .run(|| {
-            Watcher::spawn(&lab.bridge, Lab::subnets(), |_: &super::Detection| {
+            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
                 Ok::<_, String>(Instant::now())
             })
         })
@@ -465,7 +477,7 @@ fn stops_at_once_without_a_packet_and_reports_callback_errors() {
     let watcher = lab
         .n
         .run(|| {
-            Watcher::spawn(&lab.bridge, Lab::subnets(), |_: &super::Detection| {
+            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
                 Err("deleting rule 7 in table inet vmtun: No such file or directory")
             })
         })
@@ -484,7 +496,11 @@ fn errors_name_the_bridge() {
     let err = lab
         .n
         .run(|| {
-            Watcher::spawn("br-nosuch0", Lab::subnets(), |_: &super::Detection| {
+            let uplink = Uplink {
+                interfaces: vec![lab.bridge.clone(), "br-nosuch0".into()],
+                gateways: fixtures::gateways(),
+            };
+            Watcher::spawn(&uplink, Lab::subnets(), |_: &super::Detection| {
                 Ok::<_, String>(Instant::now())
             })
         })
@@ -492,12 +508,12 @@ fn errors_name_the_bridge() {
     assert!(matches!(err, CutoverError::NoSuchInterface { .. }));
     assert_eq!(
         err.to_string(),
-        "bridge br-nosuch0: no such interface (check [migration] bridge)"
+        "interface br-nosuch0: no such interface (check [migration] bridge and native_interfaces)"
     );
     let err = lab
         .n
         .run(|| {
-            Watcher::spawn(&lab.bridge, vec![], |_: &super::Detection| {
+            Watcher::spawn(&lab.uplink(), vec![], |_: &super::Detection| {
                 Ok::<_, String>(Instant::now())
             })
         })
@@ -526,7 +542,7 @@ fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
     let watcher = lab
         .n
         .run(|| {
-            Watcher::spawn(&lab.bridge, Lab::subnets(), |_: &super::Detection| {
+            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
                 Ok::<_, String>(Instant::now())
             })
         })
@@ -576,7 +592,7 @@ fn a_native_ipv6_packet_fires_and_neighbour_discovery_and_outgoing_frames_do_not
         lab.n
             .run(|| {
                 Watcher::spawn(
-                    &lab.bridge,
+                    &lab.uplink(),
                     Lab::mixed_subnets(),
                     move |d: &super::Detection| {
                         seen.lock().unwrap().push(*d);
@@ -678,9 +694,11 @@ fn an_ipv6_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
     let watcher = lab
         .n
         .run(|| {
-            Watcher::spawn(&lab.bridge, Lab::mixed_subnets(), |_: &super::Detection| {
-                Ok::<_, String>(Instant::now())
-            })
+            Watcher::spawn(
+                &lab.uplink(),
+                Lab::mixed_subnets(),
+                |_: &super::Detection| Ok::<_, String>(Instant::now()),
+            )
         })
         .unwrap();
     let (rx_before, _) = lab.bridge_counters();
@@ -721,7 +739,7 @@ fn an_ipv6_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
 fn pcap_sees_a_frame_for_another_host_on_a_promiscuous_bridge() {
     let lab = Lab::new();
     lab.n.ip(&["link", "set", &lab.bridge, "promisc", "on"]);
-    let classifier = Classifier::new(Lab::subnets());
+    let classifier = Classifier::new(Lab::subnets(), fixtures::gateways());
     let stop = StopSignal::new().unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
     thread::scope(|scope| {
@@ -749,7 +767,7 @@ fn pcap_sees_a_frame_for_another_host_on_a_promiscuous_bridge() {
 /// libpcap's BPF interpreter): it lets every native packet through.
 #[test]
 fn the_bpf_filter_passes_what_the_classifier_accepts() {
-    let c = Classifier::new(Lab::subnets());
+    let c = Classifier::new(Lab::subnets(), fixtures::gateways());
     let program = super::capture::compile_filter("test", &c).unwrap();
     let host = fixtures::HOST_MAC;
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
@@ -792,7 +810,7 @@ fn the_bpf_filter_passes_native_packets_of_both_families() {
         ),
     ];
     for (name, subnets, passes4, passes6) in lists {
-        let mut c = Classifier::new(subnets);
+        let mut c = Classifier::new(subnets, fixtures::gateways());
         let program =
             super::capture::compile_filter("test", &c).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(program.filter(&native4), passes4, "{name}: IPv4 native");
@@ -849,7 +867,7 @@ fn measure(
     count: usize,
     warmup: usize,
 ) -> Vec<Duration> {
-    let classifier = Classifier::new(subnets);
+    let classifier = Classifier::new(subnets, fixtures::gateways());
     let stop = StopSignal::new().unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
     // Offset of our payload: Ethernet, IPv4 without options or IPv6 without extension
@@ -887,7 +905,12 @@ fn measure(
                 };
                 let run = match source {
                     Source::PacketSocket(wait) => {
-                        let mut s = PacketSocket::open(&lab.bridge, &classifier, wait).unwrap();
+                        let mut s = PacketSocket::open(
+                            std::slice::from_ref(&lab.bridge),
+                            &classifier,
+                            wait,
+                        )
+                        .unwrap();
                         ready_tx.send(()).unwrap();
                         s.run(&stop, &mut on_frame)
                     }
@@ -989,4 +1012,201 @@ fn compare_capture_latency() {
     for ((name, ..), samples) in variants.iter().zip(all) {
         println!("{}", summary(name, samples));
     }
+}
+
+/// The bridge going down and up again (an operator's `ip link set br0 down; ... up`, a
+/// bridge reconfigured) must not end the watch: the first native packet afterwards still
+/// cuts over.
+#[test]
+fn the_watcher_rearms_after_the_bridge_goes_down_and_up() {
+    let lab = Lab::new();
+    let watcher = lab
+        .n
+        .run(|| {
+            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
+                Ok::<_, String>(Instant::now())
+            })
+        })
+        .unwrap();
+    lab.n.ip(&["link", "set", &lab.bridge, "down"]);
+    lab.n.ip(&["link", "set", &lab.bridge, "up"]);
+    // Until the bridge forwards again (forward_delay 0) and S has the host's MAC, sends
+    // may be lost: send until the watcher sees one.
+    let cut_over = wait_for(EVENT_CEILING, || {
+        lab.send_from_s(None, "203.0.113.2", b"native, after down and up");
+        thread::sleep(Duration::from_millis(20));
+        !watcher.records().is_empty() || matches!(watcher.status().phase, Phase::Failed { .. })
+    });
+    let status = watcher.stop();
+    assert!(
+        cut_over && status.records.len() == 1,
+        "no cutover after the bridge went down and up: {status:?}"
+    );
+    assert_eq!(
+        status.records[0].subnet,
+        "203.0.113.0/29".parse::<IpNet>().unwrap()
+    );
+}
+
+/// Only the provider may trigger the cutover: the same native packets, forged by a neighbour
+/// on the segment (another source MAC), of either family, or sent by the gateway with a
+/// source whose route does not leave through the bridge (strict reverse path), or tagged for
+/// a VLAN the host has no device for, never fire; the gateway's real packet still does.
+#[test]
+fn only_the_gateway_can_trigger_and_only_for_sources_routed_back_through_the_bridge() {
+    let lab = Lab::new();
+    let watcher = lab
+        .n
+        .run(|| {
+            Watcher::spawn(
+                &lab.uplink(),
+                Lab::mixed_subnets(),
+                |_: &super::Detection| Ok::<_, String>(Instant::now()),
+            )
+        })
+        .unwrap();
+    let (rx_before, _) = lab.bridge_counters();
+    let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let host = fixtures::HOST_MAC;
+    let native4 = fixtures::udp4(host, v4("198.18.0.2"), v4("203.0.113.2"), b"");
+    let native6 = fixtures::udp6(host, v6("2001:db8:ff::2"), v6("2001:db8:1::2"), b"");
+    lab.send_raw_from_s(&[
+        fixtures::from_mac(native4.clone(), fixtures::NEIGHBOUR_MAC),
+        fixtures::from_mac(native6.clone(), fixtures::NEIGHBOUR_MAC),
+        // From the gateway, but N has no route back to these sources at all.
+        fixtures::udp4(host, v4("192.0.2.99"), v4("203.0.113.2"), b""),
+        fixtures::udp6(host, v6("2001:db8:99::1"), v6("2001:db8:1::2"), b""),
+        fixtures::vlan_tagged(&native4),
+    ]);
+    // Sent after the refused frames, on the same sockets: once it has fired, they have all
+    // been seen.
+    lab.send_from_s(None, "198.51.100.7", b"native, from the gateway");
+    assert!(
+        wait_for(EVENT_CEILING, || !watcher.records().is_empty()),
+        "the gateway's native packet was not seen; status {:?}",
+        watcher.status()
+    );
+    let (rx_after, _) = lab.bridge_counters();
+    assert!(
+        rx_after >= rx_before + 6,
+        "the frames did not reach the bridge: rx {rx_before} -> {rx_after}"
+    );
+    // The IPv6 frames go to another socket: give them a moment as well.
+    thread::sleep(Duration::from_millis(200));
+    let status = watcher.stop();
+    let fired: Vec<IpNet> = status.records.iter().map(|r| r.subnet).collect();
+    assert_eq!(
+        fired,
+        vec!["198.51.100.0/24".parse::<IpNet>().unwrap()],
+        "fired on a frame not from the provider: {status:?}"
+    );
+}
+
+/// The bridge deleted while the watcher runs: a clear error naming it, not a silent watch.
+#[test]
+fn the_bridge_disappearing_fails_the_watcher_naming_it() {
+    let lab = Lab::new();
+    let watcher = lab
+        .n
+        .run(|| {
+            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
+                Ok::<_, String>(Instant::now())
+            })
+        })
+        .unwrap();
+    lab.n.ip(&["link", "del", &lab.bridge]);
+    assert!(
+        wait_for(EVENT_CEILING, || matches!(
+            watcher.status().phase,
+            Phase::Failed { .. }
+        )),
+        "the watcher did not notice the bridge was deleted: {:?}",
+        watcher.status()
+    );
+    assert_eq!(
+        watcher.stop().phase,
+        Phase::Failed {
+            error: format!(
+                "interface {}: disappeared; run `vmtun cutover` by hand",
+                lab.bridge
+            )
+        }
+    );
+}
+
+/// Native packets may come in on another interface than the bridge: here a second uplink
+/// (a second link to the same router, outside the bridge). Watching the bridge alone misses
+/// them; listed among the interfaces, the first one cuts over.
+#[test]
+fn a_native_packet_on_a_second_interface_cuts_over() {
+    let lab = Lab::new();
+    let (n_link, s_link) = (format!("{}x", lab.bridge), format!("{}x", lab.sender_if));
+    lab.n.ip(&[
+        "link",
+        "add",
+        &n_link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &s_link,
+        "netns",
+        &lab.s.name,
+    ]);
+    lab.n.ip(&["link", "set", &n_link, "up"]);
+    lab.n.ip(&["addr", "add", "198.18.7.1/24", "dev", &n_link]);
+    // The router's second port has the MAC of its first, as a router's ports often do.
+    lab.s.ip(&[
+        "link",
+        "set",
+        &s_link,
+        "address",
+        &mac(fixtures::ROUTER_MAC),
+        "up",
+    ]);
+    lab.s.ip(&["addr", "add", "198.18.7.2/24", "dev", &s_link]);
+    // S reaches one VM address through the second link, from its address there.
+    lab.s
+        .ip(&["route", "add", "203.0.113.5/32", "via", "198.18.7.1"]);
+    let send_over_second_link = || {
+        // The first may wait for ARP; one gets through.
+        for _ in 0..3 {
+            lab.send_from_s(None, "203.0.113.5", b"native, over the second link");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (bridge_only, both) = lab.n.run(|| {
+        let spawn = |uplink: &Uplink| {
+            Watcher::spawn(uplink, Lab::subnets(), |_: &super::Detection| {
+                Ok::<_, String>(Instant::now())
+            })
+            .unwrap()
+        };
+        let both = Uplink {
+            interfaces: vec![lab.bridge.clone(), n_link.clone()],
+            gateways: fixtures::gateways(),
+        };
+        (spawn(&lab.uplink()), spawn(&both))
+    });
+    send_over_second_link();
+    assert!(
+        wait_for(EVENT_CEILING, || !both.records().is_empty()),
+        "no cutover from the second interface: {:?}",
+        both.status()
+    );
+    let record = both.stop().records[0].clone();
+    assert_eq!(
+        (record.subnet, record.src, record.dst),
+        (
+            "203.0.113.0/29".parse().unwrap(),
+            "198.18.7.2".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        )
+    );
+    let bridge_only = bridge_only.stop();
+    assert!(
+        bridge_only.records.is_empty(),
+        "the bridge's watcher saw a packet that came in on the second link: {bridge_only:?}"
+    );
 }

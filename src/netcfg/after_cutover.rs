@@ -9,7 +9,7 @@
 
 use ipnet::IpNet;
 
-use super::change::{Change, NftRuleKind};
+use super::change::{Change, Element, NftRuleKind};
 
 /// Whether the cutover of one of `subnets` ends `c`: the subnet's mark rule.
 pub fn ended_by_cutover(c: &Change, subnets: &[IpNet]) -> bool {
@@ -24,8 +24,8 @@ pub fn ended_by_cutover(c: &Change, subnets: &[IpNet]) -> bool {
 
 /// `changes` as they stand once `subnets` have cut over: without the subnets' mark rules,
 /// and with each subnet's element in the set its native rule fills, right after that rule
-/// (its set exists by then). Subnets without a native rule in `changes` add nothing, and an
-/// element already there is not added twice, so the edit may be applied again.
+/// (its set exists by then; after the first, with several native interfaces). Subnets without
+/// a native rule in `changes` add nothing, and an element already there is not added twice, so the edit may be applied again.
 pub fn after_cutover(changes: &[Change], subnets: &[IpNet]) -> Vec<Change> {
     let mut out = Vec::with_capacity(changes.len() + subnets.len());
     for c in changes {
@@ -35,6 +35,7 @@ pub fn after_cutover(changes: &[Change], subnets: &[IpNet]) -> Vec<Change> {
         out.push(c.clone());
         if let Some(element) = element_of(c, subnets)
             && !changes.contains(&element)
+            && !out.contains(&element)
         {
             out.push(element);
         }
@@ -42,12 +43,18 @@ pub fn after_cutover(changes: &[Change], subnets: &[IpNet]) -> Vec<Change> {
     out
 }
 
-/// The cutover set element that a native rule for one of `subnets` adds.
+/// The cutover set element that a native rule for one of `subnets` adds (none when the
+/// rule only counts: `cutover_hold_ms`).
 fn element_of(c: &Change, subnets: &[IpNet]) -> Option<Change> {
     let Change::NftRule {
         family,
         table,
-        rule: NftRuleKind::Native { subnet, set, .. },
+        rule:
+            NftRuleKind::Native {
+                subnet,
+                set: Some(set),
+                ..
+            },
         ..
     } = c
     else {
@@ -60,7 +67,7 @@ fn element_of(c: &Change, subnets: &[IpNet]) -> Option<Change> {
             family: *family,
             table: table.clone(),
             set: set.clone(),
-            addr: subnet.network(),
+            element: Element::Addr(subnet.network()),
         })
 }
 
@@ -97,7 +104,7 @@ mod tests {
         );
         let native = now
             .iter()
-            .position(|l| l.ends_with("comment \"vmtun native 203.0.113.0/29\""))
+            .position(|l| l.ends_with("comment \"vmtun native 203.0.113.0/29 on br0\""))
             .unwrap();
         assert_eq!(
             now[native + 1],

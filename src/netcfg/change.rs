@@ -307,6 +307,40 @@ fn refusing_routes(verb: &str, dest: &IpNet, routes: &[RefusingRoute]) -> String
         .join("; ")
 }
 
+/// An element of one of vmtun's sets: an address (the cutover sets) or a MAC (the uplink
+/// gateways').
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Element {
+    /// An IPv4 or IPv6 address.
+    Addr(IpAddr),
+    /// An Ethernet address.
+    Mac([u8; 6]),
+}
+
+impl Element {
+    /// The element's key as the kernel holds it (network byte order).
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            Element::Addr(IpAddr::V4(a)) => a.octets().to_vec(),
+            Element::Addr(IpAddr::V6(a)) => a.octets().to_vec(),
+            Element::Mac(m) => m.to_vec(),
+        }
+    }
+}
+
+impl fmt::Display for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Element::Addr(a) => write!(f, "{a}"),
+            Element::Mac(m) => {
+                let hex: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
+                f.write_str(&hex.join(":"))
+            }
+        }
+    }
+}
+
 /// A sysctl write, with the value it replaced so that undo restores it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Sysctl {
@@ -349,16 +383,27 @@ pub enum NftRuleKind {
         /// The set of switched subnets.
         set: String,
     },
-    /// `meta pkttype host iifname "BRIDGE" ip daddr NET counter add @SET { ip daddr & MASK }` (the element is
-    /// the subnet's network address): the first packet
-    /// for the subnet arriving natively flips the cutover inside the kernel.
+    /// `meta pkttype host iifname "IFACE" ether saddr @GATEWAYS ip daddr NET fib saddr . iif
+    /// oif exists counter add @SET { ip daddr & MASK }` (the element is the subnet's network
+    /// address): the first packet for the subnet arriving natively from the provider flips
+    /// the cutover inside the kernel. Only the provider: the frame comes from an uplink
+    /// gateway's MAC, and the route back to its source leaves through the interface it came
+    /// in on (strict reverse path), the same conditions the watcher applies. One rule per
+    /// native interface and subnet.
     Native {
-        /// The interface native traffic arrives on.
-        bridge: String,
+        /// The interface native traffic arrives on (the bridge, or another uplink).
+        #[serde(rename = "bridge")]
+        iface: String,
         /// The VM subnet.
         subnet: IpNet,
-        /// The cutover set the subnet is added to.
-        set: String,
+        /// The cutover set the subnet is added to; none: the rule only counts, and the
+        /// kernel does not flip (`[migration] cutover_hold_ms`: the watcher removes the mark
+        /// rule after the hold).
+        set: Option<String>,
+        /// The set of the gateways' MACs (state files from before it have none: no MAC or
+        /// reverse-path condition).
+        #[serde(default)]
+        gateways: Option<String>,
     },
     /// `iifname|oifname "TUN" tcp flags syn / syn,rst tcp option maxseg size > MSS
     /// counter tcp option maxseg size set MSS`: a TCP handshake crossing the tunnel agrees on
@@ -390,6 +435,12 @@ impl NftRuleKind {
         match self {
             NftRuleKind::Mark { subnet, .. } => format!("vmtun mark {subnet}"),
             NftRuleKind::SwitchedMark { subnet, .. } => format!("vmtun switched {subnet}"),
+            NftRuleKind::Native {
+                subnet,
+                iface,
+                gateways: Some(_),
+                ..
+            } => format!("vmtun native {subnet} on {iface}"),
             NftRuleKind::Native { subnet, .. } => format!("vmtun native {subnet}"),
             NftRuleKind::ClampMss { direction, .. } => match direction {
                 Direction::Into => "vmtun mss into tunnel".into(),
@@ -467,8 +518,8 @@ pub enum Change {
         #[serde(default)]
         hook: NftHook,
     },
-    /// A dynamic set of addresses of the table's family (`flags dynamic`) that rules may
-    /// fill from the packet path.
+    /// A set in vmtun's table: addresses of the table's family that rules fill from the
+    /// packet path (`flags dynamic`), or MACs that vmtun fills.
     NftSet {
         /// Table family.
         #[serde(default)]
@@ -477,6 +528,9 @@ pub enum Change {
         table: String,
         /// Set name.
         name: String,
+        /// What it holds (state files from before MAC sets: addresses).
+        #[serde(default)]
+        key: SetKey,
     },
     /// An element of one of vmtun's sets: a subnet's network address in the cutover set
     /// once the subnet has cut over. The kernel adds it on the first native packet; vmtun
@@ -491,7 +545,8 @@ pub enum Change {
         /// Set name.
         set: String,
         /// The element.
-        addr: IpAddr,
+        #[serde(alias = "addr")]
+        element: Element,
     },
     /// A rule in vmtun's chain.
     NftRule {
@@ -505,6 +560,17 @@ pub enum Change {
         /// What the rule does.
         rule: NftRuleKind,
     },
+}
+
+/// What one of vmtun's nftables sets holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKey {
+    /// Addresses of the table's family, added from the packet path (`flags dynamic`).
+    #[default]
+    DynamicAddress,
+    /// Ethernet addresses (`ether_addr`), added by vmtun.
+    EtherAddr,
 }
 
 /// The netfilter hook of one of vmtun's base chains.
@@ -590,16 +656,17 @@ impl Change {
                 family,
                 table,
                 name,
+                ..
             } => format!("{verb} nft set {} {table} {name}", family.nft()),
             Change::NftSetElement {
                 family,
                 table,
                 set,
-                addr,
+                element,
             } => {
                 let to = if apply { "to" } else { "from" };
                 format!(
-                    "{verb} nft element {addr} {to} set {} {table} {set}",
+                    "{verb} nft element {element} {to} set {} {table} {set}",
                     family.nft()
                 )
             }
@@ -704,15 +771,24 @@ impl fmt::Display for NftRuleKind {
                 )?;
             }
             NftRuleKind::Native {
-                bridge,
+                iface,
                 subnet,
                 set,
+                gateways,
             } => {
                 let (ip, mask) = (header_of(subnet), subnet.netmask());
-                write!(
-                    f,
-                    "meta pkttype host iifname \"{bridge}\" {ip} daddr {subnet} counter add @{set} {{ {ip} daddr & {mask} }}"
-                )?;
+                write!(f, "meta pkttype host iifname \"{iface}\" ")?;
+                if let Some(gateways) = gateways {
+                    write!(f, "ether saddr @{gateways} ")?;
+                }
+                write!(f, "{ip} daddr {subnet} ")?;
+                if gateways.is_some() {
+                    write!(f, "fib saddr . iif oif exists ")?;
+                }
+                f.write_str("counter")?;
+                if let Some(set) = set {
+                    write!(f, " add @{set} {{ {ip} daddr & {mask} }}")?;
+                }
             }
             NftRuleKind::ClampMss {
                 tun,
@@ -786,14 +862,16 @@ impl fmt::Display for Change {
                 family,
                 table,
                 name,
+                key,
             } => {
-                let key = match family {
-                    Family::Ipv4 => "ipv4_addr",
-                    Family::Ipv6 => "ipv6_addr",
+                let spec = match (key, family) {
+                    (SetKey::DynamicAddress, Family::Ipv4) => "type ipv4_addr; flags dynamic;",
+                    (SetKey::DynamicAddress, Family::Ipv6) => "type ipv6_addr; flags dynamic;",
+                    (SetKey::EtherAddr, _) => "type ether_addr;",
                 };
                 write!(
                     f,
-                    "nft add set {} {table} {name} '{{ type {key}; flags dynamic; }}'",
+                    "nft add set {} {table} {name} '{{ {spec} }}'",
                     family.nft()
                 )
             }
@@ -801,10 +879,10 @@ impl fmt::Display for Change {
                 family,
                 table,
                 set,
-                addr,
+                element,
             } => write!(
                 f,
-                "nft add element {} {table} {set} {{ {addr} }}",
+                "nft add element {} {table} {set} {{ {element} }}",
                 family.nft()
             ),
             Change::NftRule {
@@ -869,15 +947,16 @@ impl fmt::Display for Inverse<'_> {
                 family,
                 table,
                 name,
+                ..
             } => write!(f, "nft delete set {} {table} {name}", family.nft()),
             Change::NftSetElement {
                 family,
                 table,
                 set,
-                addr,
+                element,
             } => write!(
                 f,
-                "nft delete element {} {table} {set} {{ {addr} }}",
+                "nft delete element {} {table} {set} {{ {element} }}",
                 family.nft()
             ),
             Change::NftRule {
@@ -1002,6 +1081,29 @@ mod tests {
     }
 
     #[test]
+    fn a_native_rule_from_before_the_gateway_condition_reads_as_it_was() {
+        let old: Change = serde_json::from_str(
+            r#"{"kind":"nft_rule","family":"ipv4","table":"vmtun","chain":"prerouting",
+                "rule":{"rule":"native","bridge":"br0","subnet":"203.0.113.0/29","set":"native"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.to_string(),
+            "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" \
+             ip daddr 203.0.113.0/29 counter add @native { ip daddr & 255.255.255.248 } \
+             comment \"vmtun native 203.0.113.0/29\""
+        );
+        let set: Change = serde_json::from_str(
+            r#"{"kind":"nft_set","family":"ipv4","table":"vmtun","name":"native"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            set.to_string(),
+            "nft add set ip vmtun native '{ type ipv4_addr; flags dynamic; }'"
+        );
+    }
+
+    #[test]
     fn state_from_before_ipv6_reads_as_ipv4() {
         let table: Change = serde_json::from_str(r#"{"kind":"nft_table","name":"vmtun"}"#).unwrap();
         assert_eq!(table.to_string(), "nft add table ip vmtun");
@@ -1041,25 +1143,38 @@ mod tests {
             table: "vmtun".into(),
             chain: "prerouting".into(),
             rule: NftRuleKind::Native {
-                bridge: "br0".into(),
+                iface: "br0".into(),
                 subnet: "2001:db8:1::/64".parse().unwrap(),
-                set: "native".into(),
+                set: Some("native".into()),
+                gateways: Some("gateways".into()),
             },
         };
         assert_eq!(
             native.to_string(),
             "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" \
-             ip6 daddr 2001:db8:1::/64 counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } \
-             comment \"vmtun native 2001:db8:1::/64\""
+             ether saddr @gateways ip6 daddr 2001:db8:1::/64 fib saddr . iif oif exists \
+             counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } \
+             comment \"vmtun native 2001:db8:1::/64 on br0\""
         );
         let set = Change::NftSet {
             family: Family::Ipv6,
             table: "vmtun".into(),
             name: "native".into(),
+            key: SetKey::DynamicAddress,
         };
         assert_eq!(
             set.to_string(),
             "nft add set ip6 vmtun native '{ type ipv6_addr; flags dynamic; }'"
+        );
+        let gateways = Change::NftSet {
+            family: Family::Ipv6,
+            table: "vmtun".into(),
+            name: "gateways".into(),
+            key: SetKey::EtherAddr,
+        };
+        assert_eq!(
+            gateways.to_string(),
+            "nft add set ip6 vmtun gateways '{ type ether_addr; }'"
         );
     }
 }

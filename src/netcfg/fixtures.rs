@@ -25,6 +25,8 @@ pub(crate) fn new_role() -> Role {
         rule_priority: DEFAULT_RULE_PRIORITY,
         vif_prefix: "vif".into(),
         bridge: "br0".into(),
+        native_interfaces: Vec::new(),
+        kernel_flip: true,
     })
 }
 

@@ -759,7 +759,7 @@ mod tests {
             family: crate::netcfg::Family::Ipv4,
             table: "vmtun".into(),
             set: "native".into(),
-            addr: "203.0.113.0".parse().unwrap(),
+            element: crate::netcfg::Element::Addr("203.0.113.0".parse().unwrap()),
         };
         ops.present.push(element.clone());
         j.record_cutover(&[subnet], || ops.revert(&mark)).unwrap();

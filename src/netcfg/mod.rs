@@ -17,7 +17,9 @@
 //!   program may have removed some of it (the restore monitor then calls
 //!   [`Journal::restore`]).
 //! - [`remove_mark_rule`] is the cutover's atomic finalization; [`MarkRemover`] is the
-//!   same made ready in advance, for the watcher.
+//!   same made ready in advance, for the watcher. [`gateway_elements`] fills the set of the
+//!   uplink gateways' MACs the native rules require; `uplink` reads what the cutover needs
+//!   to know of the uplink (default gateways, their MACs, reverse paths).
 //!
 //! Everything acts on the network namespace of the calling thread, which is how the tests
 //! run it inside namespaces of their own.
@@ -36,6 +38,7 @@ mod prereq;
 mod rtnl;
 mod sysctl;
 mod system;
+mod uplink;
 
 #[cfg(test)]
 mod fixtures;
@@ -46,8 +49,8 @@ mod testns;
 
 pub use after_cutover::after_cutover;
 pub use change::{
-    Action, Change, Direction, Family, FwMark, Inverse, NF_IP_PRI_MANGLE, NftHook, NftRuleKind,
-    Refusal, RefusingRoute, Route, Rule, Sysctl, SysctlKey, TableId,
+    Action, Change, Direction, Element, Family, FwMark, Inverse, NF_IP_PRI_MANGLE, NftHook,
+    NftRuleKind, Refusal, RefusingRoute, Route, Rule, Sysctl, SysctlKey, TableId,
 };
 pub use error::{Cause, NetError};
 pub use events::{EventSocket, Interest, Source as EventSource};
@@ -62,9 +65,10 @@ pub use nft::{
 };
 pub use ops::NetOps;
 pub use plan::{
-    DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_FORWARD_CHAIN, NFT_NATIVE_SET, NFT_SWITCHED_SET,
-    NFT_TABLE, NewParams, OldParams, RULES_BEFORE_MARK, Role, TunnelParams, VM_GATEWAY6, plan,
-    vif_up,
+    DEFAULT_RULE_PRIORITY, NFT_CHAIN, NFT_FORWARD_CHAIN, NFT_GATEWAY_SET, NFT_NATIVE_SET,
+    NFT_SWITCHED_SET, NFT_TABLE, NewParams, OldParams, RULES_BEFORE_MARK, Role, TunnelParams,
+    VM_GATEWAY6, gateway_elements, plan, vif_up,
 };
 pub use prereq::check_prerequisites;
 pub use system::SystemOps;
+pub use uplink::{RouteLookup, default_gateways, resolve_gateway_macs};

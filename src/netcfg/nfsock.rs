@@ -1,5 +1,6 @@
-//! A blocking NETLINK_NETFILTER socket: sends nftnl batches (one datagram, so the kernel
-//! applies them atomically) and collects acknowledgements or dump replies.
+//! A blocking netlink socket: NETLINK_NETFILTER to send nftnl batches (one datagram, so the
+//! kernel applies them atomically) and collect acknowledgements or dump replies, and
+//! NETLINK_ROUTE for the few route and neighbour reads of the cutover (`uplink`).
 //!
 //! One socket per operation: sequence numbers restart at 1 in every nftnl batch, so a fresh
 //! socket can never mistake a late acknowledgement of an earlier batch for its own.
@@ -39,14 +40,23 @@ fn errno() -> io::Error {
 }
 
 impl NfSock {
-    /// Opens a socket in the calling thread's network namespace.
+    /// Opens a netfilter socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_NETFILTER)
+    }
+
+    /// Opens a route socket in the calling thread's network namespace.
+    pub fn open_route() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
         // SAFETY: plain syscalls on values we own; the fd is wrapped at once.
         unsafe {
             let fd = libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
+                protocol,
             );
             if fd < 0 {
                 return Err(errno());
@@ -149,6 +159,23 @@ impl NfSock {
             }
         }
         Ok(())
+    }
+
+    /// Sends one request and returns the first message of the answer: the reply, or the
+    /// kernel's error as `Cause::Errno`.
+    pub fn request(&mut self, bytes: &[u8]) -> Result<Msg, Cause> {
+        self.send(bytes).map_err(|e| Cause::from_io(&e))?;
+        let reply = self
+            .recv()
+            .map_err(|e| Cause::from_io(&e))?
+            .into_iter()
+            .next();
+        let reply = reply.ok_or_else(|| Cause::Netlink("empty netlink answer".into()))?;
+        if reply.ty == libc::NLMSG_ERROR as u16 {
+            let (code, _) = error_of(&reply.bytes)?;
+            return Err(Cause::Errno(-code));
+        }
+        Ok(reply)
     }
 
     /// Collects the replies of a dump until `NLMSG_DONE`.

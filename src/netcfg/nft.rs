@@ -12,6 +12,12 @@
 //! subnet arrives on the bridge, and the mark rule looks the (masked) source up in the set
 //! and stops marking once it is there. So the very first native packet flips the routing of
 //! the VM replies inside the kernel; [`remove_mark_rule`] then finalizes in one batch.
+//!
+//! Only the provider's packets count: the native rule requires the frame's source MAC to be
+//! in the `gateways` set (`type ether_addr`, which the plan creates empty and vmtun fills at
+//! start with `gateway_elements`, journaled so that a restore puts them back: the MACs the
+//! watcher is given too) and the route back to the source to leave through the interface the packet came in on (`fib saddr . iif oif
+//! exists`, strict reverse path).
 
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -21,12 +27,14 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Counter, Expression, Immediate, InterfaceName, Ipv4HeaderField,
-    Ipv6HeaderField, Meta, NetworkHeaderField, Payload, Register,
+    Ipv6HeaderField, LLHeaderField, Meta, NetworkHeaderField, Payload, Register,
 };
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
 
-use super::change::{Action, Change, Direction, Family, NF_IP_PRI_MANGLE, NftHook, NftRuleKind};
+use super::change::{
+    Action, Change, Direction, Element, Family, NF_IP_PRI_MANGLE, NftHook, NftRuleKind, SetKey,
+};
 use super::error::{Cause, NetError};
 use super::nfsock::NfSock;
 use super::plan::{NFT_CHAIN, NFT_NATIVE_SET, NFT_SWITCHED_SET};
@@ -39,12 +47,13 @@ fn proto(family: Family) -> ProtoFamily {
     }
 }
 
-/// nft's datatype numbers for set keys (`TYPE_IPADDR`, `TYPE_IP6ADDR` in nftables'
-/// datatype.h) and the key lengths.
-fn set_key(family: Family) -> (u32, u32) {
-    match family {
-        Family::Ipv4 => (7, 4),
-        Family::Ipv6 => (8, 16),
+/// nft's datatype numbers for set keys (`TYPE_IPADDR`, `TYPE_IP6ADDR`, `TYPE_ETHERADDR` in
+/// nftables' datatype.h) and the key lengths.
+fn set_key(family: Family, key: SetKey) -> (u32, u32) {
+    match (key, family) {
+        (SetKey::DynamicAddress, Family::Ipv4) => (7, 4),
+        (SetKey::DynamicAddress, Family::Ipv6) => (8, 16),
+        (SetKey::EtherAddr, _) => (9, 6),
     }
 }
 
@@ -106,13 +115,13 @@ unsafe impl<T: NlMsg> NlMsg for Exclusive<'_, T> {
     }
 }
 
-/// A set (named, dynamic, of addresses), written with raw libnftnl calls because nftnl's
-/// `Set` has no way to set the flags and size a dynamic set needs.
-struct DynamicSet(NonNull<sys::nftnl_set>, Family);
+/// A named set (dynamic, of addresses; or of MACs), written with raw libnftnl calls because
+/// nftnl's `Set` has no way to set the flags and size a dynamic set needs.
+struct RawSet(NonNull<sys::nftnl_set>, Family);
 
-impl DynamicSet {
-    fn new(family: Family, table: &CStr, name: &CStr) -> Self {
-        let (key_type, key_len) = set_key(family);
+impl RawSet {
+    fn new(family: Family, table: &CStr, name: &CStr, key: SetKey) -> Self {
+        let (key_type, key_len) = set_key(family, key);
         // SAFETY: libnftnl allocation and attribute setters; strings are copied.
         unsafe {
             let s = sys::nftnl_set_alloc();
@@ -122,18 +131,61 @@ impl DynamicSet {
             sys::nftnl_set_set_str(p, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
             sys::nftnl_set_set_str(p, sys::NFTNL_SET_NAME as u16, name.as_ptr());
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_ID as u16, 1);
-            // `flags dynamic`: the kernel picks a backend that supports updates from the
-            // packet path (the dynset expression refuses sets without one).
-            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_EVAL as u32);
+            if key == SetKey::DynamicAddress {
+                // `flags dynamic`: the kernel picks a backend that supports updates from the
+                // packet path (the dynset expression refuses sets without one).
+                sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_EVAL as u32);
+            }
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, key_len);
             sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, NATIVE_SET_SIZE);
-            DynamicSet(s, family)
+            RawSet(s, family)
+        }
+    }
+
+    /// Adds `key` as an element (written by [`SetElements`]).
+    fn add_element(&mut self, key: &[u8]) {
+        // SAFETY: libnftnl copies the key; the set takes ownership of the element.
+        unsafe {
+            let e = sys::nftnl_set_elem_alloc();
+            if e.is_null() {
+                std::process::abort();
+            }
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr().cast(),
+                key.len() as u32,
+            );
+            sys::nftnl_set_elem_add(self.0.as_ptr(), e);
         }
     }
 }
 
-impl Drop for DynamicSet {
+/// The elements of a [`RawSet`], as one NEWSETELEM message.
+struct SetElements<'a>(&'a RawSet);
+
+// SAFETY: writes one NEWSETELEM message built by libnftnl.
+unsafe impl NlMsg for SetElements<'_> {
+    unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
+        let ty = match msg_type {
+            MsgType::Add => libc::NFT_MSG_NEWSETELEM,
+            MsgType::Del => libc::NFT_MSG_DELSETELEM,
+        };
+        unsafe {
+            let h = sys::nftnl_nlmsg_build_hdr(
+                buf as *mut libc::c_char,
+                ty as u16,
+                proto(self.0.1) as u16,
+                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(h, self.0.0.as_ptr());
+        }
+    }
+}
+
+impl Drop for RawSet {
     fn drop(&mut self) {
         // SAFETY: allocated in `new`, freed once.
         unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
@@ -141,7 +193,7 @@ impl Drop for DynamicSet {
 }
 
 // SAFETY: writes one NEWSET/DELSET message built by libnftnl.
-unsafe impl NlMsg for DynamicSet {
+unsafe impl NlMsg for RawSet {
     unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
         let ty = match msg_type {
             MsgType::Add => libc::NFT_MSG_NEWSET,
@@ -218,6 +270,62 @@ impl Expression for DynsetAdd {
                 libc::NFT_DYNSET_OP_ADD as u32,
             );
             sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, self.set.as_ptr());
+            e
+        }
+    }
+}
+
+/// `NFT_FIB_RESULT_OIF` (linux/netfilter/nf_tables.h): the fib expression yields the output
+/// interface of the route it looks up.
+const NFT_FIB_RESULT_OIF: u32 = 1;
+/// `NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT` (linux/netfilter/nf_tables.h):
+/// look up the packet's source, the route must leave through the input interface, and yield
+/// only whether one does.
+const FIB_SADDR_IIF_PRESENT: u32 = (1 << 0) | (1 << 3) | (1 << 5);
+
+/// `fib saddr . iif oif exists` into register 2, leaving register 1 (the subnet's address,
+/// the set element) alone (nftnl has no fib expression): one byte, 1 when the route back to
+/// the source leaves through the interface the packet came in on.
+struct FibReversePath;
+
+impl Expression for FibReversePath {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: libnftnl allocation and setters.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"fib".as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            let set = |attr: u32, v: u32| sys::nftnl_expr_set_u32(p, attr as u16, v);
+            set(sys::NFTNL_EXPR_FIB_DREG, libc::NFT_REG_2 as u32);
+            set(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_OIF);
+            set(sys::NFTNL_EXPR_FIB_FLAGS, FIB_SADDR_IIF_PRESENT);
+            e
+        }
+    }
+}
+
+/// `cmp eq reg 2 1`: the [`FibReversePath`] found such a route (nftnl's `Cmp` reads register
+/// 1 only). Compared as a host-order u32, as nft does: the kernel clears the register's
+/// 32-bit word before it stores the byte (`nft_reg_store8`), and nft lists it as `exists`
+/// only in that form.
+struct Register2IsTrue;
+
+impl Expression for Register2IsTrue {
+    fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+        let one: u32 = 1;
+        // SAFETY: libnftnl allocation and setters; the data is copied.
+        unsafe {
+            let e = sys::nftnl_expr_alloc(c"cmp".as_ptr());
+            let e = NonNull::new(e).unwrap_or_else(|| std::process::abort());
+            let p = e.as_ptr();
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CMP_SREG as u16, libc::NFT_REG_2 as u32);
+            sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CMP_OP as u16, libc::NFT_CMP_EQ as u32);
+            sys::nftnl_expr_set(
+                p,
+                sys::NFTNL_EXPR_CMP_DATA as u16,
+                (&raw const one).cast(),
+                4,
+            );
             e
         }
     }
@@ -398,23 +506,43 @@ fn build_rule<'a>(chain: &'a Chain<'a>, kind: &NftRuleKind) -> Result<nftnl::Rul
             set,
         } => mark_vm_sources(&mut r, vif_prefix, subnet, *fwmark, Some((set, false)))?,
         NftRuleKind::Native {
-            bridge,
+            iface,
             subnet,
             set,
+            gateways,
         } => {
             // Only frames addressed to this host: a broadcast or a frame flooded to another
             // host's MAC on the bridge is no sign that the provider routes the subnet here.
             r.add_expr(&MetaPktType);
             r.add_expr(&Cmp::new(CmpOp::Eq, libc::PACKET_HOST));
             r.add_expr(&Meta::IifName);
-            r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(bridge)?)));
+            r.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(cstring(iface)?)));
+            if let Some(gateways) = gateways {
+                // From the provider's router only: a neighbour on the segment is not. (The
+                // interface type first, as nft does: an Ethernet header is there to read.)
+                r.add_expr(&Meta::IifType);
+                r.add_expr(&Cmp::new(CmpOp::Eq, libc::ARPHRD_ETHER));
+                r.add_expr(&Payload::LinkLayer(LLHeaderField::Saddr));
+                r.add_expr(&Lookup {
+                    set: cstring(gateways)?,
+                    inverted: false,
+                });
+            }
             match_subnet(&mut r, Field::Destination, subnet);
+            if gateways.is_some() {
+                // After the cheap destination match, so that only packets for the subnet
+                // cost a route lookup.
+                r.add_expr(&FibReversePath);
+                r.add_expr(&Register2IsTrue);
+            }
             r.add_expr(&Counter);
-            // Register 1 still holds `ip daddr & MASK`, which the match above proved to be
-            // the subnet's network address: that is the element (one per subnet). A
-            // constant loaded with `immediate` would do the same, but nft cannot type it
-            // when listing the rule.
-            r.add_expr(&DynsetAdd { set: cstring(set)? });
+            if let Some(set) = set {
+                // Register 1 holds `ip daddr & MASK`, which the match above proved to be the
+                // subnet's network address: that is the element (one per subnet). A
+                // constant loaded with `immediate` would do the same, but nft cannot type
+                // it when listing the rule.
+                r.add_expr(&DynsetAdd { set: cstring(set)? });
+            }
         }
         NftRuleKind::ClampMss {
             tun,
@@ -578,6 +706,7 @@ pub(crate) fn is_in_place(c: &Change) -> Result<bool, Cause> {
             family,
             table,
             name,
+            ..
         } => {
             let (t, n) = (cstring(table)?, cstring(name)?);
             // SAFETY: a set object used only to write the request's names, freed at once.
@@ -596,10 +725,16 @@ pub(crate) fn is_in_place(c: &Change) -> Result<bool, Cause> {
             family,
             table,
             set,
-            addr,
-        } => absent_is_false(
-            set_elements(&mut sock, *family, table, set).map(|found| found.contains(addr)),
-        ),
+            element,
+        } => absent_is_false(set_elements(&mut sock, *family, table, set).map(|found| {
+            let key = element.key();
+            // The kernel may pad a key to its registers' 4-byte size (a MAC: 8 bytes).
+            found.iter().any(|k| {
+                k.len() >= key.len()
+                    && k[..key.len()] == key[..]
+                    && k[key.len()..].iter().all(|b| *b == 0)
+            })
+        })),
         Change::NftRule {
             family,
             table,
@@ -690,7 +825,12 @@ fn elements_of_both(table: &str, set: &str) -> Result<Vec<IpAddr>, NetError> {
     let mut out = Vec::new();
     for family in FAMILIES {
         match open().and_then(|mut sock| set_elements(&mut sock, family, table, set)) {
-            Ok(found) => out.extend(found),
+            Ok(found) => out.extend(found.iter().filter_map(|k| {
+                <[u8; 4]>::try_from(&k[..])
+                    .map(IpAddr::from)
+                    .or_else(|_| <[u8; 16]>::try_from(&k[..]).map(IpAddr::from))
+                    .ok()
+            })),
             Err(Cause::Errno(libc::ENOENT)) => {}
             Err(cause) => {
                 return Err(NetError::Op {
@@ -710,7 +850,7 @@ pub fn add_subnet_to_set(table: &str, set: &str, subnet: IpNet) -> Result<(), Ne
         family: Family::of(subnet.addr()),
         table: table.into(),
         set: set.into(),
-        addr: subnet.network(),
+        element: Element::Addr(subnet.network()),
     };
     carry_out(Action::Apply, &element)
         .map_err(|cause| NetError::change(Action::Apply, &element, cause))
@@ -722,7 +862,7 @@ fn set_elements(
     family: Family,
     table: &str,
     set_name: &str,
-) -> Result<Vec<IpAddr>, Cause> {
+) -> Result<Vec<Vec<u8>>, Cause> {
     let t = cstring(table)?;
     let n = cstring(set_name)?;
     // SAFETY: libnftnl allocation; freed at the end of this function.
@@ -745,7 +885,7 @@ fn set_elements(
     );
     let mut out = Vec::new();
     // SAFETY: each reply is a complete, aligned NEWSETELEM message; parsing appends its
-    // elements to `set`, whose keys are then read (4 or 16 bytes).
+    // elements to `set`, whose keys are then copied out.
     unsafe {
         if let Ok(replies) = &replies {
             for m in replies {
@@ -763,12 +903,7 @@ fn set_elements(
                     if k.is_null() {
                         continue;
                     }
-                    let b = std::slice::from_raw_parts(k as *const u8, len as usize);
-                    if let Ok(v4) = <[u8; 4]>::try_from(b) {
-                        out.push(IpAddr::from(v4));
-                    } else if let Ok(v6) = <[u8; 16]>::try_from(b) {
-                        out.push(IpAddr::from(v6));
-                    }
+                    out.push(std::slice::from_raw_parts(k as *const u8, len as usize).to_vec());
                 }
                 sys::nftnl_set_elems_iter_destroy(it);
             }
@@ -824,69 +959,6 @@ fn delete_rules(
     commit_on(sock, batch)
 }
 
-/// One element of a set, written with raw libnftnl calls (nftnl's `Set` builds a whole
-/// set of its own).
-struct SetElement(NonNull<sys::nftnl_set>, Family);
-
-impl SetElement {
-    fn new(family: Family, table: &CStr, set: &CStr, addr: IpAddr) -> Self {
-        let key: Vec<u8> = match addr {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        };
-        // SAFETY: libnftnl allocations and setters; strings and the key are copied, and
-        // the element belongs to the set once added.
-        unsafe {
-            let s = sys::nftnl_set_alloc();
-            let s = NonNull::new(s).unwrap_or_else(|| std::process::abort());
-            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, set.as_ptr());
-            let e = sys::nftnl_set_elem_alloc();
-            if e.is_null() {
-                std::process::abort();
-            }
-            sys::nftnl_set_elem_set(
-                e,
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                key.as_ptr().cast(),
-                key.len() as u32,
-            );
-            sys::nftnl_set_elem_add(s.as_ptr(), e);
-            SetElement(s, family)
-        }
-    }
-}
-
-impl Drop for SetElement {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new`, freed once (with its element).
-        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
-    }
-}
-
-// SAFETY: writes one NEWSETELEM/DELSETELEM message built by libnftnl.
-unsafe impl NlMsg for SetElement {
-    unsafe fn write(&self, buf: *mut libc::c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (
-                libc::NFT_MSG_NEWSETELEM,
-                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
-            ),
-            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
-        };
-        unsafe {
-            let h = sys::nftnl_nlmsg_build_hdr(
-                buf as *mut libc::c_char,
-                ty as u16,
-                proto(self.1) as u16,
-                flags as u16,
-                seq,
-            );
-            sys::nftnl_set_elems_nlmsg_build_payload(h, self.0.as_ptr());
-        }
-    }
-}
-
 /// Applies or reverts one nft change (one batch). Other changes are not nft's.
 pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
     let add = action == Action::Apply;
@@ -920,8 +992,9 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
             family,
             table,
             name,
+            key,
         } => {
-            let s = DynamicSet::new(*family, &cstring(table)?, &cstring(name)?);
+            let s = RawSet::new(*family, &cstring(table)?, &cstring(name)?, *key);
             batch.add(&s, if add { MsgType::Add } else { MsgType::Del });
             commit(batch)?;
         }
@@ -929,10 +1002,18 @@ pub(crate) fn carry_out(action: Action, c: &Change) -> Result<(), Cause> {
             family,
             table,
             set,
-            addr,
+            element,
         } => {
-            let e = SetElement::new(*family, &cstring(table)?, &cstring(set)?, *addr);
-            batch.add(&e, if add { MsgType::Add } else { MsgType::Del });
+            let key = match element {
+                Element::Addr(_) => SetKey::DynamicAddress,
+                Element::Mac(_) => SetKey::EtherAddr,
+            };
+            let mut raw = RawSet::new(*family, &cstring(table)?, &cstring(set)?, key);
+            raw.add_element(&element.key());
+            batch.add(
+                &SetElements(&raw),
+                if add { MsgType::Add } else { MsgType::Del },
+            );
             commit(batch)?;
         }
         Change::NftRule {

@@ -109,7 +109,8 @@ fn role_new_applies_and_undo_restores_everything() {
         "type filter hook prerouting priority mangle; policy accept;",
         "type ipv4_addr",
         "flags dynamic",
-        "meta pkttype host iifname \"br0\" ip daddr 203.0.113.0/29 counter packets 0 bytes 0 add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
+        "type ether_addr",
+        "meta pkttype host iifname \"br0\" ether saddr @gateways ip daddr 203.0.113.0/29 fib saddr . iif oif exists counter packets 0 bytes 0 add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29 on br0\"",
         "iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter packets 0 bytes 0 meta mark set 0x00000001 comment \"vmtun mark 203.0.113.0/29\"",
         "type filter hook forward priority mangle; policy accept;",
         "oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter packets 0 bytes 0 tcp option maxseg size set 1380 comment \"vmtun mss into tunnel\"",
@@ -205,10 +206,24 @@ fn undo_tolerates_what_went_with_the_tun_device() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The MAC of `up0` in `peer`: the new host's uplink gateway in these tests.
+fn gateway_mac(peer: &TestNs) -> [u8; 6] {
+    let mac: crate::cutover::MacAddr = peer
+        .sh("cat /sys/class/net/up0/address")
+        .trim()
+        .parse()
+        .unwrap();
+    mac.0
+}
+
 #[test]
 fn cutover_set_flips_marking_on_the_first_native_packet() {
     let host = host("cut");
     let peer = TestNs::new("peer");
+    // No duplicate address detection on the links made here: their link-local addresses
+    // would otherwise turn from tentative to valid while the test runs, and the snapshots
+    // before and after would differ by that alone.
+    host.sh("sysctl -qw net.ipv6.conf.default.accept_dad=0");
     host.sh(&format!(
         "ip link del br0 && \
          ip link add br0 type veth peer name up0 netns {p} && \
@@ -262,6 +277,26 @@ fn cutover_set_flips_marking_on_the_first_native_packet() {
     assert_eq!(marked(), 1, "a VM packet is marked before the cutover");
     assert!(!set().contains("elements"), "{}", set());
 
+    // Only the gateway may flip it: before its MAC is in the set, its packet does nothing.
+    native();
+    assert!(
+        !set().contains("elements"),
+        "flipped by an unknown MAC: {}",
+        set()
+    );
+    let gateway = gateway_mac(&peer);
+    host.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        apply_idempotent(&mut ops, &gateway_elements(&[Family::Ipv4], &[gateway])).unwrap()
+    });
+    // From the gateway, but the route back to the source leaves through vif0, not br0.
+    peer.try_sh("ping -c1 -W0.2 -I 198.18.1.2 203.0.113.3");
+    assert!(
+        !set().contains("elements"),
+        "flipped by a source routed elsewhere: {}",
+        set()
+    );
+
     assert!(host.run(|| native_subnets(NFT_TABLE).unwrap()).is_empty());
     native();
     assert!(set().contains("elements = { 203.0.113.0 }"), "{}", set());
@@ -301,6 +336,10 @@ fn cutover_set_flips_marking_on_the_first_native_packet() {
 fn ipv6_cutover_flips_its_own_family_and_undo_restores_everything() {
     let host = host("cut6");
     let peer = TestNs::new("peer6");
+    // No duplicate address detection on the links made here: their link-local addresses
+    // would otherwise turn from tentative to valid while the test runs, and the snapshots
+    // before and after would differ by that alone.
+    host.sh("sysctl -qw net.ipv6.conf.default.accept_dad=0");
     host.sh(&format!(
         "ip link del br0 && \
          ip link add br0 type veth peer name up0 netns {p} && \
@@ -366,6 +405,26 @@ fn ipv6_cutover_flips_its_own_family_and_undo_restores_everything() {
 
     vm_reply();
     assert_eq!(marked(), 1, "a VM packet is marked before the cutover");
+    let set6 = || host.sh("nft list set ip6 vmtun native");
+    native();
+    assert!(
+        !set6().contains("elements"),
+        "flipped by an unknown MAC: {}",
+        set6()
+    );
+    let gateway = gateway_mac(&peer);
+    host.run(|| {
+        let mut ops = SystemOps::new().unwrap();
+        let elements = gateway_elements(&[Family::Ipv4, Family::Ipv6], &[gateway]);
+        apply_idempotent(&mut ops, &elements).unwrap()
+    });
+    // From the gateway, but the route back to the source leaves through vif0, not br0.
+    peer.try_sh("ping -6 -c1 -W0.2 -I 2001:db8:19::2 2001:db8:1::3");
+    assert!(
+        !set6().contains("elements"),
+        "flipped by a source routed elsewhere: {}",
+        set6()
+    );
     native();
     assert!(
         host.sh("nft list set ip6 vmtun native")
@@ -586,7 +645,7 @@ fn removals_are_noticed_and_put_back_as_recorded() {
         let restored = j.restore(&mut ops);
         assert!(restored.failed.is_empty(), "{:?}", restored.failed);
         let put_back: Vec<String> = restored.put_back.iter().map(|c| c.to_string()).collect();
-        assert_eq!(put_back.len(), 3 + 8, "{put_back:#?}");
+        assert_eq!(put_back.len(), 3 + 9, "{put_back:#?}");
         assert_eq!(
             put_back[..3],
             [

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::change::{
-    Change, Direction, Family, FwMark, NftHook, NftRuleKind, Route, Rule, Sysctl, SysctlKey,
-    TableId,
+    Change, Direction, Element, Family, FwMark, NftHook, NftRuleKind, Route, Rule, SetKey, Sysctl,
+    SysctlKey, TableId,
 };
 
 /// Name of vmtun's own nftables tables, one per family of the VM subnets (`ip vmtun`, `ip6
@@ -25,6 +25,9 @@ pub const NFT_NATIVE_SET: &str = "native";
 /// The old host's set of switched subnets: holds a subnet's network address once the new
 /// host has reported that the provider routes it there.
 pub const NFT_SWITCHED_SET: &str = "switched";
+/// The MACs of the uplink gateways, the only senders whose packets count as native: created
+/// empty by the plan, filled by vmtun at start ([`gateway_elements`]).
+pub const NFT_GATEWAY_SET: &str = "gateways";
 /// Default priority of the `fwmark` policy rule: before `main` (32766), after `local` (0),
 /// and away from the numbers `ip rule add` picks by itself (32765 downwards). vmtun's
 /// other rules take the [`RULES_BEFORE_MARK`] numbers just below it.
@@ -91,6 +94,20 @@ pub struct NewParams {
     pub vif_prefix: String,
     /// Where native packets for the subnets arrive after the provider's switch.
     pub bridge: String,
+    /// More interfaces where native packets may arrive, besides `bridge` (a second uplink,
+    /// a VLAN device or a bond outside the bridge).
+    pub native_interfaces: Vec<String>,
+    /// Whether the kernel flips on the first native packet (off with a cutover hold: the
+    /// watcher then removes the mark rule once the hold is over).
+    pub kernel_flip: bool,
+}
+
+impl NewParams {
+    /// Every interface where native packets may arrive: the bridge, then the others.
+    pub fn native_ifaces(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.bridge.as_str())
+            .chain(self.native_interfaces.iter().map(String::as_str))
+    }
 }
 
 /// The migration role (`[migration]`), absent for a plain tunnel.
@@ -309,6 +326,7 @@ fn plan_old(p: &mut Vec<Change>, tun: &str, o: &OldParams, family: Family) {
         family,
         table: table.clone(),
         name: NFT_SWITCHED_SET.into(),
+        key: SetKey::DynamicAddress,
     });
     for &subnet in &subnets {
         p.push(Change::NftRule {
@@ -345,7 +363,8 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
     .plan(p, family, &subnets);
     mark_rules(p, family, n.fwmark, n.table, n.rule_priority);
     // Client packets arrive through the tunnel, replies may leave natively.
-    loose_rp_filter(p, family, &[tun, n.bridge.as_str()]);
+    let devs: Vec<&str> = std::iter::once(tun).chain(n.native_ifaces()).collect();
+    loose_rp_filter(p, family, &devs);
     let table = NFT_TABLE.to_string();
     let chain = NFT_CHAIN.to_string();
     p.push(nft_table(family));
@@ -355,15 +374,24 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
         name: chain.clone(),
         hook: NftHook::Prerouting,
     });
-    p.push(Change::NftSet {
-        family,
-        table: table.clone(),
-        name: NFT_NATIVE_SET.into(),
-    });
-    let native = subnets.iter().map(|&subnet| NftRuleKind::Native {
-        bridge: n.bridge.clone(),
-        subnet,
-        set: NFT_NATIVE_SET.into(),
+    for (name, key) in [
+        (NFT_NATIVE_SET, SetKey::DynamicAddress),
+        (NFT_GATEWAY_SET, SetKey::EtherAddr),
+    ] {
+        p.push(Change::NftSet {
+            family,
+            table: table.clone(),
+            name: name.into(),
+            key,
+        });
+    }
+    let native = n.native_ifaces().flat_map(|iface| {
+        subnets.iter().map(move |&subnet| NftRuleKind::Native {
+            iface: iface.into(),
+            subnet,
+            set: n.kernel_flip.then(|| NFT_NATIVE_SET.into()),
+            gateways: Some(NFT_GATEWAY_SET.into()),
+        })
     });
     let mark = subnets.iter().map(|&subnet| NftRuleKind::Mark {
         vif_prefix: n.vif_prefix.clone(),
@@ -379,6 +407,23 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
             rule,
         });
     }
+}
+
+/// The uplink gateways' MACs as elements of the gateways set of vmtun's table of each of
+/// `families`: learnt at start, added (and journaled, so a restore puts them back) after
+/// the plan.
+pub fn gateway_elements(families: &[Family], macs: &[[u8; 6]]) -> Vec<Change> {
+    families
+        .iter()
+        .flat_map(|&family| {
+            macs.iter().map(move |mac| Change::NftSetElement {
+                family,
+                table: NFT_TABLE.into(),
+                set: NFT_GATEWAY_SET.into(),
+                element: Element::Mac(*mac),
+            })
+        })
+        .collect()
 }
 
 /// The IPv6 default gateway a VM is given (`ip -6 route add default via fe80::1 dev eth0`),
@@ -510,7 +555,8 @@ mod tests {
                 "nft add table ip vmtun",
                 "nft add chain ip vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
                 "nft add set ip vmtun native '{ type ipv4_addr; flags dynamic; }'",
-                "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" ip daddr 203.0.113.0/29 counter add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29\"",
+                "nft add set ip vmtun gateways '{ type ether_addr; }'",
+                "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" ether saddr @gateways ip daddr 203.0.113.0/29 fib saddr . iif oif exists counter add @native { ip daddr & 255.255.255.248 } comment \"vmtun native 203.0.113.0/29 on br0\"",
                 "nft add rule ip vmtun prerouting iifname \"vif*\" ip saddr 203.0.113.0/29 ip saddr & 255.255.255.248 != @native counter meta mark set 0x1 comment \"vmtun mark 203.0.113.0/29\"",
                 "nft add chain ip vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
                 "nft add rule ip vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1380 counter tcp option maxseg size set 1380 comment \"vmtun mss into tunnel\"",
@@ -527,9 +573,9 @@ mod tests {
         n.subnets.push("2001:db8:1::/64".parse().unwrap());
         let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
         // IPv4's changes come first and are as without IPv6.
-        assert_eq!(p[..20], lines(&plan(&tunnel(), Some(&new_role())))[..]);
+        assert_eq!(p[..21], lines(&plan(&tunnel(), Some(&new_role())))[..]);
         assert_eq!(
-            p[20..],
+            p[21..],
             [
                 "ip -6 route add default dev vmtun0 table 201",
                 "# the host's blackhole/unreachable/prohibit route for 2001:db8:1::/64, if any, is set aside until exit",
@@ -541,11 +587,63 @@ mod tests {
                 "nft add table ip6 vmtun",
                 "nft add chain ip6 vmtun prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
                 "nft add set ip6 vmtun native '{ type ipv6_addr; flags dynamic; }'",
-                "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" ip6 daddr 2001:db8:1::/64 counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } comment \"vmtun native 2001:db8:1::/64\"",
+                "nft add set ip6 vmtun gateways '{ type ether_addr; }'",
+                "nft add rule ip6 vmtun prerouting meta pkttype host iifname \"br0\" ether saddr @gateways ip6 daddr 2001:db8:1::/64 fib saddr . iif oif exists counter add @native { ip6 daddr & ffff:ffff:ffff:ffff:: } comment \"vmtun native 2001:db8:1::/64 on br0\"",
                 "nft add rule ip6 vmtun prerouting iifname \"vif*\" ip6 saddr 2001:db8:1::/64 ip6 saddr & ffff:ffff:ffff:ffff:: != @native counter meta mark set 0x1 comment \"vmtun mark 2001:db8:1::/64\"",
                 "nft add chain ip6 vmtun forward '{ type filter hook forward priority mangle; policy accept; }'",
                 "nft add rule ip6 vmtun forward oifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss into tunnel\"",
                 "nft add rule ip6 vmtun forward iifname \"vmtun0\" tcp flags syn / syn,rst tcp option maxseg size > 1360 counter tcp option maxseg size set 1360 comment \"vmtun mss out of tunnel\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_native_interface_gets_its_native_rules_and_loose_rp_filter() {
+        let Role::New(mut n) = new_role() else {
+            unreachable!()
+        };
+        n.subnets.push("198.51.100.0/24".parse().unwrap());
+        n.native_interfaces = vec!["eth1.100".into()];
+        let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
+        let rp: Vec<&String> = p.iter().filter(|l| l.contains("rp_filter")).collect();
+        assert_eq!(
+            rp,
+            [
+                "sysctl -w net.ipv4.conf.vmtun0.rp_filter=2",
+                "sysctl -w net.ipv4.conf.br0.rp_filter=2",
+                "sysctl -w net.ipv4.conf.eth1/100.rp_filter=2",
+            ]
+        );
+        let native: Vec<&str> = p
+            .iter()
+            .filter_map(|l| l.split("comment \"vmtun native ").nth(1))
+            .collect();
+        assert_eq!(
+            native,
+            [
+                "203.0.113.0/29 on br0\"",
+                "198.51.100.0/24 on br0\"",
+                "203.0.113.0/29 on eth1.100\"",
+                "198.51.100.0/24 on eth1.100\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_the_kernel_flip_the_native_rule_only_counts() {
+        let Role::New(mut n) = new_role() else {
+            unreachable!()
+        };
+        n.kernel_flip = false;
+        let p = lines(&plan(&tunnel(), Some(&Role::New(n))));
+        let native: Vec<&String> = p
+            .iter()
+            .filter(|l| l.contains("comment \"vmtun native"))
+            .collect();
+        assert_eq!(
+            native,
+            [
+                "nft add rule ip vmtun prerouting meta pkttype host iifname \"br0\" ether saddr @gateways ip daddr 203.0.113.0/29 fib saddr . iif oif exists counter comment \"vmtun native 203.0.113.0/29 on br0\""
             ]
         );
     }

@@ -204,7 +204,7 @@ impl HostState {
 }
 
 /// An Ethernet frame: destination, source, EtherType, payload (padded to 60 bytes).
-fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+pub fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(60);
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
@@ -226,7 +226,7 @@ fn arp_body(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> 
 }
 
 /// A minimal IPv4/UDP packet from `src` to `dst` (checksums computed for the IP header).
-fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let mut p = vec![
         0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3], dst[0], dst[1],
         dst[2], dst[3],
@@ -238,6 +238,16 @@ fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let folded = (sum & 0xffff) + (sum >> 16);
     let checksum = !((folded & 0xffff) + (folded >> 16)) as u16;
     p[10..12].copy_from_slice(&checksum.to_be_bytes());
+    p.extend_from_slice(&[0x1e, 0x61, 0x1e, 0x61, 0, 8, 0, 0]);
+    p
+}
+
+/// A minimal IPv6/UDP packet from `src` to `dst` (UDP checksum left zero: nothing before the
+/// UDP layer looks at it).
+pub fn ipv6_udp(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
     p.extend_from_slice(&[0x1e, 0x61, 0x1e, 0x61, 0, 8, 0, 0]);
     p
 }

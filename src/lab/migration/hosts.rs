@@ -73,6 +73,8 @@ pub struct MigrationSection {
     pub table: u32,
     /// `fwmark` (role new): the mark that selects `table`.
     pub fwmark: u32,
+    /// `cutover_hold_ms` (role new), written when not zero.
+    pub cutover_hold_ms: u32,
 }
 
 impl MigrationSection {
@@ -85,6 +87,7 @@ impl MigrationSection {
             subnets: vec![SUBNET.to_owned()],
             table: TABLE,
             fwmark: FWMARK,
+            cutover_hold_ms: 0,
         }
     }
 }
@@ -219,6 +222,9 @@ impl HostConfig {
                     "bridge = {BRIDGE:?}\ntable = {}\nfwmark = {}\ncutover = {:?}\n",
                     m.table, m.fwmark, m.cutover
                 );
+                if m.cutover_hold_ms != 0 {
+                    text += &format!("cutover_hold_ms = {}\n", m.cutover_hold_ms);
+                }
             }
             for vm in &self.vms {
                 text += &format!(

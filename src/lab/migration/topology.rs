@@ -395,6 +395,13 @@ impl MigrationLab {
     /// as sources from the new host (the anti-spoofing rules go), then it routes them
     /// there. Replies from the old host stay accepted (counted and stamped as such).
     pub fn switch_provider(&self) -> Result<()> {
+        self.lift_source_filter()?;
+        self.route_to_new()
+    }
+
+    /// The first half of [`Self::switch_provider`]: the core accepts the VM subnets as
+    /// sources from the new host (the anti-spoofing rules go).
+    pub fn lift_source_filter(&self) -> Result<()> {
         let listing = self
             .core
             .run("nft", &["-a", "list", "chain", "inet", "lab", "forward"])?;
@@ -416,6 +423,12 @@ impl MigrationLab {
             ];
             self.core.run("nft", &args)?;
         }
+        Ok(())
+    }
+
+    /// The second half of [`Self::switch_provider`]: the core routes the VM subnets to the
+    /// new host. A provider may do this first, before [`Self::lift_source_filter`].
+    pub fn route_to_new(&self) -> Result<()> {
         self.core.ip(&["route", "replace", SUBNET, "via", NEW])?;
         if self.has_ipv6() {
             self.core
