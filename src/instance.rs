@@ -36,16 +36,19 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let (tunnel_params, role) = host_params(&config);
     let plan = netcfg::plan(&tunnel_params, role.as_ref());
     if dry_run {
-        println!("# vmtun up -c {} would:", config.path.display());
-        println!(
-            "ip tuntap add dev {} mode tun   # held by the process; gone when it exits",
+        let mut text = format!(
+            "# vmtun up -c {} would:\nip tuntap add dev {} mode tun   # held by the process; gone when it exits\n",
+            config.path.display(),
             config.interface.name
         );
         for change in &plan {
-            println!("{change}");
+            text += &format!("{change}\n");
         }
-        println!("# and listen on UDP port {}", config.interface.listen_port);
-        return Ok(());
+        text += &format!(
+            "# and listen on UDP port {}\n",
+            config.interface.listen_port
+        );
+        return Ok(crate::output::print(text)?);
     }
     require_root()?;
     for caveat in config.caveats() {

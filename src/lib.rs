@@ -17,6 +17,8 @@
 //!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
+//! - At the edge of the process: [`output`], a command's stdout, quiet when its reader goes
+//!   away.
 
 pub mod busy_poll;
 pub mod check;
@@ -31,6 +33,7 @@ pub mod lab;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
+pub mod output;
 pub mod status;
 pub mod switch_report;
 pub mod tun;
