@@ -175,6 +175,7 @@ async fn run_driver(
         .spawn(move || {
             let _ = done_tx.send(driver.run());
         })?;
+    crate::notify::send(crate::notify::State::Ready);
     let exit = tokio::select! {
         exit = &mut done => exit,
         () = shutdown_signal() => {
@@ -182,6 +183,7 @@ async fn run_driver(
             done.await
         }
     };
+    crate::notify::send(crate::notify::State::Stopping);
     let _ = data_path.join();
     let exit = exit.context("the data path thread died")??;
     listener.abort();

@@ -17,8 +17,8 @@
 //!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
-//! - At the edge of the process: [`output`], a command's stdout, quiet when its reader goes
-//!   away.
+//! - At the edge of the process: [`output`] (a command's stdout, quiet when its reader goes
+//!   away) and [`notify`] (readiness for systemd's `Type=notify`).
 
 pub mod busy_poll;
 pub mod check;
@@ -33,6 +33,7 @@ pub mod lab;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
+pub mod notify;
 pub mod output;
 pub mod status;
 pub mod switch_report;
