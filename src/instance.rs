@@ -175,10 +175,11 @@ async fn run_driver(
         .spawn(move || {
             let _ = done_tx.send(driver.run());
         })?;
+    let shutdown = shutdown_signal();
     crate::notify::send(crate::notify::State::Ready);
     let exit = tokio::select! {
         exit = &mut done => exit,
-        () = shutdown_signal() => {
+        () = shutdown => {
             handle.send(Command::Stop);
             done.await
         }
@@ -364,16 +365,22 @@ fn bind_udp(port: u16) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-async fn shutdown_signal() {
+/// Takes SIGINT and SIGTERM from this call on, and completes on the first. Called before
+/// readiness is announced: a stop that follows at once must undo, not be the signal's
+/// default death.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

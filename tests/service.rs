@@ -79,6 +79,87 @@ fn wait_notification(
     }
 }
 
+/// `vmtun up` (role new) on the lab's new host as the unit runs it: with the unit's
+/// capabilities only and a `NOTIFY_SOCKET` bound here.
+struct Service<'a> {
+    lab: &'a MigrationLab,
+    config: HostConfig,
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+    /// The host before `up`.
+    before: HostState,
+    up: Process,
+}
+
+impl<'a> Service<'a> {
+    fn start(lab: &'a MigrationLab, scratch: &Scratch) -> Result<Self> {
+        let vmtun = Path::new(VMTUN);
+        let (keys, peer) = (KeyPair::generate(vmtun)?, KeyPair::generate(vmtun)?);
+        let config = HostConfig::new_host(&keys, &peer, "auto");
+        let path = scratch.write("new.toml", &config.to_toml(), 0o600)?;
+        let notify_path = scratch.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&notify_path)
+            .map_err(|e| LabError::io(format!("binding {}", notify_path.display()), e))?;
+        let before = HostState::of(&lab.new)?;
+        let mut cmd = lab.new.command("setpriv");
+        cmd.arg(format!("--bounding-set={}", unit_bounding_set()))
+            .args(["--", VMTUN, "up", "-c"])
+            .arg(&path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "vmtun=debug");
+        let up = Process::spawn("vmtun-up", scratch.path(), cmd)?;
+        Ok(Self {
+            lab,
+            config,
+            path,
+            socket,
+            before,
+            up,
+        })
+    }
+
+    /// Waits for `READY=1` (failing if anything else came first), freezes `vmtun up` the
+    /// moment it arrives and reads the host; `vmtun up` stays frozen (SIGSTOP).
+    fn host_at_ready(&mut self) -> Result<HostState> {
+        let first = wait_notification(&self.socket, &mut self.up, "READY=1")?;
+        self.up.signal(libc::SIGSTOP);
+        check(first == ["READY=1"], || {
+            format!("before and with READY=1 came {first:?}")
+        })?;
+        HostState::of(&self.lab.new)
+    }
+
+    /// Wakes `vmtun up` and stops it as systemd does (SIGTERM); fails unless it says
+    /// `STOPPING=1`, exits 0 and leaves the host as it was.
+    fn stop(&mut self) -> Result<()> {
+        self.up.signal(libc::SIGCONT);
+        self.up.signal(libc::SIGTERM);
+        wait_notification(&self.socket, &mut self.up, "STOPPING=1")?;
+        let exit = self.up.wait_timeout(WAIT)?;
+        check(exit.success(), || {
+            format!(
+                "vmtun up exited with {exit} on SIGTERM:\n{}",
+                self.up.stderr()
+            )
+        })?;
+        let after = HostState::of(&self.lab.new)?;
+        check(after == self.before, || {
+            format!(
+                "SIGTERM left the host changed:\n{}",
+                self.before.diff(&after)
+            )
+        })
+    }
+}
+
+impl Drop for Service<'_> {
+    fn drop(&mut self) {
+        // A test that failed while `vmtun up` was frozen: wake it, so that the process
+        // guard's SIGTERM (dropped next) can have it undo its changes.
+        self.up.signal(libc::SIGCONT);
+    }
+}
+
 /// `READY=1` comes when the host is set up: frozen (SIGSTOP) the moment it arrives, the new
 /// host already has everything `up` sets up (the same as once `vmtun status` answers),
 /// with the unit's capabilities only. SIGTERM (systemd's stop) sends `STOPPING=1`, and the
@@ -88,31 +169,11 @@ fn ready_comes_once_the_routing_is_in_place_and_stop_undoes_it() -> Result<()> {
     preflight(&["nft", "setpriv"]);
     let scratch = Scratch::new("svc-ready")?;
     let lab = MigrationLab::build(1)?;
-    let vmtun = Path::new(VMTUN);
-    let (keys, peer) = (KeyPair::generate(vmtun)?, KeyPair::generate(vmtun)?);
-    let config = HostConfig::new_host(&keys, &peer, "auto");
-    let path = scratch.write("new.toml", &config.to_toml(), 0o600)?;
-    let notify_path = scratch.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify_path)
-        .map_err(|e| LabError::io(format!("binding {}", notify_path.display()), e))?;
-
-    let before = HostState::of(&lab.new)?;
-    let mut cmd = lab.new.command("setpriv");
-    cmd.arg(format!("--bounding-set={}", unit_bounding_set()))
-        .args(["--", VMTUN, "up", "-c"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RUST_LOG", "vmtun=debug");
-    let mut up = Process::spawn("vmtun-up", scratch.path(), cmd)?;
-
-    let first = wait_notification(&socket, &mut up, "READY=1")?;
-    up.signal(libc::SIGSTOP);
-    let at_ready = HostState::of(&lab.new);
-    up.signal(libc::SIGCONT);
+    let mut service = Service::start(&lab, &scratch)?;
+    let at_ready = service.host_at_ready();
+    service.up.signal(libc::SIGCONT);
     let at_ready = at_ready?;
-    check(first == ["READY=1"], || {
-        format!("before and with READY=1 came {first:?}")
-    })?;
+    let (before, config, path) = (&service.before, &service.config, &service.path);
     let tun = config.name.as_str();
     for (what, present) in [
         (
@@ -154,16 +215,20 @@ fn ready_comes_once_the_routing_is_in_place_and_stop_undoes_it() -> Result<()> {
         )
     })?;
 
-    up.signal(libc::SIGTERM);
-    wait_notification(&socket, &mut up, "STOPPING=1")?;
-    let exit = up.wait_timeout(WAIT)?;
-    check(exit.success(), || {
-        format!("vmtun up exited with {exit} on SIGTERM:\n{}", up.stderr())
-    })?;
-    let after = HostState::of(&lab.new)?;
-    check(after == before, || {
-        format!("SIGTERM left the host changed:\n{}", before.diff(&after))
-    })
+    service.stop()
+}
+
+/// A stop right after the start (`systemctl stop` as the unit becomes active): SIGTERM
+/// the moment `READY=1` arrives undoes everything, as any later stop does; it does not
+/// kill `vmtun up` with its changes left on the host.
+#[test]
+fn sigterm_as_soon_as_ready_undoes_everything() -> Result<()> {
+    preflight(&["nft", "setpriv"]);
+    let scratch = Scratch::new("svc-stopnow")?;
+    let lab = MigrationLab::build(1)?;
+    let mut service = Service::start(&lab, &scratch)?;
+    service.host_at_ready()?;
+    service.stop()
 }
 
 /// The shipped unit passes `systemd-analyze verify` (scripts/verify-unit.sh), laid out as
