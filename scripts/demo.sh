@@ -13,5 +13,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 scripts/setup.sh
-cargo build --release --quiet
+# Not --quiet: the first build on a fresh clone takes about 6 minutes on 2 cores (fat LTO),
+# and cargo's progress shows it is working; afterwards it takes seconds.
+echo "demo: building vmtun (release; the first build takes about 6 minutes on 2 cores)" >&2
+cargo build --release
 exec target/release/vmtun demo "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs every system package vmtun's build, demo, tests and benchmarks need (Debian).
+# Installs every system package vmtun's build, package, demo, tests and benchmarks need (Debian).
 # Idempotent: packages already present are left alone. Called by both README commands.
 set -euo pipefail
 
@@ -13,6 +13,8 @@ PACKAGES=(
   tcpdump                      # the seed's cutover, for comparison
   wireguard-go wireguard-tools # interoperability tests against a stock WireGuard
   procps psmisc                # ps, pkill-free process inspection in tests
+  systemd man-db               # systemd-analyze verify of vmtun@.service (it looks up the man pages)
+  util-linux                   # setpriv: tests/service.rs runs vmtun with the unit's capabilities only
 )
 
 missing=()

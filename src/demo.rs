@@ -77,9 +77,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let report = migration::run(&options, &mut progress)?;
     progress("done: every namespace is deleted");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::print(format_args!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{}", render(&report));
+        crate::output::print(render(&report))?;
     }
     verdict(&report, options.mode)
 }

@@ -49,19 +49,22 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
                 Vec::new()
             });
         let plan = netcfg::after_cutover(&plan, &remembered);
-        println!("# vmtun up -c {} would:", config.path.display());
-        println!(
-            "ip tuntap add dev {} mode tun   # held by the process; gone when it exits",
+        let mut text = format!(
+            "# vmtun up -c {} would:\nip tuntap add dev {} mode tun   # held by the process; gone when it exits\n",
+            config.path.display(),
             config.interface.name
         );
         for change in &plan {
-            println!("{change}");
+            text += &format!("{change}\n");
         }
-        println!("# and listen on UDP port {}", config.interface.listen_port);
+        text += &format!(
+            "# and listen on UDP port {}\n",
+            config.interface.listen_port
+        );
         if let Some(m) = &config.metrics {
-            println!("# and serve metrics on http://{}/metrics", m.listen);
+            text += &format!("# and serve metrics on http://{}/metrics\n", m.listen);
         }
-        return Ok(());
+        return Ok(crate::output::print(text)?);
     }
     require_root()?;
     for caveat in config.caveats() {
@@ -272,18 +275,22 @@ async fn run_driver(
         .spawn(move || {
             let _ = done_tx.send(driver.run());
         })?;
+    // Registered before readiness, so that a stop right after it is undone like any.
+    let shutdown = shutdown_signal();
+    crate::notify::send(crate::notify::State::Ready);
     // The monitor stops first: what vmtun undoes on its way out is not to be put back.
     let exit = tokio::select! {
         exit = &mut done => {
             monitor.stop();
             exit
         }
-        () = shutdown_signal() => {
+        () = shutdown => {
             monitor.stop();
             handle.send(Command::Stop);
             done.await
         }
     };
+    crate::notify::send(crate::notify::State::Stopping);
     let _ = data_path.join();
     let exit = exit.context("the data path thread died")??;
     listener.abort();
@@ -467,16 +474,22 @@ fn bind_udp(port: u16) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-async fn shutdown_signal() {
+/// Takes SIGINT and SIGTERM from this call on, and completes on the first. Called before
+/// readiness is announced: a stop that follows at once must undo, not be the signal's
+/// default death.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -21,6 +21,8 @@
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
 //! - [`restore`]: notices when another program removes what netcfg's journal records, and
 //!   puts it back (a sans-IO pacer and a tokio task on netlink notifications).
+//! - At the edge of the process: [`output`] (a command's stdout, quiet when its reader goes
+//!   away) and [`notify`] (readiness for systemd's `Type=notify`).
 
 pub mod busy_poll;
 pub mod check;
@@ -36,6 +38,8 @@ pub mod metrics;
 pub mod migration;
 pub mod netcfg;
 pub mod noise;
+pub mod notify;
+pub mod output;
 pub mod restore;
 pub mod status;
 pub mod switch_report;

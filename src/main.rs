@@ -1,12 +1,14 @@
 //! The `vmtun` command line: parse, dispatch, turn errors into one line and an exit code.
 
-use std::io::{Read as _, Write as _};
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser, Subcommand};
 use vmtun::config::Config;
 use vmtun::keys::{PresharedKey, PrivateKey};
+use vmtun::output::{self, OutputError};
 
 /// Move running VMs to another data centre while they keep their public addresses.
 ///
@@ -20,7 +22,7 @@ use vmtun::keys::{PresharedKey, PrivateKey};
     long_about,
     propagate_version = true,
     after_help = "Examples:
-  vmtun keygen > /etc/vmtun/private.key && chmod 600 /etc/vmtun/private.key
+  (umask 077; vmtun keygen > /etc/vmtun/private.key)   # readable by root only
   vmtun pubkey < /etc/vmtun/private.key          # give this to the other host
   vmtun check -c /etc/vmtun/vmtun.toml           # is this host ready for the move?
   vmtun up -c /etc/vmtun/vmtun.toml --dry-run    # every change up would make
@@ -39,6 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print a new private key (base64), like `wg genkey`.
+    #[command(visible_alias = "genkey")]
     Keygen,
     /// Read a private key on stdin, print its public key, like `wg pubkey`.
     Pubkey,
@@ -107,6 +110,18 @@ enum Command {
     /// Run the whole move on this machine in network namespaces (root): progress, a
     /// timeline and a per-phase summary of what a client saw.
     Demo(vmtun::demo::DemoArgs),
+    /// Print a shell completion script, e.g. `vmtun completions bash >
+    /// /etc/bash_completion.d/vmtun` (the Debian package installs them).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (vmtun.1, and vmtun-up.1 etc. for each command) into DIR (the
+    /// Debian package installs them).
+    Manpages {
+        /// An existing directory, e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,12 +129,20 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // `vmtun ... | head -1`: the reader has what it wanted; no message, no failure.
+        Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("vmtun: {msg}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is stdout's reader having gone away.
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| matches!(cause.downcast_ref(), Some(OutputError::Closed)))
 }
 
 fn init_logging(verbose: u8) {
@@ -140,14 +163,16 @@ fn init_logging(verbose: u8) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Keygen => println!("{}", PrivateKey::generate().to_base64()),
-        Command::Genpsk => println!("{}", PresharedKey::generate().to_base64()),
+        Command::Keygen => output::print(format_args!("{}\n", PrivateKey::generate().to_base64()))?,
+        Command::Genpsk => {
+            output::print(format_args!("{}\n", PresharedKey::generate().to_base64()))?
+        }
         Command::Pubkey => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
             let key = PrivateKey::from_base64(&text)
                 .map_err(|e| anyhow::anyhow!("private key on stdin: {e}"))?;
-            println!("{}", key.public_key().to_base64());
+            output::print(format_args!("{}\n", key.public_key().to_base64()))?;
         }
         Command::Up { config, dry_run } => {
             let config = Config::load(&config)?;
@@ -158,7 +183,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let list = vmtun::check::check_file(&config);
-            print!("{list}");
+            output::print(&list)?;
             if !list.passed() {
                 anyhow::bail!(
                     "check: {} FAIL line(s) above",
@@ -173,21 +198,20 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Status { config, json } => {
             let config = Config::load(&config)?;
             let status = vmtun::control::status(&config)?;
-            let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+                output::print(format_args!("{}\n", serde_json::to_string_pretty(&status)?))?;
             } else {
-                write!(out, "{status}")?;
+                output::print(&status)?;
             }
         }
         Command::Cutover { config } => {
             let config = Config::load(&config)?;
             match vmtun::control::request(&config, vmtun::control::Request::Cutover)? {
                 vmtun::control::Reply::Ok(Some(status)) => match &status.migration {
-                    Some(m) => print!("{m}"),
-                    None => println!("cutover done"),
+                    Some(m) => output::print(m)?,
+                    None => output::print("cutover done\n")?,
                 },
-                vmtun::control::Reply::Ok(None) => println!("cutover done"),
+                vmtun::control::Reply::Ok(None) => output::print("cutover done\n")?,
                 vmtun::control::Reply::Error(e) => anyhow::bail!("{e}"),
             }
         }
@@ -196,6 +220,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             vmtun::vif::up(&config, &iface)?;
         }
         Command::Demo(args) => vmtun::demo::run(&args)?,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vmtun", &mut script);
+            output::print(String::from_utf8_lossy(&script))?;
+        }
+        Command::Manpages { dir } => write_manpages(&dir)?,
     }
     Ok(())
+}
+
+/// `vmtun manpages DIR`: one page for vmtun and one per command, from the clap definition.
+fn write_manpages(dir: &Path) -> anyhow::Result<()> {
+    clap_mangen::generate_to(Cli::command(), dir).with_context(|| {
+        format!(
+            "writing the man pages into {}: is it an existing, writable directory?",
+            dir.display()
+        )
+    })
 }

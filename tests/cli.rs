@@ -1,15 +1,19 @@
 //! What the command line says about itself when there is little to do: `vmtun down` with no
-//! instance running, and after one that crashed. Its words and exit code must be true.
+//! instance running, and after one that crashed. Its words and exit code must be true. And
+//! the command line as a user meets it: `genkey` (WireGuard's name), output into a pipe
+//! whose reader went away (`| head -1`), completions and man pages.
 //!
 //! ```text
 //!   ns a (a host with no instance, or one whose `vmtun up` was SIGKILLed)
 //!   $ vmtun down -c a.toml
+//!   $ vmtun up --dry-run -c a.toml | head -1
 //! ```
 
 mod common;
 
 use common::*;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// `vmtun down -c FILE` in `ns`: exit code, stdout, stderr.
 fn down(ns: &Netns, scratch: &Scratch, config: &Path) -> Result<(Option<i32>, String, String)> {
@@ -135,4 +139,160 @@ fn down_removes_a_stale_control_socket_and_says_so() -> Result<()> {
             cfg.name
         ),
     )
+}
+
+/// `vmtun ARGS` with stdin `input`: exit code, stdout, stderr. For the commands that need
+/// no namespace (keys, completions, man pages).
+fn vmtun(args: &[&str], input: &str) -> Result<(Option<i32>, String, String)> {
+    use std::io::Write as _;
+    let mut child = Command::new(VMTUN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LabError::io(format!("running vmtun {}", args.join(" ")), e))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(input.as_bytes())
+        .map_err(|e| LabError::io("writing vmtun's stdin", e))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| LabError::io("waiting for vmtun", e))?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `vmtun genkey`, what a WireGuard user types, is `keygen`: a key `pubkey` accepts.
+#[test]
+fn genkey_is_keygen_under_wireguards_name() -> Result<()> {
+    let (code, key, err) = vmtun(&["genkey"], "")?;
+    check(
+        code == Some(0) && key.trim().len() == 44 && err.is_empty(),
+        || format!("`vmtun genkey` exited {code:?}, printed {key:?}, stderr {err:?}"),
+    )?;
+    let (code, public, err) = vmtun(&["pubkey"], &key)?;
+    check(code == Some(0) && public.trim().len() == 44, || {
+        format!(
+            "`vmtun pubkey` of genkey's key exited {code:?}, printed {public:?}, stderr {err:?}"
+        )
+    })
+}
+
+/// Runs `cmd` with stdout a pipe whose reader has already gone, as `| head -1` leaves it
+/// once it has its line: exit code and stderr.
+fn with_stdout_closed(
+    mut cmd: Command,
+    scratch: &Scratch,
+    label: &str,
+) -> Result<(Option<i32>, String)> {
+    let (reader, writer) = std::io::pipe().map_err(|e| LabError::io("making a pipe", e))?;
+    drop(reader);
+    let stderr = scratch.path().join(format!("{label}.stderr"));
+    let file = std::fs::File::create(&stderr)
+        .map_err(|e| LabError::io(format!("creating {}", stderr.display()), e))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(file)
+        .spawn()
+        .map_err(|e| LabError::io(format!("running {label}"), e))?;
+    drop(cmd);
+    let status = wait_for(WAIT, &format!("{label} to exit"), || {
+        child.try_wait().ok().flatten()
+    });
+    let status = match status {
+        Ok(status) => status,
+        Err(timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(timeout);
+        }
+    };
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    Ok((status.code(), err))
+}
+
+/// Output into a closed pipe ends quietly: exit 0 and no panic, for a command that prints
+/// one line (`keygen`), a long one (`completions`), and `up --dry-run` after its checks
+/// (whose checklist on stderr stays).
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() -> Result<()> {
+    preflight(&[]);
+    let net = Pair::new("clipipe")?;
+    let scratch = &net.scratch;
+    let path = config().write(scratch)?;
+    let mut dry_run = net.a.command(VMTUN);
+    dry_run.args(["up", "--dry-run", "-c"]).arg(&path);
+    for (label, cmd) in [
+        ("keygen", {
+            let mut cmd = Command::new(VMTUN);
+            cmd.arg("keygen");
+            cmd
+        }),
+        ("completions", {
+            let mut cmd = Command::new(VMTUN);
+            cmd.args(["completions", "bash"]);
+            cmd
+        }),
+        ("dry-run", dry_run),
+    ] {
+        let (code, err) = with_stdout_closed(cmd, scratch, label)?;
+        check(
+            code == Some(0) && !err.contains("panicked") && !err.contains("Broken pipe"),
+            || format!("`vmtun {label}` into a closed pipe exited {code:?}; stderr:\n{err}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Completions for bash, zsh and fish, and the man pages, come from the CLI's definition:
+/// every command is in them, and bash accepts its script.
+#[test]
+fn completions_and_man_pages_cover_every_command() -> Result<()> {
+    let commands = [
+        "keygen", "genkey", "pubkey", "genpsk", "up", "check", "down", "status", "cutover",
+        "vif-up", "demo",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, err) = vmtun(&["completions", shell], "")?;
+        check(code == Some(0) && err.is_empty(), || {
+            format!("`vmtun completions {shell}` exited {code:?}: {err}")
+        })?;
+        let missing: Vec<_> = commands.iter().filter(|c| !script.contains(*c)).collect();
+        check(missing.is_empty(), || {
+            format!("`vmtun completions {shell}` lacks {missing:?}")
+        })?;
+    }
+    let bash = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source <({VMTUN} completions bash) && complete -p vmtun"),
+        ])
+        .output()
+        .map_err(|e| LabError::io("running bash", e))?;
+    check(
+        bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("vmtun"),
+        || format!("bash did not take the completions: {bash:?}"),
+    )?;
+
+    let scratch = Scratch::new("climan")?;
+    let (code, _, err) = vmtun(&["manpages", &scratch.path().to_string_lossy()], "")?;
+    check(code == Some(0), || {
+        format!("`vmtun manpages` exited {code:?}: {err}")
+    })?;
+    let page = |name: &str| std::fs::read_to_string(scratch.path().join(name)).unwrap_or_default();
+    let top = page("vmtun.1");
+    check(
+        top.starts_with(".ie") || top.contains(".TH vmtun 1"),
+        || format!("vmtun.1 is not a man page: {top:.200}"),
+    )?;
+    let up = page("vmtun-up.1");
+    check(up.contains("dry") && up.contains("config"), || {
+        format!("vmtun-up.1 does not describe up's options: {up:.400}")
+    })
 }
