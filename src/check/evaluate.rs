@@ -10,6 +10,7 @@ use crate::noise::REJECT_AFTER_TIME;
 
 use super::Mode;
 use super::facts::{Facts, Handshake, Instance, PeerFact, Port, RouteFact, RuleFact};
+use super::offload;
 use super::ruleset::{Chain, NftFamily};
 use super::verdict::{Checklist, Line};
 use super::{forward, marks, routes};
@@ -69,6 +70,9 @@ pub fn evaluate(config: &Config, facts: &Facts, mode: Mode) -> Checklist {
         }
         lines.extend(policy_routing(m, facts));
         lines.extend(forward::lines(m, tun, &facts.nft, own_nft_table));
+        if let Ok(ruleset) = &facts.nft {
+            lines.extend(offload::line(ruleset, own_nft_table));
+        }
         let routes = facts.main_routes.as_deref().unwrap_or_default();
         lines.extend(
             routes

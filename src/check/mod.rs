@@ -16,6 +16,7 @@ mod gather;
 mod marks;
 mod netlink;
 mod nft_text;
+mod offload;
 mod probe;
 pub(crate) mod routes;
 mod ruleset;
