@@ -191,7 +191,7 @@ async fn lookup(
     let fact = route_fact(m, names);
     Ok(RouteAnswer {
         dev: fact.dev,
-        table: Some(table_of(m)).filter(|t| *t != 0),
+        table: Some(crate::netcfg::route_table(m)).filter(|t| *t != 0),
         kind: fact.kind,
     })
 }
@@ -259,21 +259,11 @@ async fn dump_table(
         .route()
         .get(query)
         .execute()
-        .try_filter(|m| std::future::ready(table_of(m) == table))
+        .try_filter(|m| std::future::ready(crate::netcfg::route_table(m) == table))
         .map_ok(|m| route_fact(&m, names))
         .try_collect()
         .await
         .map_err(|e| e.to_string())
-}
-
-fn table_of(m: &RouteMessage) -> u32 {
-    m.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(m.header.table))
 }
 
 fn route_fact(m: &RouteMessage, names: &HashMap<u32, String>) -> RouteFact {

@@ -70,5 +70,6 @@ pub use plan::{
     VM_GATEWAY6, gateway_elements, plan, vif_up,
 };
 pub use prereq::check_prerequisites;
+pub(crate) use rtnl::route_table;
 pub use system::SystemOps;
 pub use uplink::{RouteLookup, default_gateways, resolve_gateway_macs};

@@ -176,8 +176,8 @@ pub fn plan(tunnel: &TunnelParams, role: Option<&Role>) -> Vec<Change> {
 }
 
 /// The routing both roles share for one family: a table whose default route is the tunnel,
-/// and the rules that send a subnet's addresses there unless a VM of this host has them
-/// (see [`RULES_BEFORE_MARK`]). Nothing goes into `main`; a host's own route there that
+/// the rules that send a subnet's addresses there unless a VM of this host has them (see
+/// [`RULES_BEFORE_MARK`]), and the rules of marked VM traffic. Nothing goes into `main`; a host's own route there that
 /// refuses the subnet (a `blackhole` that keeps unused addresses from looping to the
 /// provider) would end the rule walk before the tunnel's rule, so it is set aside until
 /// exit ([`Change::SetAside`]), and vmtun's loop guard does its job meanwhile.
@@ -185,6 +185,8 @@ struct TunnelPath<'a> {
     tun: &'a str,
     via: IpAddr,
     table: TableId,
+    /// The mark that sends VM traffic to `table`.
+    fwmark: FwMark,
     /// The mark rule's priority; the subnet rules take the ones just below.
     priority: u32,
 }
@@ -223,6 +225,17 @@ impl TunnelPath<'_> {
                 Rule::new(family, first + 2, Some(self.table)).to(*net),
             ));
         }
+        // Marked traffic (a VM's, bound for the other site): what this host has a route of
+        // its own for stays here (another VM, this site's networks); the rest takes the
+        // tunnel table instead of the default route.
+        p.push(Change::Rule(
+            Rule::new(family, self.priority - 1, Some(TableId::MAIN))
+                .fwmark(self.fwmark)
+                .suppress_prefixlength(0),
+        ));
+        p.push(Change::Rule(
+            Rule::new(family, self.priority, Some(self.table)).fwmark(self.fwmark),
+        ));
     }
 }
 
@@ -267,20 +280,6 @@ fn clamp_mss(p: &mut Vec<Change>, tunnel: &TunnelParams, family: Family) {
     }
 }
 
-/// The policy rules of marked traffic (VM traffic bound for the other site): what this
-/// host has a route of its own for stays here (another VM, this site's networks); the rest
-/// takes the tunnel table instead of the default route.
-fn mark_rules(p: &mut Vec<Change>, family: Family, fwmark: FwMark, table: TableId, priority: u32) {
-    p.push(Change::Rule(
-        Rule::new(family, priority - 1, Some(TableId::MAIN))
-            .fwmark(fwmark)
-            .suppress_prefixlength(0),
-    ));
-    p.push(Change::Rule(
-        Rule::new(family, priority, Some(table)).fwmark(fwmark),
-    ));
-}
-
 /// `net.ipv4.conf.DEV.rp_filter = 2` (RFC 3704 "loose") on each of `devs`, for IPv4 only:
 /// where a host expects packets on one path and sends replies by another. IPv6 has no such
 /// sysctl (its reverse-path filter is a netfilter rule vmtun does not add).
@@ -309,10 +308,10 @@ fn plan_old(p: &mut Vec<Change>, tun: &str, o: &OldParams, family: Family) {
         tun,
         via: o.via,
         table: o.table,
+        fwmark: o.fwmark,
         priority: o.rule_priority,
     }
     .plan(p, family, &subnets);
-    mark_rules(p, family, o.fwmark, o.table, o.rule_priority);
     loose_rp_filter(p, family, &[tun]);
     let (table, chain) = (NFT_TABLE.to_string(), NFT_CHAIN.to_string());
     p.push(nft_table(family));
@@ -358,10 +357,10 @@ fn plan_new(p: &mut Vec<Change>, tun: &str, n: &NewParams, family: Family) {
         tun,
         via: n.via,
         table: n.table,
+        fwmark: n.fwmark,
         priority: n.rule_priority,
     }
     .plan(p, family, &subnets);
-    mark_rules(p, family, n.fwmark, n.table, n.rule_priority);
     // Client packets arrive through the tunnel, replies may leave natively.
     let devs: Vec<&str> = std::iter::once(tun).chain(n.native_ifaces()).collect();
     loose_rp_filter(p, family, &devs);

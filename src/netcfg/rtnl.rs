@@ -435,7 +435,7 @@ fn route_dest(m: &RouteMessage) -> Option<IpNet> {
 }
 
 /// A route message's table (the attribute when the id is above 255).
-fn route_table(m: &RouteMessage) -> u32 {
+pub(crate) fn route_table(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| match a {
