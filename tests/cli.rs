@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use vmtun::control::Paths;
 
 /// `vmtun down -c FILE` in `ns`: exit code, stdout, stderr.
 fn down(ns: &Netns, scratch: &Scratch, config: &Path) -> Result<(Option<i32>, String, String)> {
@@ -46,7 +47,7 @@ fn down_with_nothing_running_says_so_and_succeeds() -> Result<()> {
     let ns = Netns::new("a")?;
     let cfg = config();
     let path = cfg.write(&scratch)?;
-    let left_before: Vec<_> = run_files(&cfg.name)
+    let left_before: Vec<_> = run_files(&ns, &cfg.name)
         .into_iter()
         .filter(|p| p.exists())
         .collect();
@@ -60,7 +61,7 @@ fn down_with_nothing_running_says_so_and_succeeds() -> Result<()> {
     // Twice: the first look must not leave anything that changes the second answer.
     for _ in 0..2 {
         check_said(down(&ns, &scratch, &path)?, &said)?;
-        let left: Vec<_> = run_files(&cfg.name)
+        let left: Vec<_> = run_files(&ns, &cfg.name)
             .into_iter()
             .filter(|p| p.exists())
             .collect();
@@ -79,7 +80,7 @@ fn down_after_a_crash_cleans_up_and_says_so() -> Result<()> {
     let net = Pair::new("downcrash")?;
     let mut a = Vmtun::start(&net.a, &net.scratch, config())?;
     a.kill()?;
-    let state = Path::new("/run/vmtun").join(format!("{}.json", a.ifname()));
+    let state = Paths::in_netns(net.a.id()?, a.ifname()).state;
     check(state.exists(), || {
         format!(
             "{} missing after SIGKILL: nothing for down to clean",
@@ -112,11 +113,8 @@ fn down_removes_a_stale_control_socket_and_says_so() -> Result<()> {
     let ns = Netns::new("a")?;
     let cfg = config();
     let path = cfg.write(&scratch)?;
-    let socket = run_files(&cfg.name)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "sock"))
-        .expect("run_files names the socket");
-    std::fs::create_dir_all(socket.parent().expect("/run/vmtun"))
+    let socket = Paths::in_netns(ns.id()?, &cfg.name).socket;
+    std::fs::create_dir_all(socket.parent().expect("/run/vmtun/net-<ns>"))
         .and_then(|()| std::os::unix::net::UnixListener::bind(&socket).map(drop))
         .map_err(|e| LabError::io(format!("making a stale {}", socket.display()), e))?;
     let said = format!(

@@ -336,9 +336,9 @@ fn dry_run(role: Role) -> Result<()> {
     check(before == after, || {
         format!("`up --dry-run` changed the namespace:\n--- before\n{before}\n--- after\n{after}")
     })?;
-    let socket = format!("/run/vmtun/{iface}.sock");
-    check(!std::path::Path::new(&socket).exists(), || {
-        format!("`up --dry-run` left {socket}")
+    let socket = ::vmtun::control::Paths::in_netns(net.a.id()?, &iface).socket;
+    check(!socket.exists(), || {
+        format!("`up --dry-run` left {}", socket.display())
     })?;
     Ok(())
 }
