@@ -82,6 +82,10 @@ pub struct Paths {
     /// Where a vmtun from before the files were keyed by namespace kept its state file,
     /// `/run/vmtun/<interface>.json`: `up` and `down` still undo it, where its changes are.
     pub legacy_state: PathBuf,
+    /// That older vmtun's instance lock, held while it runs.
+    pub legacy_lock: PathBuf,
+    /// That older vmtun's control socket.
+    pub legacy_socket: PathBuf,
 }
 
 impl Paths {
@@ -100,6 +104,8 @@ impl Paths {
             state: netcfg::state_path(&dir, name),
             cutover_memory: netcfg::memory_path(&dir, name),
             legacy_state: netcfg::state_path(Path::new(RUN_DIR), name),
+            legacy_lock: Path::new(RUN_DIR).join(format!("{name}.lock")),
+            legacy_socket: Path::new(RUN_DIR).join(format!("{name}.sock")),
             dir,
         }
     }

@@ -70,14 +70,15 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let mut ops = netcfg::SystemOps::new()?;
     netcfg::check_prerequisites(&mut ops, role.as_ref())?;
     let _lock = lock(&config, &paths)?;
-    for mut leftover in leftovers(&mut ops, &paths)? {
+    let leftovers = leftovers(&mut ops, &paths)?;
+    for leftover in &leftovers {
         tracing::warn!(
             "a previous vmtun for {} did not exit cleanly; undoing what it left ({})",
             config.interface.name,
             leftover.path().display()
         );
-        leftover.undo_all(&mut ops)?;
     }
+    undo_leftovers(&mut ops, &paths, leftovers)?;
     let udp = bind_udp(config.interface.listen_port)?;
     let metrics = config
         .metrics
@@ -313,7 +314,8 @@ pub fn tunnel_config(config: &Config) -> TunnelConfig {
 
 /// The state files a dead instance of this namespace left: its own, and one from before the
 /// files were keyed by namespace if its changes are here (elsewhere it is another
-/// namespace's, and stays for a `down` there).
+/// namespace's, and stays for a `down` there). Refused while that older vmtun still runs:
+/// its changes are not leftovers.
 fn leftovers(ops: &mut dyn NetOps, paths: &Paths) -> anyhow::Result<Vec<netcfg::Journal>> {
     let mut found = Vec::new();
     if paths.state.exists() {
@@ -322,10 +324,41 @@ fn leftovers(ops: &mut dyn NetOps, paths: &Paths) -> anyhow::Result<Vec<netcfg::
     if paths.legacy_state.exists() {
         let legacy = netcfg::Journal::load(&paths.legacy_state)?;
         if legacy.is_in_this_namespace(ops) {
+            if let Ok(file) = File::open(&paths.legacy_lock) {
+                if flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_err() {
+                    bail!(
+                        "an older vmtun for {} is running here (pid {}, lock {}): stop it \
+                         with the vmtun that started it, or `kill` that pid",
+                        legacy.state().instance,
+                        legacy.state().pid,
+                        paths.legacy_lock.display()
+                    );
+                }
+            }
             found.push(legacy);
         }
     }
     Ok(found)
+}
+
+/// Undoes `leftovers` (see [`leftovers`]); with an older vmtun's state file undone, its
+/// control socket and lock go too.
+fn undo_leftovers(
+    ops: &mut dyn NetOps,
+    paths: &Paths,
+    leftovers: Vec<netcfg::Journal>,
+) -> Result<netcfg::Undone, NetError> {
+    let mut all = netcfg::Undone::default();
+    for mut leftover in leftovers {
+        let undone = leftover.undo_all(ops)?;
+        if leftover.path() == paths.legacy_state {
+            let _ = std::fs::remove_file(&paths.legacy_socket);
+            let _ = std::fs::remove_file(&paths.legacy_lock);
+        }
+        all.reverted += undone.reverted;
+        all.gone += undone.gone;
+    }
+    Ok(all)
 }
 
 /// `vmtun down`: asks a running instance to stop, or cleans up after a dead one, in the
@@ -342,16 +375,12 @@ pub fn down(config: &Config) -> anyhow::Result<()> {
     let leftovers = leftovers(&mut ops, &paths)?;
     let name = &config.interface.name;
     if !leftovers.is_empty() {
-        let mut reverted = 0;
-        for mut leftover in leftovers {
-            reverted += leftover.undo_all(&mut ops)?.reverted;
-        }
-        if reverted > 0 {
+        if undo_leftovers(&mut ops, &paths, leftovers)?.reverted > 0 {
             println!("cleaned up after a vmtun for {name} that did not exit cleanly");
         } else {
             println!(
-                "no vmtun running for {name}; one that did not exit cleanly left a record of \
-                 changes none of which was still in place; removed the record"
+                "no vmtun running for {name}; nothing that one which did not exit cleanly \
+                 changed was left (its changes went with its TUN device); removed its record"
             );
         }
     } else if paths.socket.exists() {

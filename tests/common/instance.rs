@@ -54,6 +54,8 @@ pub struct VmtunCfg {
     pub peers: Vec<PeerCfg>,
     /// `[metrics] listen`, e.g. `127.0.0.1:9586`; `None`: no metrics endpoint.
     pub metrics: Option<String>,
+    /// More sections, as TOML, appended as they are (e.g. a `[migration]`).
+    pub extra: String,
 }
 
 impl VmtunCfg {
@@ -68,6 +70,7 @@ impl VmtunCfg {
             busy_poll_us: None,
             peers,
             metrics: None,
+            extra: String::new(),
         }
     }
 
@@ -104,7 +107,7 @@ impl VmtunCfg {
         if let Some(listen) = &self.metrics {
             text += &format!("\n[metrics]\nlisten = {listen:?}\n");
         }
-        text
+        text + &self.extra
     }
 }
 
