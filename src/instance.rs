@@ -324,16 +324,16 @@ fn leftovers(ops: &mut dyn NetOps, paths: &Paths) -> anyhow::Result<Vec<netcfg::
     if paths.legacy_state.exists() {
         let legacy = netcfg::Journal::load(&paths.legacy_state)?;
         if legacy.is_in_this_namespace(ops) {
-            if let Ok(file) = File::open(&paths.legacy_lock) {
-                if flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_err() {
-                    bail!(
-                        "an older vmtun for {} is running here (pid {}, lock {}): stop it \
-                         with the vmtun that started it, or `kill` that pid",
-                        legacy.state().instance,
-                        legacy.state().pid,
-                        paths.legacy_lock.display()
-                    );
-                }
+            if let Ok(file) = File::open(&paths.legacy_lock)
+                && flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_err()
+            {
+                bail!(
+                    "an older vmtun for {} is running here (pid {}, lock {}): stop it with \
+                     the vmtun that started it, or `kill` that pid",
+                    legacy.state().instance,
+                    legacy.state().pid,
+                    paths.legacy_lock.display()
+                );
             }
             found.push(legacy);
         }
