@@ -71,10 +71,10 @@ lab_down() {
   stop_pids
   local n
   # After a hard kill: let vmtun remove what its instance left (control socket, state).
-  if compgen -G "/run/vmtun/$TUNA.*" >/dev/null && [ -e "$D/a.toml" ]; then
+  if compgen -G "/run/vmtun/*/$TUNA.*" >/dev/null && [ -e "$D/a.toml" ]; then
     ip netns exec $NA "$VMTUN" down -c "$D/a.toml" >/dev/null 2>&1 || true
   fi
-  if compgen -G "/run/vmtun/$TUNB.*" >/dev/null && [ -e "$D/b.toml" ]; then
+  if compgen -G "/run/vmtun/*/$TUNB.*" >/dev/null && [ -e "$D/b.toml" ]; then
     ip netns exec $NB "$VMTUN" down -c "$D/b.toml" >/dev/null 2>&1 || true
   fi
   for n in $NC $NA $NB $NS; do ip netns del "$n" 2>/dev/null || true; done

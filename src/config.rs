@@ -557,6 +557,7 @@ fn migration(
         }
         subnets.push(net);
     }
+    apart_from_the_tunnel(&subnets, interface)?;
     let via: IpAddr = raw
         .via
         .parse()
@@ -625,6 +626,7 @@ fn migration(
             )),
         })
         .collect::<Result<Vec<Gateway>, ConfigError>>()?;
+    not_the_tunnel(&vif_prefix, &bridge, &interface.name)?;
     let table = raw.table.unwrap_or(201);
     if RESERVED_TABLES.contains(&table) {
         return err(format!(
@@ -654,6 +656,47 @@ fn migration(
         cutover: raw.cutover.unwrap_or(CutoverMode::Auto),
         cutover_hold: Duration::from_millis(cutover_hold_ms.into()),
     })
+}
+
+/// The VMs' subnets and the tunnel's own network must not share an address: the tunnel
+/// address would be routed as a VM's (and a VM's into the tunnel's connected route).
+fn apart_from_the_tunnel(subnets: &[IpNet], interface: &Interface) -> Result<(), ConfigError> {
+    let (own, tunnel) = (interface.address.addr(), interface.address.trunc());
+    for net in subnets {
+        if net.contains(&own) {
+            return err(format!(
+                "migration.subnets: {net} contains the tunnel's own address {own} \
+                 (interface.address): a VM's address cannot also be the tunnel's; give the \
+                 tunnel an address outside the VMs' subnets"
+            ));
+        }
+        if net.contains(&tunnel) || tunnel.contains(net) {
+            return err(format!(
+                "migration.subnets: {net} overlaps the tunnel's network {tunnel} \
+                 (interface.address): choose a tunnel network apart from the VMs' subnets"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bridge and the VM interfaces are other devices than the tunnel: the cutover watcher
+/// would take the tunnel's own packets for native ones, the mark rule the tunnel's traffic
+/// for VMs'.
+fn not_the_tunnel(vif_prefix: &str, bridge: &str, tun: &str) -> Result<(), ConfigError> {
+    if bridge == tun {
+        return err(format!(
+            "migration.bridge: {bridge} is the tunnel's own device (interface.name); name the \
+             bridge the VMs' native traffic arrives on"
+        ));
+    }
+    if tun.starts_with(vif_prefix) {
+        return err(format!(
+            "migration.vif_prefix: {vif_prefix:?} matches the tunnel's own device {tun} \
+             (interface.name); use a prefix only the VMs' interfaces have"
+        ));
+    }
+    Ok(())
 }
 
 /// The metrics endpoint's address: an IP and a fixed port, so scrapers know where to look.
@@ -857,6 +900,28 @@ addresses = ["203.0.113.2"]
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1\", \"br0\"]"), "migration.native_interfaces: br0 is listed twice"),
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1:0\"]"), "migration.native_interfaces: \"eth1:0\" is not a valid interface name"),
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\ncutover_hold_ms = 60001"), "migration.cutover_hold_ms: 60001 is above 60000"),
+            (
+                g.replace("subnets = [\"203.0.113.0/29\"]", "subnets = [\"203.0.113.0/29\", \"100.64.0.0/26\"]"),
+                "migration.subnets: 100.64.0.0/26 contains the tunnel's own address 100.64.0.1 (interface.address)",
+            ),
+            (
+                g.replace("subnets = [\"203.0.113.0/29\"]", "subnets = [\"203.0.113.0/29\", \"100.64.0.128/25\"]"),
+                "migration.subnets: 100.64.0.128/25 overlaps the tunnel's network 100.64.0.0/24 (interface.address)",
+            ),
+            (
+                g.replace("100.64.0.1/24", "203.0.113.2/24")
+                    .replace("\"100.64.0.2/32\", \"203.0.113.0/29\"", "\"0.0.0.0/0\""),
+                "migration.subnets: 203.0.113.0/29 contains the tunnel's own address 203.0.113.2",
+            ),
+            (
+                g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nbridge = \"vmtun0\""),
+                "migration.bridge: vmtun0 is the tunnel's own device (interface.name)",
+            ),
+            (
+                g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nvif_prefix = \"vmtun\"")
+                    .replace("vif = \"vif0\"", "vif = \"vmtun5\""),
+                "migration.vif_prefix: \"vmtun\" matches the tunnel's own device vmtun0",
+            ),
         ];
         for (text, expected) in cases {
             let e = parse(&text).expect_err(expected).to_string();

@@ -1,12 +1,15 @@
 //! The control socket: how `vmtun status`, `down` and `cutover` talk to a running `up`.
 //!
-//! One Unix socket per instance, `/run/vmtun/<interface>.sock`, mode 0600 in a 0700
-//! directory (root only). A request is one line (`status`, `down`, `cutover`); the answer
-//! is one line of JSON. This module owns the paths, the socket and the client side; the
-//! messages are `status`'s, and the driver answers requests.
+//! One Unix socket per instance, `/run/vmtun/net-<ns>/<interface>.sock`, mode 0600 in 0700
+//! directories (root only). An instance's files are keyed by its network namespace (see
+//! [`Paths`]), so the same interface name may run in two namespaces of one host. A request
+//! is one line (`status`, `down`, `cutover`); the answer is one line of JSON. This module
+//! owns the paths, the socket and the client side; the messages are `status`'s, and the
+//! driver answers requests.
 
+use std::fmt;
 use std::io::{BufRead as _, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,34 +20,111 @@ use tokio::net::UnixListener;
 
 use crate::config::Config;
 use crate::driver::DriverHandle;
+use crate::netcfg;
 pub use crate::status::{Reply, Request, Status};
 
-/// Where instances keep their sockets, locks and state files.
+/// Where instances keep their sockets, locks and state files, one directory per network
+/// namespace.
 pub const RUN_DIR: &str = "/run/vmtun";
 
 /// How long a client waits for a running instance to answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The files of one instance, all named after its interface.
+/// A network namespace, as the kernel tells them apart: the inode of its nsfs file, which
+/// `readlink /proc/self/ns/net` prints as `net:[4026531840]` (and `lsns -t net` lists).
+/// Everything vmtun changes (TUN, routes, rules, nft, sysctls) lives in one namespace, so
+/// its files are keyed by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NetnsId(pub u64);
+
+impl NetnsId {
+    /// The namespace of the calling thread.
+    pub fn current() -> std::io::Result<Self> {
+        Self::of(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    /// The namespace behind an nsfs file (`/proc/PID/ns/net`, `/run/netns/NAME`).
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        std::fs::metadata(path)
+            .map(|m| Self(m.ino()))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// This namespace's directory under [`RUN_DIR`].
+    fn dir(self) -> PathBuf {
+        Path::new(RUN_DIR).join(format!("net-{}", self.0))
+    }
+}
+
+impl fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "net:[{}]", self.0)
+    }
+}
+
+/// The files of one instance: named after its interface, in its network namespace's
+/// directory `/run/vmtun/net-<inode>/`.
+#[derive(Debug, Clone)]
 pub struct Paths {
+    /// The network namespace the files are for.
+    pub netns: NetnsId,
+    /// The namespace's directory, where the journal keeps the state file and the cutover
+    /// memory.
+    pub dir: PathBuf,
     /// The control socket.
     pub socket: PathBuf,
     /// Held (flock) while the instance runs: a second `up` finds it taken.
     pub lock: PathBuf,
     /// The journal of host changes, for undo after a crash.
     pub state: PathBuf,
+    /// Which subnets have cut over here; outlives the instance.
+    pub cutover_memory: PathBuf,
+    /// Where a vmtun from before the files were keyed by namespace kept its state file,
+    /// `/run/vmtun/<interface>.json`: `up` and `down` still undo it, where its changes are.
+    pub legacy_state: PathBuf,
+    /// That older vmtun's instance lock, held while it runs.
+    pub legacy_lock: PathBuf,
+    /// That older vmtun's control socket.
+    pub legacy_socket: PathBuf,
 }
 
 impl Paths {
-    /// The paths for the instance that `config` describes.
-    pub fn of(config: &Config) -> Self {
-        let name = &config.interface.name;
-        let dir = PathBuf::from(RUN_DIR);
+    /// The paths for the instance that `config` describes, in the caller's namespace.
+    pub fn of(config: &Config) -> std::io::Result<Self> {
+        Ok(Self::in_netns(NetnsId::current()?, &config.interface.name))
+    }
+
+    /// The paths for interface `name` in namespace `netns`.
+    pub fn in_netns(netns: NetnsId, name: &str) -> Self {
+        let dir = netns.dir();
         Self {
+            netns,
             socket: dir.join(format!("{name}.sock")),
             lock: dir.join(format!("{name}.lock")),
-            state: dir.join(format!("{name}.json")),
+            state: netcfg::state_path(&dir, name),
+            cutover_memory: netcfg::memory_path(&dir, name),
+            legacy_state: netcfg::state_path(Path::new(RUN_DIR), name),
+            legacy_lock: Path::new(RUN_DIR).join(format!("{name}.lock")),
+            legacy_socket: Path::new(RUN_DIR).join(format!("{name}.sock")),
+            dir,
         }
+    }
+
+    /// The files of an instance for interface `name` in namespaces other than this one's:
+    /// their lock or state files (a running or a dead instance), for `down` to point at.
+    pub fn elsewhere(&self, name: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(RUN_DIR) else {
+            return Vec::new();
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|dir| *dir != self.dir && dir.is_dir())
+            .flat_map(|dir| ["lock", "json"].map(|ext| dir.join(format!("{name}.{ext}"))))
+            .filter(|file| file.exists())
+            .collect();
+        found.sort();
+        found
     }
 }
 
@@ -84,16 +164,12 @@ async fn serve_client(stream: tokio::net::UnixStream, driver: DriverHandle) {
     }
 }
 
-/// Sends one request to the instance of `config` and waits for the reply.
+/// Sends one request to the instance of `config` (in the caller's network namespace) and
+/// waits for the reply.
 pub fn request(config: &Config, request: Request) -> anyhow::Result<Reply> {
-    let paths = Paths::of(config);
-    let mut stream = UnixStream::connect(&paths.socket).with_context(|| {
-        format!(
-            "no vmtun running for {} (control socket {})",
-            config.interface.name,
-            paths.socket.display()
-        )
-    })?;
+    let paths = Paths::of(config).context("finding this network namespace")?;
+    let mut stream = UnixStream::connect(&paths.socket)
+        .map_err(|e| anyhow::anyhow!(unreachable(config, &paths, &e)))?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.write_all(request.line().as_bytes())?;
     let mut line = String::new();
@@ -101,6 +177,41 @@ pub fn request(config: &Config, request: Request) -> anyhow::Result<Reply> {
         .read_line(&mut line)
         .context("reading the instance's reply")?;
     serde_json::from_str(&line).context("the instance's reply is not valid JSON")
+}
+
+/// Why the instance's control socket did not answer, and what to do, in one line.
+fn unreachable(config: &Config, paths: &Paths, e: &std::io::Error) -> String {
+    let name = &config.interface.name;
+    let socket = paths.socket.display();
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => format!(
+            "the vmtun for {name} is not running: it died without cleaning up (its control \
+             socket {socket} is stale); run `vmtun down -c {}` to undo what it left",
+            config.path.display()
+        ),
+        Some(libc::EACCES | libc::EPERM) => format!(
+            "cannot reach a vmtun for {name}: permission denied on {socket} ({RUN_DIR} is \
+             root's); run this as root"
+        ),
+        Some(libc::ENOENT) => {
+            let here = format!(
+                "no vmtun running for {name} in this network namespace ({})",
+                paths.netns
+            );
+            match paths.elsewhere(name).as_slice() {
+                [] => here,
+                others => format!(
+                    "{here}; other namespaces have one ({}): run vmtun in that namespace",
+                    others
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        _ => format!("cannot reach the vmtun for {name} at {socket}: {e}"),
+    }
 }
 
 /// `vmtun status`: the running instance's snapshot.

@@ -9,7 +9,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -40,7 +39,8 @@ const KILL_AFTER_CHANGES: &str = "VMTUN_TEST_KILL_AFTER_CHANGES";
 /// `vmtun up`: runs until SIGINT/SIGTERM or `vmtun down`, then undoes what it did.
 pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let (tunnel_params, role) = host_params(&config);
-    let run_dir = Path::new(control::RUN_DIR);
+    let paths = Paths::of(&config).context("finding this network namespace")?;
+    let run_dir = paths.dir.as_path();
     let plan = netcfg::plan(&tunnel_params, role.as_ref());
     if dry_run {
         let remembered = netcfg::remembered_cutover(run_dir, &config.interface.name)
@@ -72,16 +72,16 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     }
     let mut ops = netcfg::SystemOps::new()?;
     netcfg::check_prerequisites(&mut ops, role.as_ref())?;
-    let paths = Paths::of(&config);
     let _lock = lock(&config, &paths)?;
-    if paths.state.exists() {
+    let leftovers = leftovers(&mut ops, &paths)?;
+    for leftover in &leftovers {
         tracing::warn!(
             "a previous vmtun for {} did not exit cleanly; undoing what it left ({})",
             config.interface.name,
-            paths.state.display()
+            leftover.path().display()
         );
-        netcfg::undo_state_file(&mut ops, &paths.state)?;
     }
+    undo_leftovers(&mut ops, &paths, leftovers)?;
     let udp = bind_udp(config.interface.listen_port)?;
     let metrics = config
         .metrics
@@ -321,21 +321,77 @@ pub fn tunnel_config(config: &Config) -> TunnelConfig {
     }
 }
 
-/// `vmtun down`: asks a running instance to stop, or cleans up after a dead one.
+/// The state files a dead instance of this namespace left: its own, and one from before the
+/// files were keyed by namespace if its changes are here (elsewhere it is another
+/// namespace's, and stays for a `down` there). Refused while that older vmtun still runs:
+/// its changes are not leftovers.
+fn leftovers(ops: &mut dyn NetOps, paths: &Paths) -> anyhow::Result<Vec<netcfg::Journal>> {
+    let mut found = Vec::new();
+    if paths.state.exists() {
+        found.push(netcfg::Journal::load(&paths.state)?);
+    }
+    if paths.legacy_state.exists() {
+        let legacy = netcfg::Journal::load(&paths.legacy_state)?;
+        if legacy.is_in_this_namespace(ops) {
+            if let Ok(file) = File::open(&paths.legacy_lock)
+                && flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_err()
+            {
+                bail!(
+                    "an older vmtun for {} is running here (pid {}, lock {}): stop it with \
+                     the vmtun that started it, or `kill` that pid",
+                    legacy.state().instance,
+                    legacy.state().pid,
+                    paths.legacy_lock.display()
+                );
+            }
+            found.push(legacy);
+        }
+    }
+    Ok(found)
+}
+
+/// Undoes `leftovers` (see [`leftovers`]); with an older vmtun's state file undone, its
+/// control socket and lock go too.
+fn undo_leftovers(
+    ops: &mut dyn NetOps,
+    paths: &Paths,
+    leftovers: Vec<netcfg::Journal>,
+) -> Result<netcfg::Undone, NetError> {
+    let mut all = netcfg::Undone::default();
+    for mut leftover in leftovers {
+        let undone = leftover.undo_all(ops)?;
+        if leftover.path() == paths.legacy_state {
+            let _ = std::fs::remove_file(&paths.legacy_socket);
+            let _ = std::fs::remove_file(&paths.legacy_lock);
+        }
+        all.reverted += undone.reverted;
+        all.gone += undone.gone;
+    }
+    Ok(all)
+}
+
+/// `vmtun down`: asks a running instance to stop, or cleans up after a dead one, in the
+/// caller's network namespace. It says what it found, and fails when what it was asked to
+/// stop is in another namespace.
 pub fn down(config: &Config) -> anyhow::Result<()> {
     require_root()?;
-    let paths = Paths::of(config);
+    let paths = Paths::of(config).context("finding this network namespace")?;
     let lock = match lock(config, &paths) {
         Ok(lock) => lock,
         Err(_) => return stop_running(config, &paths),
     };
-    if paths.state.exists() {
-        let mut ops = netcfg::SystemOps::new()?;
-        netcfg::undo_state_file(&mut ops, &paths.state)?;
-        println!(
-            "cleaned up after a vmtun for {} that did not exit cleanly",
-            config.interface.name
-        );
+    let mut ops = netcfg::SystemOps::new()?;
+    let leftovers = leftovers(&mut ops, &paths)?;
+    let name = &config.interface.name;
+    if !leftovers.is_empty() {
+        if undo_leftovers(&mut ops, &paths, leftovers)?.reverted > 0 {
+            println!("cleaned up after a vmtun for {name} that did not exit cleanly");
+        } else {
+            println!(
+                "no vmtun running for {name}; nothing that one which did not exit cleanly \
+                 changed was left (its changes went with its TUN device); removed its record"
+            );
+        }
     } else if paths.socket.exists() {
         println!(
             "no vmtun running for {}; removed its stale control socket {}",
@@ -343,14 +399,26 @@ pub fn down(config: &Config) -> anyhow::Result<()> {
             paths.socket.display()
         );
     } else {
-        println!(
-            "no vmtun running for {} and nothing left to clean",
-            config.interface.name
-        );
+        let mut elsewhere = paths.elsewhere(name);
+        if paths.legacy_state.exists() {
+            elsewhere.push(paths.legacy_state.clone());
+        }
+        if !elsewhere.is_empty() {
+            bail!(
+                "no vmtun for {name} in this network namespace ({}), but another namespace \
+                 has one ({}): run `vmtun down` in that namespace (`ip netns exec NAME` or \
+                 `nsenter --net=/proc/PID/ns/net`), or remove the file if its namespace is gone",
+                paths.netns,
+                elsewhere
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        println!("no vmtun running for {name} and nothing left to clean");
     }
-    for file in [&paths.state, &paths.socket] {
-        let _ = std::fs::remove_file(file);
-    }
+    let _ = std::fs::remove_file(&paths.socket);
     drop(lock);
     Ok(())
 }
@@ -379,6 +447,15 @@ fn stop_running(config: &Config, paths: &Paths) -> anyhow::Result<()> {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if paths.state.exists() {
+        bail!(
+            "vmtun for {} stopped, but could not undo all it changed (see its log); what is \
+             left is in {}: run `vmtun down -c {}` again once the cause is fixed",
+            config.interface.name,
+            paths.state.display(),
+            config.path.display()
+        );
     }
     println!(
         "vmtun for {} stopped; its host changes are undone",
@@ -415,23 +492,31 @@ impl Drop for InstanceLock {
     fn drop(&mut self) {
         // Still locked here: the fd closes (and the lock goes) after this body.
         let _ = std::fs::remove_file(&self.path);
+        // The namespace's directory goes with its last file (another instance's lock, a
+        // cutover memory keep it); `lock` copes with losing this race.
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
-/// Takes the instance lock.
+/// Takes the instance lock, in the namespace's directory (created if missing).
 fn lock(config: &Config, paths: &Paths) -> anyhow::Result<InstanceLock> {
-    let dir = Path::new(control::RUN_DIR);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&paths.lock)
+    let open = || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&paths.dir)?;
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&paths.lock)
+    };
+    // Another instance's exit may remove the directory between the two steps: once more.
+    let file = open()
+        .or_else(|_| open())
         .with_context(|| format!("opening {}", paths.lock.display()))?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {

@@ -35,8 +35,20 @@ pub struct Tun {
 
 impl Tun {
     /// Creates the TUN device `name`, down and without addresses (netcfg does those), with
-    /// checksum and segmentation offloads on.
+    /// checksum and segmentation offloads on. An interface of that name already there is
+    /// refused, whatever its kind: the kernel would say "Invalid argument" for a bridge and
+    /// attach vmtun to a persistent TUN device it did not make.
     pub fn create(name: &str) -> io::Result<Self> {
+        if exists(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "creating TUN device {name}: an interface {name} already exists in this \
+                     network namespace (not vmtun's): set interface.name to a free name, or \
+                     remove it with `ip link del {name}`"
+                ),
+            ));
+        }
         let context =
             |e: io::Error| io::Error::new(e.kind(), format!("creating TUN device {name}: {e}"));
         let dev = DeviceBuilder::new()
@@ -83,6 +95,15 @@ impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.dev.as_raw_fd()
     }
+}
+
+/// Whether an interface called `name` exists in the caller's network namespace.
+fn exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; if_nametoindex only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 /// Buffers for reading a batch from the device, allocated once.

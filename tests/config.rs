@@ -134,6 +134,27 @@ fn cases(key_file_0644: String) -> Vec<Case> {
             format!("{c}\n[metrics]\nlisten = \"localhost:9586\"\n")
         }),
         case(
+            "migration subnet overlapping the tunnel's address",
+            &["migration.subnets", "interface.address"],
+            |c| {
+                c.replace("[\"100.64.0.2/32\"]", "[\"100.64.0.0/28\"]")
+                    + "\n[migration]\nrole = \"old\"\nsubnets = [\"100.64.0.0/29\"]\nvia = \"100.64.0.2\"\n"
+            },
+        ),
+        case(
+            "bridge named as the tunnel",
+            &["migration.bridge", "interface.name"],
+            |c| {
+                let name = c
+                    .lines()
+                    .find_map(|l| l.strip_prefix("name = "))
+                    .expect("template")
+                    .to_owned();
+                c.replace("[\"100.64.0.2/32\"]", "[\"0.0.0.0/0\"]")
+                    + &MIGRATION_NEW.replace("bridge = \"br0\"", &format!("bridge = {name}"))
+            },
+        ),
+        case(
             "private_key_file readable by others",
             &["permission", "0644", "chmod"],
             move |c| {
@@ -337,9 +358,9 @@ fn dry_run(role: Role) -> Result<()> {
     check(before == after, || {
         format!("`up --dry-run` changed the namespace:\n--- before\n{before}\n--- after\n{after}")
     })?;
-    let socket = format!("/run/vmtun/{iface}.sock");
-    check(!std::path::Path::new(&socket).exists(), || {
-        format!("`up --dry-run` left {socket}")
+    let socket = ::vmtun::control::Paths::in_netns(net.a.id()?, &iface).socket;
+    check(!socket.exists(), || {
+        format!("`up --dry-run` left {}", socket.display())
     })?;
     Ok(())
 }

@@ -260,9 +260,15 @@ fn a_metrics_port_in_use_stops_up_before_the_host_changes() -> Result<()> {
             "vmtun up changed the namespace before refusing:\n--- before\n{before}\n--- after\n{after}"
         )
     })?;
-    check(run_files(&ca.name).iter().all(|f| !f.exists()), || {
-        format!("vmtun up left files behind: {:?}", run_files(&ca.name))
-    })?;
+    check(
+        run_files(&net.a, &ca.name).iter().all(|f| !f.exists()),
+        || {
+            format!(
+                "vmtun up left files behind: {:?}",
+                run_files(&net.a, &ca.name)
+            )
+        },
+    )?;
     drop(squatter);
     Ok(())
 }

@@ -83,7 +83,7 @@ fn read_sysctl(dotted: &str) -> Result<String, String> {
 
 /// The changes this config's state file records, i.e. what a vmtun for it made.
 fn own_changes(config: &Config) -> Option<Vec<crate::netcfg::Change>> {
-    let text = std::fs::read_to_string(Paths::of(config).state).ok()?;
+    let text = std::fs::read_to_string(Paths::of(config).ok()?.state).ok()?;
     Some(
         serde_json::from_str::<State>(&text)
             .map(|s| s.changes)

@@ -61,8 +61,9 @@ fn base36(mut n: u32) -> String {
 }
 
 /// An interface name unique on the whole host, for devices whose name is shared beyond
-/// their namespace: a TUN device's control socket (`/run/vmtun/<name>.sock`) and
-/// wireguard-go's UAPI socket (`/run/wireguard/<name>.sock`) live in the shared `/run`.
+/// their namespace: wireguard-go's UAPI socket (`/run/wireguard/<name>.sock`) lives in the
+/// shared `/run`. vmtun keys its files by namespace, but unique names keep a file one test
+/// leaked from disturbing another.
 ///
 /// The form is `{prefix}{pid}-{serial}` in base 36, e.g. `vt2n9c-3`. Panics if `prefix` is
 /// so long that the result could exceed [`IFNAME_MAX`] (a bug in the caller).

@@ -50,6 +50,13 @@ impl Netns {
         &self.name
     }
 
+    /// The namespace as vmtun keys its files (`/run/vmtun/net-<inode>/`).
+    pub fn id(&self) -> Result<crate::control::NetnsId> {
+        let path = Path::new("/run/netns").join(&self.name);
+        crate::control::NetnsId::of(&path)
+            .map_err(|e| LabError::io(format!("reading the inode of {}", path.display()), e))
+    }
+
     /// A command that will run `program` inside the namespace (`ip netns exec`), ready for
     /// more arguments; `ip` execs the program, so the child's PID is the program's.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

@@ -109,7 +109,7 @@ impl Family {
     }
 
     /// `ip`'s option for the family (`-6`), empty for IPv4 as `ip` assumes it.
-    fn ip_option(self) -> &'static str {
+    pub(crate) fn ip_option(self) -> &'static str {
         match self {
             Family::Ipv4 => "",
             Family::Ipv6 => "-6 ",
@@ -683,6 +683,19 @@ impl Change {
         }
     }
 
+    /// Whether reverting it leaves the host as it is: nothing was set aside, the link was up
+    /// already, or no previous value was captured. Undo counts these apart from what it
+    /// really put back.
+    pub fn undoes_nothing(&self) -> bool {
+        match self {
+            Change::SetAside { found, .. } => found.as_ref().is_none_or(Vec::is_empty),
+            Change::LinkUp { was_up, .. } => *was_up == Some(true),
+            Change::Mtu { previous, .. } => previous.is_none(),
+            Change::Sysctl(s) => s.previous.is_none(),
+            _ => false,
+        }
+    }
+
     /// The command that undoes this change, for `--dry-run` and logs.
     pub fn inverse(&self) -> Inverse<'_> {
         Inverse(self)
@@ -708,6 +721,13 @@ impl fmt::Display for RouteSpec<'_> {
             write!(f, " table {}", r.table)?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule as `ip rule` takes it, after `add` or `del`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        RuleSpec(self).fmt(f)
     }
 }
 

@@ -1,11 +1,14 @@
 //! netcfg's errors. Every error names the change or object it is about, so the operator
-//! reads `adding route 203.0.113.0/29 via 100.64.0.2 dev vmtun0 table 201: File exists`,
-//! never a bare errno.
+//! reads `removing route 203.0.113.0/29 via 100.64.0.2 dev vmtun0 table 201: Device or
+//! resource busy`, never a bare errno. An object that is in the way says what it is, that
+//! it is not vmtun's, and what to do: `an ip rule `fwmark 0x1 lookup 201 priority 10000`
+//! already exists (not vmtun's): remove it with `ip rule del ...`, or set migration.fwmark
+//! to a mark no other rule uses`.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use super::change::{Action, Change, SysctlKey};
+use super::change::{Action, Change, Family, SysctlKey, TableId};
 
 /// Why the kernel (or the path to it) refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +65,7 @@ fn errno_text(code: i32) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// Applying or reverting one change failed.
-    #[error("{}: {cause}", change.describe(*action))]
+    #[error("{}", failed(*action, change, cause))]
     Change {
         /// Applying or reverting.
         action: Action,
@@ -152,6 +155,73 @@ impl NetError {
     }
 }
 
+/// The line for `change` failing with `cause`: what was being done and why, or, for an
+/// object that already exists when vmtun adds it, what is in the way and what to do. Such
+/// an object is never vmtun's own: `up` undoes what an earlier vmtun left before it adds
+/// anything, and each plan adds an object once.
+fn failed(action: Action, change: &Change, cause: &Cause) -> String {
+    if action == Action::Apply && cause.is_exists() {
+        if let Some(line) = in_the_way(change) {
+            return line;
+        }
+        return format!(
+            "{}: it exists already and is not vmtun's: remove it, then start vmtun again",
+            change.describe(action)
+        );
+    }
+    format!("{}: {cause}", change.describe(action))
+}
+
+/// What is in the way of adding `change`, and what to do, where vmtun can say more than
+/// "it exists".
+fn in_the_way(change: &Change) -> Option<String> {
+    match change {
+        Change::Rule(r) => {
+            let ip = format!("ip {}", r.family.ip_option());
+            let ip = ip.trim_end();
+            let key = if r.fwmark.is_some() {
+                ", or set migration.fwmark to a mark no other rule uses"
+            } else if r.table.is_some_and(|t| t != TableId::MAIN) {
+                ", or set migration.table to a table no other rule uses"
+            } else {
+                ""
+            };
+            Some(format!(
+                "an {ip} rule `{r}` already exists (not vmtun's): remove it with \
+                 `{ip} rule del {r}`{key}"
+            ))
+        }
+        Change::Route(r) => {
+            let ip = format!("ip {}", Family::of(r.dest.addr()).ip_option());
+            let ip = ip.trim_end();
+            let dest = if r.dest.prefix_len() == 0 {
+                "default".to_string()
+            } else {
+                r.dest.to_string()
+            };
+            let key = if r.table == TableId::MAIN {
+                String::new()
+            } else {
+                ", or set migration.table to a table nothing else uses".to_string()
+            };
+            Some(format!(
+                "table {} already has a route for {dest} (not vmtun's): remove it with \
+                 `{ip} route del {dest} table {}`{key}",
+                r.table, r.table
+            ))
+        }
+        Change::NftTable { family, name } => {
+            let table = format!("{} {name}", family.nft());
+            Some(format!(
+                "nft table {table} already exists (not this vmtun's): another vmtun with a \
+                 [migration] runs in this network namespace (one may), or it was left \
+                 behind; if nothing uses it, remove it with `nft delete table {table}`"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Joins errors with "; " for the aggregate variants.
 struct List<'a>(&'a [NetError]);
 
@@ -170,22 +240,87 @@ impl fmt::Display for List<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netcfg::change::{Route, TableId};
+    use crate::netcfg::change::{FwMark, Route, Rule};
+    use ipnet::IpNet;
 
-    #[test]
-    fn error_names_the_change_and_the_errno() {
-        let c = Change::Route(Route {
-            dest: "203.0.113.0/29".parse().unwrap(),
+    fn route() -> Change {
+        Change::Route(Route {
+            dest: "0.0.0.0/0".parse().unwrap(),
             via: Some("100.64.0.2".parse().unwrap()),
             dev: "vmtun0".into(),
             table: TableId(201),
-        });
-        let e = NetError::change(Action::Apply, &c, Cause::Errno(libc::EEXIST));
+        })
+    }
+
+    fn exists(c: &Change) -> String {
+        NetError::change(Action::Apply, c, Cause::Errno(libc::EEXIST)).to_string()
+    }
+
+    #[test]
+    fn error_names_the_change_and_the_errno() {
+        let e = NetError::change(Action::Revert, &route(), Cause::Errno(libc::EBUSY));
         assert_eq!(
             e.to_string(),
-            "adding route 203.0.113.0/29 via 100.64.0.2 dev vmtun0 table 201: File exists"
+            "removing route default via 100.64.0.2 dev vmtun0 table 201: Device or resource busy"
         );
-        assert!(e.is_exists());
+        assert!(!e.is_exists());
         assert!(!e.is_gone());
+    }
+
+    #[test]
+    fn a_rule_in_the_way_is_named_as_ip_shows_it_with_the_key_to_change() {
+        let subnet: IpNet = "203.0.113.0/29".parse().unwrap();
+        let mark =
+            Change::Rule(Rule::new(Family::Ipv4, 10000, Some(TableId(201))).fwmark(FwMark(1)));
+        assert_eq!(
+            exists(&mark),
+            "an ip rule `fwmark 0x1 lookup 201 priority 10000` already exists (not vmtun's): \
+             remove it with `ip rule del fwmark 0x1 lookup 201 priority 10000`, or set \
+             migration.fwmark to a mark no other rule uses"
+        );
+        let to = Change::Rule(Rule::new(Family::Ipv4, 9998, Some(TableId(201))).to(subnet));
+        assert_eq!(
+            exists(&to),
+            "an ip rule `to 203.0.113.0/29 lookup 201 priority 9998` already exists (not \
+             vmtun's): remove it with `ip rule del to 203.0.113.0/29 lookup 201 priority \
+             9998`, or set migration.table to a table no other rule uses"
+        );
+        let v6: IpNet = "2001:db8:1::/64".parse().unwrap();
+        let guard = Change::Rule(Rule::new(Family::Ipv6, 9997, None).iif("vmtun0").to(v6));
+        assert_eq!(
+            exists(&guard),
+            "an ip -6 rule `iif vmtun0 to 2001:db8:1::/64 unreachable priority 9997` already \
+             exists (not vmtun's): remove it with `ip -6 rule del iif vmtun0 to \
+             2001:db8:1::/64 unreachable priority 9997`"
+        );
+        assert!(NetError::change(Action::Apply, &mark, Cause::Errno(libc::EEXIST)).is_exists());
+    }
+
+    #[test]
+    fn a_route_or_table_in_the_way_says_what_to_do() {
+        assert_eq!(
+            exists(&route()),
+            "table 201 already has a route for default (not vmtun's): remove it with `ip \
+             route del default table 201`, or set migration.table to a table nothing else uses"
+        );
+        let table = Change::NftTable {
+            family: Family::Ipv6,
+            name: "vmtun".into(),
+        };
+        assert_eq!(
+            exists(&table),
+            "nft table ip6 vmtun already exists (not this vmtun's): another vmtun with a \
+             [migration] runs in this network namespace (one may), or it was left behind; if \
+             nothing uses it, remove it with `nft delete table ip6 vmtun`"
+        );
+        let address = Change::Address {
+            dev: "vmtun0".into(),
+            addr: "100.64.0.1/24".parse().unwrap(),
+        };
+        assert_eq!(
+            exists(&address),
+            "adding address 100.64.0.1/24 on vmtun0: it exists already and is not vmtun's: \
+             remove it, then start vmtun again"
+        );
     }
 }

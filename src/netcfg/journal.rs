@@ -2,8 +2,8 @@
 //! undoes exactly those changes, in reverse order. A plan that fails halfway is rolled back
 //! before the error is returned, so nothing is left half-applied.
 //!
-//! The state file (`/run/vmtun/<instance>.json` by default; `/run` is emptied at boot, as
-//! are the changes it records) lets `vmtun down` clean up after an instance that was killed.
+//! The state file (`<instance>.json` in the directory of the instance's network namespace,
+//! `/run/vmtun/net-<inode>/`; `/run` is emptied at boot, as are the changes it records) lets `vmtun down` clean up after an instance that was killed.
 //! A change is written to it *before* it is made, with the values it overwrites: killed in
 //! between, the record names a change that may not be on the host, which undo takes as
 //! already gone, rather than a change on the host that nobody remembers.
@@ -54,6 +54,16 @@ struct Memory {
     cut_over: Vec<IpNet>,
 }
 
+/// What an undo did with the changes on record.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Undone {
+    /// Reverted: they were in place, and are not any more.
+    pub reverted: usize,
+    /// Already gone from this namespace (the TUN device took its routes along, the cutover
+    /// removed the mark rule, or they were never here): nothing to do for them.
+    pub gone: usize,
+}
+
 /// What [`Journal::restore`] did.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -78,7 +88,7 @@ impl Journal {
     /// one died without cleaning up and `vmtun down` should run first. The subnets a
     /// previous instance saw cut over are read back ([`Journal::cut_over`]).
     pub fn create(dir: &Path, instance: &str) -> Result<Journal, NetError> {
-        let path = dir.join(format!("{instance}.json"));
+        let path = state_path(dir, instance);
         fs::create_dir_all(dir).map_err(|e| state_err(dir, format!("creating directory: {e}")))?;
         if path.exists() {
             return Err(state_err(
@@ -177,7 +187,7 @@ impl Journal {
     /// Reverts the changes recorded from index `start` on, newest first.
     fn roll_back(&mut self, ops: &mut dyn NetOps, start: usize, error: NetError) -> NetError {
         let made = self.state.changes.split_off(start);
-        let (kept, leftovers) = revert_all(ops, made);
+        let (kept, leftovers, _) = revert_all(ops, made);
         self.state.changes.extend(kept);
         // Best effort: the error below already says what is left.
         let _ = self.persist();
@@ -238,23 +248,42 @@ impl Journal {
     }
 
     /// Undoes every recorded change, newest first. Objects already gone (routes that went
-    /// with the TUN device, the mark rule the cutover removed) count as undone. On success
+    /// with the TUN device, the mark rule the cutover removed) count as undone, and are
+    /// counted apart, so that nobody claims to have cleaned what was not there. On success
     /// the state file is removed; otherwise it keeps what is still in place. The cutover
     /// memory stays.
-    pub fn undo_all(&mut self, ops: &mut dyn NetOps) -> Result<(), NetError> {
+    pub fn undo_all(&mut self, ops: &mut dyn NetOps) -> Result<Undone, NetError> {
         let made = std::mem::take(&mut self.state.changes);
-        let (kept, failures) = revert_all(ops, made);
+        let (kept, failures, undone) = revert_all(ops, made);
         self.state.changes = kept;
         if failures.is_empty() {
             match fs::remove_file(&self.path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Ok(()) => Ok(undone),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(undone),
                 Err(e) => Err(state_err(&self.path, format!("removing: {e}"))),
             }
         } else {
             self.persist()?;
             Err(NetError::Undo(failures))
         }
+    }
+
+    /// Whether any route, policy rule or nft rule on record is in place in the caller's
+    /// network namespace: how a state file that does not say which namespace it is for (one
+    /// from before the files were keyed by namespace) is recognised where it was made.
+    /// Sysctls and addresses do not count: a namespace with a `br0` of its own or the same
+    /// values would pass for another.
+    pub fn is_in_this_namespace(&self, ops: &mut dyn NetOps) -> bool {
+        self.state
+            .changes
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Change::Route(_) | Change::Rule(_) | Change::NftRule { .. }
+                )
+            })
+            .any(|c| ops.is_in_place(c).unwrap_or(false))
     }
 
     /// Writes the state atomically (temporary file, then rename), so a killed process never
@@ -290,8 +319,13 @@ impl SharedJournal {
     }
 }
 
-/// `<instance>.cutover.json` in `dir`.
-fn memory_path(dir: &Path, instance: &str) -> PathBuf {
+/// `<instance>.json` in `dir`: the state file of `instance`.
+pub fn state_path(dir: &Path, instance: &str) -> PathBuf {
+    dir.join(format!("{instance}.json"))
+}
+
+/// `<instance>.cutover.json` in `dir`: the cutover memory of `instance`.
+pub fn memory_path(dir: &Path, instance: &str) -> PathBuf {
     dir.join(format!("{instance}.cutover.json"))
 }
 
@@ -327,15 +361,17 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), NetError> {
     write().map_err(|e| state_err(path, format!("writing: {e}")))
 }
 
-/// Reverts `made` newest first; returns the changes still in place (in applied order) and
-/// the failures. "Already gone" is success.
-fn revert_all(ops: &mut dyn NetOps, made: Vec<Change>) -> (Vec<Change>, Vec<NetError>) {
+/// Reverts `made` newest first; returns the changes still in place (in applied order), the
+/// failures, and how many were reverted or gone already. "Already gone" is success.
+fn revert_all(ops: &mut dyn NetOps, made: Vec<Change>) -> (Vec<Change>, Vec<NetError>, Undone) {
     let mut kept = Vec::new();
     let mut failures = Vec::new();
+    let mut undone = Undone::default();
     for c in made.into_iter().rev() {
         match ops.revert(&c) {
-            Ok(()) => {}
-            Err(e) if e.is_gone() => {}
+            Ok(()) if c.undoes_nothing() => undone.gone += 1,
+            Ok(()) => undone.reverted += 1,
+            Err(e) if e.is_gone() => undone.gone += 1,
             Err(e) => {
                 failures.push(e);
                 kept.push(c);
@@ -343,12 +379,12 @@ fn revert_all(ops: &mut dyn NetOps, made: Vec<Change>) -> (Vec<Change>, Vec<NetE
         }
     }
     kept.reverse();
-    (kept, failures)
+    (kept, failures, undone)
 }
 
 /// Undoes what a dead instance left in the state file at `path` (for `vmtun down`), and
 /// removes the file when everything is undone.
-pub fn undo_state_file(ops: &mut dyn NetOps, path: &Path) -> Result<(), NetError> {
+pub fn undo_state_file(ops: &mut dyn NetOps, path: &Path) -> Result<Undone, NetError> {
     Journal::load(path)?.undo_all(ops)
 }
 
@@ -466,7 +502,9 @@ mod tests {
         let err = j.apply(&mut ops, &p).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "adding rule fwmark 0x1 lookup 201 priority 10000: File exists"
+            "an ip rule `fwmark 0x1 lookup 201 priority 10000` already exists (not vmtun's): \
+             remove it with `ip rule del fwmark 0x1 lookup 201 priority 10000`, or set \
+             migration.fwmark to a mark no other rule uses"
         );
         assert_eq!(applied(&ops.calls).len(), at + 1);
         assert_eq!(
@@ -494,9 +532,11 @@ mod tests {
         let err = j.apply(&mut ops, &p).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "adding rule fwmark 0x1 lookup 201 priority 10000: File exists; rolling back also \
-             failed, still in place: removing route default via 100.64.0.2 dev vmtun0 table \
-             201: Device or resource busy"
+            "an ip rule `fwmark 0x1 lookup 201 priority 10000` already exists (not vmtun's): \
+             remove it with `ip rule del fwmark 0x1 lookup 201 priority 10000`, or set \
+             migration.fwmark to a mark no other rule uses; rolling back also failed, still \
+             in place: removing route default via 100.64.0.2 dev vmtun0 table 201: Device or \
+             resource busy"
         );
         assert_eq!(j.state().changes, vec![p[3].clone()]);
         // The leftover is on disk for `vmtun down`.

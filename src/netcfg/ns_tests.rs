@@ -17,6 +17,11 @@ use super::fixtures::{new_role, tunnel};
 use super::testns::TestNs;
 use super::*;
 
+/// What `up` says when `nft table ip vmtun` is there already.
+const NFT_TABLE_IN_THE_WAY: &str = "nft table ip vmtun already exists (not this vmtun's): \
+    another vmtun with a [migration] runs in this network namespace (one may), or it was left \
+    behind; if nothing uses it, remove it with `nft delete table ip vmtun`";
+
 const TUN: &str = "vmtun0";
 const SUBNET: &str = "203.0.113.0/29";
 
@@ -131,10 +136,7 @@ fn role_new_applies_and_undo_restores_everything() {
             .unwrap();
         j.apply(&mut ops, &p[table..=table])
     });
-    assert_eq!(
-        second.unwrap_err().to_string(),
-        "adding nft table ip vmtun: File exists"
-    );
+    assert_eq!(second.unwrap_err().to_string(), NFT_TABLE_IN_THE_WAY);
 
     // A remover prepared before someone else removed the rule holds a stale handle: the
     // kernel answers ENOENT, it lists again, finds nothing left and succeeds.
@@ -178,7 +180,7 @@ fn failure_mid_plan_rolls_back_and_spares_foreign_state() {
         let err = j.apply(&mut ops, &p).unwrap_err();
         (err, j.state().changes.clone())
     });
-    assert_eq!(err.to_string(), "adding nft table ip vmtun: File exists");
+    assert_eq!(err.to_string(), NFT_TABLE_IN_THE_WAY);
     assert!(leftover.is_empty(), "{leftover:?}");
     assert_eq!(before, snapshot(&ns, &ifaces));
     let _ = std::fs::remove_dir_all(&dir);

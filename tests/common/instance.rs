@@ -54,6 +54,8 @@ pub struct VmtunCfg {
     pub peers: Vec<PeerCfg>,
     /// `[metrics] listen`, e.g. `127.0.0.1:9586`; `None`: no metrics endpoint.
     pub metrics: Option<String>,
+    /// More sections, as TOML, appended as they are (e.g. a `[migration]`).
+    pub extra: String,
 }
 
 impl VmtunCfg {
@@ -68,6 +70,7 @@ impl VmtunCfg {
             busy_poll_us: None,
             peers,
             metrics: None,
+            extra: String::new(),
         }
     }
 
@@ -104,7 +107,7 @@ impl VmtunCfg {
         if let Some(listen) = &self.metrics {
             text += &format!("\n[metrics]\nlisten = {listen:?}\n");
         }
-        text
+        text + &self.extra
     }
 }
 
@@ -261,14 +264,14 @@ impl<'a> Vmtun<'a> {
 
     /// Which of this instance's files in `/run/vmtun` exist now.
     pub fn leftover_files(&self) -> Vec<PathBuf> {
-        run_files(&self.cfg.name)
+        run_files(self.ns, &self.cfg.name)
             .into_iter()
             .filter(|path| path.exists())
             .collect()
     }
 
     /// Fails unless everything this instance made is gone: its TUN device and its
-    /// `/run/vmtun/<if>.{json,sock,lock}`. For after the process has exited.
+    /// `/run/vmtun/net-<ns>/<if>.{json,sock,lock}`. For after the process has exited.
     pub fn check_gone(&self) -> Result<()> {
         let mut left: Vec<String> = self
             .leftover_files()
@@ -332,13 +335,15 @@ impl Drop for Vmtun<'_> {
     }
 }
 
-/// The files `vmtun up` keeps for interface `name`: its state journal, control socket and
-/// instance lock.
-pub fn run_files(name: &str) -> Vec<PathBuf> {
-    ["json", "sock", "lock"]
-        .iter()
-        .map(|ext| PathBuf::from(format!("/run/vmtun/{name}.{ext}")))
-        .collect()
+/// The files `vmtun up` in `ns` keeps for interface `name`: its state journal, control
+/// socket and instance lock (none if the namespace is gone).
+pub fn run_files(ns: &Netns, name: &str) -> Vec<PathBuf> {
+    ns.id()
+        .map(|id| {
+            let paths = ::vmtun::control::Paths::in_netns(id, name);
+            vec![paths.state, paths.socket, paths.lock]
+        })
+        .unwrap_or_default()
 }
 
 /// How a stopped `vmtun up` ended after `vmtun down`.

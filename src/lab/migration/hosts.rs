@@ -283,6 +283,14 @@ impl<'a> HostVmtun<'a> {
         })
     }
 
+    /// Where this instance keeps its files (its namespace's directory in `/run/vmtun`).
+    pub fn files(&self) -> Result<crate::control::Paths> {
+        Ok(crate::control::Paths::in_netns(
+            self.ns.id()?,
+            &self.config.name,
+        ))
+    }
+
     /// Starts `vmtun up` (again, after [`Self::kill`]); returns once `status` answers.
     pub fn launch(&mut self) -> Result<()> {
         let mut cmd = self.ns.command(&self.vmtun);
@@ -291,7 +299,7 @@ impl<'a> HostVmtun<'a> {
             .env("RUST_LOG", "vmtun=debug");
         let mut process =
             Process::spawn(&format!("vmtun-{}", self.config.name), &self.log_dir, cmd)?;
-        let socket = PathBuf::from(format!("/run/vmtun/{}.sock", self.config.name));
+        let socket = self.files()?.socket;
         let what = format!("vmtun up ({})", self.config.name);
         let ready = lab::wait_for(HOST_WAIT, &what, || {
             if let Some(status) = process.exit_status() {
@@ -403,9 +411,12 @@ impl Drop for HostVmtun<'_> {
     fn drop(&mut self) {
         drop(self.process.take());
         // A killed instance leaves its files in the shared /run, and any instance its cutover
-        // memory: remove this device's only.
-        for ext in ["sock", "lock", "json", "cutover.json"] {
-            let _ = std::fs::remove_file(format!("/run/vmtun/{}.{ext}", self.config.name));
+        // memory: remove this device's only, and its namespace's directory once empty.
+        if let Ok(files) = self.files() {
+            for file in [files.socket, files.lock, files.state, files.cutover_memory] {
+                let _ = std::fs::remove_file(file);
+            }
+            let _ = std::fs::remove_dir(files.dir);
         }
     }
 }
