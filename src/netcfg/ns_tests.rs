@@ -28,11 +28,14 @@ const SUBNET: &str = "203.0.113.0/29";
 /// Everything netcfg could touch, as text: rules, routes, nftables (iptables-nft rules
 /// included), addresses, links (MTU, state) and the sysctls of `ifaces`. Link qdiscs are
 /// left out: the kernel attaches a default qdisc the first time a link goes up, and keeps it.
+/// So is a veth's peer namespace: `ip` names it by looking through every namespace, which
+/// fails now and then while other tests delete theirs.
 fn snapshot(ns: &TestNs, ifaces: &[&str]) -> String {
     let mut s = ns.sh(
         "ip rule; ip -6 rule; echo --; ip route show table all; ip -6 route show table all; \
          echo --; nft list ruleset; echo --; \
-         iptables-save -t mangle | grep -v '^#'; echo --; ip -o addr; echo --; ip -o link | sed 's/qdisc [^ ]* //'",
+         iptables-save -t mangle | grep -v '^#'; echo --; ip -o addr; echo --; \
+         ip -o link 2>/dev/null | sed 's/qdisc [^ ]* //; s/ link-netns [^ ]*//'",
     );
     for i in ifaces {
         for k in ["rp_filter", "proxy_arp"] {
