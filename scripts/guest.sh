@@ -15,7 +15,7 @@ DIR=${VMTUN_GUEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmtun-guest}
 # from the package is built into the kernel and skipped.
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net)
 # Bump when the init or the module list changes, so that caches rebuild.
-RECIPE=2
+RECIPE=3
 
 say() { echo "guest: $*" >&2; }
 
@@ -34,13 +34,13 @@ if [ -f "$DIR/vmlinuz" ] && [ -f "$DIR/initrd" ] && [ "$(cat "$DIR/stamp" 2>/dev
   exit 0
 fi
 
+# Packages of an older build go: the ones below are the candidates the stamp names.
+rm -f ./*.deb
 for pkg in "$kernel_pkg" busybox-static; do
-  if ! ls "${pkg}"_*.deb >/dev/null 2>&1; then
-    say "downloading $pkg"
-    # apt's sandbox user cannot write a root-owned cache; the download is checked all the same.
-    apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true
-    ls "${pkg}"_*.deb >/dev/null 2>&1 || { say "could not download $pkg"; exit 1; }
-  fi
+  say "downloading $pkg"
+  # apt's sandbox user cannot write a root-owned cache; the download is checked all the same.
+  apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true
+  ls "${pkg}"_*.deb >/dev/null 2>&1 || { say "could not download $pkg"; exit 1; }
 done
 
 work=$(mktemp -d "$DIR/build.XXXXXX")
@@ -73,7 +73,8 @@ for m in "${MODULES[@]}"; do
 done
 
 # The init: the VM's address and gateway come from the kernel command line
-# (vmtun.addr=, vmtun.gw=); "vmtun-guest: up" on the console says the network is configured.
+# (vmtun.addr=, vmtun.gw=); "vmtun-guest: up" on the console says the network is configured,
+# "vmtun-guest: failed" that it could not be.
 cat >"$root/init" <<EOF
 #!/bin/sh
 mount -t proc proc /proc
@@ -88,11 +89,12 @@ for arg in \$(cat /proc/cmdline); do
   esac
 done
 ip link set lo up
-ip link set eth0 up
-ip addr add \$addr/32 dev eth0
-ip route add \$gw dev eth0
-ip route add default via \$gw dev eth0
-echo "vmtun-guest: up \$addr via \$gw"
+if ip link set eth0 up && ip addr add \$addr/32 dev eth0 && ip route add \$gw dev eth0 &&
+  ip route add default via \$gw dev eth0; then
+  echo "vmtun-guest: up \$addr via \$gw"
+else
+  echo "vmtun-guest: failed: eth0 could not be configured (did a virtio module not load?)"
+fi
 while :; do sleep 3600; done
 EOF
 chmod +x "$root/init"

@@ -18,6 +18,8 @@ use crate::lab::{LabError, Netns, Process, Result, wait_for, wait_until};
 pub const QEMU: &str = "qemu-system-x86_64";
 /// The line the guest's init prints on the console once its network is configured.
 pub const GUEST_UP: &str = "vmtun-guest: up";
+/// The line it prints instead when eth0 could not be configured.
+pub const GUEST_FAILED: &str = "vmtun-guest: failed";
 /// The TCP port the destination QEMU listens on for the migration stream.
 pub const MIGRATION_PORT: u16 = 4444;
 /// The ceiling of a boot under TCG (3–8 s measured on a quiet machine; shared CI is slower).
@@ -257,11 +259,19 @@ impl Qemu {
         std::fs::read_to_string(&self.spec.console).unwrap_or_default()
     }
 
-    /// Waits until the guest's init says its network is up.
+    /// Waits until the guest's init says its network is up (or could not be).
     pub fn wait_booted(&self) -> Result<()> {
-        wait_until(BOOT_WAIT, "the guest to boot", || {
-            self.console().contains(GUEST_UP)
-        })
+        let console = wait_for(BOOT_WAIT, "the guest to boot", || {
+            let console = self.console();
+            (console.contains(GUEST_UP) || console.contains(GUEST_FAILED)).then_some(console)
+        })?;
+        if console.contains(GUEST_UP) {
+            Ok(())
+        } else {
+            Err(LabError::Failed(format!(
+                "the guest booted without its network; its console:\n{console}"
+            )))
+        }
     }
 
     /// Live-migrates the guest to `uri` (the destination's `-incoming`) and waits for the
