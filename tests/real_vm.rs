@@ -85,11 +85,27 @@ fn a_real_vm_answers_after_a_live_migration_and_after_the_switch() -> Result<()>
         VIF_MAC,
     )?;
     new.vif_up(VIF)?;
+    // A figure, not an assertion: how many of the client's pings the move cost.
+    let interval = "0.02";
+    let mut pings = lab.client.spawn(
+        "pings",
+        scratch.path(),
+        "ping",
+        &["-q", "-i", interval, VM_ADDR],
+    )?;
     let (total_ms, downtime_ms) = source.migrate(&incoming)?;
     eprintln!("real_vm: migration took {total_ms} ms, downtime {downtime_ms} ms (QEMU's figures)");
     // libvirt ends the source QEMU once the guest runs on the destination: its tap goes.
     drop(source);
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    pings.signal(libc::SIGINT);
+    pings.wait_timeout(WAIT)?;
+    let summary = pings.stdout();
+    let summary = summary
+        .lines()
+        .find(|line| line.contains("transmitted"))
+        .unwrap_or("no summary");
+    eprintln!("real_vm: the client's pings every {interval} s through the move: {summary}");
     let through_old = lab.core_counters()?;
     check(through_old.from_new == 0, || {
         format!("before the switch the replies leave through the old site: {through_old:?}")
