@@ -21,6 +21,9 @@ say() { echo "guest: $*" >&2; }
 
 mkdir -p "$DIR/debs"
 cd "$DIR/debs"
+# One build at a time (tests run in parallel); the others then find it cached.
+exec 9>"$DIR/lock"
+flock 9
 
 # The kernel package's name follows from the metapackage's dependency.
 kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
