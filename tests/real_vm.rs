@@ -110,6 +110,14 @@ fn a_real_vm_answers_after_a_live_migration_and_after_the_switch() -> Result<()>
     check(through_old.from_new == 0, || {
         format!("before the switch the replies leave through the old site: {through_old:?}")
     })?;
+    check(!lab.old.has_link(VIF), || {
+        "the source QEMU's tap is gone: the answers come from the migrated guest".into()
+    })?;
+    // The destination's tap: the guest's frames are its received packets.
+    let from_guest = lab.new.link_stat(VIF, "rx_packets")?;
+    check(from_guest > 0, || {
+        format!("the migrated guest sent nothing on the new host's {VIF}")
+    })?;
 
     lab.switch_provider()?;
     cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
