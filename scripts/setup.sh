@@ -32,3 +32,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# QEMU for tests/real_vm.rs: bookworm's 7.2 corrupts guests now and then in TCG migration (fixed
+# in 9.0), so it comes from bookworm-backports, in a sources list this script owns. The mirror is
+# the one the machine's own apt sources already use.
+BACKPORTS_LIST=/etc/apt/sources.list.d/vmtun-bookworm-backports.sources
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing qemu-system-x86 (from bookworm-backports); run as root to install it" >&2
+    exit 1
+  fi
+  if [ ! -e "$BACKPORTS_LIST" ]; then
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
+      grep -E '^(URIs:|deb )' | grep -oE 'https?://[^ ]+/debian/?( |$)' | tr -d ' ' | sed 's:/$::' | head -n1 || true)
+    if [ -z "$mirror" ]; then
+      echo "setup: no Debian mirror found in /etc/apt; add bookworm-backports by hand, then rerun" >&2
+      exit 1
+    fi
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$mirror" >"$BACKPORTS_LIST"
+  fi
+  echo "setup: installing qemu-system-x86 from bookworm-backports" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+fi

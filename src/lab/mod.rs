@@ -18,6 +18,7 @@ pub mod link;
 pub mod migration;
 pub mod netns;
 pub mod process;
+pub mod qemu;
 pub mod registry;
 pub mod scratch;
 pub mod wait;

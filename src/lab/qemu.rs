@@ -1,0 +1,368 @@
+//! A real VM for the lab: QEMU (TCG, so it runs where `/dev/kvm` cannot boot a stock kernel)
+//! booting the guest `scripts/guest.sh` builds, on a tap in a host namespace, and live
+//! migrated from one host to the other over QMP (`migrate`, then `query-migrate` until it
+//! completes). The argument lists and the reading of QMP's answers are pure and unit-tested;
+//! the process and socket edges are thin.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::lab::{LabError, Netns, Process, Result, wait_for, wait_until};
+
+/// The QEMU binary the driver runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// The line the guest's init prints on the console once its network is configured.
+pub const GUEST_UP: &str = "vmtun-guest: up";
+/// The line it prints instead when eth0 could not be configured.
+pub const GUEST_FAILED: &str = "vmtun-guest: failed";
+/// The TCP port the destination QEMU listens on for the migration stream.
+pub const MIGRATION_PORT: u16 = 4444;
+/// The ceiling of a boot under TCG (3–8 s measured on a quiet machine; shared CI is slower).
+pub const BOOT_WAIT: Duration = Duration::from_secs(120);
+/// The ceiling of a migration of the small guest (about 0.5 s measured).
+pub const MIGRATE_WAIT: Duration = Duration::from_secs(60);
+
+/// The guest's kernel and initramfs, as `scripts/guest.sh` leaves them.
+#[derive(Debug, Clone)]
+pub struct GuestImage {
+    /// Debian's kernel.
+    pub kernel: PathBuf,
+    /// The busybox initramfs with the virtio NIC's modules.
+    pub initrd: PathBuf,
+}
+
+impl GuestImage {
+    /// Runs `scripts/guest.sh` under `repo` (a cached no-op once built) and takes the
+    /// directory it prints.
+    pub fn build(repo: &Path) -> Result<Self> {
+        let script = repo.join("scripts/guest.sh");
+        let out = crate::lab::process::run_checked(
+            "building the guest (scripts/guest.sh)",
+            Command::new(&script).stderr(std::process::Stdio::inherit()),
+        )?;
+        let dir = PathBuf::from(out.lines().last().unwrap_or_default().trim());
+        Ok(Self {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd"),
+        })
+    }
+}
+
+/// What one QEMU runs: the guest on a tap, its QMP socket and console file.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The kernel and initramfs.
+    pub image: GuestImage,
+    /// The tap QEMU creates in its namespace (libvirt's `<target dev=...>`).
+    pub tap: String,
+    /// The guest NIC's MAC.
+    pub mac: String,
+    /// The guest's address (its init puts it as a /32 on eth0).
+    pub addr: String,
+    /// The guest's arbitrary default gateway.
+    pub gateway: String,
+    /// The QMP socket's path.
+    pub qmp: PathBuf,
+    /// Where the serial console goes.
+    pub console: PathBuf,
+}
+
+/// QEMU's arguments for `spec`: TCG on q35, no default devices, the kernel booted directly
+/// with the address and gateway on its command line, one virtio NIC on the tap. A source
+/// starts paused (`-S`, so the tap can get its MAC before the guest sends), a destination
+/// waits with `-incoming` for the migration stream on `incoming`.
+pub fn qemu_args(spec: &VmSpec, incoming: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-machine",
+        "q35,accel=tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "128",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]
+    .map(String::from)
+    .to_vec();
+    let kernel_cmdline = format!(
+        "console=ttyS0 quiet panic=-1 vmtun.addr={} vmtun.gw={}",
+        spec.addr, spec.gateway
+    );
+    args.extend([
+        "-serial".into(),
+        format!("file:{}", spec.console.display()),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", spec.qmp.display()),
+        "-kernel".into(),
+        spec.image.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.image.initrd.display().to_string(),
+        "-append".into(),
+        kernel_cmdline,
+        "-netdev".into(),
+        format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
+    ]);
+    match incoming {
+        Some(uri) => args.extend(["-incoming".into(), uri.into()]),
+        None => args.push("-S".into()),
+    }
+    args
+}
+
+/// Where a migration stands, from `query-migrate`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MigrationState {
+    /// Still copying (or setting up).
+    Running(String),
+    /// Done: QEMU's own figures.
+    Completed {
+        /// `total-time`, ms.
+        total_ms: u64,
+        /// `downtime`, ms: how long the guest was stopped.
+        downtime_ms: u64,
+    },
+    /// Failed or cancelled, with QEMU's reason.
+    Failed(String),
+}
+
+impl MigrationState {
+    /// Reads `query-migrate`'s `return` object.
+    pub fn from_query(ret: &Value) -> Self {
+        let status = ret["status"].as_str().unwrap_or("none").to_owned();
+        match status.as_str() {
+            "completed" => Self::Completed {
+                total_ms: ret["total-time"].as_u64().unwrap_or(0),
+                downtime_ms: ret["downtime"].as_u64().unwrap_or(0),
+            },
+            "failed" | "cancelled" => Self::Failed(format!(
+                "{status}: {}",
+                ret["error-desc"].as_str().unwrap_or("no reason given")
+            )),
+            _ => Self::Running(status),
+        }
+    }
+}
+
+/// A QMP connection: commands in, answers out, asynchronous events skipped.
+pub struct Qmp {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects to `path` (waiting for QEMU to create it) and leaves capabilities
+    /// negotiation mode.
+    pub fn connect(path: &Path) -> Result<Self> {
+        let stream = wait_for(Duration::from_secs(30), "QEMU's QMP socket", || {
+            UnixStream::connect(path).ok()
+        })?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| LabError::io("setting QMP's read timeout", e))?;
+        let reader = BufReader::new(
+            stream
+                .try_clone()
+                .map_err(|e| LabError::io("cloning the QMP socket", e))?,
+        );
+        let mut qmp = Self {
+            writer: stream,
+            reader,
+        };
+        let greeting = qmp.read()?;
+        if greeting.get("QMP").is_none() {
+            return Err(LabError::Failed(format!("no QMP greeting: {greeting}")));
+        }
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| LabError::io("reading from QMP", e))?;
+        if n == 0 {
+            return Err(LabError::Failed("QEMU closed its QMP socket".into()));
+        }
+        serde_json::from_str(&line)
+            .map_err(|e| LabError::Failed(format!("QMP sent no JSON ({e}): {line}")))
+    }
+
+    /// Runs `command` with `arguments`; its `return` value, or QEMU's error as the error.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let request = json!({ "execute": command, "arguments": arguments });
+        writeln!(self.writer, "{request}")
+            .map_err(|e| LabError::io(format!("sending {command} to QMP"), e))?;
+        loop {
+            let answer = self.read()?;
+            if let Some(ret) = answer.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(error) = answer.get("error") {
+                return Err(LabError::Failed(format!("QMP {command}: {error}")));
+            }
+        }
+    }
+}
+
+/// A running QEMU in a host namespace, killed (by PID) on drop.
+pub struct Qemu {
+    /// The process guard.
+    pub process: Process,
+    /// Its QMP connection.
+    pub qmp: Qmp,
+    /// What it runs.
+    pub spec: VmSpec,
+}
+
+impl Qemu {
+    /// Starts QEMU in `ns` for `spec` (paused as a source, or waiting on `incoming`), then
+    /// gives the tap it created `tap_mac` and brings it up, as libvirt does.
+    pub fn start(
+        ns: &Netns,
+        label: &str,
+        log_dir: &Path,
+        spec: VmSpec,
+        incoming: Option<&str>,
+        tap_mac: &str,
+    ) -> Result<Self> {
+        let mut cmd = ns.command(QEMU);
+        cmd.args(qemu_args(&spec, incoming));
+        let process = Process::spawn(label, log_dir, cmd)?;
+        let qmp = Qmp::connect(&spec.qmp)?;
+        wait_until(Duration::from_secs(10), "QEMU's tap", || {
+            ns.has_link(&spec.tap)
+        })?;
+        ns.ip(&["link", "set", &spec.tap, "address", tap_mac])?;
+        ns.link_up(&spec.tap)?;
+        Ok(Self { process, qmp, spec })
+    }
+
+    /// Runs a paused source guest (`cont`).
+    pub fn resume(&mut self) -> Result<()> {
+        self.qmp.execute("cont", json!({})).map(drop)
+    }
+
+    /// The guest's console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.spec.console).unwrap_or_default()
+    }
+
+    /// Waits until the guest's init says its network is up (or could not be).
+    pub fn wait_booted(&self) -> Result<()> {
+        let console = wait_for(BOOT_WAIT, "the guest to boot", || {
+            let console = self.console();
+            (console.contains(GUEST_UP) || console.contains(GUEST_FAILED)).then_some(console)
+        })?;
+        if console.contains(GUEST_UP) {
+            Ok(())
+        } else {
+            Err(LabError::Failed(format!(
+                "the guest booted without its network; its console:\n{console}"
+            )))
+        }
+    }
+
+    /// Live-migrates the guest to `uri` (the destination's `-incoming`) and waits for the
+    /// end; QEMU's total time and downtime.
+    pub fn migrate(&mut self, uri: &str) -> Result<(u64, u64)> {
+        self.qmp.execute("migrate", json!({ "uri": uri }))?;
+        let mut last = MigrationState::Running("setup".into());
+        let done = wait_for(MIGRATE_WAIT, "the migration to complete", || {
+            let ret = self.qmp.execute("query-migrate", json!({})).ok()?;
+            last = MigrationState::from_query(&ret);
+            match &last {
+                MigrationState::Running(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    None
+                }
+                state => Some(state.clone()),
+            }
+        })?;
+        match done {
+            MigrationState::Completed {
+                total_ms,
+                downtime_ms,
+            } => Ok((total_ms, downtime_ms)),
+            other => Err(LabError::Failed(format!("migration {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            image: GuestImage {
+                kernel: "/g/vmlinuz".into(),
+                initrd: "/g/initrd".into(),
+            },
+            tap: "vif0".into(),
+            mac: "52:54:00:00:71:02".into(),
+            addr: "203.0.113.2".into(),
+            gateway: "192.0.2.1".into(),
+            qmp: "/s/qmp".into(),
+            console: "/s/console".into(),
+        }
+    }
+
+    #[test]
+    fn a_source_starts_paused_and_a_destination_waits_for_the_stream() {
+        let source = qemu_args(&spec(), None);
+        assert!(source.contains(&"-S".to_owned()));
+        assert!(!source.contains(&"-incoming".to_owned()));
+        assert!(source.contains(&"q35,accel=tcg".to_owned()));
+        assert!(source.contains(&"tap,id=n0,ifname=vif0,script=no,downscript=no".to_owned()));
+        assert!(source.contains(&"virtio-net-pci,netdev=n0,mac=52:54:00:00:71:02".to_owned()));
+        assert!(
+            source
+                .iter()
+                .any(|a| a.ends_with("vmtun.addr=203.0.113.2 vmtun.gw=192.0.2.1"))
+        );
+        let dest = qemu_args(&spec(), Some("tcp:0.0.0.0:4444"));
+        assert!(!dest.contains(&"-S".to_owned()));
+        let at = dest
+            .iter()
+            .position(|a| a == "-incoming")
+            .expect("-incoming");
+        assert_eq!(dest[at + 1], "tcp:0.0.0.0:4444");
+    }
+
+    #[test]
+    fn query_migrate_reads_as_running_completed_or_failed() {
+        assert_eq!(
+            MigrationState::from_query(&json!({"status": "active"})),
+            MigrationState::Running("active".into())
+        );
+        assert_eq!(
+            MigrationState::from_query(&json!({})),
+            MigrationState::Running("none".into())
+        );
+        assert_eq!(
+            MigrationState::from_query(
+                &json!({"status": "completed", "total-time": 512, "downtime": 41})
+            ),
+            MigrationState::Completed {
+                total_ms: 512,
+                downtime_ms: 41
+            }
+        );
+        assert_eq!(
+            MigrationState::from_query(&json!({"status": "failed", "error-desc": "refused"})),
+            MigrationState::Failed("failed: refused".into())
+        );
+    }
+}
