@@ -40,6 +40,7 @@ pub mod netcfg;
 pub mod noise;
 pub mod notify;
 pub mod output;
+pub mod read_error;
 pub mod restore;
 pub mod status;
 pub mod switch_report;
