@@ -14,7 +14,7 @@ use crate::wire::{INITIATION_LEN, Initiation, InnerIp, RESPONSE_LEN, Response, T
 use super::allowed_ips::AllowedIps;
 use super::cookie::CookieJar;
 use super::drops::{DropCounters, DropReason};
-use super::handshake::{InitiatorHandshake, ReceivedInitiation};
+use super::handshake::{InitiatorHandshake, ReceivedInitiation, drop_reason};
 use super::index::IndexTable;
 use super::session::{Session, SessionError};
 use super::tai64n::Tai64N;
@@ -496,7 +496,7 @@ impl Peer {
         };
         let keys = match handshake.finish(msg) {
             Ok(keys) => keys,
-            Err(_) => return Inbound::Dropped(self.drop_packet(DropReason::DecryptFailed)),
+            Err(e) => return Inbound::Dropped(self.drop_packet(drop_reason(e))),
         };
         let local_index = handshake.local_index;
         use crate::wire::HandshakeMessage as _;
