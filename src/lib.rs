@@ -42,6 +42,7 @@ pub mod notify;
 pub mod output;
 pub mod read_error;
 pub mod restore;
+pub mod secret_file;
 pub mod status;
 pub mod switch_report;
 pub mod tun;
