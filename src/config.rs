@@ -384,7 +384,7 @@ fn ifname(field: &str, name: &str) -> Result<(), ConfigError> {
 fn interface(raw: RawInterface, config_path: &Path) -> Result<Interface, ConfigError> {
     ifname("interface.name", &raw.name)?;
     let private_key = match (raw.private_key, raw.private_key_file) {
-        (Some(text), None) => PrivateKey::from_base64(&text)
+        (Some(text), None) => PrivateKey::from_base64(&zeroize::Zeroizing::new(text))
             .or_else(|e| err(format!("interface.private_key: {e}")))?,
         (None, Some(file)) => {
             let file = config_path.parent().unwrap_or(Path::new(".")).join(file);

@@ -163,12 +163,16 @@ fn init_logging(verbose: u8) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Keygen => output::print(format_args!("{}\n", PrivateKey::generate().to_base64()))?,
-        Command::Genpsk => {
-            output::print(format_args!("{}\n", PresharedKey::generate().to_base64()))?
-        }
+        Command::Keygen => output::print(format_args!(
+            "{}\n",
+            PrivateKey::generate().to_base64().as_str()
+        ))?,
+        Command::Genpsk => output::print(format_args!(
+            "{}\n",
+            PresharedKey::generate().to_base64().as_str()
+        ))?,
         Command::Pubkey => {
-            let mut text = String::new();
+            let mut text = zeroize::Zeroizing::new(String::new());
             std::io::stdin().read_to_string(&mut text)?;
             let key = PrivateKey::from_base64(&text)
                 .map_err(|e| anyhow::anyhow!("private key on stdin: {e}"))?;

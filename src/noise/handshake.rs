@@ -51,10 +51,9 @@ pub struct SessionKeys {
 
 impl Drop for SessionKeys {
     fn drop(&mut self) {
-        self.send.fill(0);
-        self.recv.fill(0);
-        // Keeps the optimiser from dropping the wipe of memory about to be freed.
-        std::hint::black_box((&self.send, &self.recv));
+        use zeroize::Zeroize as _;
+        self.send.zeroize();
+        self.recv.zeroize();
     }
 }
 

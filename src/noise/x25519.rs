@@ -1,11 +1,17 @@
-//! snow's crypto with one check it lacks: X25519 refuses an all-zero shared secret, as
-//! Linux's WireGuard and wireguard-go do. A low-order public key (all zeros, say) makes the
-//! shared secret zero whatever our private key, so a handshake built on it proves nothing
-//! about who sent it. Everything else is snow's default resolver, unchanged.
+//! snow's crypto with what it lacks: X25519 refuses an all-zero shared secret, as Linux's
+//! WireGuard and wireguard-go do (a low-order public key, all zeros say, makes the secret
+//! zero whatever our private key, so a handshake built on it proves nothing about who sent
+//! it); and the private keys and cipher keys snow holds are overwritten with zeros when a
+//! handshake is dropped (snow itself never wipes them). snow's chaining key, hash and psk
+//! copy are out of reach of a resolver and stay as snow leaves them. Everything else is
+//! snow's default resolver, unchanged.
 
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
+
+// snow's cipher key length (its `CIPHERKEYLEN`, not exported) is ChaCha20's 32 bytes.
+use crate::keys::KEY_LEN;
 
 /// snow's default resolver with [`Contributory`] around every DH.
 pub(super) struct Resolver;
@@ -25,12 +31,57 @@ impl CryptoResolver for Resolver {
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        let inner = DefaultResolver.resolve_cipher(choice)?;
+        Some(Box::new(Wiped(inner)))
     }
 }
 
-/// A DH whose all-zero result is an error (`snow::Error::Dh`) instead of a key.
+/// Zeros as long as any key snow handles (X448's 56 bytes).
+const ZEROS: [u8; 56] = [0; 56];
+
+/// A DH whose all-zero result is an error (`snow::Error::Dh`) instead of a key, and whose
+/// private key is set to zeros when dropped.
 struct Contributory(Box<dyn Dh>);
+
+impl Drop for Contributory {
+    fn drop(&mut self) {
+        let len = self.0.priv_len().min(ZEROS.len());
+        self.0.set(&ZEROS[..len]);
+    }
+}
+
+/// snow's cipher, its key set to zeros when dropped.
+struct Wiped(Box<dyn Cipher>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.set(&[0; KEY_LEN]);
+    }
+}
+
+impl Cipher for Wiped {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn set(&mut self, key: &[u8; KEY_LEN]) {
+        self.0.set(key);
+    }
+    fn encrypt(&self, nonce: u64, authtext: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
+        self.0.encrypt(nonce, authtext, plaintext, out)
+    }
+    fn decrypt(
+        &self,
+        nonce: u64,
+        authtext: &[u8],
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, snow::Error> {
+        self.0.decrypt(nonce, authtext, ciphertext, out)
+    }
+    fn rekey(&mut self) {
+        self.0.rekey();
+    }
+}
 
 impl Dh for Contributory {
     fn name(&self) -> &'static str {
@@ -93,6 +144,74 @@ mod tests {
                 Err(snow::Error::Dh)
             ));
         }
+    }
+
+    /// A DH and cipher that record every key they are given.
+    #[derive(Default, Clone)]
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+    impl Recorder {
+        fn last(&self) -> Vec<u8> {
+            self.0.lock().unwrap().last().cloned().unwrap_or_default()
+        }
+    }
+
+    impl Dh for Recorder {
+        fn name(&self) -> &'static str {
+            "25519"
+        }
+        fn pub_len(&self) -> usize {
+            32
+        }
+        fn priv_len(&self) -> usize {
+            32
+        }
+        fn set(&mut self, privkey: &[u8]) {
+            self.0.lock().unwrap().push(privkey.to_vec());
+        }
+        fn generate(&mut self, _: &mut dyn Random) -> Result<(), snow::Error> {
+            Ok(())
+        }
+        fn pubkey(&self) -> &[u8] {
+            &[]
+        }
+        fn privkey(&self) -> &[u8] {
+            &[]
+        }
+        fn dh(&self, _: &[u8], _: &mut [u8]) -> Result<(), snow::Error> {
+            Ok(())
+        }
+    }
+
+    impl Cipher for Recorder {
+        fn name(&self) -> &'static str {
+            "ChaChaPoly"
+        }
+        fn set(&mut self, key: &[u8; KEY_LEN]) {
+            self.0.lock().unwrap().push(key.to_vec());
+        }
+        fn encrypt(&self, _: u64, _: &[u8], _: &[u8], _: &mut [u8]) -> usize {
+            0
+        }
+        fn decrypt(&self, _: u64, _: &[u8], _: &[u8], _: &mut [u8]) -> Result<usize, snow::Error> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn private_keys_and_cipher_keys_are_zeroed_when_dropped() {
+        let seen = Recorder::default();
+        let mut dh = Contributory(Box::new(seen.clone()));
+        dh.set(&[7; 32]);
+        assert_eq!(seen.last(), vec![7; 32]);
+        drop(dh);
+        assert_eq!(seen.last(), vec![0; 32]);
+
+        let seen = Recorder::default();
+        let mut cipher = Wiped(Box::new(seen.clone()));
+        cipher.set(&[7; 32]);
+        drop(cipher);
+        assert_eq!(seen.last(), vec![0; 32]);
     }
 
     #[test]
