@@ -28,9 +28,24 @@ fn decode32(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
     <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Length(bytes.len()))
 }
 
-/// The base64 text of a secret, wiped when dropped.
-fn secret_base64(bytes: &[u8; KEY_LEN]) -> Zeroizing<String> {
-    Zeroizing::new(BASE64.encode(bytes))
+/// A secret key's base64 text: shown by `{}` (for `vmtun keygen`), wiped when dropped.
+pub struct SecretText(Zeroizing<String>);
+
+impl std::ops::Deref for SecretText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn secret_base64(bytes: &[u8; KEY_LEN]) -> SecretText {
+    SecretText(Zeroizing::new(BASE64.encode(bytes)))
 }
 
 fn random32() -> [u8; KEY_LEN] {
@@ -75,7 +90,7 @@ impl PrivateKey {
     }
 
     /// WireGuard's text form (for `vmtun keygen`), wiped when dropped.
-    pub fn to_base64(&self) -> Zeroizing<String> {
+    pub fn to_base64(&self) -> SecretText {
         secret_base64(&self.0)
     }
 }
@@ -156,7 +171,7 @@ impl PresharedKey {
     }
 
     /// WireGuard's text form (for `vmtun genpsk`), wiped when dropped.
-    pub fn to_base64(&self) -> Zeroizing<String> {
+    pub fn to_base64(&self) -> SecretText {
         secret_base64(&self.0)
     }
 }

@@ -163,14 +163,10 @@ fn init_logging(verbose: u8) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Keygen => output::print(format_args!(
-            "{}\n",
-            PrivateKey::generate().to_base64().as_str()
-        ))?,
-        Command::Genpsk => output::print(format_args!(
-            "{}\n",
-            PresharedKey::generate().to_base64().as_str()
-        ))?,
+        Command::Keygen => output::print(format_args!("{}\n", PrivateKey::generate().to_base64()))?,
+        Command::Genpsk => {
+            output::print(format_args!("{}\n", PresharedKey::generate().to_base64()))?
+        }
         Command::Pubkey => {
             let mut text = zeroize::Zeroizing::new(String::new());
             std::io::stdin().read_to_string(&mut text)?;
