@@ -35,6 +35,7 @@
 # namespace is never touched. They are deleted at the end, also on failure; only the
 # processes this script started are stopped, by PID.
 set -euo pipefail
+umask 077 # the configs hold private keys inline: vmtun refuses them if others can read them
 
 cd "$(dirname "$0")/.."
 VMTUN=${VMTUN:-target/release/vmtun}

@@ -8,6 +8,7 @@
 #
 # Root only; touches nothing outside its two namespaces, which are deleted on exit.
 set -euo pipefail
+umask 077 # the configs hold private keys inline: vmtun refuses them if others can read them
 cd "$(dirname "$0")/.."
 V=${VMTUN:-target/release/vmtun}
 [ -x "$V" ] || cargo build --release --quiet

@@ -26,6 +26,7 @@
 # Touches nothing outside its two namespaces, which are deleted after each target, also
 # on failure; stops only the processes it started.
 set -euo pipefail
+umask 077 # the configs hold private keys inline: vmtun refuses them if others can read them
 ROUNDS=${ROUNDS:-3} PINGS=${PINGS:-500} INTERVAL=${INTERVAL:-0.01} LOAD=${LOAD:-0} STREAMS=${STREAMS:-4}
 BORINGTUN=${BORINGTUN:-/opt/anchors/bin/boringtun-cli}
 [ "$(id -u)" -eq 0 ] || { echo "rtt-ab: needs root (namespaces)" >&2; exit 1; }

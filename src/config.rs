@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::secret_file::{self, Links};
 
 /// WireGuard's default tunnel MTU (1500 minus the IPv6 + UDP + WireGuard overhead).
 pub const DEFAULT_MTU: u16 = 1420;
@@ -244,15 +244,30 @@ struct RawVm {
 
 impl Config {
     /// Reads and validates the file at `path`; the private key file is resolved relative to it.
+    /// A config that holds the private key inline must be as private as a key file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .or_else(|e| err(format!("{}: cannot read: {e}", path.display())))?;
-        Self::parse(&text, path).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        let shown = path.display().to_string();
+        let opened = secret_file::read(path, Links::Follow)
+            .or_else(|e| err(format!("{shown}: cannot read: {e}")))?;
+        let (config, inline_key) = Self::parse_with_source(&opened.text, path)
+            .map_err(|e| ConfigError(format!("{shown}: {}", e.0)))?;
+        if inline_key && let Some(exposed) = opened.exposure(&shown, secret_file::euid()) {
+            return err(format!(
+                "{exposed} (it holds interface.private_key; or move the key to a private_key_file)"
+            ));
+        }
+        Ok(config)
     }
 
     /// Validates config text; `path` names it and anchors a relative `private_key_file`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_source(text, path).map(|(config, _)| config)
+    }
+
+    /// [`Config::parse`], and whether the private key was inline (not in a key file).
+    fn parse_with_source(text: &str, path: &Path) -> Result<(Self, bool), ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let inline_key = raw.interface.private_key.is_some();
         let interface = interface(raw.interface, path)?;
         let mut peers = Vec::with_capacity(raw.peer.len());
         for (i, p) in raw.peer.into_iter().enumerate() {
@@ -265,14 +280,15 @@ impl Config {
         };
         let vms = vms(raw.vm, migration.as_ref())?;
         let metrics = raw.metrics.map(metrics).transpose()?;
-        Ok(Self {
+        let config = Self {
             path: path.to_path_buf(),
             interface,
             peers,
             migration,
             vms,
             metrics,
-        })
+        };
+        Ok((config, inline_key))
     }
 
     /// The `[[vm]]` whose interface is `vif`.
@@ -368,7 +384,7 @@ fn ifname(field: &str, name: &str) -> Result<(), ConfigError> {
 fn interface(raw: RawInterface, config_path: &Path) -> Result<Interface, ConfigError> {
     ifname("interface.name", &raw.name)?;
     let private_key = match (raw.private_key, raw.private_key_file) {
-        (Some(text), None) => PrivateKey::from_base64(&text)
+        (Some(text), None) => PrivateKey::from_base64(&zeroize::Zeroizing::new(text))
             .or_else(|e| err(format!("interface.private_key: {e}")))?,
         (None, Some(file)) => {
             let file = config_path.parent().unwrap_or(Path::new(".")).join(file);
@@ -400,21 +416,16 @@ fn interface(raw: RawInterface, config_path: &Path) -> Result<Interface, ConfigE
     })
 }
 
-/// Reads a private key file, refusing one that others can read (as ssh does).
+/// Reads a private key file, refusing one that others can read or control (as ssh does).
 fn private_key_file(file: &Path) -> Result<PrivateKey, ConfigError> {
-    let shown = file.display();
-    let meta = std::fs::metadata(file)
-        .or_else(|e| err(format!("interface.private_key_file: {shown}: {e}")))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return err(format!(
-            "interface.private_key_file: {shown} has permissions {mode:04o}, readable by group or others; run chmod 600 {shown}"
-        ));
+    let shown = file.display().to_string();
+    let fail = |what: String| ConfigError(format!("interface.private_key_file: {what}"));
+    let opened =
+        secret_file::read(file, Links::Refuse).map_err(|e| fail(format!("{shown}: {e}")))?;
+    if let Some(exposed) = opened.exposure(&shown, secret_file::euid()) {
+        return Err(fail(exposed));
     }
-    let text = std::fs::read_to_string(file)
-        .or_else(|e| err(format!("interface.private_key_file: {shown}: {e}")))?;
-    PrivateKey::from_base64(&text)
-        .or_else(|e| err(format!("interface.private_key_file: {shown}: {e}")))
+    PrivateKey::from_base64(&opened.text).map_err(|e| fail(format!("{shown}: {e}")))
 }
 
 /// Parses `a.b.c.d/len`; `network` demands that host bits be zero (a route or filter),
@@ -760,6 +771,7 @@ fn vms(raw: Vec<RawVm>, migration: Option<&Migration>) -> Result<Vec<Vm>, Config
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     const KEY_A: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const PUB_B: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
@@ -1048,6 +1060,92 @@ addresses = ["203.0.113.2"]
         assert_eq!(with("[2001:db8:18::2]:51820"), "[2001:db8:18::2]:51820");
         assert_eq!(with("[::ffff:198.18.0.2]:51820"), "198.18.0.2:51820");
         assert_eq!(with("198.18.0.2:51820"), "198.18.0.2:51820");
+    }
+
+    /// A fresh directory for one test's files, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("vmtun-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        /// Writes `text` to `name` with `mode`.
+        fn file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+            let file = self.0.join(name);
+            std::fs::write(&file, text).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            file
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn with_key_file(file: &Path) -> String {
+        good().replace(
+            &format!("private_key = \"{KEY_A}\""),
+            &format!("private_key_file = \"{}\"", file.display()),
+        )
+    }
+
+    #[test]
+    fn a_private_key_file_reached_through_a_symlink_is_refused() {
+        let dir = Scratch::new("key-symlink");
+        let file = dir.file("private.key", KEY_A, 0o600);
+        let link = dir.0.join("link.key");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = parse(&with_key_file(&link)).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(parse(&with_key_file(&file)).is_ok());
+    }
+
+    #[test]
+    fn a_private_key_file_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to give a file away");
+            return;
+        }
+        let dir = Scratch::new("key-owner");
+        let file = dir.file("private.key", KEY_A, 0o600);
+        std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+        let e = parse(&with_key_file(&file)).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        assert!(e.contains("chown"), "{e}");
+    }
+
+    #[test]
+    fn a_group_readable_private_key_file_is_refused() {
+        let dir = Scratch::new("key-group");
+        let file = dir.file("private.key", KEY_A, 0o640);
+        let e = parse(&with_key_file(&file)).unwrap_err().to_string();
+        assert!(e.contains("permissions 0640"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn a_config_others_can_read_may_not_hold_the_private_key() {
+        let dir = Scratch::new("config-inline");
+        let inline = dir.file("inline.toml", &good(), 0o644);
+        let e = Config::load(&inline).unwrap_err().to_string();
+        assert!(e.contains("inline.toml has permissions 0644"), "{e}");
+        assert!(e.contains("private_key_file"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        std::fs::set_permissions(&inline, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&inline).is_ok());
+        let key = dir.file("private.key", KEY_A, 0o600);
+        let by_file = dir.file("by-file.toml", &with_key_file(&key), 0o644);
+        assert!(
+            Config::load(&by_file).is_ok(),
+            "no key in it: others may read it"
+        );
     }
 
     #[test]

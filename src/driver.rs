@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use crate::busy_poll::BusyPoll;
 use crate::migration::Migration;
 use crate::noise::{Event, Inbound, Outbound, PeerId, Tunnel};
+use crate::read_error;
 use crate::status::{BusyPollStatus, PeerStatus, Reply, Request, Status};
 use crate::tun::{Tun, TunRx, TunTx};
 use crate::udp::{GsoBatch, Udp, UdpRx};
@@ -89,6 +90,9 @@ pub struct Identity {
 struct IoDrops {
     udp_send: u64,
     tun_write: u64,
+    /// Reads that failed for what they held, not for the device or socket (see `read_error`).
+    tun_read: u64,
+    udp_read: u64,
 }
 
 /// The buffers of both directions, allocated once.
@@ -253,7 +257,12 @@ impl Driver {
             match self.tun.try_recv(tun_rx) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+                Err(e) if read_error::is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    self.io_drops.tun_read += 1;
+                    tracing::debug!("TUN read failed, skipped: {e}");
+                    continue;
+                }
             }
             let now = Instant::now();
             for packet in tun_rx.packets() {
@@ -279,9 +288,14 @@ impl Driver {
             match self.udp.try_recv(udp_rx) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                // ICMP errors from an earlier send surface here; they say nothing about this socket.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
+                Err(e) if read_error::is_fatal(&e) => return Err(e),
+                // ICMP errors from an earlier send surface here too; they say nothing about
+                // this socket.
+                Err(e) => {
+                    self.io_drops.udp_read += 1;
+                    tracing::debug!("UDP read failed, skipped: {e}");
+                    continue;
+                }
             }
             let now = Instant::now();
             for (from, datagram) in udp_rx.datagrams() {
@@ -391,6 +405,8 @@ impl Driver {
         let mut drops = named(self.tunnel.drops().iter());
         drops.insert("udp_send_failed".into(), self.io_drops.udp_send);
         drops.insert("tun_write_failed".into(), self.io_drops.tun_write);
+        drops.insert("tun_read_failed".into(), self.io_drops.tun_read);
+        drops.insert("udp_read_failed".into(), self.io_drops.udp_read);
         let busy = self.busy.stats();
         Status {
             interface: self.identity.interface.clone(),

@@ -1,11 +1,13 @@
 //! Curve25519 keys and pre-shared keys in WireGuard's text encoding (base64 of 32 bytes),
 //! so keys move freely between `wg` and vmtun. Owns generation, clamping and parsing; it
-//! never touches files (see `config` for the key file permission check).
+//! never touches files (see `config` for the key file permission check). Secret keys are
+//! wiped when dropped, never shown by `Debug`, and their text form is wiped too.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::RngCore as _;
 use rand::rngs::OsRng;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Length of every key WireGuard uses: Curve25519 points and scalars, and the psk.
 pub const KEY_LEN: usize = 32;
@@ -22,8 +24,28 @@ pub enum KeyError {
 }
 
 fn decode32(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
-    let bytes = BASE64.decode(text.trim()).map_err(|_| KeyError::Base64)?;
+    let bytes = Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| KeyError::Base64)?);
     <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Length(bytes.len()))
+}
+
+/// A secret key's base64 text: shown by `{}` (for `vmtun keygen`), wiped when dropped.
+pub struct SecretText(Zeroizing<String>);
+
+impl std::ops::Deref for SecretText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn secret_base64(bytes: &[u8; KEY_LEN]) -> SecretText {
+    SecretText(Zeroizing::new(BASE64.encode(bytes)))
 }
 
 fn random32() -> [u8; KEY_LEN] {
@@ -67,9 +89,15 @@ impl PrivateKey {
         &self.0
     }
 
-    /// WireGuard's text form.
-    pub fn to_base64(&self) -> String {
-        BASE64.encode(self.0)
+    /// WireGuard's text form (for `vmtun keygen`), wiped when dropped.
+    pub fn to_base64(&self) -> SecretText {
+        secret_base64(&self.0)
+    }
+}
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -142,9 +170,15 @@ impl PresharedKey {
         &self.0
     }
 
-    /// WireGuard's text form.
-    pub fn to_base64(&self) -> String {
-        BASE64.encode(self.0)
+    /// WireGuard's text form (for `vmtun genpsk`), wiped when dropped.
+    pub fn to_base64(&self) -> SecretText {
+        secret_base64(&self.0)
+    }
+}
+
+impl Drop for PresharedKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -176,6 +210,26 @@ mod tests {
         assert_eq!(bytes[31] & 128, 0);
         assert_eq!(bytes[31] & 64, 64);
         assert_eq!(PrivateKey::from_base64(&key.to_base64()).unwrap(), key);
+    }
+
+    /// The bytes left where a value was dropped in place.
+    fn left_after_drop<T>(value: T, bytes: impl Fn(&T) -> *const [u8; KEY_LEN]) -> [u8; KEY_LEN] {
+        let mut slot = std::mem::ManuallyDrop::new(value);
+        let at = bytes(&slot);
+        // SAFETY: `slot` is dropped once and never used again; its storage outlives the
+        // read, and a [u8; 32] has no invalid bit patterns.
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut slot);
+            std::ptr::read_volatile(at)
+        }
+    }
+
+    #[test]
+    fn secret_keys_are_wiped_when_dropped() {
+        let private = PrivateKey::from_bytes([0x55; KEY_LEN]);
+        assert_eq!(left_after_drop(private, |k| k.as_bytes()), [0; KEY_LEN]);
+        let psk = PresharedKey::from_bytes([0x55; KEY_LEN]);
+        assert_eq!(left_after_drop(psk, |k| k.as_bytes()), [0; KEY_LEN]);
     }
 
     #[test]

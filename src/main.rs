@@ -168,7 +168,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             output::print(format_args!("{}\n", PresharedKey::generate().to_base64()))?
         }
         Command::Pubkey => {
-            let mut text = String::new();
+            let mut text = zeroize::Zeroizing::new(String::new());
             std::io::stdin().read_to_string(&mut text)?;
             let key = PrivateKey::from_base64(&text)
                 .map_err(|e| anyhow::anyhow!("private key on stdin: {e}"))?;

@@ -332,7 +332,15 @@ fn status_says_what_to_do_after_a_crash_and_without_root() -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .map_err(|e| LabError::io("opening the scratch directory", e))?;
-    let readable = open.write("a.toml", &a.cfg.to_toml(), 0o644)?;
+    // Its key in a file of the user's own: a config others can read may not hold it inline.
+    let key = open.write("a.key", &a.cfg.keys.private, 0o600)?;
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534))
+        .map_err(|e| LabError::io("giving the key file to the user", e))?;
+    let text = a.cfg.to_toml().replace(
+        &format!("private_key = {:?}", a.cfg.keys.private),
+        &format!("private_key_file = {key:?}"),
+    );
+    let readable = open.write("a.toml", &text, 0o644)?;
     let readable = readable.to_string_lossy().into_owned();
     let as_user = ["--reuid=65534", "--regid=65534", "--clear-groups", VMTUN];
     let outcome = run_setpriv(&net.a, &net.scratch, &as_user, &["status", "-c", &readable])?;

@@ -347,6 +347,10 @@ fn dry_run(role: Role) -> Result<()> {
     check(code == Some(0), || {
         format!("`up --dry-run` exited {code:?}: {stderr}")
     })?;
+    check(
+        !stdout.contains(&own.private) && !stderr.contains(&own.private),
+        || "`up --dry-run` printed the private key".into(),
+    )?;
     let expected = [PLAN_TUNNEL, role_plan, clamp, PLAN_END]
         .concat()
         .replace("{CONFIG}", &path)

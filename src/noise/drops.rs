@@ -16,6 +16,8 @@ pub enum DropReason {
     UnknownIndex,
     /// Authentication failed (forged, corrupted, wrong key or psk).
     DecryptFailed,
+    /// A handshake whose DH gave the all-zero secret: a low-order public key.
+    LowOrderKey,
     /// A transport counter already received or too old for the window.
     Replay,
     /// An initiation whose timestamp is not newer than the last one from that peer.
@@ -49,13 +51,14 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         Self::Malformed,
         Self::UnknownType,
         Self::BadMac,
         Self::UnknownPeer,
         Self::UnknownIndex,
         Self::DecryptFailed,
+        Self::LowOrderKey,
         Self::Replay,
         Self::StaleTimestamp,
         Self::SourceNotAllowed,
@@ -81,6 +84,7 @@ impl DropReason {
             Self::UnknownPeer => "unknown_peer",
             Self::UnknownIndex => "unknown_index",
             Self::DecryptFailed => "decrypt_failed",
+            Self::LowOrderKey => "low_order_key",
             Self::Replay => "replay",
             Self::StaleTimestamp => "stale_timestamp",
             Self::SourceNotAllowed => "source_not_allowed",

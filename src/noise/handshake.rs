@@ -5,6 +5,7 @@
 use crate::keys::{KEY_LEN, PrivateKey, PublicKey};
 use crate::wire::{INITIATION_NOISE_LEN, Initiation, RESPONSE_NOISE_LEN, Response, TAG_LEN};
 
+use super::drops::DropReason;
 use super::tai64n::{TAI64N_LEN, Tai64N};
 
 /// WireGuard's Noise protocol name; snow hashes it exactly as WireGuard's `CONSTRUCTION`.
@@ -20,12 +21,24 @@ pub enum HandshakeError {
     /// Decryption or authentication failed (wrong key, wrong psk, corrupted).
     #[error("handshake message did not authenticate")]
     Decrypt,
+    /// A DH gave the all-zero secret: the other side sent a low-order public key.
+    #[error("handshake used a low-order public key")]
+    LowOrder,
     /// Authenticated but with a payload of the wrong size.
     #[error("handshake payload has the wrong length")]
     Payload,
     /// snow refused to set up the state: a bug, not a network condition.
     #[error("noise state could not be built (please report)")]
     Internal,
+}
+
+/// The counter a refused handshake message goes to.
+pub fn drop_reason(e: HandshakeError) -> DropReason {
+    match e {
+        HandshakeError::Decrypt | HandshakeError::Internal => DropReason::DecryptFailed,
+        HandshakeError::LowOrder => DropReason::LowOrderKey,
+        HandshakeError::Payload => DropReason::Malformed,
+    }
 }
 
 /// The two transport keys a completed handshake yields. Zeroed on drop.
@@ -38,10 +51,9 @@ pub struct SessionKeys {
 
 impl Drop for SessionKeys {
     fn drop(&mut self) {
-        self.send.fill(0);
-        self.recv.fill(0);
-        // Keeps the optimiser from dropping the wipe of memory about to be freed.
-        std::hint::black_box((&self.send, &self.recv));
+        use zeroize::Zeroize as _;
+        self.send.zeroize();
+        self.recv.zeroize();
     }
 }
 
@@ -49,13 +61,21 @@ impl Drop for SessionKeys {
 /// byte-exact test fixtures only; `None` everywhere else.
 fn builder(ephemeral: Option<&[u8; KEY_LEN]>) -> Result<snow::Builder<'_>, HandshakeError> {
     let params = NOISE_PARAMS.parse().map_err(|_| HandshakeError::Internal)?;
-    let builder = snow::Builder::new(params)
+    let builder = snow::Builder::with_resolver(params, Box::new(super::x25519::Resolver))
         .prologue(PROLOGUE)
         .map_err(|_| HandshakeError::Internal)?;
     Ok(match ephemeral {
         Some(key) => builder.fixed_ephemeral_key_for_testing_only(key),
         None => builder,
     })
+}
+
+/// Why snow refused a message: a low-order key (see `x25519`) or anything else.
+fn read_error(e: snow::Error) -> HandshakeError {
+    match e {
+        snow::Error::Dh => HandshakeError::LowOrder,
+        _ => HandshakeError::Decrypt,
+    }
 }
 
 /// Splits a finished handshake into (initiator-to-responder, responder-to-initiator) keys:
@@ -118,7 +138,7 @@ impl InitiatorHandshake {
         let len = self
             .state
             .read_message(msg.noise(), &mut payload)
-            .map_err(|_| HandshakeError::Decrypt)?;
+            .map_err(read_error)?;
         if len != 0 {
             return Err(HandshakeError::Payload);
         }
@@ -158,7 +178,7 @@ impl ReceivedInitiation {
         let mut payload = [0u8; INITIATION_NOISE_LEN];
         let len = state
             .read_message(msg.noise(), &mut payload)
-            .map_err(|_| HandshakeError::Decrypt)?;
+            .map_err(read_error)?;
         let stamp: [u8; TAI64N_LEN] = payload
             .get(..len)
             .and_then(|p| p.try_into().ok())
@@ -205,7 +225,7 @@ impl ReceivedInitiation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::wire::{INITIATION_LEN, RESPONSE_LEN};
     use std::time::{Duration, SystemTime};
@@ -237,6 +257,94 @@ mod tests {
         assert_eq!(resp.receiver_index(), 7);
         let keys_i = hs.finish(&resp)?;
         Ok(Run { keys_i, keys_r })
+    }
+
+    /// An attacker's X25519: its public key is all zeros (low order), and the shared
+    /// secret it claims is zero, which is what X25519 gives the honest side too.
+    struct LowOrder;
+
+    impl snow::types::Dh for LowOrder {
+        fn name(&self) -> &'static str {
+            "25519"
+        }
+        fn pub_len(&self) -> usize {
+            KEY_LEN
+        }
+        fn priv_len(&self) -> usize {
+            KEY_LEN
+        }
+        fn set(&mut self, _: &[u8]) {}
+        fn generate(&mut self, _: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+            Ok(())
+        }
+        fn pubkey(&self) -> &[u8] {
+            &[0; KEY_LEN]
+        }
+        fn privkey(&self) -> &[u8] {
+            &[0; KEY_LEN]
+        }
+        fn dh(&self, _: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+            out[..KEY_LEN].fill(0);
+            Ok(())
+        }
+    }
+
+    struct Attacker;
+
+    impl snow::resolvers::CryptoResolver for Attacker {
+        fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+            snow::resolvers::DefaultResolver.resolve_rng()
+        }
+        fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+            Some(Box::new(LowOrder))
+        }
+        fn resolve_hash(
+            &self,
+            choice: &snow::params::HashChoice,
+        ) -> Option<Box<dyn snow::types::Hash>> {
+            snow::resolvers::DefaultResolver.resolve_hash(choice)
+        }
+        fn resolve_cipher(
+            &self,
+            choice: &snow::params::CipherChoice,
+        ) -> Option<Box<dyn snow::types::Cipher>> {
+            snow::resolvers::DefaultResolver.resolve_cipher(choice)
+        }
+    }
+
+    /// An initiation whose static and ephemeral keys are both all zeros: without the
+    /// zero-secret check it authenticates, with nobody's private key behind it.
+    pub(crate) fn low_order_initiation(responder: &PublicKey) -> [u8; INITIATION_LEN] {
+        let mut state =
+            snow::Builder::with_resolver(NOISE_PARAMS.parse().unwrap(), Box::new(Attacker))
+                .prologue(PROLOGUE)
+                .and_then(|b| b.local_private_key(&[0; KEY_LEN]))
+                .and_then(|b| b.remote_public_key(responder.as_bytes()))
+                .and_then(|b| b.psk(PSK_POSITION, &[0; KEY_LEN]))
+                .and_then(|b| b.build_initiator())
+                .unwrap();
+        let mut init = [0u8; INITIATION_LEN];
+        let mut msg = Initiation::new_unchecked(&mut init[..]);
+        msg.init_header();
+        msg.set_sender_index(1);
+        let stamp = Tai64N::from_system_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        state
+            .write_message(stamp.as_bytes(), msg.noise_mut())
+            .unwrap();
+        init
+    }
+
+    #[test]
+    fn an_initiation_with_low_order_keys_is_refused() {
+        let responder = PrivateKey::generate();
+        let init = low_order_initiation(&responder.public_key());
+        let read =
+            ReceivedInitiation::read(&responder, &Initiation::new_checked(&init[..]).unwrap());
+        assert_eq!(read.err(), Some(HandshakeError::LowOrder));
+        assert_eq!(
+            drop_reason(HandshakeError::LowOrder),
+            DropReason::LowOrderKey
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod session;
 mod tai64n;
 mod timers;
 mod tunnel;
+mod x25519;
 
 #[cfg(test)]
 mod tests;

@@ -8,13 +8,15 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use zeroize::Zeroizing;
+
 use crate::keys::{KEY_LEN, PrivateKey, PublicKey};
 use crate::wire::{INITIATION_LEN, Initiation, InnerIp, RESPONSE_LEN, Response, Transport};
 
 use super::allowed_ips::AllowedIps;
 use super::cookie::CookieJar;
 use super::drops::{DropCounters, DropReason};
-use super::handshake::{InitiatorHandshake, ReceivedInitiation};
+use super::handshake::{InitiatorHandshake, ReceivedInitiation, drop_reason};
 use super::index::IndexTable;
 use super::session::{Session, SessionError};
 use super::tai64n::Tai64N;
@@ -46,7 +48,7 @@ pub struct Shared<'a> {
 pub struct Peer {
     id: PeerId,
     public_key: PublicKey,
-    psk: [u8; KEY_LEN],
+    psk: Zeroizing<[u8; KEY_LEN]>,
     endpoint: Option<SocketAddr>,
     persistent_keepalive: Option<Duration>,
     /// The session we send on.
@@ -90,7 +92,9 @@ impl Peer {
             psk: config
                 .preshared_key
                 .as_ref()
-                .map_or([0; KEY_LEN], |k| *k.as_bytes()),
+                .map_or(Zeroizing::new([0; KEY_LEN]), |k| {
+                    Zeroizing::new(*k.as_bytes())
+                }),
             endpoint: config.endpoint,
             persistent_keepalive: config.persistent_keepalive.filter(|d| !d.is_zero()),
             current: None,
@@ -496,7 +500,7 @@ impl Peer {
         };
         let keys = match handshake.finish(msg) {
             Ok(keys) => keys,
-            Err(_) => return Inbound::Dropped(self.drop_packet(DropReason::DecryptFailed)),
+            Err(e) => return Inbound::Dropped(self.drop_packet(drop_reason(e))),
         };
         let local_index = handshake.local_index;
         use crate::wire::HandshakeMessage as _;

@@ -3,7 +3,8 @@
 //! initiations as fast as its link allows, and each costs a responder about 0.2 ms of
 //! X25519. So, as WireGuard does, every source (an IPv4 address, an IPv6 /64) gets
 //! [`PER_SECOND`] handshake messages with a burst of [`BURST`]; the rest are dropped
-//! before any DH. The table is bounded and forgets idle sources.
+//! before any DH. The table is bounded, forgets idle sources, and when full makes room
+//! for a new one.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 pub const PER_SECOND: u32 = 20;
 /// How many it may send at once after a quiet spell.
 pub const BURST: u32 = 5;
-/// Sources tracked at once; a new source beyond this is refused until idle ones go.
+/// Sources tracked at once; a new source beyond this takes the place of the quietest.
 const MAX_SOURCES: usize = 8192;
 /// A source idle this long has a full budget again and is forgotten.
 const IDLE: Duration = Duration::from_secs(1);
@@ -53,7 +54,7 @@ impl RateLimiter {
             };
         }
         if self.sources.len() >= MAX_SOURCES {
-            return false;
+            self.evict_quietest();
         }
         self.sources.insert(
             key,
@@ -63,6 +64,22 @@ impl RateLimiter {
             },
         );
         true
+    }
+
+    /// Makes room for a new source by forgetting the one heard from longest ago. Refusing
+    /// instead would let anyone who fills the table (one address per entry, each holding a
+    /// cookie) keep every new peer out; forgetting only costs the evicted source's history,
+    /// which it regains at the next message. A scan of the table, but only when it is full,
+    /// and far cheaper than the DH it guards.
+    fn evict_quietest(&mut self) {
+        if let Some(key) = self
+            .sources
+            .iter()
+            .min_by_key(|(_, b)| b.last)
+            .map(|(key, _)| *key)
+        {
+            self.sources.remove(&key);
+        }
     }
 
     /// Forgets sources idle for [`IDLE`] (their budget is full again), at most once per
@@ -150,11 +167,27 @@ mod tests {
         for i in 0..MAX_SOURCES as u32 {
             assert!(r.allow(t, IpAddr::from((0xc612_0000u32 + i).to_be_bytes())));
         }
-        assert!(
-            !r.allow(t, ip("192.0.2.1")),
-            "a new source when the table is full"
-        );
+        assert_eq!(r.sources.len(), MAX_SOURCES);
         assert!(r.allow(t + IDLE, ip("192.0.2.1")), "idle sources swept");
         assert_eq!(r.sources.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_still_admits_a_new_source_by_forgetting_the_longest_quiet() {
+        let mut r = RateLimiter::default();
+        let t = Instant::now();
+        let oldest = ip("203.0.113.1");
+        assert!(r.allow(t, oldest));
+        let busy = t + IDLE / 2;
+        for i in 1..MAX_SOURCES as u32 {
+            assert!(r.allow(busy, IpAddr::from((0xc612_0000u32 + i).to_be_bytes())));
+        }
+        assert!(
+            r.allow(busy, ip("192.0.2.1")),
+            "a new source when the table is full"
+        );
+        assert_eq!(r.sources.len(), MAX_SOURCES, "still bounded");
+        assert!(!r.sources.contains_key(&oldest), "the longest quiet went");
+        assert!(r.sources.contains_key(&ip("198.18.0.2")));
     }
 }

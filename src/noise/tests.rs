@@ -548,6 +548,19 @@ fn bad_mac1_is_dropped_before_any_dh() {
 }
 
 #[test]
+fn an_initiation_with_low_order_keys_is_dropped_and_counted() {
+    let mut p = Pair::new();
+    let responder = *p.b.tunnel.public_key();
+    let mut init = super::handshake::tests::low_order_initiation(&responder);
+    let mut msg = crate::wire::Initiation::new_unchecked(&mut init[..]);
+    super::cookie::CookieJar::new(&responder).seal(p.now, &mut msg);
+    let mut out = vec![0u8; BUF];
+    let result = p.b.tunnel.handle_datagram(p.now, p.a.addr, &init, &mut out);
+    assert_eq!(result, Inbound::Dropped(DropReason::LowOrderKey));
+    assert_eq!(p.b.tunnel.drops().get(DropReason::LowOrderKey), 1);
+}
+
+#[test]
 fn replayed_initiation_is_stale() {
     let mut p = Pair::new();
     let init = captured_initiation(&mut p);

@@ -15,7 +15,7 @@ use crate::wire::{
 use super::allowed_ips::AllowedIps;
 use super::cookie::{CookieChecker, LoadMonitor, UNDER_LOAD_HANDSHAKES_PER_SECOND};
 use super::drops::{DropCounters, DropReason};
-use super::handshake::{HandshakeError, ReceivedInitiation};
+use super::handshake::{ReceivedInitiation, drop_reason};
 use super::index::IndexTable;
 use super::peer::{Peer, Shared};
 use super::ratelimit::RateLimiter;
@@ -194,10 +194,7 @@ impl Tunnel {
         }
         let received = match ReceivedInitiation::read(&self.private_key, &msg) {
             Ok(received) => received,
-            Err(HandshakeError::Payload) => {
-                return Inbound::Dropped(self.drop_global(DropReason::Malformed));
-            }
-            Err(_) => return Inbound::Dropped(self.drop_global(DropReason::DecryptFailed)),
+            Err(e) => return Inbound::Dropped(self.drop_global(drop_reason(e))),
         };
         let Some(&id) = self.by_key.get(&received.remote) else {
             return Inbound::Dropped(self.drop_global(DropReason::UnknownPeer));

@@ -1,7 +1,7 @@
 //! `vmtun` under test: its config as the user writes it, an instance running in a
 //! namespace (`vmtun up`), and its `status --json`.
 
-use super::{KeyPair, LabError, Netns, PORT, Result, Scratch, TUNNEL_PREFIX, VMTUN, WAIT};
+use super::{KeyPair, LabError, Netns, PORT, Result, Scratch, TUNNEL_PREFIX, VMTUN, WAIT, check};
 use ::vmtun::lab::{self, Process};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -211,6 +211,7 @@ impl<'a> Vmtun<'a> {
     pub fn status(&self) -> Result<Status> {
         let path = self.path.to_string_lossy().into_owned();
         let out = self.ns.run(VMTUN, &["status", "-c", &path, "--json"])?;
+        self.no_private_key("status --json", &out)?;
         serde_json::from_str(&out).map(Status).map_err(|e| {
             LabError::Failed(format!(
                 "`vmtun status --json` printed invalid JSON ({e}): {out}"
@@ -221,7 +222,16 @@ impl<'a> Vmtun<'a> {
     /// `vmtun status -c FILE`, the text a user reads, run in the instance's namespace.
     pub fn status_text(&self) -> Result<String> {
         let path = self.path.to_string_lossy().into_owned();
-        self.ns.run(VMTUN, &["status", "-c", &path])
+        let out = self.ns.run(VMTUN, &["status", "-c", &path])?;
+        self.no_private_key("status", &out)?;
+        Ok(out)
+    }
+
+    /// Fails if `out` (what `vmtun what` printed) shows this instance's private key.
+    fn no_private_key(&self, what: &str, out: &str) -> Result<()> {
+        check(!out.contains(&self.cfg.keys.private), || {
+            format!("`vmtun {what}` printed the private key")
+        })
     }
 
     /// SIGKILL, as a crash: no cleanup runs.
