@@ -21,8 +21,11 @@ timeout --kill-after=30 1500 \
 # What the README relies on beyond the tests: the benches build and run once in test mode
 # (same profile as above, so nothing is built twice), which includes the allocation check
 # (benches/alloc.rs exits non-zero if the per-packet path allocates); and the fuzz
-# targets (their own workspace under fuzz/) still compile against the library.
+# targets (their own workspace under fuzz/) each fuzz briefly, on the stable toolchain, from
+# their seeds and after replaying every crash input ever found (fuzz/regressions/).
 echo "test: the benches in test mode, with the zero-allocation check" >&2
 timeout --kill-after=30 900 cargo test --release --benches
-echo "test: checking the fuzz targets" >&2
+echo "test: checking the fuzz crate (targets, seed generator)" >&2
 timeout --kill-after=30 600 cargo check --manifest-path fuzz/Cargo.toml --bins --examples
+echo "test: every fuzz target for ${FUZZ_SECONDS:-25} s" >&2
+timeout --kill-after=30 900 scripts/fuzz.sh all "${FUZZ_SECONDS:-25}"

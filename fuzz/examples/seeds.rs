@@ -1,60 +1,23 @@
-//! Writes seed corpora for the fuzz targets into `fuzz/corpus/<target>/` (gitignored):
-//! valid WireGuard messages made by two in-memory tunnels (initiation, response, cookie
-//! reply, transport, keepalive), inner IP packets, and valid config files.
+//! Writes the seed corpora kept in the repo, `fuzz/seeds/<target>/`: valid WireGuard
+//! messages made by two in-memory tunnels (initiation, response, cookie reply, transport),
+//! mode bytes that make the handshake targets start from a valid message, inner IP packets,
+//! Ethernet frames for the cutover classifier, and valid config files.
 //!
-//! Run from `fuzz/`: `cargo run --example seeds`.
+//! Run from `fuzz/`: `cargo run --example seeds`. The seeds of `wire` and `datagram` hold
+//! raw messages with random ephemeral keys, so they change at every run; the others do not.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use vmtun::config::Config;
+use vmtun::cutover::classify::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use vmtun::keys::{PresharedKey, PrivateKey};
-use vmtun::noise::{Inbound, MAX_MESSAGE, OVERHEAD, Outbound, PeerConfig, Tunnel, TunnelConfig};
-
-const BUF: usize = MAX_MESSAGE + OVERHEAD + 16;
-
-fn sock(last: u8) -> SocketAddr {
-    SocketAddr::from(([198, 18, 0, last], 51820))
-}
-
-fn pair(now: Instant) -> (Tunnel, Tunnel) {
-    // The same keys as fuzz_targets/datagram.rs, so seeds decrypt there.
-    let key_i = PrivateKey::from_bytes([0x11; 32]);
-    let key_r = PrivateKey::from_bytes([0x22; 32]);
-    let peer = |public_key, endpoint, net: &str| PeerConfig {
-        public_key,
-        preshared_key: None,
-        endpoint,
-        allowed_ips: vec![net.parse().unwrap()],
-        persistent_keepalive: None,
-    };
-    let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let i = TunnelConfig {
-        private_key: key_i.clone(),
-        peers: vec![peer(key_r.public_key(), Some(sock(2)), "100.64.0.2/32")],
-    };
-    let r = TunnelConfig {
-        private_key: key_r,
-        peers: vec![peer(key_i.public_key(), None, "100.64.0.1/32")],
-    };
-    (Tunnel::new(i, now, wall), Tunnel::new(r, now, wall))
-}
-
-fn ipv4(len: usize) -> Vec<u8> {
-    ipv4_from([100, 64, 0, 1], [100, 64, 0, 2], len)
-}
-
-fn ipv4_from(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    p
-}
+use vmtun::noise::{Inbound, Outbound};
+use vmtun_fuzz::{
+    BUF, GATEWAY_MAC, HOST_MAC, answer, first_transport, initiator, initiator_addr, ipv4,
+    ipv4_from, responder, start_handshake,
+};
 
 fn ipv6(payload: usize) -> Vec<u8> {
     let mut p = vec![0u8; 40 + payload];
@@ -76,38 +39,143 @@ fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
     v
 }
 
-fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let (wire, datagram, config) = (
-        root.join("wire"),
-        root.join("datagram"),
-        root.join("config"),
+/// Mode bytes (see each target's doc) and small XOR patterns over the valid message: the
+/// same bytes at every run.
+fn handshake_seeds(responder: &Path, initiator: &Path) {
+    let zeros = |kind: u8, len: usize| {
+        let mut m = vec![0u8; len];
+        m[0] = kind;
+        with_mode(0, &m)
+    };
+    let mut flip_index = vec![1u8, 0, 0, 0, 0, 0xff];
+    for (name, bytes) in [
+        ("initiation_as_is", vec![1]),
+        ("initiation_under_load", vec![3]),
+        ("initiation_replayed", vec![0x41]),
+        ("initiation_truncated", with_mode(0x81, &[0; 100])),
+        ("sender_index_flipped", flip_index.clone()),
+        ("zero_initiation", zeros(1, 148)),
+        ("zero_response", zeros(2, 92)),
+    ] {
+        write(responder, name, &bytes);
+    }
+    flip_index.extend_from_slice(&[0, 0, 0, 0xff]);
+    for (name, bytes) in [
+        ("response_as_is", vec![1]),
+        ("cookie_reply_as_is", vec![2]),
+        ("response_then_timers", vec![0x41]),
+        ("cookie_reply_then_timers", vec![0x42]),
+        ("response_truncated", with_mode(0x81, &[0; 60])),
+        ("receiver_index_flipped", flip_index),
+        ("zero_response", zeros(2, 92)),
+        ("zero_cookie_reply", zeros(3, 64)),
+    ] {
+        write(initiator, name, &bytes);
+    }
+}
+
+/// Ethernet frames for the classifier (subnets 203.0.113.0/29 and 2001:db8:1::/64).
+fn frame_seeds(dir: &Path) {
+    let client4 = Ipv4Addr::new(198, 51, 100, 7);
+    let vm4 = Ipv4Addr::new(203, 0, 113, 2);
+    let client6: Ipv6Addr = "2001:db8:99::7".parse().unwrap();
+    let vm6: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+    let native4 = frame(
+        HOST_MAC,
+        GATEWAY_MAC,
+        ETHERTYPE_IPV4,
+        &ipv4_udp(client4, vm4),
     );
+    let native6 = frame(
+        HOST_MAC,
+        GATEWAY_MAC,
+        ETHERTYPE_IPV6,
+        &ipv6_packet(17, client6, vm6),
+    );
+    let mut neighbour = native4.clone();
+    neighbour[11] = 0x66;
+    let mut ns = ipv6_packet(58, client6, vm6);
+    ns[40] = 135;
+    ns[7] = 255;
+    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    arp.extend_from_slice(&GATEWAY_MAC);
+    arp.extend_from_slice(&client4.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&vm4.octets());
+    for (name, bytes) in [
+        ("native_ipv4", native4.clone()),
+        ("native_ipv6", native6),
+        (
+            "from_vm",
+            frame(
+                HOST_MAC,
+                GATEWAY_MAC,
+                ETHERTYPE_IPV4,
+                &ipv4_udp(vm4, client4),
+            ),
+        ),
+        ("from_neighbour", neighbour),
+        (
+            "neighbour_solicitation",
+            frame(HOST_MAC, GATEWAY_MAC, ETHERTYPE_IPV6, &ns),
+        ),
+        (
+            "arp_request",
+            frame([0xff; 6], GATEWAY_MAC, ETHERTYPE_ARP, &arp),
+        ),
+        ("truncated_ipv4", native4[..30].to_vec()),
+    ] {
+        write(dir, name, &bytes);
+    }
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv4/UDP packet with a valid header checksum (RFC 1071) and 8 payload bytes.
+fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut p = ipv4_from(src.octets(), dst.octets(), 36);
+    let sum = p[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    p[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    p[20..28].copy_from_slice(&[0x9c, 0x40, 0, 9, 0, 16, 0, 0]);
+    p
+}
+
+/// An IPv6 packet with next header `next` and 16 payload bytes (checksums left zero: the
+/// classifier does not check them).
+fn ipv6_packet(next: u8, src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut p = ipv6(16);
+    p[6] = next;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let dir = |target: &str| root.join(target);
+    let (wire, datagram, config) = (dir("wire"), dir("datagram"), dir("config"));
     let now = Instant::now();
-    let mut out = vec![0u8; BUF];
     let mut back = vec![0u8; BUF];
 
     // Handshake and data.
-    let (mut i, mut r) = pair(now);
-    assert_eq!(
-        i.handle_outbound(now, &ipv4(84), &mut out),
-        Outbound::Queued
-    );
-    let t = i.poll_transmit(now, &mut out).unwrap();
-    let init = out[..t.len].to_vec();
-    let Inbound::Send(t) = r.handle_datagram(now, sock(1), &init, &mut back) else {
-        panic!("no response")
-    };
-    let resp = back[..t.len].to_vec();
-    assert_eq!(
-        i.handle_datagram(now, sock(2), &resp, &mut out),
-        Inbound::Consumed
-    );
-    let t = i.poll_transmit(now, &mut out).unwrap();
-    let transport = out[..t.len].to_vec();
+    let (mut i, mut r) = (initiator(now), responder(now));
+    let init = start_handshake(&mut i, now);
+    let resp = answer(&mut r, now, &init);
+    let transport = first_transport(&mut i, now, &resp);
     // The responder's first packet back, after the first transport confirmed its session.
     assert!(matches!(
-        r.handle_datagram(now, sock(1), &transport, &mut back),
+        r.handle_datagram(now, initiator_addr(), &transport, &mut back),
         Inbound::Deliver { .. }
     ));
     let Outbound::Send(t) = r.handle_outbound(
@@ -120,12 +188,9 @@ fn main() {
     let reverse = back[..t.len].to_vec();
 
     // A cookie reply: a responder forced under load answers the initiation with one.
-    let (_, mut loaded) = pair(now);
+    let mut loaded = responder(now);
     loaded.set_under_load_threshold(0);
-    let cookie = match loaded.handle_datagram(now, sock(1), &init, &mut back) {
-        Inbound::Send(t) => back[..t.len].to_vec(),
-        other => panic!("no cookie reply: {other:?}"),
-    };
+    let cookie = answer(&mut loaded, now, &init);
 
     let messages = [
         ("initiation", init.clone()),
@@ -154,6 +219,9 @@ fn main() {
         &with_mode(2, &[0, 0, 0, 0, 0, 0, 0, 0, 1]),
     );
     write(&datagram, "transport_then_timers", &with_mode(0x42, &[]));
+
+    handshake_seeds(&dir("responder"), &dir("initiator"));
+    frame_seeds(&dir("classify"));
 
     // Configs: a plain tunnel, one with every optional field, both migration roles.
     let k = |b: u8| PrivateKey::from_bytes([b; 32]);

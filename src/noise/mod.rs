@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 
 pub use allowed_ips::AllowedIps;
+/// Public so fuzz targets can give arbitrary handshake bytes a valid mac1 and so reach the
+/// handshake state machine behind that cheap check.
+pub use cookie::MacKeys;
 pub use cookie::{COOKIE_LIFETIME, UNDER_LOAD_HANDSHAKES_PER_SECOND};
 pub use drops::{DropCounters, DropReason};
 pub use replay::{ReplayWindow, WINDOW_SIZE as REPLAY_WINDOW};
