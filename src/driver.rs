@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::busy_poll::BusyPoll;
 use crate::migration::Migration;
 use crate::noise::{Event, Inbound, Outbound, PeerId, Tunnel};
-use crate::read_error;
+use crate::read_error::{self, Source};
 use crate::status::{BusyPollStatus, PeerStatus, Reply, Request, Status};
 use crate::tun::{Tun, TunRx, TunTx};
 use crate::udp::{GsoBatch, Udp, UdpRx};
@@ -257,7 +257,10 @@ impl Driver {
             match self.tun.try_recv(tun_rx) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if read_error::is_fatal(&e) => return Err(e),
+                Err(e) if read_error::is_fatal(&e) => {
+                    let tun = Source::Tun(&self.identity.interface);
+                    return Err(read_error::ended(tun, &e));
+                }
                 Err(e) => {
                     self.io_drops.tun_read += 1;
                     tracing::debug!("TUN read failed, skipped: {e}");
@@ -288,7 +291,10 @@ impl Driver {
             match self.udp.try_recv(udp_rx) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if read_error::is_fatal(&e) => return Err(e),
+                Err(e) if read_error::is_fatal(&e) => {
+                    let udp = Source::Udp(self.identity.listen_port);
+                    return Err(read_error::ended(udp, &e));
+                }
                 // ICMP errors from an earlier send surface here too; they say nothing about
                 // this socket.
                 Err(e) => {

@@ -1,0 +1,100 @@
+//! Faults of the night (issue 13): what the hosts, the network and the operator do to a
+//! running `vmtun up`, and what it must survive or how it must end.
+//!
+//! ```text
+//!   ns a                                  ns b (role new in the tests of devices gone)
+//!   vmtun 100.64.0.1                      vmtun 100.64.0.2
+//!   ul0 198.18.0.1/24 ──────── veth ───── ul0 198.18.0.2/24
+//!                                         br0 198.18.5.2/24 (the native bridge, no port)
+//! ```
+//!
+//! The migration lab (`vmtun::lab::migration`) carries the test of the old host crashing
+//! after the move.
+
+mod common;
+
+use common::*;
+use vmtun::lab::migration::hosts::mark_rules;
+
+/// The VMs' subnet in the role-new config of the tests of devices gone.
+const SUBNET: &str = "203.0.113.0/29";
+/// The native bridge on B: the tunnel does not run over it, so it can go alone.
+const BRIDGE: &str = "br0";
+/// The gateway MAC the config names, so the watcher starts without a router on the bridge.
+const GATEWAY_MAC: &str = "02:00:00:00:05:01";
+
+/// Makes B a host that can be the new host of a move: forwarding on, and a native bridge
+/// the tunnel does not use.
+fn prepare_new_host(net: &Pair) -> Result<()> {
+    net.b.sysctl("net.ipv4.ip_forward", "1")?;
+    net.b.add_bridge(BRIDGE)?;
+    net.b.add_address(BRIDGE, "198.18.5.2/24")
+}
+
+/// On a pair made by [`prepare_new_host`], A a plain tunnel and B the new host of a move:
+/// role new, the subnet's mark rule, table and nftables table in place, the cutover
+/// watcher on the bridge. Returns once B's pings reach A through the tunnel.
+fn start_with_new_host(net: &Pair) -> Result<(Vmtun<'_>, Vmtun<'_>)> {
+    let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
+    let mut cb = VmtunCfg::new(
+        &kb,
+        TUNNEL_B,
+        vec![PeerCfg::new(&ka.public, Some(UNDERLAY_A), TUNNEL_A)],
+    );
+    cb.peers[0].allowed_ips = vec!["0.0.0.0/0".into()];
+    cb.extra = format!(
+        "\n[migration]\nrole = \"new\"\nsubnets = [{SUBNET:?}]\nvia = {TUNNEL_A:?}\n\
+         vif_prefix = \"vif\"\nbridge = {BRIDGE:?}\ngateways = [{GATEWAY_MAC:?}]\n"
+    );
+    let b = Vmtun::start(&net.b, &net.scratch, cb)?;
+    let a = Vmtun::start(
+        &net.a,
+        &net.scratch,
+        VmtunCfg::new(
+            &ka,
+            TUNNEL_A,
+            vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)],
+        ),
+    )?;
+    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    check(mark_rules(&net.b)? == [SUBNET], || {
+        format!("B's mark rule is not in place: {:?}", mark_rules(&net.b))
+    })?;
+    Ok((a, b))
+}
+
+/// The TUN device deleted under a running `vmtun up`: it ends with one line naming the
+/// device, a non-zero exit, and the host as it was before (routes, rules, nftables table,
+/// sysctls, its files in /run/vmtun).
+#[test]
+fn a_deleted_tun_device_ends_up_with_one_clear_error_and_undoes_the_rest() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let net = Pair::new("tungone")?;
+    prepare_new_host(&net)?;
+    let before = snapshot(&net.b)?;
+    let (_a, mut b) = start_with_new_host(&net)?;
+    net.b.ip(&["link", "del", b.ifname()])?;
+    let process = b.process_mut().expect("running");
+    let status = process.wait_timeout(WAIT).map_err(|e| {
+        LabError::Failed(format!(
+            "vmtun up still runs after its TUN device was deleted: {e}\n{}",
+            process.stderr_tail()
+        ))
+    })?;
+    let stderr = process.stderr();
+    check(!status.success(), || {
+        format!("vmtun up exited with {status} after losing its device:\n{stderr}")
+    })?;
+    let last = stderr.lines().last().unwrap_or_default();
+    check(
+        last.starts_with("vmtun: ") && last.contains(b.ifname()) && last.contains("deleted"),
+        || format!("the last line does not say the device was deleted: {last:?}\n{stderr}"),
+    )?;
+    b.check_gone()?;
+    let after = snapshot(&net.b)?;
+    check(after == before, || {
+        format!(
+            "B after the exit differs from before up:\n--- before\n{before}\n--- after\n{after}"
+        )
+    })
+}
