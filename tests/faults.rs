@@ -98,3 +98,56 @@ fn a_deleted_tun_device_ends_up_with_one_clear_error_and_undoes_the_rest() -> Re
         )
     })
 }
+
+/// The native bridge deleted while the cutover watcher runs on it (role new): the watcher
+/// fails with an error naming the bridge, the tunnel keeps running, and `vmtun cutover` by
+/// hand still removes the mark rule.
+#[test]
+fn a_deleted_bridge_fails_the_watcher_only() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let net = Pair::new("brgone")?;
+    prepare_new_host(&net)?;
+    let (_a, mut b) = start_with_new_host(&net)?;
+    let phase = |b: &Vmtun<'_>| -> Result<serde_json::Value> {
+        Ok(b.status()?.0["migration"]["cutover"]["phase"].clone())
+    };
+    check(phase(&b)? == "watching", || {
+        format!("the watcher is not watching after up: {:?}", phase(&b))
+    })?;
+    net.b.ip(&["link", "del", BRIDGE])?;
+    let error = wait_for(WAIT, "vmtun status to show the watcher failed", || {
+        let phase = phase(&b).ok()?;
+        phase["failed"]["error"].as_str().map(str::to_owned)
+    })?;
+    let gone = format!("interface {BRIDGE}: disappeared; run `vmtun cutover` by hand");
+    check(error == gone, || {
+        format!("the watcher's error: {error:?}, expected {gone:?}")
+    })?;
+    let log = b.process().map(|p| p.stderr()).unwrap_or_default();
+    check(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.ends_with(&gone)),
+        || format!("no error line {gone:?} in the log:\n{log}"),
+    )?;
+    // The tunnel runs on: a new exchange both ways, after the watcher ended.
+    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    check(mark_rules(&net.b)? == [SUBNET], || {
+        "the mark rule went with the watcher: the cutover by hand would prove nothing".into()
+    })?;
+    let path = b.path.to_string_lossy().into_owned();
+    net.b.run(VMTUN, &["cutover", "-c", &path])?;
+    check(mark_rules(&net.b)?.is_empty(), || {
+        format!(
+            "the mark rule is still there after vmtun cutover: {:?}",
+            mark_rules(&net.b)
+        )
+    })?;
+    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    let status = b.stop_with(libc::SIGTERM)?;
+    eprintln!(
+        "vmtun up exited with {status}:\n{}",
+        b.process().map(|p| p.stderr_tail()).unwrap_or_default()
+    );
+    b.check_gone()
+}
