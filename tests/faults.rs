@@ -13,8 +13,133 @@
 
 mod common;
 
+use common::transfer::{Report, TRANSFER_TIMEOUT, Transfer};
 use common::*;
+use std::time::Duration;
 use vmtun::lab::migration::hosts::mark_rules;
+
+/// Bytes of the transfers that cross a fault.
+const ACROSS: usize = BIG / 5;
+/// How long the underlay link stays down.
+const LINK_DOWN: Duration = Duration::from_secs(5);
+
+/// A and B up, each knowing the other's endpoint, pinging through the tunnel.
+fn start_pair(net: &Pair) -> Result<(Vmtun<'_>, Vmtun<'_>)> {
+    let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
+    let peer = |k: &KeyPair, at, addr| PeerCfg::new(&k.public, Some(at), addr);
+    let b = Vmtun::start(
+        &net.b,
+        &net.scratch,
+        VmtunCfg::new(&kb, TUNNEL_B, vec![peer(&ka, UNDERLAY_A, TUNNEL_A)]),
+    )?;
+    let a = Vmtun::start(
+        &net.a,
+        &net.scratch,
+        VmtunCfg::new(&ka, TUNNEL_A, vec![peer(&kb, UNDERLAY_B, TUNNEL_B)]),
+    )?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)?;
+    Ok((a, b))
+}
+
+/// A TCP transfer of [`ACROSS`] bytes from `from` to `to_addr` (in `to`) through the tunnel,
+/// with `fault` done once a fifth of it is written: the sender waits there until `fault`
+/// calls [`Transfer::resume`] (or returns). Fails unless every byte arrives intact and part
+/// of them crossed after the fault began.
+fn transfer_across(
+    from: &Netns,
+    to: &Netns,
+    to_addr: &str,
+    fault: impl FnOnce(&Transfer) -> Result<()>,
+) -> Result<Report> {
+    let xfer = Transfer::start(from, to, to_addr, ACROSS, Some(ACROSS / 5))?;
+    xfer.wait_milestone(Duration::from_secs(60))?;
+    let before_fault = xfer.received();
+    fault(&xfer)?;
+    xfer.resume();
+    let report = xfer.finish(TRANSFER_TIMEOUT)?;
+    report.check(ACROSS)?;
+    check(before_fault < ACROSS as u64, || {
+        "every byte had arrived before the fault: the test proved nothing".into()
+    })?;
+    eprintln!(
+        "{ACROSS} bytes intact in {:?}, {before_fault} of them before the fault",
+        report.elapsed
+    );
+    Ok(report)
+}
+
+/// The underlay link goes down for 5 s in the middle of a transfer and comes back: the
+/// transfer finishes intact, with nothing crossing while the link is down.
+#[test]
+fn the_underlay_link_down_for_five_seconds_stalls_the_transfer_only() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("linkdown")?;
+    let (_a, _b) = start_pair(&net)?;
+    transfer_across(&net.a, &net.b, TUNNEL_B, |xfer| {
+        net.a.ip(&["link", "set", UNDERLAY_DEV, "down"])?;
+        xfer.resume();
+        let down_at = xfer.received();
+        std::thread::sleep(LINK_DOWN);
+        let crossed = xfer.received() - down_at;
+        net.a.link_up(UNDERLAY_DEV)?;
+        // What was already in B's socket may still land; a whole megabyte cannot.
+        check(crossed < 1 << 20, || {
+            format!("{crossed} bytes crossed while the link was down: it was not")
+        })
+    })?;
+    wait_ping(&net.b, TUNNEL_A, WAIT)
+}
+
+/// B's underlay address changes in the middle of a transfer from B. A has B's old address
+/// configured as its endpoint and must follow B to the new one from B's authenticated
+/// packets (the other direction of `tests/tunnel.rs`'s roaming initiator).
+#[test]
+fn a_configured_endpoint_follows_the_peer_to_its_new_address() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("roamb")?;
+    // Deleting the primary address would otherwise delete the new secondary one with it.
+    let promote = format!("net.ipv4.conf.{UNDERLAY_DEV}.promote_secondaries");
+    net.b.sysctl(&promote, "1")?;
+    let (a, b) = start_pair(&net)?;
+    let moved_to = "198.18.0.12";
+    transfer_across(&net.b, &net.a, TUNNEL_A, |_| {
+        net.b
+            .add_address(UNDERLAY_DEV, &format!("{moved_to}/{UNDERLAY_PREFIX}"))?;
+        net.b
+            .del_address(UNDERLAY_DEV, &format!("{UNDERLAY_B}/{UNDERLAY_PREFIX}"))
+    })?;
+    let new = format!("{moved_to}:{PORT}");
+    let endpoint = a.status()?.endpoint(b.public_key());
+    check(endpoint.as_deref() == Some(&new[..]), || {
+        format!("A sends to {endpoint:?} after B moved to {new}")
+    })?;
+    wait_ping(&net.a, TUNNEL_B, WAIT)
+}
+
+/// A's `vmtun up` is killed (SIGKILL) in the middle of a transfer and started again: the
+/// transfer, whose TCP connection outlives the tunnel, finishes intact.
+#[test]
+fn a_peer_killed_and_restarted_mid_transfer_loses_no_byte() -> Result<()> {
+    preflight(&["ping"]);
+    let net = Pair::new("restart")?;
+    let (mut a, b) = start_pair(&net)?;
+    let mut killed_at = None;
+    transfer_across(&net.a, &net.b, TUNNEL_B, |xfer| {
+        a.kill()?;
+        killed_at = Some(std::time::Instant::now());
+        xfer.resume();
+        a.launch()
+    })?;
+    let since_kill = killed_at.map(|t| t.elapsed().as_secs_f64());
+    let status = b.status()?;
+    let age = status.handshake_secs(a.public_key());
+    check(age.is_some() && age < since_kill, || {
+        format!(
+            "B shows no handshake with A since A was killed {since_kill:?} s ago: {:?}",
+            status.0
+        )
+    })
+}
 
 /// The VMs' subnet in the role-new config of the tests of devices gone.
 const SUBNET: &str = "203.0.113.0/29";
