@@ -104,6 +104,49 @@ impl Pair {
     }
 }
 
+/// Two hosts joined through a third namespace whose [`lab::impair::Wire`] carries the
+/// frames, dropping and delaying them as `impairment` says (netem in userspace).
+///
+/// ```text
+///   ns a                       ns wan                      ns b
+///   ul0 198.18.0.1/24 ─── wa ─ Wire (loss, delay) ─ wb ─── ul0 198.18.0.2/24
+/// ```
+pub struct Wan {
+    /// Configs, keys and logs of this test.
+    pub scratch: Scratch,
+    /// Host A.
+    pub a: Netns,
+    /// Host B.
+    pub b: Netns,
+    /// The wire; stopped before the namespaces go.
+    pub wire: Option<lab::impair::Wire>,
+    wan: Netns,
+}
+
+impl Wan {
+    /// Builds the hosts and the wire; `test` tags the namespaces and the scratch directory.
+    pub fn new(test: &str, impairment: lab::impair::Impairment) -> Result<Self> {
+        let scratch = Scratch::new(test)?;
+        let a = host("a")?;
+        let b = host("b")?;
+        let wan = host("wan")?;
+        for (ns, end, addr) in [(&a, "wa", UNDERLAY_A), (&b, "wb", UNDERLAY_B)] {
+            lab::veth(ns, UNDERLAY_DEV, &wan, end)?;
+            ns.add_address(UNDERLAY_DEV, &format!("{addr}/{UNDERLAY_PREFIX}"))?;
+            // One packet per frame, so the wire's loss is per packet (see lab::impair).
+            ns.ip(&["link", "set", UNDERLAY_DEV, "gso_max_segs", "1"])?;
+        }
+        let wire = lab::impair::Wire::start(&wan, "wa", "wb", impairment)?;
+        Ok(Self {
+            scratch,
+            a,
+            b,
+            wire: Some(wire),
+            wan,
+        })
+    }
+}
+
 /// Hosts on a switched underlay: a bridge in its own namespace, one veth per host.
 ///
 /// ```text

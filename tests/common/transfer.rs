@@ -159,6 +159,36 @@ pub fn transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) -> Result
     Ok(report)
 }
 
+/// Sends `bytes` from `from` to `to_addr` in `to` over `streams` connections at once (the
+/// bytes split evenly), and checks every stream's hashes. For lossy paths: one TCP
+/// connection's rate falls with the square root of the loss (Mathis et al.) whatever
+/// carries it, several share the loss. The report of the stream that finished last.
+pub fn transfer_parallel(
+    from: &Netns,
+    to: &Netns,
+    to_addr: &str,
+    bytes: usize,
+    streams: usize,
+) -> Result<Report> {
+    let each = bytes / streams;
+    let transfers = (0..streams)
+        .map(|_| Transfer::start(from, to, to_addr, each, None))
+        .collect::<Result<Vec<_>>>()?;
+    let mut last: Option<Report> = None;
+    for t in transfers {
+        let report = t.finish(TRANSFER_TIMEOUT)?;
+        report.check(each)?;
+        last = Some(last.map_or(report.clone(), |l| {
+            if l.elapsed > report.elapsed {
+                l
+            } else {
+                report
+            }
+        }));
+    }
+    last.ok_or_else(|| LabError::Refused("a transfer over no stream".into()))
+}
+
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> LabError + '_ {
     move |e| LabError::io(what, e)
 }
