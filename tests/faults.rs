@@ -14,11 +14,16 @@
 //! after the move.
 
 mod common;
+#[path = "common/migration.rs"]
+mod helpers;
 
 use common::transfer::{Report, TRANSFER_TIMEOUT, Transfer, transfer_parallel};
 use common::*;
 use std::time::Duration;
 use vmtun::lab::migration::hosts::mark_rules;
+use vmtun::lab::migration::probe::unix_ns;
+use vmtun::lab::migration::topology::MigrationLab;
+use vmtun::lab::migration::{FWMARK, SUBNET, TABLE};
 
 /// Bytes of the transfers that cross a fault.
 const ACROSS: usize = BIG / 5;
@@ -200,8 +205,6 @@ fn a_peer_killed_and_restarted_mid_transfer_loses_no_byte() -> Result<()> {
     })
 }
 
-/// The VMs' subnet in the role-new config of the tests of devices gone.
-const SUBNET: &str = "203.0.113.0/29";
 /// The native bridge on B: the tunnel does not run over it, so it can go alone.
 const BRIDGE: &str = "br0";
 /// The gateway MAC the config names, so the watcher starts without a router on the bridge.
@@ -334,4 +337,74 @@ fn a_deleted_bridge_fails_the_watcher_only() -> Result<()> {
         b.process().map(|p| p.stderr_tail()).unwrap_or_default()
     );
     b.check_gone()
+}
+
+/// How long the old host stays dead in the migration test: long enough for the new host to
+/// notice (its data gets no answer) if it were to react.
+const OLD_HOST_DOWN: Duration = Duration::from_secs(3);
+
+/// What of the new host's routing of the move is in place now: its mark rule, its fwmark
+/// rule and the default route of its table; `None` if all of it is.
+fn new_host_routing_missing(ns: &Netns) -> Result<Option<String>> {
+    let marks = mark_rules(ns)?;
+    let rules = ns.ip(&["rule", "show"])?;
+    let table = ns.ip(&["route", "show", "table", &TABLE.to_string()])?;
+    let fwmark = format!("fwmark {FWMARK:#x} lookup {TABLE}");
+    Ok(
+        (marks != [SUBNET] || !rules.contains(&fwmark) || !table.starts_with("default "))
+            .then(|| format!("mark rules {marks:?}\nip rule:\n{rules}\ntable {TABLE}:\n{table}")),
+    )
+}
+
+/// After the move (before the provider's switch) the old host's vmtun is killed (SIGKILL)
+/// and started again 3 s later: the moved VM answers the client again, and the new host
+/// kept its mark rule, fwmark rule and table the whole time (polled while the old host was
+/// down and until the VM answered).
+#[test]
+fn the_old_host_killed_after_the_move_comes_back_and_the_new_host_keeps_its_routing() -> Result<()>
+{
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("oldkill")?;
+    let lab = MigrationLab::build(1)?;
+    let mut m = helpers::moved(&lab, &scratch)?;
+    let polled = |what: &str| -> Result<()> {
+        match new_host_routing_missing(&lab.new)? {
+            None => Ok(()),
+            Some(state) => Err(LabError::Failed(format!(
+                "{what}, the new host lost part of its routing of the move:\n{state}\n{}",
+                m.new.log()
+            ))),
+        }
+    };
+    polled("before the old host was killed")?;
+    m.old.kill()?;
+    let killed = std::time::Instant::now();
+    let mut polls = 0;
+    while killed.elapsed() < OLD_HOST_DOWN {
+        polled("while the old host was down")?;
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let silent = unix_ns();
+    m.old.launch()?;
+    let relaunched = unix_ns();
+    let answered = wait_for(WAIT, "the VM answered after the old host came back", || {
+        if let Err(e) = polled("until the VM answered again") {
+            return Some(Err(e));
+        }
+        polls += 1;
+        let prober = m.prober.as_ref()?;
+        prober.answered_since(relaunched).then_some(Ok(()))
+    })?;
+    answered?;
+    // While the old host was dead, the VM was not reached: the kill was real.
+    let log = m.prober().snapshot();
+    let window = log.sent_ns.partition_point(|&t| t < silent - 1_000_000_000)
+        ..log.sent_ns.partition_point(|&t| t < silent);
+    let answered_while_dead = log.replies[window].iter().flatten().count();
+    check(answered_while_dead == 0, || {
+        format!("{answered_while_dead} probes were answered while the old host was dead")
+    })?;
+    eprintln!("the new host's routing was in place at each of {polls} polls");
+    Ok(())
 }

@@ -14,95 +14,13 @@ mod helpers;
 
 use common::{Result, Scratch, check, preflight, wait_until};
 use helpers::{
-    HostState, VMTUN, WAIT, launch_both, migration_status_text, prepare_hosts, probing,
-    wait_cutover_done,
+    HostState, VMTUN, WAIT, migration_status_text, moved, prepare_hosts, wait_cutover_done,
 };
 use vmtun::lab::migration::hosts::{HostVmtun, mark_rules};
-use vmtun::lab::migration::probe::{Echo, Prober, unix_ns};
+use vmtun::lab::migration::probe::unix_ns;
 use vmtun::lab::migration::stats::Via;
-use vmtun::lab::migration::topology::{MigrationLab, Site};
-use vmtun::lab::migration::{BRIDGE, CLIENT, ECHO_PORT, VIF};
-
-/// The lab with the VM moved to the new host and answered there through the tunnel
-/// (before the provider's switch); both hosts' vmtun up; the client probing at 1 kHz.
-struct Moved<'a> {
-    lab: &'a MigrationLab,
-    old: HostVmtun<'a>,
-    new: HostVmtun<'a>,
-    prober: Option<Prober>,
-    _echo: Echo,
-}
-
-fn moved<'a>(lab: &'a MigrationLab, scratch: &Scratch) -> Result<Moved<'a>> {
-    let echo = Echo::start(&lab.vm, ECHO_PORT)?;
-    let (mut old, mut new) = prepare_hosts(lab, scratch, "auto")?;
-    launch_both(lab, &mut old, &mut new)?;
-    let prober = probing(lab, 1000)?;
-    lab.move_vm(Site::Old, Site::New)?;
-    new.vif_up(VIF)?;
-    let at = unix_ns();
-    wait_until(WAIT, "replies through the tunnel after the move", || {
-        prober.answered_since(at)
-    })?;
-    Ok(Moved {
-        lab,
-        old,
-        new,
-        prober: Some(prober),
-        _echo: echo,
-    })
-}
-
-impl Moved<'_> {
-    fn prober(&self) -> &Prober {
-        self.prober.as_ref().expect("probing")
-    }
-
-    /// Runs `command` in the new host (another program removing vmtun's objects) and waits
-    /// for the VM to be answered again; prints how long that took.
-    fn removed_and_answered_again(&self, what: &str, command: &[&str]) -> Result<()> {
-        let started = unix_ns();
-        self.lab.new.run(command[0], &command[1..])?;
-        let returned = unix_ns();
-        wait_until(WAIT, &format!("the VM answered again after {what}"), || {
-            self.prober().answered_since(returned)
-        })
-        .map_err(|e| {
-            common::LabError::Failed(format!("{e}; the new host's log:\n{}", self.new.log()))
-        })?;
-        let log = self.prober().snapshot();
-        let first = log.sent_ns.partition_point(|&t| t < returned);
-        let answer = log.replies[first..]
-            .iter()
-            .flatten()
-            .map(|r| r.received_ns)
-            .min()
-            .unwrap_or(returned);
-        let status = self.new.status()?;
-        eprintln!(
-            "after {what}: answered again {:.1} ms after the command started ({:.1} ms after \
-             it returned); vmtun's restore took {:.1} ms",
-            (answer - started) as f64 / 1e6,
-            answer.saturating_sub(returned) as f64 / 1e6,
-            status["restore"]["last"]["took_ns"]
-                .as_f64()
-                .unwrap_or(f64::NAN)
-                / 1e6
-        );
-        Ok(())
-    }
-
-    /// Replies to probes sent since `since_ns` that came back through `via`.
-    fn replies_since(&self, since_ns: u64, via: Via) -> usize {
-        let log = self.prober().snapshot();
-        let first = log.sent_ns.partition_point(|&t| t < since_ns);
-        log.replies[first..]
-            .iter()
-            .flatten()
-            .filter(|r| r.via == via)
-            .count()
-    }
-}
+use vmtun::lab::migration::topology::MigrationLab;
+use vmtun::lab::migration::{BRIDGE, CLIENT};
 
 /// `vmtun status --json`'s restore count.
 fn restores(host: &HostVmtun<'_>) -> Result<u64> {

@@ -10,8 +10,9 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmtun::lab::migration::hosts::{CutoverState, HostConfig, HostVmtun, KeyPair};
-use vmtun::lab::migration::probe::Prober;
-use vmtun::lab::migration::topology::MigrationLab;
+use vmtun::lab::migration::probe::{Echo, Prober, unix_ns};
+use vmtun::lab::migration::stats::Via;
+use vmtun::lab::migration::topology::{MigrationLab, Site};
 use vmtun::lab::migration::{ECHO_PORT, TUNNEL_NEW, VIF, VM_ADDR};
 use vmtun::lab::{LabError, Netns, Result, Scratch, wait_for, wait_until};
 
@@ -68,6 +69,91 @@ pub fn probing(lab: &MigrationLab, rate_hz: u32) -> Result<Prober> {
     let prober = Prober::start(&lab.client, target, rate_hz)?;
     wait_until(WAIT, "the first reply", || prober.answered_since(0))?;
     Ok(prober)
+}
+
+/// The lab with the VM moved to the new host and answered there through the tunnel
+/// (before the provider's switch); both hosts' vmtun up; the client probing at 1 kHz.
+pub struct Moved<'a> {
+    /// The lab.
+    pub lab: &'a MigrationLab,
+    /// The old host's vmtun.
+    pub old: HostVmtun<'a>,
+    /// The new host's vmtun.
+    pub new: HostVmtun<'a>,
+    /// The client's probes; `None` once a test stopped them.
+    pub prober: Option<Prober>,
+    _echo: Echo,
+}
+
+/// Builds [`Moved`] on `lab`: both hosts up, the client probing, the VM moved and answered.
+pub fn moved<'a>(lab: &'a MigrationLab, scratch: &Scratch) -> Result<Moved<'a>> {
+    let echo = Echo::start(&lab.vm, ECHO_PORT)?;
+    let (mut old, mut new) = prepare_hosts(lab, scratch, "auto")?;
+    launch_both(lab, &mut old, &mut new)?;
+    let prober = probing(lab, 1000)?;
+    lab.move_vm(Site::Old, Site::New)?;
+    new.vif_up(VIF)?;
+    let at = unix_ns();
+    wait_until(WAIT, "replies through the tunnel after the move", || {
+        prober.answered_since(at)
+    })?;
+    Ok(Moved {
+        lab,
+        old,
+        new,
+        prober: Some(prober),
+        _echo: echo,
+    })
+}
+
+impl Moved<'_> {
+    /// The running prober.
+    pub fn prober(&self) -> &Prober {
+        self.prober.as_ref().expect("probing")
+    }
+
+    /// Runs `command` in the new host (another program removing vmtun's objects) and waits
+    /// for the VM to be answered again; prints how long that took.
+    pub fn removed_and_answered_again(&self, what: &str, command: &[&str]) -> Result<()> {
+        let started = unix_ns();
+        self.lab.new.run(command[0], &command[1..])?;
+        let returned = unix_ns();
+        wait_until(WAIT, &format!("the VM answered again after {what}"), || {
+            self.prober().answered_since(returned)
+        })
+        .map_err(|e| LabError::Failed(format!("{e}; the new host's log:\n{}", self.new.log())))?;
+        let log = self.prober().snapshot();
+        let first = log.sent_ns.partition_point(|&t| t < returned);
+        let answer = log.replies[first..]
+            .iter()
+            .flatten()
+            .map(|r| r.received_ns)
+            .min()
+            .unwrap_or(returned);
+        let status = self.new.status()?;
+        eprintln!(
+            "after {what}: answered again {:.1} ms after the command started ({:.1} ms after \
+             it returned); vmtun's restore took {:.1} ms",
+            (answer - started) as f64 / 1e6,
+            answer.saturating_sub(returned) as f64 / 1e6,
+            status["restore"]["last"]["took_ns"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1e6
+        );
+        Ok(())
+    }
+
+    /// Replies to probes sent since `since_ns` that came back through `via`.
+    pub fn replies_since(&self, since_ns: u64, via: Via) -> usize {
+        let log = self.prober().snapshot();
+        let first = log.sent_ns.partition_point(|&t| t < since_ns);
+        log.replies[first..]
+            .iter()
+            .flatten()
+            .filter(|r| r.via == via)
+            .count()
+    }
 }
 
 /// Waits for a ping from the old host to the new host's tunnel address: the handshake.
