@@ -36,6 +36,11 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// would) right after the N-th change of its plan reached the kernel.
 const KILL_AFTER_CHANGES: &str = "VMTUN_TEST_KILL_AFTER_CHANGES";
 
+/// For tests of rekeying: with `VMTUN_TEST_REKEY_AFTER_SECS=N` in its environment, `up`
+/// starts a new handshake when it sends on a session it initiated N seconds ago, instead of
+/// WireGuard's 120 s (see `Tunnel::set_rekey_after_time`).
+const REKEY_AFTER_SECS: &str = "VMTUN_TEST_REKEY_AFTER_SECS";
+
 /// `vmtun up`: runs until SIGINT/SIGTERM or `vmtun down`, then undoes what it did.
 pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let (tunnel_params, role) = host_params(&config);
@@ -174,6 +179,13 @@ fn kill_after_changes() -> Option<usize> {
     Some(n)
 }
 
+/// [`REKEY_AFTER_SECS`], if set.
+fn rekey_after_time() -> Option<std::time::Duration> {
+    let secs = std::env::var(REKEY_AFTER_SECS).ok()?.parse().ok()?;
+    tracing::warn!("{REKEY_AFTER_SECS}={secs}: this vmtun rekeys every {secs} s of sending");
+    Some(std::time::Duration::from_secs(secs))
+}
+
 /// The [`NetOps`] of `up` under [`KILL_AFTER_CHANGES`]: the system's, and SIGKILL once
 /// `left` changes are made.
 struct KillAfter<'a> {
@@ -232,6 +244,9 @@ async fn run_driver(
     };
     let mut tunnel = Tunnel::new(tunnel_config(config), Instant::now(), SystemTime::now());
     tunnel.set_mtu(config.interface.mtu.into());
+    if let Some(after) = rekey_after_time() {
+        tunnel.set_rekey_after_time(after);
+    }
     let udp = crate::udp::Udp::new(udp)?;
     if !udp.is_dual_stack() {
         for (i, peer) in config.peers.iter().enumerate() {

@@ -408,3 +408,99 @@ fn the_old_host_killed_after_the_move_comes_back_and_the_new_host_keeps_its_rout
     eprintln!("the new host's routing was in place at each of {polls} polls");
     Ok(())
 }
+
+/// The attacker's address on the flood test's switch, and the first of its many sources.
+const UNDERLAY_M: &str = "198.18.0.3";
+/// How many source addresses the flood comes from (198.18.0.100 on).
+const FLOOD_SOURCES: u8 = 64;
+/// Bogus initiations per second: ten times the 100/s that puts a host under load.
+const FLOOD_RATE: u32 = 1000;
+/// How long the flood lasts while A keeps pinging B.
+const FLOOD_FOR: Duration = Duration::from_secs(30);
+/// A's sessions rekey when it sends on one this old (`VMTUN_TEST_REKEY_AFTER_SECS`), instead
+/// of 120 s.
+const REKEY_AFTER_SECS: u64 = 3;
+
+/// Lines of `vmtun`'s log that say a handshake completed.
+fn handshakes_logged(vmtun: &Vmtun<'_>) -> usize {
+    let log = vmtun.process().map(|p| p.stderr()).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("handshake complete"))
+        .count()
+}
+
+/// Under a flood of bogus initiations (valid mac1, random Noise bytes) from 64 sources at
+/// 1000/s, A's rekeys with B (every 3 s of sending, by the test knob) still complete, and
+/// A's pings to B are answered: B answers the flood with cookies, and A's initiation with
+/// B's cookie gets through the per-source limit.
+#[test]
+fn rekeys_complete_under_a_handshake_flood() -> Result<()> {
+    preflight(&["ping"]);
+    let lan = Lan::new("flood")?;
+    let a_ns = lan.host("a", UNDERLAY_A)?;
+    let b_ns = lan.host("b", UNDERLAY_B)?;
+    let m_ns = lan.host("m", UNDERLAY_M)?;
+    let sources: Vec<std::net::IpAddr> = (0..FLOOD_SOURCES)
+        .map(|i| std::net::Ipv4Addr::new(198, 18, 0, 100 + i).into())
+        .collect();
+    for ip in &sources {
+        m_ns.add_address(UNDERLAY_DEV, &format!("{ip}/{UNDERLAY_PREFIX}"))?;
+    }
+    let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
+    let b = Vmtun::start(
+        &b_ns,
+        &lan.scratch,
+        VmtunCfg::new(
+            &kb,
+            TUNNEL_B,
+            vec![PeerCfg::new(&ka.public, Some(UNDERLAY_A), TUNNEL_A)],
+        ),
+    )?;
+    let mut ca = VmtunCfg::new(
+        &ka,
+        TUNNEL_A,
+        vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)],
+    );
+    let knob = ("VMTUN_TEST_REKEY_AFTER_SECS", REKEY_AFTER_SECS.to_string());
+    ca.env.push((knob.0.into(), knob.1));
+    let a = Vmtun::start(&a_ns, &lan.scratch, ca)?;
+    wait_ping(&a_ns, TUNNEL_B, WAIT)?;
+
+    let b_key = vmtun::keys::PublicKey::from_base64(&kb.public)
+        .map_err(|e| LabError::Failed(format!("B's public key: {e}")))?;
+    let target = std::net::SocketAddr::new(UNDERLAY_B.parse().expect("constant"), PORT);
+    let before = handshakes_logged(&a);
+    let flood = lab::flood::Flood::start(&m_ns, &sources, target, &b_key, FLOOD_RATE)?;
+    let started = std::time::Instant::now();
+    let (mut pings, mut answered) = (0, 0);
+    while started.elapsed() < FLOOD_FOR {
+        pings += 1;
+        answered += usize::from(ping_once(&a_ns, TUNNEL_B));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rekeys = handshakes_logged(&a) - before;
+    let sent = flood.stop()?;
+    let status = b.status()?;
+    eprintln!(
+        "flood: {sent} bogus initiations in {FLOOD_FOR:?}; A completed {rekeys} handshakes with \
+         B; {answered}/{pings} pings answered; B's drops: {}",
+        status.0["drops"]
+    );
+    check(status.drops("under_load") > 0, || {
+        format!(
+            "B was never under load: the flood proved nothing: {}",
+            status.0["drops"]
+        )
+    })?;
+    // Initiations to one peer go at least REKEY_TIMEOUT (5 s) apart, and the first under
+    // load only fetches B's cookie: 4-5 rekeys in 30 s, at least 3 on a slow machine.
+    check(rekeys >= 3, || {
+        format!(
+            "A completed {rekeys} handshakes with B during the flood:\n{}",
+            a.process().map(|p| p.stderr_tail()).unwrap_or_default()
+        )
+    })?;
+    check(answered * 10 >= pings * 9, || {
+        format!("only {answered} of {pings} pings answered during the flood")
+    })
+}

@@ -14,6 +14,7 @@
 
 pub mod address;
 pub mod error;
+pub mod flood;
 pub mod impair;
 pub mod link;
 pub mod migration;

@@ -21,8 +21,8 @@ use super::index::IndexTable;
 use super::session::{Session, SessionError};
 use super::tai64n::Tai64N;
 use super::timers::{
-    MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, Timers,
-    retransmit_delay,
+    MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME,
+    REKEY_TIMEOUT, Timers, retransmit_delay,
 };
 use super::{
     Event, EventQueue, Inbound, MAX_QUEUED, Outbound, PeerConfig, PeerId, PeerStatus, Transmit,
@@ -51,6 +51,8 @@ pub struct Peer {
     psk: Zeroizing<[u8; KEY_LEN]>,
     endpoint: Option<SocketAddr>,
     persistent_keepalive: Option<Duration>,
+    /// Age of a session we initiated at which sending on it starts a new handshake.
+    rekey_after_time: Duration,
     /// The session we send on.
     current: Option<Session>,
     /// The session before it, still accepted for packets in flight.
@@ -97,6 +99,7 @@ impl Peer {
                 }),
             endpoint: config.endpoint,
             persistent_keepalive: config.persistent_keepalive.filter(|d| !d.is_zero()),
+            rekey_after_time: REKEY_AFTER_TIME,
             current: None,
             previous: None,
             next: None,
@@ -211,12 +214,18 @@ impl Peer {
             Err(SessionError::BufferTooSmall) => return Err(Some(DropReason::BufferTooSmall)),
             Err(_) => return Err(None),
         };
-        let rekey = session.wants_rekey_on_send(now);
+        let rekey = session.wants_rekey_on_send(now, self.rekey_after_time);
         self.sent(now, len, !packet.is_empty());
         if rekey {
             self.start_handshake(now);
         }
         Ok(Transmit { to, len })
+    }
+
+    /// Sets the session age at which sending starts a new handshake (see
+    /// [`super::Tunnel::set_rekey_after_time`]).
+    pub fn set_rekey_after_time(&mut self, after: Duration) {
+        self.rekey_after_time = after;
     }
 
     /// A packet from TUN routed to this peer: send it, or queue it and start a handshake.

@@ -11,8 +11,7 @@ use crate::wire::{TAG_LEN, TRANSPORT_HEADER_LEN, Transport};
 use super::handshake::SessionKeys;
 use super::replay::ReplayWindow;
 use super::timers::{
-    REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
-    REKEY_ON_RECEIVE_AGE,
+    REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_ON_RECEIVE_AGE,
 };
 
 /// Plaintext is padded with zeros to a multiple of this (whitepaper 5.4.6).
@@ -102,10 +101,12 @@ impl Session {
         !self.expired(now) && self.send_counter < REJECT_AFTER_MESSAGES
     }
 
-    /// Sending on this session should start a new handshake (whitepaper 6.2).
-    pub fn wants_rekey_on_send(&self, now: Instant) -> bool {
+    /// Sending on this session should start a new handshake (whitepaper 6.2): the
+    /// initiator's session is `rekey_after_time` old ([`super::REKEY_AFTER_TIME`] but in tests), or
+    /// has sent its [`REKEY_AFTER_MESSAGES`].
+    pub fn wants_rekey_on_send(&self, now: Instant, rekey_after_time: Duration) -> bool {
         self.send_counter >= REKEY_AFTER_MESSAGES
-            || (self.initiator && self.age(now) >= REKEY_AFTER_TIME)
+            || (self.initiator && self.age(now) >= rekey_after_time)
     }
 
     /// Receiving on this session should start a new handshake, once.
@@ -196,6 +197,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use super::super::timers::REKEY_AFTER_TIME;
     use super::*;
 
     fn pair(now: Instant) -> (Session, Session) {
@@ -282,10 +284,10 @@ mod tests {
         let t0 = Instant::now();
         let (mut a, mut b) = pair(t0);
         let mut wire = [0u8; 64];
-        assert!(!a.wants_rekey_on_send(t0));
-        assert!(a.wants_rekey_on_send(t0 + REKEY_AFTER_TIME));
+        assert!(!a.wants_rekey_on_send(t0, REKEY_AFTER_TIME));
+        assert!(a.wants_rekey_on_send(t0 + REKEY_AFTER_TIME, REKEY_AFTER_TIME));
         assert!(
-            !b.wants_rekey_on_send(t0 + REKEY_AFTER_TIME),
+            !b.wants_rekey_on_send(t0 + REKEY_AFTER_TIME, REKEY_AFTER_TIME),
             "responder does not rekey on age"
         );
         assert!(a.wants_rekey_on_receive(t0 + REKEY_ON_RECEIVE_AGE));
@@ -296,7 +298,7 @@ mod tests {
         );
 
         a.set_send_counter(REKEY_AFTER_MESSAGES);
-        assert!(a.wants_rekey_on_send(t0));
+        assert!(a.wants_rekey_on_send(t0, REKEY_AFTER_TIME));
         a.set_send_counter(REJECT_AFTER_MESSAGES - 1);
         let len = a.encrypt(t0, &[], usize::MAX, &mut wire).unwrap();
         let mut plain = [0u8; 64];

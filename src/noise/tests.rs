@@ -760,6 +760,29 @@ fn rekey_after_time_when_sending() {
 }
 
 #[test]
+fn a_shortened_rekey_time_rekeys_that_soon() {
+    let mut p = Pair::new();
+    let after = Duration::from_secs(10);
+    p.a.tunnel.set_rekey_after_time(after);
+    p.establish();
+    p.advance(after - Duration::from_secs(1));
+    assert!(matches!(
+        p.send(Side::A, &ipv4(A_IP, B_IP, b"old")),
+        Outbound::Send(_)
+    ));
+    p.pump();
+    assert_eq!(p.initiations(Side::A), 1, "not yet");
+    p.advance(Duration::from_secs(2));
+    assert!(matches!(
+        p.send(Side::A, &ipv4(A_IP, B_IP, b"due")),
+        Outbound::Send(_)
+    ));
+    p.pump();
+    assert_eq!(p.initiations(Side::A), 2);
+    assert_eq!(p.completes(Side::A), 2);
+}
+
+#[test]
 fn rekey_on_receive_near_reject_time() {
     let mut p = Pair::new();
     p.establish();

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::keys::{PrivateKey, PublicKey};
 use crate::wire::{
@@ -89,6 +89,16 @@ impl Tunnel {
     /// beyond [`MAX_MESSAGE`].
     pub fn set_mtu(&mut self, mtu: usize) {
         self.max_padded = mtu;
+    }
+
+    /// Changes the session age at which the initiator's sending starts a new handshake
+    /// (default [`super::REKEY_AFTER_TIME`], 120 s), for tests that must see rekeys within
+    /// seconds; `vmtun up` changes it only under `VMTUN_TEST_REKEY_AFTER_SECS`. The other
+    /// limits (reject after 180 s, rekey on receive at 165 s) stay.
+    pub fn set_rekey_after_time(&mut self, after: Duration) {
+        for peer in &mut self.peers {
+            peer.set_rekey_after_time(after);
+        }
     }
 
     /// Changes how many handshake messages per second count as load (default

@@ -56,6 +56,9 @@ pub struct VmtunCfg {
     pub metrics: Option<String>,
     /// More sections, as TOML, appended as they are (e.g. a `[migration]`).
     pub extra: String,
+    /// Environment of `vmtun up` beyond `RUST_LOG`, not part of the TOML: the test knobs
+    /// (e.g. `VMTUN_TEST_REKEY_AFTER_SECS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl VmtunCfg {
@@ -71,6 +74,7 @@ impl VmtunCfg {
             peers,
             metrics: None,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -145,6 +149,7 @@ impl<'a> Vmtun<'a> {
         let path = self.path.to_string_lossy().into_owned();
         let mut cmd = self.ns.command(VMTUN);
         cmd.args(["up", "-c", &path]).env("RUST_LOG", "debug");
+        cmd.envs(self.cfg.env.iter().map(|(k, v)| (k, v)));
         self.process = Some(Process::spawn(
             &format!("vmtun-{}", self.cfg.name),
             &self.log_dir,
