@@ -43,22 +43,31 @@ const LOSSY_STREAMS: usize = 8;
 /// How long the underlay link stays down.
 const LINK_DOWN: Duration = Duration::from_secs(5);
 
-/// A and B up, each knowing the other's endpoint, pinging through the tunnel.
-fn start_pair(net: &Pair) -> Result<(Vmtun<'_>, Vmtun<'_>)> {
+/// vmtun up in hosts `a` and `b` (of a [`Pair`] or a [`Wan`]), each knowing the other's
+/// endpoint, once A's ping crosses the tunnel.
+fn start_pair<'n>(a: &'n Netns, b: &'n Netns, scratch: &Scratch) -> Result<(Vmtun<'n>, Vmtun<'n>)> {
+    start_pair_with(a, b, scratch, |_| {})
+}
+
+/// [`start_pair`] with B's config changed by `customize` first.
+fn start_pair_with<'n>(
+    a: &'n Netns,
+    b: &'n Netns,
+    scratch: &Scratch,
+    customize: impl FnOnce(&mut VmtunCfg),
+) -> Result<(Vmtun<'n>, Vmtun<'n>)> {
     let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
     let peer = |k: &KeyPair, at, addr| PeerCfg::new(&k.public, Some(at), addr);
-    let b = Vmtun::start(
-        &net.b,
-        &net.scratch,
-        VmtunCfg::new(&kb, TUNNEL_B, vec![peer(&ka, UNDERLAY_A, TUNNEL_A)]),
-    )?;
-    let a = Vmtun::start(
-        &net.a,
-        &net.scratch,
+    let mut cb = VmtunCfg::new(&kb, TUNNEL_B, vec![peer(&ka, UNDERLAY_A, TUNNEL_A)]);
+    customize(&mut cb);
+    let vb = Vmtun::start(b, scratch, cb)?;
+    let va = Vmtun::start(
+        a,
+        scratch,
         VmtunCfg::new(&ka, TUNNEL_A, vec![peer(&kb, UNDERLAY_B, TUNNEL_B)]),
     )?;
-    wait_ping(&net.a, TUNNEL_B, WAIT)?;
-    Ok((a, b))
+    wait_ping(a, TUNNEL_B, WAIT)?;
+    Ok((va, vb))
 }
 
 /// A TCP transfer of [`ACROSS`] bytes from `from` to `to_addr` (in `to`) through the tunnel,
@@ -95,18 +104,7 @@ fn transfer_across(
 fn a_lossy_jittery_underlay_carries_ten_megabytes_intact() -> Result<()> {
     preflight(&[]);
     let mut net = Wan::new("lossy", NETEM)?;
-    let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
-    let peer = |k: &KeyPair, at, addr| PeerCfg::new(&k.public, Some(at), addr);
-    let b = Vmtun::start(
-        &net.b,
-        &net.scratch,
-        VmtunCfg::new(&kb, TUNNEL_B, vec![peer(&ka, UNDERLAY_A, TUNNEL_A)]),
-    )?;
-    let a = Vmtun::start(
-        &net.a,
-        &net.scratch,
-        VmtunCfg::new(&ka, TUNNEL_A, vec![peer(&kb, UNDERLAY_B, TUNNEL_B)]),
-    )?;
+    let (a, b) = start_pair(&net.a, &net.b, &net.scratch)?;
     let report = transfer_parallel(&net.a, &net.b, TUNNEL_B, LOSSY_BYTES, LOSSY_STREAMS)?;
     let (status_a, status_b) = (a.status()?, b.status()?);
     let wire = net.wire.take().map(lab::impair::Wire::stop).transpose()?;
@@ -119,7 +117,7 @@ fn a_lossy_jittery_underlay_carries_ten_megabytes_intact() -> Result<()> {
     check(wire.dropped[0] * 100 >= wire.seen[0] * 15, || {
         format!("the wire lost less than 15 % of A's packets: {wire:?}: the test proved little")
     })?;
-    check(status_a.handshake_secs(&kb.public).is_some(), || {
+    check(status_a.handshake_secs(b.public_key()).is_some(), || {
         format!("A shows no handshake: {:?}", status_a.0)
     })?;
     // The wire reorders but never duplicates: a packet refused as a replay was a late one
@@ -138,7 +136,7 @@ fn a_lossy_jittery_underlay_carries_ten_megabytes_intact() -> Result<()> {
 fn the_underlay_link_down_for_five_seconds_stalls_the_transfer_only() -> Result<()> {
     preflight(&["ping"]);
     let net = Pair::new("linkdown")?;
-    let (_a, _b) = start_pair(&net)?;
+    let (_a, _b) = start_pair(&net.a, &net.b, &net.scratch)?;
     transfer_across(&net.a, &net.b, TUNNEL_B, |xfer| {
         net.a.ip(&["link", "set", UNDERLAY_DEV, "down"])?;
         xfer.resume();
@@ -164,7 +162,7 @@ fn a_configured_endpoint_follows_the_peer_to_its_new_address() -> Result<()> {
     // Deleting the primary address would otherwise delete the new secondary one with it.
     let promote = format!("net.ipv4.conf.{UNDERLAY_DEV}.promote_secondaries");
     net.b.sysctl(&promote, "1")?;
-    let (a, b) = start_pair(&net)?;
+    let (a, b) = start_pair(&net.a, &net.b, &net.scratch)?;
     let moved_to = "198.18.0.12";
     transfer_across(&net.b, &net.a, TUNNEL_A, |_| {
         net.b
@@ -186,7 +184,7 @@ fn a_configured_endpoint_follows_the_peer_to_its_new_address() -> Result<()> {
 fn a_peer_killed_and_restarted_mid_transfer_loses_no_byte() -> Result<()> {
     preflight(&["ping"]);
     let net = Pair::new("restart")?;
-    let (mut a, b) = start_pair(&net)?;
+    let (mut a, b) = start_pair(&net.a, &net.b, &net.scratch)?;
     let mut killed_at = None;
     transfer_across(&net.a, &net.b, TUNNEL_B, |xfer| {
         a.kill()?;
@@ -220,30 +218,15 @@ fn prepare_new_host(net: &Pair) -> Result<()> {
 
 /// On a pair made by [`prepare_new_host`], A a plain tunnel and B the new host of a move:
 /// role new, the subnet's mark rule, table and nftables table in place, the cutover
-/// watcher on the bridge. Returns once B's pings reach A through the tunnel.
+/// watcher on the bridge. Returns once A's pings cross the tunnel.
 fn start_with_new_host(net: &Pair) -> Result<(Vmtun<'_>, Vmtun<'_>)> {
-    let (ka, kb) = (vmtun_keypair(), vmtun_keypair());
-    let mut cb = VmtunCfg::new(
-        &kb,
-        TUNNEL_B,
-        vec![PeerCfg::new(&ka.public, Some(UNDERLAY_A), TUNNEL_A)],
-    );
-    cb.peers[0].allowed_ips = vec!["0.0.0.0/0".into()];
-    cb.extra = format!(
-        "\n[migration]\nrole = \"new\"\nsubnets = [{SUBNET:?}]\nvia = {TUNNEL_A:?}\n\
-         vif_prefix = \"vif\"\nbridge = {BRIDGE:?}\ngateways = [{GATEWAY_MAC:?}]\n"
-    );
-    let b = Vmtun::start(&net.b, &net.scratch, cb)?;
-    let a = Vmtun::start(
-        &net.a,
-        &net.scratch,
-        VmtunCfg::new(
-            &ka,
-            TUNNEL_A,
-            vec![PeerCfg::new(&kb.public, Some(UNDERLAY_B), TUNNEL_B)],
-        ),
-    )?;
-    wait_ping(&net.b, TUNNEL_A, WAIT)?;
+    let (a, b) = start_pair_with(&net.a, &net.b, &net.scratch, |cb| {
+        cb.peers[0].allowed_ips = vec!["0.0.0.0/0".into()];
+        cb.extra = format!(
+            "\n[migration]\nrole = \"new\"\nsubnets = [{SUBNET:?}]\nvia = {TUNNEL_A:?}\n\
+             vif_prefix = \"vif\"\nbridge = {BRIDGE:?}\ngateways = [{GATEWAY_MAC:?}]\n"
+        );
+    })?;
     check(mark_rules(&net.b)? == [SUBNET], || {
         format!("B's mark rule is not in place: {:?}", mark_rules(&net.b))
     })?;
