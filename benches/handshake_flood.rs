@@ -2,7 +2,8 @@
 //! flood`, what anyone who knows the public key can send) from 64 source addresses, at
 //! several rates, against a `vmtun up` in a namespace; the CPU it spent (utime + stime from
 //! `/proc/PID/stat`) over each flood, per 1000 initiations, beside the same time idle, and
-//! how many it counted as drops (`vmtun status`: those its socket did not overflow with).
+//! how many it counted as drops (`vmtun status`: those its socket did not overflow with);
+//! with busy polling as shipped and off.
 //!
 //! ```text
 //!   ns m  flood from 198.18.0.100-163 ── veth ── ns b  vmtun up, 198.18.0.2:51820
@@ -26,6 +27,10 @@ use vmtun::lab::{self, Netns, Process, Scratch};
 /// each costs a cookie reply, and beyond 20/s per source the rate limiter drops the rest.
 const RATES: [u32; 5] = [0, 50, 1_000, 10_000, 50_000];
 const SOURCES: u8 = 64;
+/// Each row with busy polling as shipped (200 µs after traffic, at most 10 % of a core)
+/// and without it: under a steady flood the loop never sleeps, so the first spends its
+/// budget.
+const BUSY_POLL_US: [u32; 2] = [200, 0];
 const PORT: u16 = 51820;
 
 fn main() -> ExitCode {
@@ -65,76 +70,103 @@ fn run(rates: &[u32], every: Duration) -> lab::Result<()> {
         m.add_address("ul0", &format!("{ip}/24"))?;
     }
     let key = PrivateKey::generate();
-    let peer = PrivateKey::generate().public_key();
-    let config = format!(
-        "[interface]\nname = \"fb{}\"\nprivate_key = \"{}\"\nlisten_port = {PORT}\n\
-         address = \"100.64.0.2/24\"\n\n[[peer]]\npublic_key = \"{}\"\n\
-         allowed_ips = [\"100.64.0.1/32\"]\n",
-        std::process::id(),
-        key.to_base64(),
-        peer.to_base64()
-    );
-    let path = scratch.write("b.toml", &config, 0o600)?;
     let vmtun = std::env::var_os("VMTUN")
         .map(PathBuf::from)
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_vmtun").into());
-    let mut cmd = b.command(&vmtun);
-    cmd.arg("up").arg("-c").arg(&path);
-    let mut up = Process::spawn("vmtun-b", scratch.path(), cmd)?;
-    lab::wait_until(Duration::from_secs(30), "vmtun up to listen", || {
-        b.run("ss", &["-Hlun", &format!("sport = :{PORT}")])
-            .is_ok_and(|out| !out.trim().is_empty())
-    })?;
     let target = SocketAddr::new(Ipv4Addr::new(198, 18, 0, 2).into(), PORT);
     println!(
-        "handshake flood against {} ({} sources, {:?} per row)",
-        vmtun.display(),
-        SOURCES,
-        every
+        "handshake flood against {} ({SOURCES} sources, {every:?} per row)",
+        vmtun.display()
     );
     println!(
-        "{:>10} {:>9} {:>9} {:>12} {:>16} {:>22}",
-        "rate /s", "sent", "counted", "vmtun CPU ms", "CPU % of a core", "CPU ms per 1000 sent"
+        "{:>13} {:>10} {:>9} {:>9} {:>12} {:>16} {:>22}",
+        "busy_poll_us",
+        "rate /s",
+        "sent",
+        "counted",
+        "vmtun CPU ms",
+        "CPU % of a core",
+        "CPU ms per 1000 sent"
     );
-    let status = || -> lab::Result<u64> {
-        let path = path.to_string_lossy();
-        let vmtun = vmtun.to_string_lossy();
-        let out = b.run(&vmtun, &["status", "-c", &path, "--json"])?;
+    for busy_poll_us in BUSY_POLL_US {
+        let host = Host {
+            ns: &b,
+            vmtun: &vmtun,
+            config: scratch.write(
+                &format!("b{busy_poll_us}.toml"),
+                &config(&key, busy_poll_us),
+                0o600,
+            )?,
+        };
+        let mut cmd = b.command(&vmtun);
+        cmd.arg("up").arg("-c").arg(&host.config);
+        let mut up = Process::spawn(&format!("vmtun-{busy_poll_us}"), scratch.path(), cmd)?;
+        lab::wait_until(Duration::from_secs(30), "vmtun up to answer", || {
+            host.counted().is_ok()
+        })?;
+        for &rate in rates {
+            let (before, counted_before) = (cpu_ticks(up.pid())?, host.counted()?);
+            let started = Instant::now();
+            let sent = if rate == 0 {
+                std::thread::sleep(every);
+                0
+            } else {
+                let flood = Flood::start(&m, &sources, target, &key.public_key(), rate)?;
+                std::thread::sleep(every);
+                flood.stop()?
+            };
+            // What the socket still holds is the flood's too.
+            std::thread::sleep(Duration::from_millis(300));
+            let ms = (cpu_ticks(up.pid())? - before) as f64 * 1000.0 / ticks_per_second();
+            let counted = host.counted()? - counted_before;
+            let wall = started.elapsed().as_secs_f64() * 1000.0;
+            let per_1000 = if sent == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", ms * 1000.0 / sent as f64)
+            };
+            println!(
+                "{busy_poll_us:>13} {rate:>10} {sent:>9} {counted:>9} {ms:>12.0} {:>16.1} {per_1000:>22}",
+                100.0 * ms / wall
+            );
+        }
+        up.terminate(Duration::from_secs(10))?;
+    }
+    Ok(())
+}
+
+/// The flooded host's config: one peer (whose key nobody in the flood holds), no endpoint.
+fn config(key: &PrivateKey, busy_poll_us: u32) -> String {
+    let peer = PrivateKey::generate().public_key();
+    format!(
+        "[interface]\nname = \"fb{}\"\nprivate_key = \"{}\"\nlisten_port = {PORT}\n\
+         address = \"100.64.0.2/24\"\nbusy_poll_us = {busy_poll_us}\n\n[[peer]]\n\
+         public_key = \"{}\"\nallowed_ips = [\"100.64.0.1/32\"]\n",
+        std::process::id(),
+        key.to_base64(),
+        peer.to_base64()
+    )
+}
+
+/// The flooded `vmtun up`, for `vmtun status`.
+struct Host<'a> {
+    ns: &'a Netns,
+    vmtun: &'a std::path::Path,
+    config: PathBuf,
+}
+
+impl Host<'_> {
+    /// Every drop `vmtun status --json` counts: each bogus initiation it read is one.
+    fn counted(&self) -> lab::Result<u64> {
+        let (vmtun, config) = (self.vmtun.to_string_lossy(), self.config.to_string_lossy());
+        let out = self.ns.run(&vmtun, &["status", "-c", &config, "--json"])?;
         let json: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| lab::LabError::Failed(format!("vmtun status --json: {e}: {out}")))?;
         Ok(json["drops"]
             .as_object()
             .map(|drops| drops.values().filter_map(serde_json::Value::as_u64).sum())
             .unwrap_or(0))
-    };
-    for &rate in rates {
-        let (before, counted_before) = (cpu_ticks(up.pid())?, status()?);
-        let started = Instant::now();
-        let sent = if rate == 0 {
-            std::thread::sleep(every);
-            0
-        } else {
-            let flood = Flood::start(&m, &sources, target, &key.public_key(), rate)?;
-            std::thread::sleep(every);
-            flood.stop()?
-        };
-        // What the socket still holds is the flood's too.
-        std::thread::sleep(Duration::from_millis(300));
-        let ms = (cpu_ticks(up.pid())? - before) as f64 * 1000.0 / ticks_per_second();
-        let counted = status()? - counted_before;
-        let wall = started.elapsed().as_secs_f64() * 1000.0;
-        let per_1000 = if sent == 0 {
-            "-".to_owned()
-        } else {
-            format!("{:.2}", ms * 1000.0 / sent as f64)
-        };
-        println!(
-            "{rate:>10} {sent:>9} {counted:>9} {ms:>12.0} {:>16.1} {per_1000:>22}",
-            100.0 * ms / wall
-        );
     }
-    up.terminate(Duration::from_secs(10))?;
-    Ok(())
 }
 
 /// utime + stime of `pid`, in clock ticks (`/proc/PID/stat` fields 14 and 15).
