@@ -2,7 +2,8 @@
 //! host's tap vif0, vmtun runs on both hosts, QEMU live-migrates the guest to the new host
 //! over QMP while the client pings it at 1 kHz, and the provider switches. The scenario is
 //! `vmtun::lab::migration::real_vm` (which `vmtun demo --real-vm` and
-//! `benches/real-vm.sh` run too); these tests check what it reports.
+//! `benches/real-vm.sh` run too; tests/migration_cli.rs runs the demo, migrating through
+//! the tunnel); this test checks what it reports.
 //!
 //! Skips (saying why) only without /dev/net/tun or without QEMU; `scripts/setup.sh`
 //! installs QEMU from bookworm-backports.
@@ -15,12 +16,12 @@ use common::{Result, check, preflight};
 use helpers::VMTUN;
 use std::path::Path;
 use std::time::Duration;
-use vmtun::lab::migration::real_vm::{self, MigrationPath, RealVmOptions, RealVmReport};
+use vmtun::lab::migration::real_vm::{self, RealVmOptions, RealVmReport};
 use vmtun::lab::qemu::{GuestImage, missing_requirement};
 
-/// Runs the scenario with short phases, migrating over `path`; `None` (skipped) where the
-/// machine cannot run a real VM.
-fn run_real_vm(path: MigrationPath) -> Result<Option<RealVmReport>> {
+/// Runs the scenario with short phases, migrating over the underlay; `None` (skipped)
+/// where the machine cannot run a real VM.
+fn run_real_vm() -> Result<Option<RealVmReport>> {
     if let Some(why) = missing_requirement() {
         eprintln!("skipped: {why}");
         return Ok(None);
@@ -28,7 +29,6 @@ fn run_real_vm(path: MigrationPath) -> Result<Option<RealVmReport>> {
     preflight(&["nft", "ping"]);
     let image = GuestImage::build(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     let mut options = RealVmOptions::new(VMTUN.into(), image);
-    options.path = path;
     options.before_move = Duration::from_millis(500);
     options.settle = Duration::from_millis(500);
     options.after_move = Duration::from_secs(1);
@@ -95,32 +95,8 @@ fn check_the_move(report: &RealVmReport) -> Result<()> {
 /// provider's switch, once the new host cut over.
 #[test]
 fn a_real_vm_answers_after_a_live_migration_and_after_the_switch() -> Result<()> {
-    match run_real_vm(MigrationPath::Underlay)? {
+    match run_real_vm()? {
         Some(report) => check_the_move(&report),
-        None => Ok(()),
-    }
-}
-
-/// The same with QEMU's migration stream sent to the new host's tunnel address: the
-/// stream crosses vmtun's tunnel, as the seed sends it.
-#[test]
-fn a_real_vm_migrates_through_the_tunnel() -> Result<()> {
-    match run_real_vm(MigrationPath::Tunnel)? {
-        Some(report) => {
-            check(
-                report
-                    .migration
-                    .uri
-                    .contains(vmtun::lab::migration::TUNNEL_NEW),
-                || {
-                    format!(
-                        "the stream went to the tunnel address: {}",
-                        report.migration.uri
-                    )
-                },
-            )?;
-            check_the_move(&report)
-        }
         None => Ok(()),
     }
 }

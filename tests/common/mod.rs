@@ -64,9 +64,7 @@ pub fn preflight(tools: &[&str]) {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false)
+    lab::process::on_path(tool)
 }
 
 /// A host namespace with its underlay interface `ul0` addressed and IPv6 off.
