@@ -4,7 +4,8 @@
 #   QEMU downtime (query-migrate), the guest's real pause (source STOP -> destination RESUME,
 #   QMP event times), the client's longest gap and probes lost at the move, probes lost from
 #   RESUME + 2 ms until the switch, the longest gap and losses at the provider's switch, the
-#   cutover latency (first native packet -> mark rule gone) and wrong-way replies.
+#   cutover latency (first native packet -> mark rule gone) and wrong-way replies (through the
+#   old host, to probes sent after the first native packet reached the new host).
 # The demo builds its own namespaces and QEMUs and deletes them; the root namespace is never
 # touched. Needs root, QEMU (scripts/setup.sh) and the guest (built here by scripts/guest.sh,
 # cached).
@@ -100,7 +101,7 @@ print("QEMU downtime: query-migrate's (the source's view). Real pause: the sourc
 print("destination's RESUME (QMP timestamps, one clock). Gaps: the client's longest run of lost probes.")
 print("Lost after RESUME+2ms: probes sent from RESUME + 2 ms until the provider's switch that were never")
 print("answered. Cutover: first native packet at the new host -> mark rule gone. Wrong-way: replies that")
-print("left through the old host to probes sent after the switch.")
+print("left through the old host to probes sent after the first native packet reached the new host.")
 for r in failed:
     err = (r.get("error") or "").strip().splitlines()
     print(f"- {r['variant']} run {r['run']} failed (rc {r['rc']}): {err[-1] if err else 'no stderr'}")

@@ -60,16 +60,7 @@ pub struct DemoArgs {
         default_value = "underlay",
         value_name = "PATH"
     )]
-    pub migrate_via: MigrateVia,
-}
-
-/// Where `--real-vm` sends QEMU's migration stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MigrateVia {
-    /// The new host's underlay address.
-    Underlay,
-    /// The new host's tunnel address: the stream crosses vmtun's tunnel.
-    Tunnel,
+    pub migrate_via: MigrationPath,
 }
 
 /// Runs the demo. Needs root (it creates network namespaces); never touches the root
@@ -113,41 +104,27 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut progress = |line: &str| {
         eprintln!("[{:7.3}s] {line}", started.elapsed().as_secs_f64());
     };
-    let (report, text) = match image {
+    // The scenario's report (for the verdict), the text and the JSON.
+    let (report, text, json) = match image {
         Some(image) => {
-            let report = real_vm::run(&real_vm_options(args, &options, image), &mut progress)?;
-            let text = render_real_vm(&report);
-            (Shown::RealVm(report), text)
+            let real = real_vm::run(&real_vm_options(args, &options, image), &mut progress)?;
+            let json = serde_json::to_string_pretty(&real)?;
+            (real.run.clone(), render_real_vm(&real), json)
         }
         None => {
             let report = migration::run(&options, &mut progress)?;
+            let json = serde_json::to_string_pretty(&report)?;
             let text = render(&report);
-            (Shown::Namespace(report), text)
+            (report, text, json)
         }
     };
     progress("done: every namespace is deleted");
     if args.json {
-        let json = match &report {
-            Shown::RealVm(report) => serde_json::to_string_pretty(report)?,
-            Shown::Namespace(report) => serde_json::to_string_pretty(report)?,
-        };
         crate::output::print(format_args!("{json}\n"))?;
     } else {
         crate::output::print(text)?;
     }
-    let run = match &report {
-        Shown::RealVm(report) => &report.run,
-        Shown::Namespace(report) => report,
-    };
-    verdict(run, options.mode)
-}
-
-/// The report a demo run produced.
-enum Shown {
-    /// The namespace VM's.
-    Namespace(Report),
-    /// The real VM's.
-    RealVm(RealVmReport),
+    verdict(&report, options.mode)
 }
 
 fn options(args: &DemoArgs, vmtun: PathBuf) -> Options {
@@ -179,10 +156,7 @@ fn real_vm_options(
     image: lab::qemu::GuestImage,
 ) -> RealVmOptions {
     let mut real = RealVmOptions::new(options.vmtun.clone(), image);
-    real.path = match args.migrate_via {
-        MigrateVia::Underlay => MigrationPath::Underlay,
-        MigrateVia::Tunnel => MigrationPath::Tunnel,
-    };
+    real.path = args.migrate_via;
     real.rate_hz = options.rate_hz;
     real.before_move = options.before_move;
     real.settle = options.settle;
@@ -275,7 +249,7 @@ pub fn render_real_vm(report: &RealVmReport) -> String {
     }
     let _ = writeln!(
         out,
-        "(QEMU downtime: query-migrate's, the source's view; real pause: the source's STOP event to the destination's RESUME; lost after RESUME: probes sent from RESUME + {} ms until the switch that were never answered)",
+        "(QEMU downtime: query-migrate's, the source's view; real pause: the source's STOP event to the destination's RESUME; lost after RESUME: probes sent from RESUME + {} ms until the switch that were never answered; wrong-way: replies through the old host to probes sent after the first native packet reached the new host)",
         real_vm::AFTER_RESUME.as_millis()
     );
     out

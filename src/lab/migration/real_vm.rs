@@ -35,13 +35,13 @@ pub const AFTER_RESUME: Duration = Duration::from_millis(2);
 
 /// Where QEMU's migration stream goes: the new host's address on the underlay, or its
 /// tunnel address, so that the stream crosses vmtun's tunnel (the seed's way: encrypted
-/// without QEMU's TLS).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// without QEMU's TLS). Also `vmtun demo --migrate-via`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationPath {
-    /// To [`NEW`], the new host's underlay address.
+    /// The new host's underlay address.
     Underlay,
-    /// To [`TUNNEL_NEW`], through the tunnel.
+    /// The new host's tunnel address: the stream crosses vmtun's tunnel.
     Tunnel,
 }
 
@@ -146,7 +146,9 @@ pub struct PhaseSummary {
     pub lost_after_resume: Option<u64>,
     /// First native packet → mark rule gone (switch only).
     pub cutover_latency_ms: Option<f64>,
-    /// Replies through the old host to probes sent after the switch (switch only).
+    /// Replies through the old host to probes sent after the first native packet reached
+    /// the new host (switch only): each such probe arrived natively, so its reply should
+    /// have left natively.
     pub wrong_way_replies: Option<u64>,
 }
 
@@ -165,11 +167,13 @@ pub struct RealVmReport {
 }
 
 /// The per-phase summary from the scenario's report and QEMU's figures; `lost_after_resume`
-/// is the move's count of probes lost once the guest ran on the new host.
+/// is the move's count of probes lost once the guest ran on the new host, `wrong_way` the
+/// switch's count of replies that left the wrong way after the first native packet.
 pub fn summarise(
     run: &Report,
     migration: &MigrationFigures,
     lost_after_resume: u64,
+    wrong_way: Option<u64>,
 ) -> Vec<PhaseSummary> {
     let figures = |name: &str| {
         run.phase(name)
@@ -197,7 +201,7 @@ pub fn summarise(
             lost: switch_lost,
             lost_after_resume: None,
             cutover_latency_ms: cutover.and_then(|c| c.latency_ns).map(|ns| ns as f64 / 1e6),
-            wrong_way_replies: cutover.map(|c| c.wrong_way_replies),
+            wrong_way_replies: wrong_way,
         },
     ]
 }
@@ -363,6 +367,9 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         resume + scenario::nanos(AFTER_RESUME),
         switch_start,
     );
+    let wrong_way = cutover
+        .packet_time_unix_ns
+        .map(|first_native| stats::replies_via_old_since(&log.sent_ns, &log.replies, first_native));
     let run = Report {
         mode: "vmtun, real VM".into(),
         rate_hz: options.rate_hz,
@@ -385,7 +392,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         resume_unix_ns: resume,
         real_pause_ms,
     };
-    let summary = summarise(&run, &migration, lost_after_resume);
+    let summary = summarise(&run, &migration, lost_after_resume, wrong_way);
     Ok(RealVmReport {
         run,
         migration,
@@ -454,7 +461,7 @@ mod tests {
             resume_unix_ns: 1_041_000_000,
             real_pause_ms: Some(41.0),
         };
-        let summary = summarise(&run, &migration, 15);
+        let summary = summarise(&run, &migration, 15, Some(2));
         assert_eq!(summary.len(), 2);
         let (moved, switched) = (&summary[0], &summary[1]);
         assert_eq!(moved.phase, "move");
@@ -466,7 +473,7 @@ mod tests {
         assert_eq!(switched.phase, "switch");
         assert_eq!((switched.longest_gap_ms, switched.lost), (1.0, 1));
         assert_eq!(switched.cutover_latency_ms, Some(0.25));
-        assert_eq!(switched.wrong_way_replies, Some(0));
+        assert_eq!(switched.wrong_way_replies, Some(2));
         assert_eq!(switched.qemu_downtime_ms, None);
         assert_eq!(MigrationPath::Tunnel.address(), TUNNEL_NEW);
         assert_eq!(MigrationPath::Underlay.address(), NEW);
