@@ -466,6 +466,11 @@ fn endpoint(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     if addr.port() == 0 {
         return err(format!("{field}: {text}: port 0 cannot be sent to"));
     }
+    if !crate::noise::can_send_to(addr) {
+        return err(format!(
+            "{field}: {text} cannot be sent to (unspecified, multicast or broadcast); give the peer's own address"
+        ));
+    }
     Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
 }
 
@@ -882,6 +887,9 @@ addresses = ["203.0.113.2"]
             (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]:junk\""), "peer[0].endpoint: \"[2001:db8::1]:junk\" is not IP:PORT"),
             (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]\""), "(it has no port)"),
             (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]:0\""), "peer[0].endpoint: [2001:db8::1]:0: port 0"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"0.0.0.0:51820\""), "peer[0].endpoint: 0.0.0.0:51820 cannot be sent to"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[ff02::1]:51820\""), "peer[0].endpoint: [ff02::1]:51820 cannot be sent to"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"255.255.255.255:51820\""), "peer[0].endpoint: 255.255.255.255:51820 cannot be sent to"),
             (g.replace("address = \"100.64.0.1/24\"\n", ""), "missing field `address`"),
             (g.replace("name = \"vmtun0\"", "name = \"a-name-far-too-long\""), "interface.name"),
             (g.replace("role = \"old\"", "role = \"sideways\""), "unknown variant `sideways`"),
