@@ -453,6 +453,16 @@ fn the_control_group_may_use_the_socket_and_no_one_else() -> Result<()> {
             )
         },
     )?;
+    // The directories now let everyone through: every other file in them is root's alone.
+    let dir = socket.parent().expect("/run/vmtun/net-<ns>");
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| LabError::io(format!("listing {}", dir.display()), e))?;
+    for file in entries.flatten().map(|e| e.path()).filter(|p| *p != socket) {
+        let mode = std::fs::metadata(&file).map_or(0, |m| m.permissions().mode());
+        check(mode & 0o077 == 0, || {
+            format!("{} has mode {mode:o}: others may read it", file.display())
+        })?;
+    }
     let open = Scratch::new("ctlgroupuser")?;
     let readable = config_for_the_user(&a, &open)?;
     let supplementary = format!("--groups={}", GROUP.1);
