@@ -453,11 +453,17 @@ fn the_control_group_may_use_the_socket_and_no_one_else() -> Result<()> {
             )
         },
     )?;
-    // The directories now let everyone through: every other file in them is root's alone.
+    // The directories now let everyone through: the instance's other files are root's alone.
     let dir = socket.parent().expect("/run/vmtun/net-<ns>");
     let entries = std::fs::read_dir(dir)
         .map_err(|e| LabError::io(format!("listing {}", dir.display()), e))?;
-    for file in entries.flatten().map(|e| e.path()).filter(|p| *p != socket) {
+    let own = format!("{}.", a.ifname());
+    let files = entries.flatten().map(|e| e.path()).filter(|p| {
+        *p != socket
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&own))
+    });
+    for file in files {
         let mode = std::fs::metadata(&file).map_or(0, |m| m.permissions().mode());
         check(mode & 0o077 == 0, || {
             format!("{} has mode {mode:o}: others may read it", file.display())
