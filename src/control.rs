@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixListener;
 
 use crate::config::Config;
@@ -33,6 +33,9 @@ pub const RUN_DIR: &str = "/run/vmtun";
 
 /// How long a client waits for a running instance to answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most the instance reads of a request: every request is one short line, and a
+/// longer one is refused as it is, unread beyond this.
+const MAX_REQUEST: u64 = 64;
 
 /// A network namespace, as the kernel tells them apart: the inode of its nsfs file, which
 /// `readlink /proc/self/ns/net` prints as `net:[4026531840]` (and `lsns -t net` lists).
@@ -163,21 +166,24 @@ async fn serve_client(
     };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let reply =
-        match tokio::time::timeout(CLIENT_TIMEOUT, BufReader::new(read).read_line(&mut line)).await
-        {
-            Ok(Ok(_)) => match Request::parse(&line) {
-                Some(request) => match access.refusal(&caller, request) {
-                    Some(refusal) => Reply::Error(refusal),
-                    None => match driver.request(request).await {
-                        Some(reply) => reply,
-                        None => return,
-                    },
+    let reply = match tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line),
+    )
+    .await
+    {
+        Ok(Ok(_)) => match Request::parse(&line) {
+            Some(request) => match access.refusal(&caller, request) {
+                Some(refusal) => Reply::Error(refusal),
+                None => match driver.request(request).await {
+                    Some(reply) => reply,
+                    None => return,
                 },
-                None => Reply::Error(format!("unknown request {:?}", line.trim())),
             },
-            _ => return,
-        };
+            None => Reply::Error(format!("unknown request {:?}", line.trim())),
+        },
+        _ => return,
+    };
     if let Ok(mut text) = serde_json::to_string(&reply) {
         text.push('\n');
         let _ = write.write_all(text.as_bytes()).await;

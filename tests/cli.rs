@@ -426,6 +426,30 @@ fn the_control_socket_checks_who_connected() -> Result<()> {
     check_answered("status as root", status_as(&net, &[], &path)?, &a)
 }
 
+/// A request is one short line: a caller who sends a long one without a newline gets a
+/// refusal at once, and the instance does not buffer what follows.
+#[test]
+fn a_long_control_request_is_refused_unread() -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    preflight(&[]);
+    let net = Pair::new("longreq")?;
+    let a = Vmtun::start(&net.a, &net.scratch, config())?;
+    let socket = Paths::in_netns(net.a.id()?, a.ifname()).socket;
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .map_err(|e| LabError::io(format!("connecting to {}", socket.display()), e))?;
+    stream
+        .set_read_timeout(Some(WAIT))
+        .map_err(|e| LabError::io("setting a read timeout", e))?;
+    // 64 KiB fits the socket's buffer: the write returns whether or not anyone reads it.
+    let _ = stream.write_all(&[b's'; 64 * 1024]);
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    check(
+        reply.contains("unknown request") && reply.len() < 1024,
+        || format!("a 64 KiB request without a newline got {:.300?}", reply),
+    )
+}
+
 /// With `[control] group`, members of the group use `status` (by their primary or a
 /// supplementary group), root still does, and other users are refused with one line that
 /// names the group. The socket is root's and the group's, mode 0660.
