@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every system package vmtun's build, package, demo, tests and benchmarks need (Debian).
 # Idempotent: packages already present are left alone. Called by both README commands.
+# `--tests` (scripts/test.sh) also installs cargo-deny, which only the test run uses.
 set -euo pipefail
 
 PACKAGES=(
@@ -56,4 +57,11 @@ if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+
+# cargo-deny for the dependency check in scripts/test.sh (deny.toml): built from crates.io
+# once, into ~/.cargo/bin (8 min 49 s on this machine kind, 2 cores, other builds running).
+if [ "${1:-}" = "--tests" ] && ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny (cargo install --locked cargo-deny; several minutes)" >&2
+  cargo install --locked cargo-deny
 fi
