@@ -130,8 +130,8 @@ impl Access {
     }
 
     /// Gives the socket at `socket` its owner and mode (root's, 0600; with a group, the
-    /// group's too, 0660) and, with a group, lets everyone through the directories above it
-    /// up to `run_dir` (mode 0711: no listing; every other file in them is 0600).
+    /// group's too, 0660) and, with a group, lets everyone through its directory and
+    /// `run_dir` above it (adding 0711: no listing; every other file in them is 0600).
     pub fn secure(&self, socket: &Path, run_dir: &Path) -> io::Result<()> {
         let Some(group) = &self.group else {
             return set_mode(socket, 0o600);
@@ -148,12 +148,9 @@ impl Access {
             )
         })?;
         set_mode(socket, 0o660)?;
-        for dir in socket.ancestors().skip(1) {
+        for dir in socket.parent().into_iter().chain([run_dir]) {
             let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
             set_mode(dir, mode | 0o711)?;
-            if dir == run_dir {
-                break;
-            }
         }
         Ok(())
     }
