@@ -368,6 +368,17 @@ mod tests {
     }
 
     #[test]
+    fn no_peer_is_sent_to_at_a_group_or_broadcast_address() {
+        let (udp, _tx) = pair();
+        for to in ["224.0.0.1:51820", "255.255.255.255:51820", "0.0.0.0:51820"] {
+            let e = udp
+                .try_send(to.parse().unwrap(), &[0; 100], 100)
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{to}");
+        }
+    }
+
+    #[test]
     fn only_v4_mapped_addresses_change() {
         for (input, want) in [
             ("[::ffff:198.18.0.1]:51820", "198.18.0.1:51820"),
