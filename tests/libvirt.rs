@@ -20,7 +20,7 @@ mod common;
 #[path = "common/migration.rs"]
 mod helpers;
 
-use common::{Result, Scratch, check, preflight, wait_ping};
+use common::{LabError, Result, Scratch, check, preflight, wait_ping};
 use helpers::{VMTUN, WAIT, cut_over_with_pings, launch_both, prepare_hosts, vif_routed};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -78,26 +78,21 @@ fn downtime(host: &Libvirtd<'_>) -> Option<String> {
         })
 }
 
-/// A real guest, defined and started by the old host's libvirtd, answers the client; the
-/// old host's libvirtd live-migrates it (`--p2p`) to the new host's; libvirt runs the
-/// `<script>` on the new host, the guest answers through the tunnel, and after the
-/// provider's switch and the cutover its replies leave through the new host's link.
-#[test]
-fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Result<()> {
-    if let Some(why) = libvirt::missing_requirement() {
-        eprintln!("skipped: {why}");
-        return Ok(());
-    }
-    preflight(&["nft", "ping", "unshare"]);
+/// The two hosts' daemons, the old one running the booted guest: its `<script>` (with the
+/// old host's vmtun config `old_config`) ran and routed the guest's address onto vif0. The
+/// new host's script uses `new_config`.
+fn guest_on_old_host<'a>(
+    lab: &'a MigrationLab,
+    scratch: &Scratch,
+    old_config: &Path,
+    new_config: &Path,
+) -> Result<(Libvirtd<'a>, Libvirtd<'a>)> {
     let image = GuestImage::build(Path::new(env!("CARGO_MANIFEST_DIR")))?;
-    let scratch = Scratch::new("libvirt")?;
-    let lab = MigrationLab::build(1)?;
     // The libvirt domain's tap takes the place of the lab's veth.
     lab.detach_vm(Site::Old)?;
-    let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
-
-    let source = Libvirtd::start(&lab.old, scratch.path(), &daemon("old", OLD, 0, &old.path))?;
-    let destination = Libvirtd::start(&lab.new, scratch.path(), &daemon("new", NEW, 1, &new.path))?;
+    let source = Libvirtd::start(&lab.old, scratch.path(), &daemon("old", OLD, 0, old_config))?;
+    let destination =
+        Libvirtd::start(&lab.new, scratch.path(), &daemon("new", NEW, 1, new_config))?;
     let domain = DomainSpec {
         name: DOMAIN.into(),
         image,
@@ -119,15 +114,38 @@ fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Re
     check(vif_routed(&lab.old)?, || {
         format!("the old host's <script> routed {VM_ADDR} onto {VIF} with proxy ARP")
     })?;
+    Ok((source, destination))
+}
+
+/// `virsh migrate` of the guest from `source` to the new host, as the README has it.
+fn migrate(source: &Libvirtd<'_>) -> Result<String> {
+    let args = migrate_args(DOMAIN, NEW);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    source.virsh_within(MIGRATE_WAIT, &args)
+}
+
+/// A real guest, defined and started by the old host's libvirtd, answers the client; the
+/// old host's libvirtd live-migrates it (`--p2p`) to the new host's; libvirt runs the
+/// `<script>` on the new host, the guest answers through the tunnel, and after the
+/// provider's switch and the cutover its replies leave through the new host's link.
+#[test]
+fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Result<()> {
+    if let Some(why) = libvirt::missing_requirement() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    preflight(&["nft", "ping", "unshare"]);
+    let scratch = Scratch::new("libvirt")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
+    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &new.path)?;
 
     launch_both(&lab, &mut old, &mut new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
 
     let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
-    let args = migrate_args(DOMAIN, NEW);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let migrating = Instant::now();
-    source.virsh_within(MIGRATE_WAIT, &args)?;
+    migrate(&source)?;
     let migrate_took = migrating.elapsed();
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     let trace = pings.stop()?;
@@ -184,4 +202,54 @@ fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Re
     )?;
     old.down()?;
     new.down()
+}
+
+/// When libvirt cannot run the `<script>` on the new host (here vmtun's config is missing
+/// there), the migration is aborted before the guest moves: the operator reads vmtun's
+/// error in `virsh migrate`'s, the guest runs on and answers from the old host, and
+/// nothing of it is left on the new host (its tap went with the aborted start).
+#[test]
+fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -> Result<()> {
+    if let Some(why) = libvirt::missing_requirement() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    preflight(&["ping", "unshare"]);
+    let scratch = Scratch::new("libvirt-abort")?;
+    let lab = MigrationLab::build(1)?;
+    let (old, _) = prepare_hosts(&lab, &scratch, "auto")?;
+    let absent = scratch.path().join("absent.toml");
+    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &absent)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+
+    let refused = match migrate(&source) {
+        Ok(out) => {
+            return Err(LabError::Failed(format!(
+                "virsh migrate succeeded although the new host's <script> fails: {out}"
+            )));
+        }
+        Err(e) => e.to_string(),
+    };
+    eprintln!("libvirt: virsh migrate refused: {refused}");
+    let absent = absent.display().to_string();
+    check(refused.contains(&absent), || {
+        format!("virsh migrate's error carries vmtun's, naming {absent}: {refused}")
+    })?;
+    check(destination.read(VIF_SCRIPT_CALLS).trim() == VIF, || {
+        format!(
+            "libvirt ran the <script> on the new host for {VIF}: {:?}",
+            destination.read(VIF_SCRIPT_CALLS)
+        )
+    })?;
+    check(source.domain_state(DOMAIN)? == "running", || {
+        "the guest runs on on the old host".into()
+    })?;
+    let left = destination.virsh(&["list", "--all", "--name"])?;
+    check(left.trim().is_empty(), || {
+        format!("no domain is left on the new host: {left:?}")
+    })?;
+    check(!lab.new.has_link(VIF), || {
+        format!("no {VIF} is left on the new host")
+    })?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)
 }
