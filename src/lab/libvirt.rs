@@ -6,9 +6,8 @@
 //! own (`unshare --mount --uts --propagation private`): `/etc/libvirt`, `/run/libvirt`,
 //! `/var/lib/libvirt`, `/var/log/libvirt` and `/var/cache/libvirt` are bind mounts of
 //! directories in the test's scratch directory, `/run` is a fresh tmpfs and `/var` an overlay
-//! whose writes land in the scratch directory too (the directories libvirt needs do not
-//! exist on a host without libvirt-daemon-system, and making them there would touch the
-//! host). Nothing of the host's own `/etc/libvirt` or `/run/libvirt` is read or written,
+//! whose writes land in that tmpfs (the directories libvirt needs do not exist on a host
+//! without libvirt-daemon-system, and making them there would touch the host). Nothing of the host's own `/etc/libvirt` or `/run/libvirt` is read or written,
 //! and the mounts vanish with the namespace when its last process (the daemon, its QEMUs)
 //! exits. Each daemon has its own hostname and `host_uuid` (libvirt refuses to migrate to
 //! a host that looks like itself) and listens with TCP on the host's underlay address; the
@@ -60,9 +59,9 @@ pub const PRIVATE_DIRS: [(&str, &str); 5] = [
 /// `unshare --mount --uts --propagation private`, with the host's directory, hostname and
 /// pid file as `$1`..`$3`. `/run` becomes an empty tmpfs (the host's `/run` holds other
 /// daemons' sockets, and `/run/systemd/system` would send libvirt to systemd-machined);
-/// `/var` an overlay whose upper layer is `$1/var.upper`, so the mount points of
-/// [`PRIVATE_DIRS`] can be made without touching the host; then each private directory is
-/// bind-mounted from `$1`. `/etc/libvirt` must exist (libvirt-daemon ships it).
+/// `/var` an overlay whose upper layer lives in that tmpfs (any file system below will do),
+/// so the mount points of [`PRIVATE_DIRS`] can be made without touching the host; then
+/// each private directory is bind-mounted from `$1`. `/etc/libvirt` must exist (libvirt-daemon ships it).
 pub fn namespace_script() -> String {
     let mounts: Vec<&str> = PRIVATE_DIRS.iter().map(|(_, mount)| *mount).collect();
     let pairs: Vec<String> = PRIVATE_DIRS
@@ -73,7 +72,8 @@ pub fn namespace_script() -> String {
         r#"set -eu
 dir=$1
 mount -t tmpfs -o mode=0755 vmtunlab /run
-mount -t overlay vmtunlab -o "lowerdir=/var,upperdir=$dir/var.upper,workdir=$dir/var.work" /var
+mkdir -p /run/vmtunlab-var/upper /run/vmtunlab-var/work
+mount -t overlay vmtunlab -o lowerdir=/var,upperdir=/run/vmtunlab-var/upper,workdir=/run/vmtunlab-var/work /var
 mkdir -p {mounts}
 for pair in {pairs}; do
   mount --bind "$dir/${{pair%%:*}}" "${{pair#*:}}"
@@ -331,7 +331,7 @@ impl<'a> Libvirtd<'a> {
     pub fn start(ns: &'a Netns, scratch: &Path, spec: &DaemonSpec) -> Result<Self> {
         let dir = scratch.join(format!("libvirt-{}", spec.label));
         let mut dirs: Vec<PathBuf> = PRIVATE_DIRS.iter().map(|(d, _)| dir.join(d)).collect();
-        dirs.extend(["var.upper", "var.work", "etc/scripts", "log/qemu"].map(|d| dir.join(d)));
+        dirs.extend(["etc/scripts", "log/qemu"].map(|d| dir.join(d)));
         for d in &dirs {
             std::fs::create_dir_all(d)
                 .map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
@@ -543,6 +543,7 @@ mod tests {
         ));
         assert!(script.contains("  mount --bind \"$dir/${pair%%:*}\" \"${pair#*:}\"\n"));
         assert!(script.contains("mount -t tmpfs -o mode=0755 vmtunlab /run\n"));
+        assert!(script.contains("lowerdir=/var,upperdir=/run/vmtunlab-var/upper,"));
         assert!(script.ends_with("exec libvirtd --listen --pid-file \"$3\"\n"));
     }
 
