@@ -9,9 +9,10 @@
 //! whose writes land in that tmpfs (the directories libvirt needs do not exist on a host
 //! without libvirt-daemon-system, and making them there would touch the host). Nothing of
 //! the host's own `/etc/libvirt` or `/run/libvirt` is read or written, and the mounts vanish
-//! with the namespace when its last process (the daemon, its QEMUs) exits. Each daemon has its own hostname and `host_uuid` (libvirt refuses to migrate to
-//! a host that looks like itself) and listens with TCP on the host's underlay address; the
-//! client (`virsh`) connects to that from the host's network namespace.
+//! with the namespace when its last process (the daemon, its QEMUs) exits. Each daemon has
+//! its own hostname and `host_uuid` (libvirt refuses to migrate to a host that looks like
+//! itself) and listens with TCP on the host's underlay address; the client (`virsh`)
+//! connects to that from the host's network namespace.
 //!
 //! What this must not do: start anything in the root network namespace, or leave a mount
 //! in the host's mount namespace.
