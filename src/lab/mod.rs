@@ -14,9 +14,11 @@
 
 pub mod address;
 pub mod error;
+pub mod libvirt;
 pub mod link;
 pub mod migration;
 pub mod netns;
+pub mod ping;
 pub mod process;
 pub mod qemu;
 pub mod registry;
