@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian package target/debian/vmtun_<version>-1_<arch>.deb with cargo-deb: the
-# release binary, the systemd unit vmtun@.service, bash/zsh/fish completions and man pages
-# (generated from the CLI's definition by the binary itself), and /etc/vmtun (0700, made
-# by postinst). Then checks the package without installing it: its file list, and the unit
-# as unpacked (scripts/verify-unit.sh). Install it with: dpkg -i target/debian/vmtun_*.deb
+# release binary, the systemd unit vmtun@.service, libvirt's interface script, bash/zsh/fish
+# completions and man pages (generated from the CLI's definition by the binary itself), and
+# /etc/vmtun (0700, made by postinst). Then checks the package without installing it: its
+# file list, and the unit as unpacked (scripts/verify-unit.sh). Install it with:
+# dpkg -i target/debian/vmtun_*.deb
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ echo "package: built $deb" >&2
 
 # What a user gets, read from the package itself.
 listing=$(dpkg-deb -c "$deb")
-for path in ./usr/bin/vmtun ./lib/systemd/system/vmtun@.service \
+for path in ./usr/bin/vmtun ./lib/systemd/system/vmtun@.service ./usr/libexec/vmtun/libvirt-vif-up \
             ./usr/share/man/man1/vmtun.1.gz ./usr/share/man/man1/vmtun-up.1.gz \
             ./usr/share/bash-completion/completions/vmtun \
             ./usr/share/zsh/vendor-completions/_vmtun \

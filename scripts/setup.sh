@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every system package vmtun's build, package, demo, tests and benchmarks need (Debian).
 # Idempotent: packages already present are left alone. Called by both README commands.
+# `--tests` (scripts/test.sh) also installs cargo-deny, which only the test run uses.
 set -euo pipefail
 
 PACKAGES=(
@@ -14,8 +15,20 @@ PACKAGES=(
   wireguard-go wireguard-tools # interoperability tests against a stock WireGuard
   procps psmisc                # ps, pkill-free process inspection in tests
   systemd man-db               # systemd-analyze verify of vmtun@.service (it looks up the man pages)
-  util-linux                   # setpriv: tests/service.rs runs vmtun with the unit's capabilities only
+  util-linux                   # setpriv: tests/service.rs runs vmtun with the unit's capabilities only;
+                               # unshare: tests/libvirt.rs's private mount and UTS namespaces
+  # tests/libvirt.rs: libvirtd, its QEMU driver and virsh (bookworm's 9.0). Not
+  # libvirt-daemon-system: its units would start a daemon in the root namespace; these ship none.
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
+
+# PIDs of libvirt daemons running in this (the root) network namespace.
+root_libvirt_daemons() {
+  for pid in $(pgrep -x libvirtd || true) $(pgrep -x virtqemud || true); do
+    [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$(readlink /proc/self/ns/net)" ] && echo "$pid"
+  done
+  return 0
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -28,9 +41,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
     exit 1
   fi
   echo "setup: installing ${missing[*]}" >&2
+  daemons_before=$(root_libvirt_daemons)
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$(root_libvirt_daemons)" != "$daemons_before" ]; then
+    echo "setup: installing started a libvirt daemon in the root namespace (PIDs $(root_libvirt_daemons)); stop it" >&2
+    exit 1
+  fi
+fi
+
+# libvirt's QEMU driver resolves its default user before it reads qemu.conf, and does not load
+# without it; libvirt-daemon-system would make it.
+if ! getent passwd libvirt-qemu >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing the system user libvirt-qemu; run as root to make it" >&2
+    exit 1
+  fi
+  useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
 fi
 
 # QEMU for tests/real_vm.rs: bookworm's 7.2 corrupts guests now and then in TCG migration (fixed
@@ -56,4 +84,11 @@ if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+
+# cargo-deny for the dependency check in scripts/test.sh (deny.toml): built from crates.io
+# once, into ~/.cargo/bin (8 min 49 s on this machine kind, 2 cores, other builds running).
+if [ "${1:-}" = "--tests" ] && ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny (cargo install --locked cargo-deny; several minutes)" >&2
+  cargo install --locked cargo-deny
 fi

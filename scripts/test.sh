@@ -5,12 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+scripts/setup.sh --tests
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "test: the namespace tests need root; run as root (e.g. sudo scripts/test.sh)" >&2
   exit 1
 fi
+
+# Dependencies (deny.toml): licenses, banned and duplicate crates, and sources, offline.
+# Advisories need the RustSec database: see SECURITY.md.
+echo "test: cargo deny check licenses bans sources" >&2
+cargo deny --offline check --hide-inclusion-graph licenses bans sources
 
 # Two test threads per binary: each namespace test runs a tunnel on both ends and a
 # 50 MB transfer, and the machine has two cores.

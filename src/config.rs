@@ -1,8 +1,8 @@
 //! The TOML config of the user contract (DESIGN.md), parsed into validated types.
 //!
 //! Every mistake an operator can make in the file is found here, as one line naming the
-//! field, before anything on the host is touched. This module reads the config and the
-//! private key file; it changes nothing.
+//! field, before anything on the host is touched. This module reads the config, the
+//! private key file and the host's group database (`control.group`); it changes nothing.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -53,6 +53,8 @@ pub struct Config {
     pub vms: Vec<Vm>,
     /// The Prometheus endpoint, when the operator turned it on.
     pub metrics: Option<Metrics>,
+    /// Who besides root may use the control socket.
+    pub control: Control,
 }
 
 /// `[interface]`: the TUN device and this host's identity.
@@ -170,6 +172,22 @@ pub struct Metrics {
     pub listen: SocketAddr,
 }
 
+/// `[control]`: who besides root may use the control socket (`vmtun status`, `cutover`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Control {
+    /// A group whose members may; `None` (the default): root only.
+    pub group: Option<Group>,
+}
+
+/// A group of this host: its name, and the id the name had when the config was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// As written in the config.
+    pub name: String,
+    /// Its id in the host's group database.
+    pub gid: u32,
+}
+
 /// `[[vm]]`: the addresses behind one VM interface.
 #[derive(Debug, Clone)]
 pub struct Vm {
@@ -189,6 +207,7 @@ struct RawConfig {
     #[serde(default)]
     vm: Vec<RawVm>,
     metrics: Option<RawMetrics>,
+    control: Option<RawControl>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +256,12 @@ struct RawMetrics {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawControl {
+    group: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawVm {
     vif: String,
     addresses: Vec<String>,
@@ -280,6 +305,7 @@ impl Config {
         };
         let vms = vms(raw.vm, migration.as_ref())?;
         let metrics = raw.metrics.map(metrics).transpose()?;
+        let control = raw.control.map(control).transpose()?.unwrap_or_default();
         let config = Self {
             path: path.to_path_buf(),
             interface,
@@ -287,6 +313,7 @@ impl Config {
             migration,
             vms,
             metrics,
+            control,
         };
         Ok((config, inline_key))
     }
@@ -465,6 +492,11 @@ fn endpoint(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     let addr = socket_address(field, text, "198.51.100.7:51820 or [2001:db8::1]:51820")?;
     if addr.port() == 0 {
         return err(format!("{field}: {text}: port 0 cannot be sent to"));
+    }
+    if !crate::noise::can_send_to(addr) {
+        return err(format!(
+            "{field}: {text} cannot be sent to (unspecified, multicast or broadcast); give the peer's own address"
+        ));
     }
     Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
 }
@@ -725,6 +757,49 @@ fn metrics(raw: RawMetrics) -> Result<Metrics, ConfigError> {
     Ok(Metrics { listen })
 }
 
+/// `[control]`: the group must exist on this host (its id is what the socket is given).
+fn control(raw: RawControl) -> Result<Control, ConfigError> {
+    let Some(name) = raw.group else {
+        return Ok(Control::default());
+    };
+    match group_id(&name) {
+        Some(gid) => Ok(Control {
+            group: Some(Group { name, gid }),
+        }),
+        None => err(format!(
+            "control.group: no group {name:?} on this host; create it (`groupadd {name}`) or \
+             name an existing one"
+        )),
+    }
+}
+
+/// The id of the group called `name` in the host's group database (getgrnam_r).
+fn group_id(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: an all-zero `group` is a valid value for getgrnam_r to overwrite.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: c_name is NUL-terminated; group, buf (buf.len() bytes) and found are
+        // valid for writes for the duration of the call.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c_name.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !found.is_null()).then_some(group.gr_gid);
+    }
+}
+
 fn vms(raw: Vec<RawVm>, migration: Option<&Migration>) -> Result<Vec<Vm>, ConfigError> {
     if raw.is_empty() {
         return Ok(Vec::new());
@@ -882,6 +957,9 @@ addresses = ["203.0.113.2"]
             (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]:junk\""), "peer[0].endpoint: \"[2001:db8::1]:junk\" is not IP:PORT"),
             (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]\""), "(it has no port)"),
             (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[2001:db8::1]:0\""), "peer[0].endpoint: [2001:db8::1]:0: port 0"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"0.0.0.0:51820\""), "peer[0].endpoint: 0.0.0.0:51820 cannot be sent to"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"[ff02::1]:51820\""), "peer[0].endpoint: [ff02::1]:51820 cannot be sent to"),
+            (g.replace("endpoint = \"198.18.0.2:51820\"", "endpoint = \"255.255.255.255:51820\""), "peer[0].endpoint: 255.255.255.255:51820 cannot be sent to"),
             (g.replace("address = \"100.64.0.1/24\"\n", ""), "missing field `address`"),
             (g.replace("name = \"vmtun0\"", "name = \"a-name-far-too-long\""), "interface.name"),
             (g.replace("role = \"old\"", "role = \"sideways\""), "unknown variant `sideways`"),
@@ -940,6 +1018,30 @@ addresses = ["203.0.113.2"]
             assert!(e.contains(expected), "expected {expected:?} in {e:?}");
             assert!(!e.contains('\n'), "error spans several lines: {e:?}");
         }
+    }
+
+    #[test]
+    fn control_group_is_root_only_by_default_and_resolved_by_name() {
+        assert_eq!(parse(&good()).unwrap().control, Control::default());
+        let with = |section: &str| parse(&format!("{}\n[control]\n{section}\n", good()));
+        assert_eq!(with("").unwrap().control, Control::default());
+        assert_eq!(
+            with("group = \"root\"").unwrap().control.group,
+            Some(Group {
+                name: "root".into(),
+                gid: 0
+            })
+        );
+        let e = with("group = \"no-such-group-here\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("control.group: no group \"no-such-group-here\" on this host")
+                && e.contains("groupadd"),
+            "{e}"
+        );
+        let e = with("groups = \"root\"").unwrap_err().to_string();
+        assert!(e.contains("unknown field `groups`"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The control socket: how `vmtun status`, `down` and `cutover` talk to a running `up`.
 //!
 //! One Unix socket per instance, `/run/vmtun/net-<ns>/<interface>.sock`, mode 0600 in 0700
-//! directories (root only). An instance's files are keyed by its network namespace (see
+//! directories (root only; with `[control] group`, 0660 and the group's, in 0711
+//! directories, see [`crate::control_access`]). An instance's files are keyed by its network namespace (see
 //! [`Paths`]), so the same interface name may run in two namespaces of one host. A request
 //! is one line (`status`, `down`, `cutover`); the answer is one line of JSON. This module
 //! owns the paths, the socket and the client side; the messages are `status`'s, and the
@@ -9,16 +10,19 @@
 
 use std::fmt;
 use std::io::{BufRead as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixListener;
 
 use crate::config::Config;
+pub use crate::control_access::Access;
+use crate::control_access::Caller;
 use crate::driver::DriverHandle;
 use crate::netcfg;
 pub use crate::status::{Reply, Request, Status};
@@ -29,6 +33,9 @@ pub const RUN_DIR: &str = "/run/vmtun";
 
 /// How long a client waits for a running instance to answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most the instance reads of a request: every request is one short line, and a
+/// longer one is refused as it is, unread beyond this.
+const MAX_REQUEST: u64 = 64;
 
 /// A network namespace, as the kernel tells them apart: the inode of its nsfs file, which
 /// `readlink /proc/self/ns/net` prints as `net:[4026531840]` (and `lsns -t net` lists).
@@ -128,36 +135,55 @@ impl Paths {
     }
 }
 
-/// Serves the control socket at `path`: each connection's request goes to the event loop
-/// through `driver`, and its reply back to the client. The caller holds the instance
-/// lock, so a socket file already there is a dead instance's and is replaced.
-pub fn listen(path: &Path, driver: DriverHandle) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Serves the control socket at `path` to those `access` admits: each connection's request
+/// goes to the event loop through `driver`, and its reply back to the client. The caller
+/// holds the instance lock, so a socket file already there is a dead instance's and is
+/// replaced.
+pub fn listen(
+    path: &Path,
+    access: Access,
+    driver: DriverHandle,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding the control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    access.secure(path, Path::new(RUN_DIR))?;
+    let access = std::sync::Arc::new(access);
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_client(stream, driver.clone()));
+            tokio::spawn(serve_client(stream, access.clone(), driver.clone()));
         }
     }))
 }
 
-async fn serve_client(stream: tokio::net::UnixStream, driver: DriverHandle) {
+async fn serve_client(
+    stream: tokio::net::UnixStream,
+    access: std::sync::Arc<Access>,
+    driver: DriverHandle,
+) {
+    let Ok(caller) = Caller::of(stream.as_fd()) else {
+        return;
+    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let reply =
-        match tokio::time::timeout(CLIENT_TIMEOUT, BufReader::new(read).read_line(&mut line)).await
-        {
-            Ok(Ok(_)) => match Request::parse(&line) {
-                Some(request) => match driver.request(request).await {
+    let reply = match tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line),
+    )
+    .await
+    {
+        Ok(Ok(_)) => match Request::parse(&line) {
+            Some(request) => match access.refusal(&caller, request) {
+                Some(refusal) => Reply::Error(refusal),
+                None => match driver.request(request).await {
                     Some(reply) => reply,
                     None => return,
                 },
-                None => Reply::Error(format!("unknown request {:?}", line.trim())),
             },
-            _ => return,
-        };
+            None => Reply::Error(format!("unknown request {:?}", line.trim())),
+        },
+        _ => return,
+    };
     if let Ok(mut text) = serde_json::to_string(&reply) {
         text.push('\n');
         let _ = write.write_all(text.as_bytes()).await;
@@ -189,10 +215,17 @@ fn unreachable(config: &Config, paths: &Paths, e: &std::io::Error) -> String {
              socket {socket} is stale); run `vmtun down -c {}` to undo what it left",
             config.path.display()
         ),
-        Some(libc::EACCES | libc::EPERM) => format!(
-            "cannot reach a vmtun for {name}: permission denied on {socket} ({RUN_DIR} is \
-             root's); run this as root"
-        ),
+        Some(libc::EACCES | libc::EPERM) => match &config.control.group {
+            None => format!(
+                "cannot reach a vmtun for {name}: permission denied on {socket} ({RUN_DIR} is \
+                 root's); run this as root"
+            ),
+            Some(group) => format!(
+                "cannot reach a vmtun for {name}: permission denied on {socket}; run this as \
+                 root or as a member of group {}",
+                group.name
+            ),
+        },
         Some(libc::ENOENT) => {
             let here = format!(
                 "no vmtun running for {name} in this network namespace ({})",

@@ -3,10 +3,15 @@
 //! JSON object with `--json`), and deletes every namespace it made, also on Ctrl-C and on
 //! failure.
 //!
-//! This module only parses the options, runs [`crate::lab::migration::run`] and presents
-//! its report; the scenario itself lives in the lab.
+//! `vmtun demo --real-vm` does the same with a real guest that QEMU live-migrates
+//! ([`crate::lab::migration::real_vm`]) and adds a table of the move and the switch:
+//! QEMU's downtime, the guest's real pause, the client's gap and losses, the cutover.
+//!
+//! This module only parses the options, runs [`crate::lab::migration::run`] (or the real
+//! VM's) and presents its report; the scenario itself lives in the lab.
 
 use crate::lab::{self, migration};
+use migration::real_vm::{self, MigrationPath, RealVmOptions, RealVmReport};
 use migration::scenario::{HostMode, Options, Report};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -40,6 +45,22 @@ pub struct DemoArgs {
     /// cut over, the client probing 2001:db8:1::2. The tunnel's underlay stays IPv4.
     #[arg(long, conflicts_with_all = ["seed_cutover", "no_tunnel"])]
     pub ipv6: bool,
+    /// A real VM: QEMU (TCG) boots the guest of scripts/guest.sh on the old host and
+    /// live-migrates it to the new host; the client pings it. Adds QEMU's downtime and the
+    /// guest's real pause to the report. Needs QEMU (scripts/setup.sh) and the guest
+    /// (scripts/guest.sh; found in $VMTUN_GUEST_DIR or ~/.cache/vmtun-guest).
+    #[arg(long, conflicts_with_all = ["seed_cutover", "no_tunnel", "ipv6"])]
+    pub real_vm: bool,
+    /// With --real-vm: where QEMU's migration stream goes, the new host's underlay address
+    /// or its tunnel address (through vmtun's tunnel, the seed's way).
+    #[arg(
+        long,
+        value_enum,
+        requires = "real_vm",
+        default_value = "underlay",
+        value_name = "PATH"
+    )]
+    pub migrate_via: MigrationPath,
 }
 
 /// Runs the demo. Needs root (it creates network namespaces); never touches the root
@@ -63,10 +84,19 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             .into_iter()
             .flatten(),
     ) {
-        if !on_path(tool) {
+        if !lab::process::on_path(tool) {
             anyhow::bail!("demo: `{tool}` is not installed or not on PATH; run scripts/setup.sh");
         }
     }
+    // Before anything is built: a missing QEMU or guest is a one-line error.
+    let image = if args.real_vm {
+        if let Some(why) = lab::qemu::missing_requirement() {
+            anyhow::bail!("demo: {why}");
+        }
+        Some(lab::qemu::GuestImage::cached().map_err(|e| anyhow::anyhow!("demo: {e}"))?)
+    } else {
+        None
+    };
     lab::install_signal_cleanup()?;
     let vmtun = std::env::current_exe()?;
     let options = options(args, vmtun);
@@ -74,20 +104,27 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut progress = |line: &str| {
         eprintln!("[{:7.3}s] {line}", started.elapsed().as_secs_f64());
     };
-    let report = migration::run(&options, &mut progress)?;
+    // The scenario's report (for the verdict), the text and the JSON.
+    let (report, text, json) = match image {
+        Some(image) => {
+            let real = real_vm::run(&real_vm_options(args, &options, image), &mut progress)?;
+            let json = serde_json::to_string_pretty(&real)?;
+            (real.run.clone(), render_real_vm(&real), json)
+        }
+        None => {
+            let report = migration::run(&options, &mut progress)?;
+            let json = serde_json::to_string_pretty(&report)?;
+            let text = render(&report);
+            (report, text, json)
+        }
+    };
     progress("done: every namespace is deleted");
     if args.json {
-        crate::output::print(format_args!("{}\n", serde_json::to_string_pretty(&report)?))?;
+        crate::output::print(format_args!("{json}\n"))?;
     } else {
-        crate::output::print(render(&report))?;
+        crate::output::print(text)?;
     }
     verdict(&report, options.mode)
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false)
 }
 
 fn options(args: &DemoArgs, vmtun: PathBuf) -> Options {
@@ -111,6 +148,21 @@ fn options(args: &DemoArgs, vmtun: PathBuf) -> Options {
     options.after_move = dwell * 2;
     options.after_switch = dwell * 2;
     options
+}
+
+fn real_vm_options(
+    args: &DemoArgs,
+    options: &Options,
+    image: lab::qemu::GuestImage,
+) -> RealVmOptions {
+    let mut real = RealVmOptions::new(options.vmtun.clone(), image);
+    real.path = args.migrate_via;
+    real.rate_hz = options.rate_hz;
+    real.before_move = options.before_move;
+    real.settle = options.settle;
+    real.after_move = options.after_move;
+    real.after_switch = options.after_switch;
+    real
 }
 
 /// Fails the command when vmtun's run did not do what the demo shows it doing, so that a
@@ -151,6 +203,56 @@ fn verdict(report: &Report, mode: HostMode) -> anyhow::Result<()> {
             problems.join("; ")
         )
     }
+}
+
+/// `--real-vm`'s report: the scenario's ([`render`]), then QEMU's figures and the table
+/// of the move and the switch.
+pub fn render_real_vm(report: &RealVmReport) -> String {
+    let mut out = render(&report.run);
+    let m = &report.migration;
+    let _ = writeln!(
+        out,
+        "\nQEMU (TCG): the guest booted in {:.1} s; migrated {} ({}) in {} ms",
+        m.boot_ms / 1e3,
+        m.path.describe(),
+        m.uri,
+        m.total_ms
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>13} {:>11} {:>12} {:>6} {:>17} {:>15} {:>10}",
+        "phase",
+        "QEMU downtime",
+        "real pause",
+        "longest gap",
+        "lost",
+        "lost after RESUME",
+        "cutover latency",
+        "wrong-way"
+    );
+    let ms =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$} ms"));
+    let count = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    for row in &report.summary {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>13} {:>11} {:>9.1} ms {:>6} {:>17} {:>15} {:>10}",
+            phase_label(&row.phase),
+            ms(row.qemu_downtime_ms.map(|v| v as f64), 0),
+            ms(row.real_pause_ms, 1),
+            row.longest_gap_ms,
+            row.lost,
+            count(row.lost_after_resume),
+            ms(row.cutover_latency_ms, 3),
+            count(row.wrong_way_replies)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(QEMU downtime: query-migrate's, the source's view; real pause: the source's STOP event to the destination's RESUME; lost after RESUME: probes sent from RESUME + {} ms until the switch that were never answered; wrong-way: replies through the old host to probes sent after the first native packet reached the new host)",
+        real_vm::AFTER_RESUME.as_millis()
+    );
+    out
 }
 
 fn phase_label(name: &str) -> &str {

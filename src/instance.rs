@@ -72,6 +72,10 @@ pub fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         return Ok(crate::output::print(text)?);
     }
     require_root()?;
+    // Every file vmtun makes under /run/vmtun is root's alone, as the unit's UMask=0077
+    // makes them: with control.group its directories let others through (0711).
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     for caveat in config.caveats() {
         tracing::warn!("{caveat}");
     }
@@ -280,7 +284,11 @@ async fn run_driver(
         migration,
         config.interface.busy_poll,
     )?;
-    let listener = control::listen(&paths.socket, handle.clone())?;
+    let access = control::Access {
+        interface: config.interface.name.clone(),
+        group: config.control.group.clone(),
+    };
+    let listener = control::listen(&paths.socket, access, handle.clone())?;
     let metrics = metrics
         .map(|m| crate::metrics::serve(m, handle.clone()))
         .transpose()?;

@@ -28,6 +28,7 @@ pub mod busy_poll;
 pub mod check;
 pub mod config;
 pub mod control;
+pub mod control_access;
 pub mod cutover;
 pub mod demo;
 pub mod driver;

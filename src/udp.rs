@@ -123,10 +123,11 @@ impl Udp {
 
     /// Sends `contents` to `to`: one datagram, or several of `segment` bytes each (the last
     /// may be shorter) in one GSO call. A full socket buffer drops them (as a NIC would).
-    /// Port 0 is refused here: the kernel would answer EINVAL, and quinn-udp takes that as
-    /// "no GSO" and turns it off for the whole socket.
+    /// An address nothing can be sent to ([`crate::noise::can_send_to`]: port 0,
+    /// multicast...) is refused here: the kernel would answer EINVAL for port 0, and
+    /// quinn-udp takes that as "no GSO" and turns it off for the whole socket.
     pub fn try_send(&self, to: SocketAddr, contents: &[u8], segment: usize) -> io::Result<()> {
-        if to.port() == 0 {
+        if !crate::noise::can_send_to(to) {
             return Err(io::ErrorKind::InvalidInput.into());
         }
         let destination = match to {
@@ -364,6 +365,17 @@ mod tests {
         let e = udp.try_send(to, &[0; 200], 100).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(udp.max_segments(), segments);
+    }
+
+    #[test]
+    fn no_peer_is_sent_to_at_a_group_or_broadcast_address() {
+        let (udp, _tx) = pair();
+        for to in ["224.0.0.1:51820", "255.255.255.255:51820", "0.0.0.0:51820"] {
+            let e = udp
+                .try_send(to.parse().unwrap(), &[0; 100], 100)
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{to}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the command line says about itself when there is little to do: `vmtun down` with no
 //! instance running, and after one that crashed. Its words and exit code must be true. And
 //! the command line as a user meets it: `genkey` (WireGuard's name), output into a pipe
-//! whose reader went away (`| head -1`), completions and man pages.
+//! whose reader went away (`| head -1`), completions and man pages. And who may use a
+//! running instance's control socket: root, `[control] group`, no one else.
 //!
 //! ```text
 //!   ns a (a host with no instance, or one whose `vmtun up` was SIGKILLed)
@@ -318,21 +319,20 @@ fn check_refused(what: &str, outcome: (Option<i32>, String, String), words: &[&s
     )
 }
 
-/// `status` after a crash says the instance is dead and to run `down` (not "Connection
-/// refused"); run as a user, it says to run as root (not "no vmtun running").
-#[test]
-fn status_says_what_to_do_after_a_crash_and_without_root() -> Result<()> {
-    preflight(&["setpriv"]);
-    let net = Pair::new("statuswords")?;
-    let mut a = Vmtun::start(&net.a, &net.scratch, config())?;
-    // A copy of the config a user may read, in a directory a user may enter.
-    let open = Scratch::new("statususer")?;
+/// The user `setpriv` runs commands as: nobody (65534), in no group but its own.
+const USER: &[&str] = &["--reuid=65534", "--regid=65534"];
+
+/// Debian's group `users` (gid 100, in every base system): the control group the tests name.
+const GROUP: (&str, u32) = ("users", 100);
+
+/// A copy of `a`'s config the test user may read, in a directory it may enter, with the
+/// key in a file of the user's own (a config others can read may not hold it inline).
+fn config_for_the_user(a: &Vmtun, open: &Scratch) -> Result<String> {
     std::fs::set_permissions(
         open.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .map_err(|e| LabError::io("opening the scratch directory", e))?;
-    // Its key in a file of the user's own: a config others can read may not hold it inline.
     let key = open.write("a.key", &a.cfg.keys.private, 0o600)?;
     std::os::unix::fs::chown(&key, Some(65534), Some(65534))
         .map_err(|e| LabError::io("giving the key file to the user", e))?;
@@ -341,12 +341,37 @@ fn status_says_what_to_do_after_a_crash_and_without_root() -> Result<()> {
         &format!("private_key_file = {key:?}"),
     );
     let readable = open.write("a.toml", &text, 0o644)?;
-    let readable = readable.to_string_lossy().into_owned();
-    let as_user = ["--reuid=65534", "--regid=65534", "--clear-groups", VMTUN];
-    let outcome = run_setpriv(&net.a, &net.scratch, &as_user, &["status", "-c", &readable])?;
+    Ok(readable.to_string_lossy().into_owned())
+}
+
+/// `vmtun status -c CONFIG` run by `setpriv SETPRIV`, the user's identity.
+fn status_as(net: &Pair, setpriv: &[&str], config: &str) -> Result<(Option<i32>, String, String)> {
+    let args: Vec<&str> = setpriv.iter().copied().chain([VMTUN]).collect();
+    run_setpriv(&net.a, &net.scratch, &args, &["status", "-c", config])
+}
+
+/// Fails unless `outcome` is a success that printed `a`'s interface.
+fn check_answered(what: &str, outcome: (Option<i32>, String, String), a: &Vmtun) -> Result<()> {
+    let (code, out, err) = outcome;
+    check(
+        code == Some(0) && out.contains(&format!("interface: {}", a.ifname())),
+        || format!("{what}: expected the status; exit {code:?}, stdout {out:?}, stderr {err:?}"),
+    )
+}
+
+/// `status` after a crash says the instance is dead and to run `down` (not "Connection
+/// refused"); run as a user, it says to run as root (not "no vmtun running").
+#[test]
+fn status_says_what_to_do_after_a_crash_and_without_root() -> Result<()> {
+    preflight(&["setpriv"]);
+    let net = Pair::new("statuswords")?;
+    let mut a = Vmtun::start(&net.a, &net.scratch, config())?;
+    let open = Scratch::new("statususer")?;
+    let readable = config_for_the_user(&a, &open)?;
+    let as_user = [USER, &["--clear-groups"]].concat();
     check_refused(
         "status as a user",
-        outcome,
+        status_as(&net, &as_user, &readable)?,
         &["permission denied", "run this as root"],
     )?;
     a.kill()?;
@@ -371,6 +396,134 @@ fn status_says_what_to_do_after_a_crash_and_without_root() -> Result<()> {
         &after_a_plain_crash(a.ifname()),
     )?;
     a.check_gone()
+}
+
+/// The file modes are not the only guard: a user who gets past them (here with
+/// CAP_DAC_OVERRIDE, as a badly confined service might) is still refused by the instance,
+/// which checks who connected (SO_PEERCRED), with one line.
+#[test]
+fn the_control_socket_checks_who_connected() -> Result<()> {
+    preflight(&["setpriv"]);
+    let net = Pair::new("peercred")?;
+    let a = Vmtun::start(&net.a, &net.scratch, config())?;
+    let open = Scratch::new("peercreduser")?;
+    let readable = config_for_the_user(&a, &open)?;
+    let past_the_modes = [
+        USER,
+        &[
+            "--clear-groups",
+            "--inh-caps=+dac_override",
+            "--ambient-caps=+dac_override",
+        ],
+    ]
+    .concat();
+    check_refused(
+        "status as a user past the file modes",
+        status_as(&net, &past_the_modes, &readable)?,
+        &["permission denied", "root only", "control.group"],
+    )?;
+    let path = a.path.to_string_lossy().into_owned();
+    check_answered("status as root", status_as(&net, &[], &path)?, &a)
+}
+
+/// A request is one short line: a caller who sends a long one without a newline gets a
+/// refusal at once, and the instance does not buffer what follows.
+#[test]
+fn a_long_control_request_is_refused_unread() -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    preflight(&[]);
+    let net = Pair::new("longreq")?;
+    let a = Vmtun::start(&net.a, &net.scratch, config())?;
+    let socket = Paths::in_netns(net.a.id()?, a.ifname()).socket;
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .map_err(|e| LabError::io(format!("connecting to {}", socket.display()), e))?;
+    stream
+        .set_read_timeout(Some(WAIT))
+        .map_err(|e| LabError::io("setting a read timeout", e))?;
+    // 64 KiB fits the socket's buffer: the write returns whether or not anyone reads it.
+    let _ = stream.write_all(&[b's'; 64 * 1024]);
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    check(
+        reply.contains("unknown request") && reply.len() < 1024,
+        || format!("a 64 KiB request without a newline got {:.300?}", reply),
+    )
+}
+
+/// With `[control] group`, members of the group use `status` (by their primary or a
+/// supplementary group), root still does, and other users are refused with one line that
+/// names the group. The socket is root's and the group's, mode 0660.
+#[test]
+fn the_control_group_may_use_the_socket_and_no_one_else() -> Result<()> {
+    preflight(&["setpriv"]);
+    let net = Pair::new("ctlgroup")?;
+    let mut cfg = config();
+    cfg.extra = format!("\n[control]\ngroup = {:?}\n", GROUP.0);
+    let a = Vmtun::start(&net.a, &net.scratch, cfg)?;
+    let socket = Paths::in_netns(net.a.id()?, a.ifname()).socket;
+    let meta = std::fs::metadata(&socket)
+        .map_err(|e| LabError::io(format!("reading {}", socket.display()), e))?;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    check(
+        meta.uid() == 0 && meta.gid() == GROUP.1 && meta.permissions().mode() & 0o777 == 0o660,
+        || {
+            format!(
+                "{}: owner {}:{} mode {:o}; expected 0:{} 0660",
+                socket.display(),
+                meta.uid(),
+                meta.gid(),
+                meta.permissions().mode() & 0o777,
+                GROUP.1
+            )
+        },
+    )?;
+    // The directories now let everyone through: the instance's other files are root's alone.
+    let dir = socket.parent().expect("/run/vmtun/net-<ns>");
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| LabError::io(format!("listing {}", dir.display()), e))?;
+    let own = format!("{}.", a.ifname());
+    let files = entries.flatten().map(|e| e.path()).filter(|p| {
+        *p != socket
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&own))
+    });
+    for file in files {
+        let mode = std::fs::metadata(&file).map_or(0, |m| m.permissions().mode());
+        check(mode & 0o077 == 0, || {
+            format!("{} has mode {mode:o}: others may read it", file.display())
+        })?;
+    }
+    let open = Scratch::new("ctlgroupuser")?;
+    let readable = config_for_the_user(&a, &open)?;
+    let supplementary = format!("--groups={}", GROUP.1);
+    let member = [
+        &["--reuid=65534", "--regid=65534"],
+        &[supplementary.as_str()][..],
+    ]
+    .concat();
+    check_answered(
+        "status as a member",
+        status_as(&net, &member, &readable)?,
+        &a,
+    )?;
+    let primary = format!("--regid={}", GROUP.1);
+    let by_primary = ["--reuid=65534", primary.as_str(), "--clear-groups"];
+    check_answered(
+        "status by the primary group",
+        status_as(&net, &by_primary, &readable)?,
+        &a,
+    )?;
+    let stranger = [USER, &["--clear-groups"]].concat();
+    check_refused(
+        "status as a user outside the group",
+        status_as(&net, &stranger, &readable)?,
+        &[
+            "permission denied",
+            "run this as root or as a member of group users",
+        ],
+    )?;
+    let path = a.path.to_string_lossy().into_owned();
+    check_answered("status as root", status_as(&net, &[], &path)?, &a)
 }
 
 /// `setpriv ARGS` in `ns`: exit code, stdout, stderr.

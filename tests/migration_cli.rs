@@ -2,7 +2,8 @@
 //! run: `vmtun cutover` by hand (with `cutover = "manual"`, and after the watcher failed),
 //! the VM-interface watcher inside `vmtun up`, `vmtun vif-up` on the command line, the
 //! text of `vmtun status` on role new, a non-default `table`/`fwmark` with two subnets cut
-//! over one at a time, and `vmtun demo --json`. All on the lab of `vmtun::lab::migration`.
+//! over one at a time, and `vmtun demo --json` (also `--real-vm`, and its errors without QEMU
+//! or the guest). All on the lab of `vmtun::lab::migration`.
 
 mod common;
 #[path = "common/migration.rs"]
@@ -19,7 +20,10 @@ use vmtun::lab::migration::probe::{Echo, Prober, unix_ns};
 use vmtun::lab::migration::scenario::PHASES;
 use vmtun::lab::migration::stats::Via;
 use vmtun::lab::migration::topology::{MigrationLab, Site};
-use vmtun::lab::migration::{BRIDGE, CLIENT, ECHO_PORT, NEW, SUBNET, TUNNEL_OLD, VIF, VM_ADDR};
+use vmtun::lab::migration::{
+    BRIDGE, CLIENT, ECHO_PORT, NEW, SUBNET, TUNNEL_NEW, TUNNEL_OLD, VIF, VM_ADDR,
+};
+use vmtun::lab::qemu::{GuestImage, MIGRATION_PORT, missing_requirement};
 
 /// The migration lines of `vmtun status` on role new before the first native packet, as
 /// the README shows them.
@@ -459,5 +463,136 @@ fn demo_json_with_seed_cutover_reports_the_seeds_cutover() -> Result<()> {
             && cutover["phase"].is_null()
             && cutover["native_subnets"] == serde_json::json!([]),
         || format!("the demo's cutover: {cutover}"),
+    )
+}
+
+/// `vmtun demo --real-vm` with `env` set (and `PATH`, if given, replaced): it must fail
+/// before building anything, with one line on stderr that names `cause` and `fix`.
+fn demo_real_vm_refused(env: &[(&str, &std::ffi::OsStr)], cause: &str, fix: &str) -> Result<()> {
+    let out = std::process::Command::new(VMTUN)
+        .args(["demo", "--real-vm"])
+        .envs(env.iter().copied())
+        .output()
+        .map_err(|e| common::LabError::io("running vmtun demo --real-vm", e))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        !out.status.success()
+            && stderr.lines().count() == 1
+            && stderr.contains(cause)
+            && stderr.contains(fix),
+        || {
+            format!(
+                "vmtun demo --real-vm must refuse in one line naming {cause:?} and {fix:?}; it exited with {} and said:\n{stderr}",
+                out.status
+            )
+        },
+    )
+}
+
+/// Without the guest image, `vmtun demo --real-vm` says where it looked and to run
+/// scripts/guest.sh.
+#[test]
+fn demo_real_vm_without_the_guest_says_to_build_it() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    if let Some(why) = missing_requirement() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let scratch = Scratch::new("demo-noguest")?;
+    demo_real_vm_refused(
+        &[("VMTUN_GUEST_DIR", scratch.path().as_os_str())],
+        &format!("no guest image in {}", scratch.path().display()),
+        "scripts/guest.sh",
+    )
+}
+
+/// Without QEMU on the PATH (the demo's other tools still there), `vmtun demo --real-vm`
+/// says to run scripts/setup.sh.
+#[test]
+fn demo_real_vm_without_qemu_says_to_run_setup() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("demo-noqemu")?;
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).map_err(|e| common::LabError::io("creating bin", e))?;
+    for tool in ["ip", "nft", "sysctl", "ping"] {
+        let real = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join(tool))
+            .find(|path| path.is_file())
+            .expect("preflight found it");
+        std::os::unix::fs::symlink(&real, bin.join(tool))
+            .map_err(|e| common::LabError::io(format!("linking {tool}"), e))?;
+    }
+    demo_real_vm_refused(
+        &[("PATH", bin.as_os_str())],
+        "qemu-system-x86_64 is not installed",
+        "scripts/setup.sh",
+    )
+}
+
+/// `vmtun demo --real-vm --json --migrate-via tunnel` (short phases): a real guest
+/// migrated through the tunnel, with the move and the switch summarised in the issue's
+/// columns: QEMU's downtime, the real pause (from QMP's STOP and RESUME), the gap, losses
+/// after RESUME, the cutover's latency and wrong-way replies.
+#[test]
+fn demo_real_vm_json_reports_the_move_and_the_switch() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    if let Some(why) = missing_requirement() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let image = GuestImage::build(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))?;
+    let guest_dir = image.kernel.parent().expect("the image has a directory");
+    let out = std::process::Command::new(VMTUN)
+        .args(["demo", "--real-vm", "--json", "--dwell", "0.5"])
+        .args(["--migrate-via", "tunnel"])
+        .env("VMTUN_GUEST_DIR", guest_dir)
+        .output()
+        .map_err(|e| common::LabError::io("running vmtun demo --real-vm", e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    check(out.status.success(), || {
+        format!("vmtun demo --real-vm exited with {}:\n{stderr}", out.status)
+    })?;
+    let report: Value = serde_json::from_str(&stdout).map_err(|e| {
+        common::LabError::Failed(format!(
+            "vmtun demo --real-vm --json printed invalid JSON ({e}):\n{stdout}"
+        ))
+    })?;
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    check(phases == PHASES, || {
+        format!("demo phases {phases:?}, expected {PHASES:?}")
+    })?;
+    let migration = &report["migration"];
+    check(
+        migration["path"] == "tunnel"
+            && migration["uri"] == format!("tcp:{TUNNEL_NEW}:{MIGRATION_PORT}")
+            && migration["real_pause_ms"].is_f64(),
+        || format!("the migration through the tunnel, its pause measured: {migration}"),
+    )?;
+    let summary = &report["summary"];
+    let (moved, switched) = (&summary[0], &summary[1]);
+    check(
+        moved["phase"] == "move"
+            && moved["qemu_downtime_ms"].is_u64()
+            && moved["real_pause_ms"] == migration["real_pause_ms"]
+            && moved["longest_gap_ms"].is_f64()
+            && moved["lost_after_resume"].is_u64(),
+        || format!("the move's summary: {moved}"),
+    )?;
+    check(
+        switched["phase"] == "switch"
+            && switched["cutover_latency_ms"].is_f64()
+            && switched["wrong_way_replies"] == 0,
+        || format!("the switch's summary: {switched}"),
+    )?;
+    let after_switch = &report["phases"][4];
+    check(
+        after_switch["received"].as_u64() > Some(0)
+            && after_switch["replies_via_new"] == after_switch["received"],
+        || format!("the guest answered natively after the switch: {after_switch}"),
     )
 }

@@ -1,7 +1,9 @@
 //! The move with a real VM: QEMU (TCG) boots the guest of `scripts/guest.sh` on the old
 //! host's tap vif0, vmtun runs on both hosts, QEMU live-migrates the guest to the new host
-//! over QMP, and the provider switches. The lab is tests/migration.rs's, with QEMU's taps
-//! in place of the VM namespace's veth.
+//! over QMP while the client pings it at 1 kHz, and the provider switches. The scenario is
+//! `vmtun::lab::migration::real_vm` (which `vmtun demo --real-vm` and
+//! `benches/real-vm.sh` run too; tests/migration_cli.rs runs the demo, migrating through
+//! the tunnel); this test checks what it reports.
 //!
 //! Skips (saying why) only without /dev/net/tun or without QEMU; `scripts/setup.sh`
 //! installs QEMU from bookworm-backports.
@@ -10,123 +12,91 @@ mod common;
 #[path = "common/migration.rs"]
 mod helpers;
 
-use common::{Result, Scratch, check, preflight, wait_ping};
-use helpers::{WAIT, cut_over_with_pings, launch_both, prepare_hosts};
+use common::{Result, check, preflight};
+use helpers::VMTUN;
 use std::path::Path;
-use std::time::Instant;
-use vmtun::lab::migration::hosts::CutoverState;
-use vmtun::lab::migration::topology::{MigrationLab, Site};
-use vmtun::lab::migration::{NEW, VIF, VIF_MAC, VM_ADDR, VM_GATEWAY, VM_MAC};
-use vmtun::lab::qemu::{GuestImage, MIGRATION_PORT, QEMU, Qemu, VmSpec};
+use std::time::Duration;
+use vmtun::lab::migration::real_vm::{self, RealVmOptions, RealVmReport};
+use vmtun::lab::qemu::{GuestImage, missing_requirement};
 
-/// Why this machine cannot run a real VM, if it cannot.
-fn missing_requirement() -> Option<String> {
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun (QEMU's tap needs it)".into());
-    }
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(QEMU).is_file()));
-    (!on_path).then(|| format!("no {QEMU} on PATH: run scripts/setup.sh"))
-}
-
-fn spec(image: &GuestImage, scratch: &Scratch, side: &str) -> VmSpec {
-    VmSpec {
-        image: image.clone(),
-        tap: VIF.into(),
-        mac: VM_MAC.into(),
-        addr: VM_ADDR.into(),
-        gateway: VM_GATEWAY.into(),
-        qmp: scratch.path().join(format!("{side}.qmp")),
-        console: scratch.path().join(format!("{side}.console")),
-    }
-}
-
-/// A real guest answers the client from the old host, keeps answering after QEMU's live
-/// migration to the new host (through the tunnel), and after the provider's switch, once
-/// the new host cut over.
-#[test]
-fn a_real_vm_answers_after_a_live_migration_and_after_the_switch() -> Result<()> {
+/// Runs the scenario with short phases, migrating over the underlay; `None` (skipped)
+/// where the machine cannot run a real VM.
+fn run_real_vm() -> Result<Option<RealVmReport>> {
     if let Some(why) = missing_requirement() {
         eprintln!("skipped: {why}");
-        return Ok(());
+        return Ok(None);
     }
     preflight(&["nft", "ping"]);
     let image = GuestImage::build(Path::new(env!("CARGO_MANIFEST_DIR")))?;
-    let scratch = Scratch::new("realvm")?;
-    let lab = MigrationLab::build(1)?;
-    // QEMU's tap takes the place of the lab's veth.
-    lab.detach_vm(Site::Old)?;
+    let mut options = RealVmOptions::new(VMTUN.into(), image);
+    options.before_move = Duration::from_millis(500);
+    options.settle = Duration::from_millis(500);
+    options.after_move = Duration::from_secs(1);
+    options.after_switch = Duration::from_secs(1);
+    let report = real_vm::run(&options, &mut |line| eprintln!("real_vm: {line}"))?;
+    eprintln!("{}", vmtun::demo::render_real_vm(&report));
+    Ok(Some(report))
+}
 
-    let booting = Instant::now();
-    let mut source = Qemu::start(
-        &lab.old,
-        "qemu-old",
-        scratch.path(),
-        spec(&image, &scratch, "old"),
-        None,
-        VIF_MAC,
+/// What every real-VM run must show: the guest answered after the move (through the
+/// tunnel and out of the old host, the provider still routing to it) and after the
+/// switch, with its replies then leaving natively through the new host (the core's
+/// counters), the cutover done, and both QMP events of the pause seen in order.
+fn check_the_move(report: &RealVmReport) -> Result<()> {
+    let run = &report.run;
+    let phase = |name: &str| run.phase(name).cloned().expect("every phase is reported");
+    let after_move = phase("after_move");
+    check(after_move.received > 0, || {
+        format!("the migrated guest answers after the move: {after_move:?}")
+    })?;
+    check(
+        after_move.replies_via_old == after_move.received
+            && report.core_before_switch.from_new == 0,
+        || {
+            format!(
+                "before the switch the replies leave through the old site: {after_move:?}, core {:?}",
+                report.core_before_switch
+            )
+        },
     )?;
-    lab.seed_vif_up(Site::Old)?;
-    source.resume()?;
-    source.wait_booted()?;
-    eprintln!("real_vm: guest booted in {:.1?}", booting.elapsed());
-
-    let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
-    launch_both(&lab, &mut old, &mut new)?;
-    wait_ping(&lab.client, VM_ADDR, WAIT)?;
-
-    let incoming = format!("tcp:{NEW}:{MIGRATION_PORT}");
-    let destination = Qemu::start(
-        &lab.new,
-        "qemu-new",
-        scratch.path(),
-        spec(&image, &scratch, "new"),
-        Some(&incoming),
-        VIF_MAC,
+    let after_switch = phase("after_switch");
+    check(after_switch.received > 0, || {
+        format!("the guest answers after the switch: {after_switch:?}")
+    })?;
+    check(
+        after_switch.replies_via_new == after_switch.received
+            && run.core_counters.from_new > report.core_before_switch.from_new,
+        || {
+            format!(
+                "after the cutover the replies leave natively through the new site: {after_switch:?}, core {:?}",
+                run.core_counters
+            )
+        },
     )?;
-    new.vif_up(VIF)?;
-    // A figure, not an assertion: how many of the client's pings the move cost.
-    let interval = "0.02";
-    let mut pings = lab.client.spawn(
-        "pings",
-        scratch.path(),
-        "ping",
-        &["-q", "-i", interval, VM_ADDR],
+    let cutover = run.cutover.as_ref().and_then(|c| c.phase.as_deref());
+    check(cutover == Some("done"), || {
+        format!("vmtun's cutover is done: {cutover:?}")
+    })?;
+    let m = &report.migration;
+    check(
+        m.stop_unix_ns.is_some_and(|stop| stop <= m.resume_unix_ns),
+        || format!("the source's STOP came before the destination's RESUME: {m:?}"),
     )?;
-    let (total_ms, downtime_ms) = source.migrate(&incoming)?;
-    eprintln!("real_vm: migration took {total_ms} ms, downtime {downtime_ms} ms (QEMU's figures)");
-    // libvirt ends the source QEMU once the guest runs on the destination: its tap goes.
-    drop(source);
-    wait_ping(&lab.client, VM_ADDR, WAIT)?;
-    pings.signal(libc::SIGINT);
-    pings.wait_timeout(WAIT)?;
-    let summary = pings.stdout();
-    let summary = summary
-        .lines()
-        .find(|line| line.contains("transmitted"))
-        .unwrap_or("no summary");
-    eprintln!("real_vm: the client's pings every {interval} s through the move: {summary}");
-    let through_old = lab.core_counters()?;
-    check(through_old.from_new == 0, || {
-        format!("before the switch the replies leave through the old site: {through_old:?}")
-    })?;
-    check(!lab.old.has_link(VIF), || {
-        "the source QEMU's tap is gone: the answers come from the migrated guest".into()
-    })?;
-    // The destination's tap: the guest's frames are its received packets.
-    let from_guest = lab.new.link_stat(VIF, "rx_packets")?;
-    check(from_guest > 0, || {
-        format!("the migrated guest sent nothing on the new host's {VIF}")
-    })?;
+    check(
+        run.vmtun_exits
+            .iter()
+            .all(|e| e.ends_with("exit status: 0")),
+        || format!("vmtun undid everything on exit: {:?}", run.vmtun_exits),
+    )
+}
 
-    lab.switch_provider()?;
-    cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
-    wait_ping(&lab.client, VM_ADDR, WAIT)?;
-    let after = lab.core_counters()?;
-    check(after.from_new > 0, || {
-        format!("after the switch the replies leave through the new site: {after:?}")
-    })?;
-    drop(destination);
-    old.down()?;
-    new.down()
+/// A real guest answers the client from the old host, keeps answering after QEMU's live
+/// migration to the new host's underlay address (through the tunnel), and after the
+/// provider's switch, once the new host cut over.
+#[test]
+fn a_real_vm_answers_after_a_live_migration_and_after_the_switch() -> Result<()> {
+    match run_real_vm()? {
+        Some(report) => check_the_move(&report),
+        None => Ok(()),
+    }
 }

@@ -8,14 +8,14 @@
 
 use std::fmt;
 
+use crate::netcfg::nlattr::stream;
+
 /// `NFT_MSG_NEWTABLE`, `NEWCHAIN`, `NEWRULE`: the types of a dump's replies (low byte).
 const MSG_TABLE: u16 = 0;
 const MSG_CHAIN: u16 = 3;
 const MSG_RULE: u16 = 6;
 /// `sizeof(struct nlmsghdr)` + `sizeof(struct nfgenmsg)`.
 const HEADERS: usize = 16 + 4;
-/// Netlink attribute type bits that are flags (`NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`).
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// An nftables family (`NFPROTO_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,19 +285,8 @@ impl Ruleset {
     }
 }
 
-/// The attributes of a netlink attribute stream: `(type, payload)`.
-fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = usize::from(u16::from_ne_bytes([*data.first()?, *data.get(1)?]));
-        let ty = u16::from_ne_bytes([*data.get(2)?, *data.get(3)?]) & NLA_TYPE_MASK;
-        let payload = data.get(4..len)?;
-        data = data.get((len + 3) & !3..).unwrap_or(&[]);
-        Some((ty, payload))
-    })
-}
-
 fn find(data: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(data).find(|(t, _)| *t == ty).map(|(_, p)| p)
+    stream(data).find(|(t, _)| *t == ty).map(|(_, p)| p)
 }
 
 fn string(data: &[u8], ty: u16) -> Option<String> {
@@ -351,7 +340,7 @@ fn chain(family: NftFamily, a: &[u8]) -> Option<Chain> {
 /// `NFTA_RULE_*`: the rule with the table and chain it belongs to.
 fn rule(family: NftFamily, a: &[u8]) -> Option<(NftFamily, String, String, Rule)> {
     let exprs = find(a, 4)
-        .map(|list| attrs(list).filter_map(|(_, e)| expr(e)).collect())
+        .map(|list| stream(list).filter_map(|(_, e)| expr(e)).collect())
         .unwrap_or_default();
     Some((
         family,

@@ -33,6 +33,13 @@ pub fn run_checked(what: &str, cmd: &mut Command) -> Result<String> {
     }
 }
 
+/// Whether `program` is an executable file in one of `PATH`'s directories: what a test
+/// checks before it relies on a system tool.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// `cmd` as a shell-like line, for messages.
 pub fn command_line(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())

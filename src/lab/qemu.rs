@@ -1,14 +1,17 @@
 //! A real VM for the lab: QEMU (TCG, so it runs where `/dev/kvm` cannot boot a stock kernel)
 //! booting the guest `scripts/guest.sh` builds, on a tap in a host namespace, and live
-//! migrated from one host to the other over QMP (`migrate`, then `query-migrate` until it
-//! completes). The argument lists and the reading of QMP's answers are pure and unit-tested;
-//! the process and socket edges are thin.
+//! migrated from one host to the other over QMP (`migrate`, QEMU's `MIGRATION` event when it
+//! ends, then `query-migrate` for its figures). QMP's events are kept with their timestamps
+//! (QEMU's wall clock, the lab's one clock): the source's `STOP` and the destination's
+//! `RESUME` bound the guest's real pause. The argument lists and the reading of QMP's
+//! answers and events are pure and unit-tested; the process and socket edges are thin.
 
+use std::ffi::OsString;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -26,6 +29,19 @@ pub const MIGRATION_PORT: u16 = 4444;
 pub const BOOT_WAIT: Duration = Duration::from_secs(120);
 /// The ceiling of a migration of the small guest (about 0.5 s measured).
 pub const MIGRATE_WAIT: Duration = Duration::from_secs(60);
+/// The longest one read from QMP may block; waits for events re-arm it until their own
+/// ceiling.
+const QMP_READ_WAIT: Duration = Duration::from_secs(30);
+
+/// Why this machine cannot run the lab's real VM, if it cannot: QEMU's tap needs
+/// `/dev/net/tun`, and QEMU must be installed (`scripts/setup.sh` installs it).
+pub fn missing_requirement() -> Option<String> {
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun (QEMU's tap needs it)".into());
+    }
+    (!crate::lab::process::on_path(QEMU))
+        .then(|| format!("{QEMU} is not installed or not on PATH: run scripts/setup.sh"))
+}
 
 /// The guest's kernel and initramfs, as `scripts/guest.sh` leaves them.
 #[derive(Debug, Clone)]
@@ -36,7 +52,47 @@ pub struct GuestImage {
     pub initrd: PathBuf,
 }
 
+/// Where `scripts/guest.sh` keeps the guest, from the environment as the script reads it:
+/// `$VMTUN_GUEST_DIR`, else `$XDG_CACHE_HOME/vmtun-guest`, else `$HOME/.cache/vmtun-guest`.
+pub fn guest_dir(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let set = |name: &str| {
+        var(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    set("VMTUN_GUEST_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").map(|cache| cache.join("vmtun-guest")))
+        .or_else(|| set("HOME").map(|home| home.join(".cache/vmtun-guest")))
+}
+
 impl GuestImage {
+    /// The guest `scripts/guest.sh` built earlier ([`guest_dir`]), without building it:
+    /// for `vmtun demo --real-vm`, which runs outside the source tree. The error says to
+    /// run the script.
+    pub fn cached() -> Result<Self> {
+        let dir = guest_dir(|name| std::env::var_os(name)).ok_or_else(|| {
+            LabError::Failed(
+                "no guest directory: set HOME or VMTUN_GUEST_DIR, then run scripts/guest.sh".into(),
+            )
+        })?;
+        let image = Self::in_dir(&dir);
+        if image.kernel.is_file() && image.initrd.is_file() {
+            Ok(image)
+        } else {
+            Err(LabError::Failed(format!(
+                "no guest image in {} (vmlinuz, initrd): build it with scripts/guest.sh as this user, or set VMTUN_GUEST_DIR to where it is",
+                dir.display()
+            )))
+        }
+    }
+
+    fn in_dir(dir: &Path) -> Self {
+        Self {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd"),
+        }
+    }
+
     /// Runs `scripts/guest.sh` under `repo` (a cached no-op once built) and takes the
     /// directory it prints.
     pub fn build(repo: &Path) -> Result<Self> {
@@ -46,10 +102,7 @@ impl GuestImage {
             Command::new(&script).stderr(std::process::Stdio::inherit()),
         )?;
         let dir = PathBuf::from(out.lines().last().unwrap_or_default().trim());
-        Ok(Self {
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("initrd"),
-        })
+        Ok(Self::in_dir(&dir))
     }
 }
 
@@ -153,10 +206,37 @@ impl MigrationState {
     }
 }
 
-/// A QMP connection: commands in, answers out, asynchronous events skipped.
+/// When QEMU emitted `event`, in Unix nanoseconds: its `timestamp` (seconds and
+/// microseconds of the host's wall clock).
+pub fn event_unix_ns(event: &Value) -> Option<u64> {
+    let stamp = &event["timestamp"];
+    let seconds = stamp["seconds"].as_u64()?;
+    let micros = stamp["microseconds"].as_u64()?;
+    seconds
+        .checked_mul(1_000_000_000)?
+        .checked_add(micros * 1_000)
+}
+
+/// Whether `message` is the event called `name`.
+pub fn is_event(message: &Value, name: &str) -> bool {
+    message["event"].as_str() == Some(name)
+}
+
+/// Whether `message` is the `MIGRATION` event of a migration's end (completed, failed or
+/// cancelled); QEMU sends those once the `events` capability is on.
+pub fn is_migration_end(message: &Value) -> bool {
+    is_event(message, "MIGRATION")
+        && matches!(
+            message["data"]["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
+}
+
+/// A QMP connection: commands in, answers out; asynchronous events are kept, in order.
 pub struct Qmp {
     writer: UnixStream,
     reader: BufReader<UnixStream>,
+    events: Vec<Value>,
 }
 
 impl Qmp {
@@ -167,7 +247,7 @@ impl Qmp {
             UnixStream::connect(path).ok()
         })?;
         stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
+            .set_read_timeout(Some(QMP_READ_WAIT))
             .map_err(|e| LabError::io("setting QMP's read timeout", e))?;
         let reader = BufReader::new(
             stream
@@ -177,6 +257,7 @@ impl Qmp {
         let mut qmp = Self {
             writer: stream,
             reader,
+            events: Vec::new(),
         };
         let greeting = qmp.read()?;
         if greeting.get("QMP").is_none() {
@@ -211,6 +292,56 @@ impl Qmp {
             }
             if let Some(error) = answer.get("error") {
                 return Err(LabError::Failed(format!("QMP {command}: {error}")));
+            }
+            if answer.get("event").is_some() {
+                self.events.push(answer);
+            }
+        }
+    }
+
+    /// The events QEMU sent so far, oldest first.
+    pub fn events(&self) -> &[Value] {
+        &self.events
+    }
+
+    /// Waits at most `timeout` for an event that `matches` (one already received counts);
+    /// that event.
+    pub fn wait_event(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.events.iter().find(|e| matches(e)) {
+                return Ok(event.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LabError::Timeout {
+                    what: what.to_owned(),
+                    after: timeout,
+                });
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left.min(QMP_READ_WAIT)))
+                .map_err(|e| LabError::io("setting QMP's read timeout", e))?;
+            let message = self.read();
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(QMP_READ_WAIT))
+                .map_err(|e| LabError::io("setting QMP's read timeout", e))?;
+            match message {
+                Ok(message) if message.get("event").is_some() => self.events.push(message),
+                Ok(_) => {}
+                Err(LabError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -275,21 +406,17 @@ impl Qemu {
     }
 
     /// Live-migrates the guest to `uri` (the destination's `-incoming`) and waits for the
-    /// end; QEMU's total time and downtime.
+    /// end (QEMU's `MIGRATION` event, so that the caller learns it at once, as libvirt
+    /// does); QEMU's total time and downtime.
     pub fn migrate(&mut self, uri: &str) -> Result<(u64, u64)> {
+        self.qmp.execute(
+            "migrate-set-capabilities",
+            json!({ "capabilities": [{ "capability": "events", "state": true }] }),
+        )?;
         self.qmp.execute("migrate", json!({ "uri": uri }))?;
-        let mut last = MigrationState::Running("setup".into());
-        let done = wait_for(MIGRATE_WAIT, "the migration to complete", || {
-            let ret = self.qmp.execute("query-migrate", json!({})).ok()?;
-            last = MigrationState::from_query(&ret);
-            match &last {
-                MigrationState::Running(_) => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    None
-                }
-                state => Some(state.clone()),
-            }
-        })?;
+        self.qmp
+            .wait_event(MIGRATE_WAIT, "the migration to end", is_migration_end)?;
+        let done = MigrationState::from_query(&self.qmp.execute("query-migrate", json!({}))?);
         match done {
             MigrationState::Completed {
                 total_ms,
@@ -297,6 +424,25 @@ impl Qemu {
             } => Ok((total_ms, downtime_ms)),
             other => Err(LabError::Failed(format!("migration {other:?}"))),
         }
+    }
+
+    /// When the guest last stopped here (the `STOP` event; on a source, the migration's
+    /// final stage), in Unix ns.
+    pub fn stopped_at(&self) -> Option<u64> {
+        let stop = self.qmp.events().iter().rfind(|e| is_event(e, "STOP"))?;
+        event_unix_ns(stop)
+    }
+
+    /// Waits at most `timeout` for the guest to run here (the `RESUME` event; on a
+    /// destination, the end of the migration's pause); when, in Unix ns.
+    pub fn wait_resumed(&mut self, timeout: Duration) -> Result<u64> {
+        let resume = self
+            .qmp
+            .wait_event(timeout, "the guest to resume (QMP RESUME)", |e| {
+                is_event(e, "RESUME")
+            })?;
+        event_unix_ns(&resume)
+            .ok_or_else(|| LabError::Failed(format!("QMP RESUME without a timestamp: {resume}")))
     }
 }
 
@@ -339,6 +485,45 @@ mod tests {
             .position(|a| a == "-incoming")
             .expect("-incoming");
         assert_eq!(dest[at + 1], "tcp:0.0.0.0:4444");
+    }
+
+    #[test]
+    fn events_carry_their_time_and_the_migrations_end_is_recognised() {
+        let stop = json!({"event": "STOP", "timestamp": {"seconds": 1_700_000_000u64, "microseconds": 250_001}});
+        assert_eq!(event_unix_ns(&stop), Some(1_700_000_000_250_001_000));
+        assert!(is_event(&stop, "STOP") && !is_event(&stop, "RESUME"));
+        assert_eq!(event_unix_ns(&json!({"event": "STOP"})), None);
+        let migration = |status: &str| json!({"event": "MIGRATION", "data": {"status": status}});
+        assert!(is_migration_end(&migration("completed")));
+        assert!(is_migration_end(&migration("failed")));
+        assert!(!is_migration_end(&migration("active")));
+        assert!(!is_migration_end(&migration("device")));
+        assert!(!is_migration_end(&stop));
+    }
+
+    #[test]
+    fn the_guest_dir_is_found_as_guest_sh_finds_it() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            guest_dir(env(&[("VMTUN_GUEST_DIR", "/g"), ("HOME", "/root")])),
+            Some(PathBuf::from("/g"))
+        );
+        assert_eq!(
+            guest_dir(env(&[("XDG_CACHE_HOME", "/c"), ("HOME", "/root")])),
+            Some(PathBuf::from("/c/vmtun-guest"))
+        );
+        assert_eq!(
+            guest_dir(env(&[("VMTUN_GUEST_DIR", ""), ("HOME", "/root")])),
+            Some(PathBuf::from("/root/.cache/vmtun-guest"))
+        );
+        assert_eq!(guest_dir(env(&[])), None);
     }
 
     #[test]

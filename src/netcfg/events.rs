@@ -18,6 +18,7 @@ use ipnet::IpNet;
 
 use super::change::Change;
 use super::nfsock::{Msg, split};
+use super::nlattr;
 
 /// `sizeof(struct nlmsghdr)`.
 const NLMSG_HDRLEN: usize = 16;
@@ -25,8 +26,6 @@ const NLMSG_HDRLEN: usize = 16;
 const RTMSG_LEN: usize = 12;
 /// `sizeof(struct nfgenmsg)` (linux/netfilter/nfnetlink.h).
 const NFGENMSG_LEN: usize = 4;
-/// Attribute type bits (`NLA_TYPE_MASK`): the top two are flags.
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// The table-name attribute of every nftables object message (`NFTA_TABLE_NAME`,
 /// `NFTA_CHAIN_TABLE`, `NFTA_RULE_TABLE`, `NFTA_SET_TABLE`, `NFTA_SET_ELEM_LIST_TABLE`).
 const NFTA_TABLE: u16 = 1;
@@ -106,22 +105,10 @@ impl Interest {
     }
 }
 
-/// The attributes after a message's fixed header of `fixed` bytes: (type, payload).
-fn attributes(bytes: &[u8], fixed: usize) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = bytes.get(NLMSG_HDRLEN + fixed..).unwrap_or_default();
-    std::iter::from_fn(move || {
-        let len = usize::from(u16::from_ne_bytes([*rest.first()?, *rest.get(1)?]));
-        let ty = u16::from_ne_bytes([*rest.get(2)?, *rest.get(3)?]) & NLA_TYPE_MASK;
-        let payload = rest.get(4..len)?;
-        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some((ty, payload))
-    })
-}
-
 /// The destination of an `RTM_DELROUTE` (a default route has none: `0.0.0.0/0`, `::/0`).
 fn route_dest(bytes: &[u8]) -> Option<IpNet> {
     let (family, len) = (*bytes.get(NLMSG_HDRLEN)?, *bytes.get(NLMSG_HDRLEN + 1)?);
-    let dst = attributes(bytes, RTMSG_LEN).find(|(ty, _)| *ty == libc::RTA_DST);
+    let dst = nlattr::of_message(bytes, RTMSG_LEN).find(|(ty, _)| *ty == libc::RTA_DST);
     let addr = match (i32::from(family), dst) {
         (libc::AF_INET, Some((_, a))) => IpAddr::from(<[u8; 4]>::try_from(a).ok()?),
         (libc::AF_INET6, Some((_, a))) => IpAddr::from(<[u8; 16]>::try_from(a).ok()?),
@@ -134,7 +121,7 @@ fn route_dest(bytes: &[u8]) -> Option<IpNet> {
 
 /// The table an nftables object message is about.
 fn nft_table(bytes: &[u8]) -> Option<&str> {
-    let (_, name) = attributes(bytes, NFGENMSG_LEN).find(|(ty, _)| *ty == NFTA_TABLE)?;
+    let (_, name) = nlattr::of_message(bytes, NFGENMSG_LEN).find(|(ty, _)| *ty == NFTA_TABLE)?;
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     std::str::from_utf8(&name[..end]).ok()
 }

@@ -32,6 +32,7 @@ mod fake;
 mod journal;
 mod nfsock;
 mod nft;
+pub(crate) mod nlattr;
 mod ops;
 mod plan;
 mod prereq;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::error::Cause;
 use super::nfsock::NfSock;
+use super::nlattr;
 
 /// `sizeof(struct nlmsghdr)`.
 const NLMSG_HDRLEN: usize = 16;
@@ -76,21 +77,6 @@ impl NeighbourInfo {
     }
 }
 
-/// The attributes after a fixed header of `fixed` bytes in a netlink message, as (type,
-/// value) pairs; stops at the first malformed one.
-fn attributes(msg: &[u8], fixed: usize) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = msg.get(NLMSG_HDRLEN + fixed..).unwrap_or(&[]);
-    std::iter::from_fn(move || {
-        let header = rest.get(..4)?;
-        let len = usize::from(u16::from_ne_bytes([header[0], header[1]]));
-        // The top two bits of the type are flags (NLA_F_NESTED, NLA_F_NET_BYTEORDER).
-        let ty = u16::from_ne_bytes([header[2], header[3]]) & 0x3fff;
-        let value = rest.get(4..len.max(4))?;
-        rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
-        Some((ty, value))
-    })
-}
-
 fn address(family: u8, bytes: &[u8]) -> Option<IpAddr> {
     match (i32::from(family), bytes.len()) {
         (libc::AF_INET, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
@@ -114,7 +100,7 @@ pub fn parse_route(msg: &[u8]) -> Option<RouteInfo> {
         oif: None,
         gateway: None,
     };
-    for (ty, value) in attributes(msg, RTMSG_LEN) {
+    for (ty, value) in nlattr::of_message(msg, RTMSG_LEN) {
         match ty {
             RTA_OIF => route.oif = u32_of(value),
             RTA_GATEWAY => route.gateway = address(family, value),
@@ -137,7 +123,7 @@ pub fn parse_neighbour(msg: &[u8]) -> Option<NeighbourInfo> {
         addr: None,
         mac: None,
     };
-    for (ty, value) in attributes(msg, NDMSG_LEN) {
+    for (ty, value) in nlattr::of_message(msg, NDMSG_LEN) {
         match ty {
             NDA_DST => entry.addr = address(family, value),
             NDA_LLADDR => entry.mac = value.try_into().ok(),
@@ -352,6 +338,26 @@ mod tests {
         assert_eq!(parse_route(&msg6[..20]), None);
     }
 
+    /// An attribute shorter than its own 4-byte header is malformed: the walk ends there
+    /// (with length 0 it used to yield the same empty attribute forever).
+    #[test]
+    fn an_attribute_shorter_than_its_header_ends_the_walk() {
+        let fixed = [2, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        for bad_len in 0u16..4 {
+            let mut msg = message(libc::RTM_NEWROUTE, fixed, &[(RTA_OIF, &7u32.to_ne_bytes())]);
+            msg.extend_from_slice(&bad_len.to_ne_bytes());
+            msg.extend_from_slice(&RTA_GATEWAY.to_ne_bytes());
+            msg.extend_from_slice(&[198, 18, 2, 1]);
+            let attrs: Vec<_> = nlattr::of_message(&msg, RTMSG_LEN).take(10).collect();
+            assert_eq!(
+                attrs,
+                [(RTA_OIF, &7u32.to_ne_bytes()[..])],
+                "nla_len {bad_len}"
+            );
+            assert_eq!(parse_route(&msg).unwrap().gateway, None);
+        }
+    }
+
     #[test]
     fn a_neighbour_entry_gives_its_mac_only_when_usable() {
         let mac = [0x02, 0, 0, 0, 0, 0x02];
@@ -392,7 +398,7 @@ mod tests {
         assert_eq!(req.len(), NLMSG_HDRLEN + RTMSG_LEN + 8);
         assert_eq!(u32::from_ne_bytes(req[..4].try_into().unwrap()), 36);
         assert_eq!(&req[NLMSG_HDRLEN..NLMSG_HDRLEN + 2], &[2, 32]);
-        let attrs: Vec<_> = attributes(&req, RTMSG_LEN).collect();
+        let attrs: Vec<_> = nlattr::of_message(&req, RTMSG_LEN).collect();
         assert_eq!(attrs, vec![(RTA_DST, &[198u8, 18, 10, 2][..])]);
     }
 }

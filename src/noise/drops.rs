@@ -47,11 +47,14 @@ pub enum DropReason {
     RateLimited,
     /// The caller's output buffer was too small (a driver bug).
     BufferTooSmall,
+    /// A datagram from a source nothing can be sent to (port 0, unspecified, multicast,
+    /// broadcast): never an endpoint, never answered.
+    UnusableSource,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         Self::Malformed,
         Self::UnknownType,
         Self::BadMac,
@@ -73,6 +76,7 @@ impl DropReason {
         Self::TooFrequent,
         Self::RateLimited,
         Self::BufferTooSmall,
+        Self::UnusableSource,
     ];
 
     /// A stable snake_case name for status output and logs.
@@ -99,6 +103,7 @@ impl DropReason {
             Self::TooFrequent => "too_frequent",
             Self::RateLimited => "rate_limited",
             Self::BufferTooSmall => "buffer_too_small",
+            Self::UnusableSource => "unusable_source",
         }
     }
 

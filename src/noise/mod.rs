@@ -9,6 +9,7 @@
 mod allowed_ips;
 mod cookie;
 mod drops;
+mod endpoint;
 mod handshake;
 mod index;
 mod peer;
@@ -35,6 +36,7 @@ pub use allowed_ips::AllowedIps;
 pub use cookie::MacKeys;
 pub use cookie::{COOKIE_LIFETIME, UNDER_LOAD_HANDSHAKES_PER_SECOND};
 pub use drops::{DropCounters, DropReason};
+pub use endpoint::can_send_to;
 pub use replay::{ReplayWindow, WINDOW_SIZE as REPLAY_WINDOW};
 pub use tai64n::Tai64N;
 pub use timers::{

@@ -182,13 +182,13 @@ impl Peer {
             .authenticated_sent(now, self.persistent_keepalive);
     }
 
-    /// Any authenticated packet came in from `from`: it becomes the endpoint (roaming),
-    /// unless its source port is 0, which nothing can be sent to.
+    /// Any authenticated packet came in from `from`: it becomes the endpoint (roaming).
+    /// The `Tunnel` dropped every source nothing can be sent to before.
     fn received(&mut self, now: Instant, from: SocketAddr, bytes: usize, events: &mut EventQueue) {
         self.rx_bytes = self.rx_bytes.saturating_add(bytes as u64);
         self.timers
             .authenticated_received(now, self.persistent_keepalive);
-        if self.endpoint != Some(from) && from.port() != 0 {
+        if self.endpoint != Some(from) {
             events.push(Event::EndpointChanged {
                 peer: self.id,
                 old: self.endpoint,

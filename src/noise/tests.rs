@@ -972,18 +972,55 @@ fn cookie_from_another_address_does_not_help() {
     assert_eq!(p.b.tunnel.drops().get(DropReason::UnderLoad), 2);
 }
 
+/// Sources nothing can be sent to: port 0 (the kernel answers EINVAL, and quinn-udp then
+/// turns segmentation offload off for the whole socket), the unspecified address,
+/// multicast and broadcast, IPv4-mapped ones too.
+const UNUSABLE_SOURCES: [&str; 8] = [
+    "198.18.5.5:0",
+    "[2001:db8::5]:0",
+    "0.0.0.0:51820",
+    "[::]:51820",
+    "224.0.0.1:51820",
+    "[ff02::1]:51820",
+    "255.255.255.255:51820",
+    "[::ffff:224.0.0.1]:51820",
+];
+
 #[test]
-fn an_authenticated_packet_from_port_0_never_becomes_the_endpoint() {
-    let mut p = Pair::new();
-    p.establish();
-    let changes = |p: &Pair| p.count(Side::B, |e| matches!(e, Event::EndpointChanged { .. }));
-    let (changed, delivered) = (changes(&p), p.b.delivered.len());
-    p.a.addr = addr("198.18.5.5:0");
-    p.send(Side::A, &ipv4(A_IP, B_IP, b"from port 0"));
-    p.pump();
-    assert_eq!(p.b.delivered.len(), delivered + 1, "authentic: delivered");
-    assert_eq!(changes(&p), changed, "{:?}", p.events(Side::B));
-    assert_eq!(p.status(Side::B).endpoint, Some(addr("198.18.0.1:51820")));
+fn an_authenticated_packet_from_an_unusable_source_never_becomes_the_endpoint() {
+    for source in UNUSABLE_SOURCES {
+        let mut p = Pair::new();
+        p.establish();
+        let changes = |p: &Pair| p.count(Side::B, |e| matches!(e, Event::EndpointChanged { .. }));
+        let (changed, delivered) = (changes(&p), p.b.delivered.len());
+        p.a.addr = addr(source);
+        p.send(Side::A, &ipv4(A_IP, B_IP, b"from nowhere"));
+        p.pump();
+        assert_eq!(changes(&p), changed, "{source}: {:?}", p.events(Side::B));
+        assert_eq!(p.status(Side::B).endpoint, Some(addr("198.18.0.1:51820")));
+        assert_eq!(p.b.delivered.len(), delivered, "{source}: dropped");
+        let counted = p.b.tunnel.drops().get(DropReason::UnusableSource);
+        assert_eq!(counted, 1, "{source}");
+    }
+}
+
+#[test]
+fn an_initiation_from_an_unusable_source_gets_no_answer() {
+    for source in UNUSABLE_SOURCES {
+        let mut p = Pair::with(Setup {
+            b_has_endpoint: false,
+            ..Setup::default()
+        });
+        p.a.addr = addr(source);
+        assert_eq!(p.send(Side::A, &ipv4(A_IP, B_IP, b"x")), Outbound::Queued);
+        p.pump();
+        assert_eq!(p.sent_of_type(Side::B, 2), 0, "{source}: answered");
+        assert_eq!(p.status(Side::B).endpoint, None, "{source}");
+        assert!(
+            p.b.tunnel.drops().get(DropReason::UnusableSource) >= 1,
+            "{source}"
+        );
+    }
 }
 
 #[test]

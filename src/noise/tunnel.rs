@@ -15,6 +15,7 @@ use crate::wire::{
 use super::allowed_ips::AllowedIps;
 use super::cookie::{CookieChecker, LoadMonitor, UNDER_LOAD_HANDSHAKES_PER_SECOND};
 use super::drops::{DropCounters, DropReason};
+use super::endpoint::can_send_to;
 use super::handshake::{ReceivedInitiation, drop_reason};
 use super::index::IndexTable;
 use super::peer::{Peer, Shared};
@@ -136,7 +137,8 @@ impl Tunnel {
         peer.handle_outbound(now, packet, self.max_padded, out)
     }
 
-    /// A UDP datagram received from `from`. Answers (handshake responses, cookie replies)
+    /// A UDP datagram received from `from`; one from a source nothing can be sent to is
+    /// dropped first ([`can_send_to`]). Answers (handshake responses, cookie replies)
     /// and decrypted packets are written into `out`, which must hold
     /// `datagram.len()` bytes and at least 148.
     pub fn handle_datagram(
@@ -148,6 +150,9 @@ impl Tunnel {
     ) -> Inbound {
         if datagram.len() > MAX_MESSAGE {
             return Inbound::Dropped(self.drop_global(DropReason::Malformed));
+        }
+        if !can_send_to(from) {
+            return Inbound::Dropped(self.drop_global(DropReason::UnusableSource));
         }
         match MessageType::of(datagram) {
             Ok(MessageType::Initiation) => self.handle_initiation(now, from, datagram, out),

@@ -56,17 +56,11 @@ pub fn preflight(tools: &[&str]) {
     );
     for tool in ["ip", "sysctl", "ss"].iter().chain(tools) {
         assert!(
-            on_path(tool),
+            lab::process::on_path(tool),
             "`{tool}` is not installed or not on PATH: run scripts/setup.sh"
         );
     }
     lab::install_signal_cleanup().expect("installing the lab's signal cleanup");
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false)
 }
 
 /// A host namespace with its underlay interface `ul0` addressed and IPv6 off.

@@ -26,6 +26,8 @@
 //! - [`hosts`]: `vmtun up` on the hosts (configs, keys, status), and the seed's commands.
 //! - [`scenario`]: the whole move, run end to end with a progress callback, and its
 //!   [`scenario::Report`].
+//! - [`real_vm`]: the same move with a real guest that QEMU live-migrates, reported per
+//!   phase with QEMU's downtime and the guest's real pause ([`real_vm::RealVmReport`]).
 //!
 //! Everything is created inside lab namespaces (see [`crate::lab`]) and removed with them;
 //! nothing here touches the root namespace.
@@ -33,6 +35,7 @@
 pub mod guest;
 pub mod hosts;
 pub mod probe;
+pub mod real_vm;
 pub mod scenario;
 pub mod stats;
 pub mod topology;

@@ -1,9 +1,11 @@
 //! The client's probes and the VM's echo responder.
 //!
-//! A probe is one UDP datagram of [`PROBE_LEN`] bytes: the magic `VMTP`, a sequence number
-//! and the send time. The client sends them at a fixed rate and records every reply with
-//! the TOS byte it arrived with (the core's stamp of the link it came through, see
-//! [`super::stats::Via`]). The VM echoes each datagram back unchanged.
+//! A probe is [`PROBE_LEN`] bytes: the magic `VMTP`, a sequence number and the send time.
+//! The client sends them at a fixed rate and records every reply with the TOS byte it
+//! arrived with (the core's stamp of the link it came through, see
+//! [`super::stats::Via`]). A probe travels as one UDP datagram that the namespace VM's
+//! echo responder returns unchanged, or (for a real guest, whose kernel answers ping) as
+//! the payload of an ICMP echo request, which the reply carries back.
 //!
 //! Both are threads of this process whose sockets were opened inside their namespace (by a
 //! thread of [`Netns::thread`]); a socket stays in the namespace it was created in, so the
@@ -23,6 +25,12 @@ use std::time::{Duration, Instant, SystemTime};
 /// padded to a round 32.
 pub const PROBE_LEN: usize = 32;
 const MAGIC: [u8; 4] = *b"VMTP";
+/// Bytes of an ICMP echo header: type, code, checksum, identifier, sequence (RFC 792).
+const ICMP_HEADER_LEN: usize = 8;
+/// ICMP type of an echo request (RFC 792).
+const ICMP_ECHO_REQUEST: u8 = 8;
+/// ICMP type of an echo reply (RFC 792).
+const ICMP_ECHO_REPLY: u8 = 0;
 /// Highest probe rate the client accepts (the brief's 10 kHz).
 pub const MAX_RATE_HZ: u32 = 10_000;
 /// How often the loops look at their stop flag while no packet arrives.
@@ -55,14 +63,65 @@ pub fn decode(buf: &[u8]) -> Option<(u64, u64)> {
     Some((seq, sent))
 }
 
+/// How probes travel to the target and back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// A UDP datagram to an echo responder ([`Echo`]).
+    Udp,
+    /// The payload of an ICMP echo request on a ping socket (icmp(7), `SOCK_DGRAM` with
+    /// `IPPROTO_ICMP`): the kernel fills in the identifier and checksum and hands back
+    /// the reply from the ICMP header on.
+    Icmp,
+}
+
+impl Carrier {
+    /// The bytes to send for probe `seq` sent at `sent_ns`, written into `buf`.
+    fn wrap(self, seq: u64, sent_ns: u64, buf: &mut [u8; ICMP_HEADER_LEN + PROBE_LEN]) -> &[u8] {
+        let probe = encode(seq, sent_ns);
+        match self {
+            Carrier::Udp => {
+                buf[..PROBE_LEN].copy_from_slice(&probe);
+                &buf[..PROBE_LEN]
+            }
+            Carrier::Icmp => {
+                *buf = [0; ICMP_HEADER_LEN + PROBE_LEN];
+                buf[0] = ICMP_ECHO_REQUEST;
+                // The ICMP sequence field is 16 bits: the probe itself carries the full one.
+                buf[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
+                buf[ICMP_HEADER_LEN..].copy_from_slice(&probe);
+                &buf[..]
+            }
+        }
+    }
+
+    /// (sequence number, send time) of the probe a received datagram answers, if it is one.
+    fn unwrap(self, buf: &[u8]) -> Option<(u64, u64)> {
+        match self {
+            Carrier::Udp => decode(buf),
+            Carrier::Icmp => match buf.split_first() {
+                Some((&ICMP_ECHO_REPLY, _)) => decode(buf.get(ICMP_HEADER_LEN..)?),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Opens a UDP socket bound to `bind` inside `ns`.
 pub fn bind_in(ns: &Netns, label: &str, bind: SocketAddr) -> Result<UdpSocket> {
-    let what = format!("binding UDP {bind} in {}", ns.name());
-    ns.thread(label, move || {
+    open_in(ns, label, move || {
         UdpSocket::bind(bind).map_err(|e| LabError::io(format!("binding UDP {bind}"), e))
-    })?
-    .join()
-    .map_err(|_| LabError::Failed(format!("{what}: the thread panicked")))?
+    })
+}
+
+/// Runs `open` on a thread inside `ns`: the socket it returns stays in that namespace.
+fn open_in(
+    ns: &Netns,
+    label: &str,
+    open: impl FnOnce() -> Result<UdpSocket> + Send + 'static,
+) -> Result<UdpSocket> {
+    ns.thread(label, open)?
+        .join()
+        .map_err(|_| LabError::Failed(format!("{label} in {}: the thread panicked", ns.name())))?
 }
 
 fn spawn_loop(
@@ -181,19 +240,41 @@ fn lock(log: &Mutex<ProbeLog>) -> std::sync::MutexGuard<'_, ProbeLog> {
 }
 
 impl Prober {
-    /// Starts probing `target` from inside `client` at `rate_hz` (1..=[`MAX_RATE_HZ`]).
+    /// Starts probing `target` (a UDP echo responder) from inside `client` at `rate_hz`
+    /// (1..=[`MAX_RATE_HZ`]).
     pub fn start(client: &Netns, target: impl Into<SocketAddr>, rate_hz: u32) -> Result<Self> {
         let target: SocketAddr = target.into();
-        if !(1..=MAX_RATE_HZ).contains(&rate_hz) {
-            return Err(LabError::Refused(format!(
-                "probe rate {rate_hz} Hz: use 1..={MAX_RATE_HZ}"
-            )));
-        }
+        check_rate(rate_hz)?;
         let any: SocketAddr = match target {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let socket = bind_in(client, "probe-bind", any)?;
+        Self::run(socket, target, Carrier::Udp, rate_hz)
+    }
+
+    /// Starts pinging `target` from inside `client` at `rate_hz` (1..=[`MAX_RATE_HZ`]):
+    /// ICMP echo requests carrying the probes, answered by the target's kernel (a real
+    /// guest runs no echo responder). Allows ping sockets in `client` for root
+    /// (`net.ipv4.ping_group_range`, which a new namespace leaves empty).
+    pub fn start_icmp(client: &Netns, target: Ipv4Addr, rate_hz: u32) -> Result<Self> {
+        check_rate(rate_hz)?;
+        client.sysctl("net.ipv4.ping_group_range", "0 0")?;
+        let socket = open_in(client, "probe-bind", || {
+            socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::ICMPV4),
+            )
+            .map(UdpSocket::from)
+            .map_err(|e| LabError::io("opening a ping socket (icmp(7))", e))
+        })?;
+        Self::run(socket, (target, 0).into(), Carrier::Icmp, rate_hz)
+    }
+
+    /// Runs the sender and receiver threads on `socket` (a UDP or ping socket: both are
+    /// datagram sockets, which [`UdpSocket`]'s `send_to`/`recvmsg` serve alike).
+    fn run(socket: UdpSocket, target: SocketAddr, carrier: Carrier, rate_hz: u32) -> Result<Self> {
         enable_recv_tos(&socket, target.is_ipv6())?;
         socket
             .set_read_timeout(Some(POLL))
@@ -210,6 +291,7 @@ impl Prober {
         let sender = spawn_loop("probe-send", move || {
             let start = Instant::now();
             let mut seq: u64 = 0;
+            let mut packet = [0u8; ICMP_HEADER_LEN + PROBE_LEN];
             while !flag.load(Ordering::Relaxed) {
                 let due = start + interval * u32::try_from(seq).unwrap_or(u32::MAX);
                 let now = Instant::now();
@@ -224,7 +306,7 @@ impl Prober {
                 }
                 // Sending fails only locally (e.g. no route in the client): the probe
                 // counts as lost.
-                let _ = socket.send_to(&encode(seq, sent_ns), target);
+                let _ = socket.send_to(carrier.wrap(seq, sent_ns, &mut packet), target);
                 seq += 1;
             }
             Ok(())
@@ -240,7 +322,7 @@ impl Prober {
                         let mut log = lock(&recv_log);
                         let slot = buf
                             .get(..n)
-                            .and_then(decode)
+                            .and_then(|datagram| carrier.unwrap(datagram))
                             .and_then(|(seq, _)| usize::try_from(seq).ok())
                             .filter(|&seq| seq < log.replies.len());
                         match slot {
@@ -294,6 +376,16 @@ impl Prober {
         self.receiver_stop.store(true, Ordering::Relaxed);
         join(self.receiver.take(), "probe-recv")?;
         Ok((lock(&self.log).clone(), end_ns))
+    }
+}
+
+fn check_rate(rate_hz: u32) -> Result<()> {
+    if (1..=MAX_RATE_HZ).contains(&rate_hz) {
+        Ok(())
+    } else {
+        Err(LabError::Refused(format!(
+            "probe rate {rate_hz} Hz: use 1..={MAX_RATE_HZ}"
+        )))
     }
 }
 
@@ -394,5 +486,24 @@ mod tests {
         let mut other = buf;
         other[0] = b'X';
         assert_eq!(decode(&other), None);
+    }
+
+    #[test]
+    fn icmp_probes_ride_in_echo_requests_and_come_back_in_replies() {
+        let mut buf = [0u8; ICMP_HEADER_LEN + PROBE_LEN];
+        let request = Carrier::Icmp.wrap(70_000, 99, &mut buf).to_vec();
+        assert_eq!(request.len(), ICMP_HEADER_LEN + PROBE_LEN);
+        assert_eq!(request[0], ICMP_ECHO_REQUEST);
+        assert_eq!(request[6..8], (70_000u64 as u16).to_be_bytes());
+        // The request itself is no reply; the guest's reply is the same with type 0.
+        assert_eq!(Carrier::Icmp.unwrap(&request), None);
+        let mut reply = request.clone();
+        reply[0] = ICMP_ECHO_REPLY;
+        assert_eq!(Carrier::Icmp.unwrap(&reply), Some((70_000, 99)));
+        assert_eq!(Carrier::Icmp.unwrap(&reply[..ICMP_HEADER_LEN + 4]), None);
+        assert_eq!(Carrier::Icmp.unwrap(&[]), None);
+        let udp = Carrier::Udp.wrap(7, 8, &mut buf).to_vec();
+        assert_eq!(udp, encode(7, 8));
+        assert_eq!(Carrier::Udp.unwrap(&udp), Some((7, 8)));
     }
 }

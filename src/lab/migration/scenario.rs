@@ -23,7 +23,7 @@
 //! site is what the cutover exists to prevent.
 
 use super::hosts::{self, CutoverState, HostConfig, HostVmtun, KeyPair, SeedCutover};
-use super::probe::{Echo, Prober, unix_ns};
+use super::probe::{Echo, ProbeLog, Prober, unix_ns};
 use super::stats::{self, PhaseMark, PhaseStats, Via};
 use super::topology::{CoreCounters, MigrationLab, Site};
 use super::*;
@@ -203,51 +203,286 @@ pub const PHASES: [&str; 5] = [
     "after_switch",
 ];
 /// How long the client waits for late replies after the last probe.
-const DRAIN: Duration = Duration::from_millis(500);
+pub(super) const DRAIN: Duration = Duration::from_millis(500);
 /// How long replies may take to resume after the move before the run goes on without (a
 /// ceiling for slow machines: reached only when something is broken).
-const RESUME_WAIT: Duration = Duration::from_secs(30);
+pub(super) const RESUME_WAIT: Duration = Duration::from_secs(30);
 /// How long the cutover may take to show before the run goes on without (a ceiling too).
 const CUTOVER_WAIT: Duration = Duration::from_secs(30);
 /// How long the handshake and the first reply may take before the run fails (a ceiling).
-const SETUP_WAIT: Duration = Duration::from_secs(30);
+pub(super) const SETUP_WAIT: Duration = Duration::from_secs(30);
 
-struct Clock {
+/// The run's timeline as it happens: (Unix ns, what).
+pub(super) struct Clock {
     events: Vec<(u64, String)>,
 }
 
 impl Clock {
-    fn note(&mut self, at: u64, what: impl Into<String>) -> u64 {
+    pub(super) fn new() -> Self {
+        Self { events: Vec::new() }
+    }
+
+    /// Records `what` at `at`; returns `at`.
+    pub(super) fn note(&mut self, at: u64, what: impl Into<String>) -> u64 {
         self.events.push((at, what.into()));
         at
     }
 
-    fn now(&mut self, what: impl Into<String>) -> u64 {
+    /// Records `what` now; returns the time.
+    pub(super) fn now(&mut self, what: impl Into<String>) -> u64 {
         self.note(unix_ns(), what)
     }
 }
 
-fn sleep_until(unix: u64) {
+/// Sleeps until the Unix time `unix` (ns), if it is still ahead.
+pub(super) fn sleep_until(unix: u64) {
     let now = unix_ns();
     if unix > now {
         std::thread::sleep(Duration::from_nanos(unix - now));
     }
 }
 
-fn nanos(d: Duration) -> u64 {
+/// `d` in ns, saturating.
+pub(super) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Refuses a probe rate the client cannot send.
+pub(super) fn check_rate(rate_hz: u32) -> Result<()> {
+    if (1..=probe::MAX_RATE_HZ).contains(&rate_hz) {
+        Ok(())
+    } else {
+        Err(LabError::Refused(format!(
+            "probe rate {rate_hz} Hz: use 1..={}",
+            probe::MAX_RATE_HZ
+        )))
+    }
+}
+
+/// Starts `vmtun up` on the new host, then on the old host (as an operator would), with
+/// the scenario's configs for `family` as `customize(old, new)` leaves them, and waits for
+/// the tunnel's handshake. A new host's config without `[migration]` is a plain tunnel
+/// with the seed's commands by hand. The hosts, new first.
+pub(super) fn start_hosts<'a>(
+    lab: &'a MigrationLab,
+    vmtun: &std::path::Path,
+    scratch: &Scratch,
+    family: Family,
+    customize: impl FnOnce(&mut HostConfig, &mut HostConfig),
+    progress: &mut dyn FnMut(&str),
+    clock: &mut Clock,
+) -> Result<Vec<HostVmtun<'a>>> {
+    let old_keys = KeyPair::generate(vmtun)?;
+    let new_keys = KeyPair::generate(vmtun)?;
+    let mut new_config = HostConfig::new_host(&new_keys, &old_keys, "auto").carrying(&[family]);
+    let mut old_config = HostConfig::old(&old_keys, &new_keys).carrying(&[family]);
+    customize(&mut old_config, &mut new_config);
+    progress(&format!(
+        "vmtun up on the new host ({}, {})",
+        new_config.name,
+        if new_config.migration.is_some() {
+            "role new, cutover auto"
+        } else {
+            "plain tunnel; the seed's table, rule and iptables mark by hand"
+        }
+    ));
+    let new = HostVmtun::start(&lab.new, vmtun, scratch, new_config)?;
+    if new.config.migration.is_none() {
+        hosts::seed_new_host_setup(&lab.new, new.ifname())?;
+    }
+    progress(&format!(
+        "vmtun up on the old host ({}, role old)",
+        old_config.name
+    ));
+    let old = HostVmtun::start(&lab.old, vmtun, scratch, old_config)?;
+    progress("waiting for the handshake (ping through the tunnel)");
+    lab::wait_until(SETUP_WAIT, "a ping through the tunnel", || {
+        lab.old
+            .command("ping")
+            .args(["-c", "1", "-W", "1", "-q", TUNNEL_NEW])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })?;
+    clock.now("handshake done (ping through the tunnel answered)");
+    Ok(vec![new, old])
+}
+
+/// Waits (at most [`CUTOVER_WAIT`]) for vmtun on the new host to show its cutover done;
+/// what it recorded, and whether its mark rule is still in the ruleset. The wrong-way
+/// count is [`analyse`]'s.
+pub(super) fn vmtun_cutover(
+    lab: &MigrationLab,
+    new: &HostVmtun<'_>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<CutoverReport> {
+    let state = lab::wait_for(CUTOVER_WAIT, "vmtun's cutover", || {
+        new.status()
+            .ok()
+            .map(|s| CutoverState::from_status(&s))
+            .filter(CutoverState::is_done)
+    });
+    let state = match state {
+        Ok(state) => {
+            progress("cutover seen: vmtun removed its mark rule");
+            state
+        }
+        Err(_) => {
+            progress(&format!("cutover NOT seen within {CUTOVER_WAIT:?}"));
+            new.status()
+                .map(|s| CutoverState::from_status(&s))
+                .unwrap_or_default()
+        }
+    };
+    Ok(CutoverReport {
+        by: "vmtun".into(),
+        command: None,
+        phase: state.phase.clone(),
+        packet_time_unix_ns: state.packet_time_unix_ns,
+        rule_gone_time_unix_ns: state.rule_gone_time_unix_ns,
+        latency_ns: state.latency_ns,
+        detection_delay_ns: state.detection_delay_ns,
+        removal_ns: state.removal_ns,
+        native_subnets: state.native_subnets.clone(),
+        wrong_way_replies: 0,
+        mark_rule_left: Some(hosts::mark_rule_present(&lab.new)?),
+    })
+}
+
+/// Stops every `vmtun up` (SIGTERM: it undoes what it did); how each ended.
+pub(super) fn stop_hosts(hosts: &mut [HostVmtun<'_>]) -> Vec<String> {
+    hosts
+        .iter_mut()
+        .map(|host| {
+            let how = match host.stop() {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("did not exit: {e}"),
+            };
+            format!("{}: {how}", host.ifname())
+        })
+        .collect()
+}
+
+/// When the run's moments were, for [`analyse`].
+pub(super) struct Moments {
+    /// Probes started (the warm-up's start).
+    pub warmup: u64,
+    /// The start of each of [`PHASES`], in order; the first is the origin of the report.
+    pub phases: [u64; 5],
+    /// From when a reply counts as "the first reply after the move".
+    pub moved: u64,
+    /// When the provider's switch had completed (the wrong-way count starts there).
+    pub switch_done: u64,
+}
+
+/// What a run's report is made of, from the client's log: per phase figures, totals, the
+/// timeline (the clock's events, the cutover's moments, outages, first replies after the
+/// move and through the new host), and the cutover's wrong-way count (and for the seed its
+/// latency).
+pub(super) fn analyse(
+    log: &ProbeLog,
+    end_ns: u64,
+    rate_hz: u32,
+    at: &Moments,
+    cutover: Option<&mut CutoverReport>,
+    mut clock: Clock,
+) -> (Vec<PhaseStats>, Totals, Vec<TimelineEvent>) {
+    let t0 = at.phases[0];
+    let mut phase_marks = vec![PhaseMark {
+        name: "warmup".into(),
+        start_ns: at.warmup,
+    }];
+    phase_marks.extend(PHASES.iter().zip(at.phases).map(|(name, start)| PhaseMark {
+        name: (*name).into(),
+        start_ns: start,
+    }));
+    let interval = nanos(Duration::from_secs(1)) / u64::from(rate_hz);
+    let mut phases = stats::phase_stats(&log.sent_ns, &log.replies, &phase_marks, end_ns, interval);
+    phases.remove(0);
+    // The warm-up's probes are not counted; its start time is not the origin either.
+    for phase in &mut phases {
+        phase.start_ms = (phase_start(&phase_marks, &phase.name) - t0) as f64 / 1e6;
+    }
+
+    if let Some(report) = cutover {
+        report.wrong_way_replies =
+            stats::replies_via_old_since(&log.sent_ns, &log.replies, at.switch_done);
+        if report.by == "seed" {
+            report.packet_time_unix_ns =
+                stats::first_probe_since(&log.sent_ns, at.switch_done).map(|(_, t)| t);
+            report.latency_ns = report
+                .packet_time_unix_ns
+                .zip(report.rule_gone_time_unix_ns)
+                .map(|(packet, gone)| gone.saturating_sub(packet));
+        }
+        if let Some(t) = report.packet_time_unix_ns {
+            clock.note(t, "first native packet for the subnet at the new host");
+        }
+        if let Some(t) = report.rule_gone_time_unix_ns {
+            clock.note(t, "mark rule gone: replies leave natively");
+        }
+    }
+    let first_after = |from: u64, via: Option<Via>| {
+        let first = log.sent_ns.partition_point(|&t| t < from);
+        log.replies[first..]
+            .iter()
+            .flatten()
+            .filter(|r| via.is_none_or(|v| r.via == v))
+            .map(|r| r.received_ns)
+            .min()
+    };
+    for run in stats::loss_runs(&log.sent_ns, &log.replies, 2, interval) {
+        if run.start_ns < t0 {
+            continue;
+        }
+        clock.note(
+            run.start_ns,
+            format!(
+                "outage begins: {} probes lost, {:.1} ms until the next reply",
+                run.lost,
+                (run.end_ns - run.start_ns) as f64 / 1e6
+            ),
+        );
+    }
+    if let Some(t) = first_after(at.moved, None) {
+        clock.note(t, "first reply after the move");
+    }
+    if let Some(t) = first_after(0, Some(Via::New)) {
+        clock.note(t, "first reply through the new host's link");
+    }
+
+    let totals = phases.iter().fold(
+        Totals {
+            stray: log.stray,
+            ..Totals::default()
+        },
+        |mut acc, p| {
+            acc.sent += p.sent;
+            acc.received += p.received;
+            acc.lost += p.lost;
+            acc.replies_via_old += p.replies_via_old;
+            acc.replies_via_new += p.replies_via_new;
+            acc
+        },
+    );
+    let mut timeline: Vec<TimelineEvent> = clock
+        .events
+        .into_iter()
+        .map(|(unix_ns, event)| TimelineEvent {
+            at_ms: (unix_ns as f64 - t0 as f64) / 1e6,
+            unix_ns,
+            event,
+        })
+        .collect();
+    timeline.sort_by_key(|e| e.unix_ns);
+    (phases, totals, timeline)
 }
 
 /// Runs the scenario; `progress` gets one line per step as it happens. Every namespace is
 /// gone when this returns, also on error.
 pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
-    if !(1..=probe::MAX_RATE_HZ).contains(&options.rate_hz) {
-        return Err(LabError::Refused(format!(
-            "probe rate {} Hz: use 1..={}",
-            options.rate_hz,
-            probe::MAX_RATE_HZ
-        )));
-    }
+    check_rate(options.rate_hz)?;
     let family = options.family;
     if family == Family::Ipv6 && options.mode != HostMode::Vmtun {
         return Err(LabError::Refused(format!(
@@ -264,55 +499,27 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
         MigrationLab::build(options.host_rp_filter)?
     };
     let echo = Echo::start(&lab.vm, ECHO_PORT)?;
-    let mut clock = Clock { events: Vec::new() };
+    let mut clock = Clock::new();
     let mut hosts: Vec<HostVmtun<'_>> = Vec::new();
-    let mut new_index = None;
 
     if options.mode != HostMode::NoTunnel {
-        let old_keys = KeyPair::generate(&options.vmtun)?;
-        let new_keys = KeyPair::generate(&options.vmtun)?;
-        let mut new_config = HostConfig::new_host(&new_keys, &old_keys, "auto").carrying(&[family]);
-        if matches!(options.mode, HostMode::Seed { .. }) {
-            new_config.migration = None;
-        }
-        progress(&format!(
-            "vmtun up on the new host ({}, {})",
-            new_config.name,
-            if new_config.migration.is_some() {
-                "role new, cutover auto"
-            } else {
-                "plain tunnel; the seed's table, rule and iptables mark by hand"
-            }
-        ));
-        let new = HostVmtun::start(&lab.new, &options.vmtun, &scratch, new_config)?;
-        if new.config.migration.is_none() {
-            hosts::seed_new_host_setup(&lab.new, new.ifname())?;
-        }
-        new_index = Some(hosts.len());
-        hosts.push(new);
-        let old_config = HostConfig::old(&old_keys, &new_keys).carrying(&[family]);
-        progress(&format!(
-            "vmtun up on the old host ({}, role old)",
-            old_config.name
-        ));
-        hosts.push(HostVmtun::start(
-            &lab.old,
+        let seed = matches!(options.mode, HostMode::Seed { .. });
+        hosts = start_hosts(
+            &lab,
             &options.vmtun,
             &scratch,
-            old_config,
-        )?);
-        progress("waiting for the handshake (ping through the tunnel)");
-        lab::wait_until(SETUP_WAIT, "a ping through the tunnel", || {
-            lab.old
-                .command("ping")
-                .args(["-c", "1", "-W", "1", "-q", TUNNEL_NEW])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })?;
-        clock.now("handshake done (ping through the tunnel answered)");
+            family,
+            |_, new| {
+                if seed {
+                    new.migration = None;
+                }
+            },
+            progress,
+            &mut clock,
+        )?;
     }
+    // The new host, when vmtun runs there with its [migration].
+    let vmtun_new = hosts.first().filter(|new| new.config.migration.is_some());
 
     let vm: IpAddr = vm_addr(family).parse().expect("constant");
     let target = SocketAddr::new(vm, ECHO_PORT);
@@ -332,15 +539,15 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     let move_start = clock.now("VM leaves the old host (vif0 deleted)");
     lab.move_vm(Site::Old, Site::New)?;
     let unplugged = clock.now("VM plugged into the new host (vif0 up)");
-    match new_index {
-        Some(i) if hosts[i].config.migration.is_some() => {
-            hosts[i].vif_up(VIF)?;
+    match vmtun_new {
+        Some(new) => {
+            new.vif_up(VIF)?;
             clock.now(match family {
                 Family::Ipv4 => "vmtun vif-up vif0 done (/32 route, proxy_arp)",
                 Family::Ipv6 => "vmtun vif-up vif0 done (/128 route, fe80::1 on vif0)",
             });
         }
-        _ => {
+        None => {
             lab.seed_vif_up(Site::New)?;
             clock.now("vif0: /32 route and proxy_arp by hand (the seed's script)");
         }
@@ -384,42 +591,10 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     // cutover shows (vmtun) or the seed's line returned.
     let mut after_switch_start = switch_done + nanos(options.settle);
     let mut cutover = None;
-    match (options.mode, seed) {
-        (HostMode::Vmtun, _) => {
-            let new = &hosts[new_index.expect("vmtun mode has a new host")];
-            let state = lab::wait_for(CUTOVER_WAIT, "vmtun's cutover", || {
-                new.status()
-                    .ok()
-                    .map(|s| CutoverState::from_status(&s))
-                    .filter(CutoverState::is_done)
-            });
-            let state = match state {
-                Ok(state) => {
-                    progress("cutover seen: vmtun removed its mark rule");
-                    state
-                }
-                Err(_) => {
-                    progress(&format!("cutover NOT seen within {CUTOVER_WAIT:?}"));
-                    new.status()
-                        .map(|s| CutoverState::from_status(&s))
-                        .unwrap_or_default()
-                }
-            };
+    match (vmtun_new, seed) {
+        (Some(new), _) => {
+            cutover = Some(vmtun_cutover(&lab, new, progress)?);
             after_switch_start = after_switch_start.max(unix_ns());
-            let mark_rule_left = Some(hosts::mark_rule_present(&lab.new)?);
-            cutover = Some(CutoverReport {
-                by: "vmtun".into(),
-                command: None,
-                phase: state.phase.clone(),
-                packet_time_unix_ns: state.packet_time_unix_ns,
-                rule_gone_time_unix_ns: state.rule_gone_time_unix_ns,
-                latency_ns: state.latency_ns,
-                detection_delay_ns: state.detection_delay_ns,
-                removal_ns: state.removal_ns,
-                native_subnets: state.native_subnets.clone(),
-                wrong_way_replies: 0,
-                mark_rule_left,
-            });
         }
         (_, Some(seed)) => {
             let command = seed.command.clone();
@@ -453,112 +628,31 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> 
     let core_counters = lab.core_counters()?;
 
     progress("tearing down: vmtun down on both hosts, deleting the namespaces");
-    let mut vmtun_exits = Vec::new();
-    for host in &mut hosts {
-        let how = match host.stop() {
-            Ok(status) => status.to_string(),
-            Err(e) => format!("did not exit: {e}"),
-        };
-        vmtun_exits.push(format!("{}: {how}", host.ifname()));
-    }
+    let vmtun_exits = stop_hosts(&mut hosts);
     drop(hosts);
     echo.stop()?;
     drop(lab);
 
-    let marks = [
-        (PHASES[0], t0),
-        (PHASES[1], move_start),
-        (PHASES[2], after_move_start),
-        (PHASES[3], switch_start),
-        (PHASES[4], after_switch_start),
-    ];
-    let mut phase_marks = vec![PhaseMark {
-        name: "warmup".into(),
-        start_ns: warmup,
-    }];
-    phase_marks.extend(marks.iter().map(|(name, start)| PhaseMark {
-        name: (*name).into(),
-        start_ns: *start,
-    }));
-    let interval = nanos(Duration::from_secs(1)) / u64::from(options.rate_hz);
-    let mut phases = stats::phase_stats(&log.sent_ns, &log.replies, &phase_marks, end_ns, interval);
-    phases.remove(0);
-    // The warm-up's probes are not counted; its start time is not the origin either.
-    for phase in &mut phases {
-        phase.start_ms = (phase_start(&phase_marks, &phase.name) - t0) as f64 / 1e6;
-    }
-
-    if let Some(report) = cutover.as_mut() {
-        report.wrong_way_replies =
-            stats::replies_via_old_since(&log.sent_ns, &log.replies, switch_done);
-        if report.by == "seed" {
-            report.packet_time_unix_ns =
-                stats::first_probe_since(&log.sent_ns, switch_done).map(|(_, t)| t);
-            report.latency_ns = report
-                .packet_time_unix_ns
-                .zip(report.rule_gone_time_unix_ns)
-                .map(|(packet, gone)| gone.saturating_sub(packet));
-        }
-        if let Some(t) = report.packet_time_unix_ns {
-            clock.note(t, "first native packet for the subnet at the new host");
-        }
-        if let Some(t) = report.rule_gone_time_unix_ns {
-            clock.note(t, "mark rule gone: replies leave natively");
-        }
-    }
-    let first_after = |from: u64, via: Option<Via>| {
-        let first = log.sent_ns.partition_point(|&t| t < from);
-        log.replies[first..]
-            .iter()
-            .flatten()
-            .filter(|r| via.is_none_or(|v| r.via == v))
-            .map(|r| r.received_ns)
-            .min()
+    let moments = Moments {
+        warmup,
+        phases: [
+            t0,
+            move_start,
+            after_move_start,
+            switch_start,
+            after_switch_start,
+        ],
+        moved: unplugged,
+        switch_done,
     };
-    for run in stats::loss_runs(&log.sent_ns, &log.replies, 2, interval) {
-        if run.start_ns < t0 {
-            continue;
-        }
-        clock.note(
-            run.start_ns,
-            format!(
-                "outage begins: {} probes lost, {:.1} ms until the next reply",
-                run.lost,
-                (run.end_ns - run.start_ns) as f64 / 1e6
-            ),
-        );
-    }
-    if let Some(t) = first_after(unplugged, None) {
-        clock.note(t, "first reply after the move");
-    }
-    if let Some(t) = first_after(0, Some(Via::New)) {
-        clock.note(t, "first reply through the new host's link");
-    }
-
-    let totals = phases.iter().fold(
-        Totals {
-            stray: log.stray,
-            ..Totals::default()
-        },
-        |mut acc, p| {
-            acc.sent += p.sent;
-            acc.received += p.received;
-            acc.lost += p.lost;
-            acc.replies_via_old += p.replies_via_old;
-            acc.replies_via_new += p.replies_via_new;
-            acc
-        },
+    let (phases, totals, timeline) = analyse(
+        &log,
+        end_ns,
+        options.rate_hz,
+        &moments,
+        cutover.as_mut(),
+        clock,
     );
-    let mut timeline: Vec<TimelineEvent> = clock
-        .events
-        .into_iter()
-        .map(|(unix_ns, event)| TimelineEvent {
-            at_ms: (unix_ns as f64 - t0 as f64) / 1e6,
-            unix_ns,
-            event,
-        })
-        .collect();
-    timeline.sort_by_key(|e| e.unix_ns);
     Ok(Report {
         mode: options.mode.name().into(),
         rate_hz: options.rate_hz,

@@ -222,6 +222,23 @@ pub fn replies_via_old_since(sent_ns: &[u64], replies: &[Option<Reply>], from_ns
         .count() as u64
 }
 
+/// Probes sent from `from_ns` (inclusive) until `until_ns` (exclusive) that were never
+/// answered: with a real VM, the probes lost once the guest ran again on the new host.
+pub fn lost_between(
+    sent_ns: &[u64],
+    replies: &[Option<Reply>],
+    from_ns: u64,
+    until_ns: u64,
+) -> u64 {
+    let count = sent_ns.len().min(replies.len());
+    let first = sent_ns[..count].partition_point(|&t| t < from_ns);
+    let last = sent_ns[..count].partition_point(|&t| t < until_ns);
+    replies[first..last.max(first)]
+        .iter()
+        .filter(|reply| reply.is_none())
+        .count() as u64
+}
+
 /// The first probe sent at or after `from_ns`, if any: (sequence number, send time).
 pub fn first_probe_since(sent_ns: &[u64], from_ns: u64) -> Option<(u64, u64)> {
     let seq = sent_ns.partition_point(|&t| t < from_ns);
@@ -327,5 +344,18 @@ mod tests {
         assert_eq!(replies_via_old_since(&sent, &replies, 2 * MS), 2);
         assert_eq!(first_probe_since(&sent, 2 * MS + 1), Some((3, 3 * MS)));
         assert_eq!(first_probe_since(&sent, 10 * MS), None);
+    }
+
+    #[test]
+    fn losses_are_counted_in_a_window_of_send_times() {
+        let sent: Vec<u64> = (0..8).map(|i| i * MS).collect();
+        let r = reply(Via::New);
+        let replies = vec![None, None, r, None, r, None, None, r];
+        assert_eq!(lost_between(&sent, &replies, 0, 8 * MS), 5);
+        // From probe 2 (inclusive) to probe 6 (exclusive): 3 and 5 lost.
+        assert_eq!(lost_between(&sent, &replies, 2 * MS, 6 * MS), 2);
+        assert_eq!(lost_between(&sent, &replies, 2 * MS - 1, 2 * MS), 0);
+        assert_eq!(lost_between(&sent, &replies, 6 * MS, 2 * MS), 0);
+        assert_eq!(lost_between(&sent, &replies[..1], 0, 8 * MS), 1);
     }
 }

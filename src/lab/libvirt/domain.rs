@@ -1,0 +1,213 @@
+//! The guest as a libvirt domain: its XML with the interface the README documents, the
+//! lab's `<script>` that runs the shipped one, and the `virsh migrate` arguments. Pure:
+//! nothing here runs anything.
+
+use std::path::Path;
+
+use super::{VIF_SCRIPT, VIF_SCRIPT_CALLS, uri};
+use crate::lab::qemu::{GuestImage, QEMU};
+
+/// `text` with the five XML special characters escaped, for attribute and element text.
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// `text` as one single-quoted shell word.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The guest as a libvirt domain: what [`domain_xml`] describes.
+#[derive(Debug, Clone)]
+pub struct DomainSpec {
+    /// The domain's name.
+    pub name: String,
+    /// The kernel and initramfs, booted directly.
+    pub image: GuestImage,
+    /// The guest NIC's MAC (libvirt gives the tap the same with `fe` first).
+    pub mac: String,
+    /// The host's interface for the guest (`<target dev=...>`).
+    pub vif: String,
+    /// The guest's address, for its init.
+    pub addr: String,
+    /// The guest's arbitrary default gateway, for its init.
+    pub gateway: String,
+}
+
+impl DomainSpec {
+    /// Where the serial console goes on every host (inside its private `/var/log/libvirt`).
+    pub fn console(&self) -> String {
+        format!("/var/log/libvirt/qemu/{}.console", self.name)
+    }
+}
+
+/// The domain XML of `spec`: the interface as the README documents it (`type='ethernet'`,
+/// the MAC, `<target dev>`, `<script path>` = [`VIF_SCRIPT`], virtio), TCG on q35 with ACPI
+/// declared (without `<acpi/>` libvirt 9.0 passes `-no-acpi`, which QEMU 10 rejects), the
+/// console appended to a file, and nothing else a lab guest does not need.
+pub fn domain_xml(spec: &DomainSpec) -> String {
+    let e = |s: &str| xml_escape(s);
+    let cmdline = format!(
+        "console=ttyS0 quiet panic=-1 vmtun.addr={} vmtun.gw={}",
+        spec.addr, spec.gateway
+    );
+    format!(
+        r#"<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features>
+    <acpi/>
+  </features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/{qemu}</emulator>
+    <interface type='ethernet'>
+      <mac address='{mac}'/>
+      <target dev='{vif}'/>
+      <script path='{script}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='{console}' append='on'/>
+    </serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"#,
+        name = e(&spec.name),
+        kernel = e(&spec.image.kernel.display().to_string()),
+        initrd = e(&spec.image.initrd.display().to_string()),
+        cmdline = e(&cmdline),
+        qemu = QEMU,
+        mac = e(&spec.mac),
+        vif = e(&spec.vif),
+        script = VIF_SCRIPT,
+        console = e(&spec.console()),
+    )
+}
+
+/// The lab's `<script>` on one host: it records the interface libvirt called it for in
+/// [`VIF_SCRIPT_CALLS`], then runs the shipped script `shipped` with the binary under test
+/// and the host's config (the shipped script's defaults are the installed paths; libvirt
+/// passes the script no environment of its own, so the lab sets them here).
+pub fn vif_script(shipped: &Path, vmtun: &Path, config: &Path) -> String {
+    let q = |p: &Path| sh_quote(&p.display().to_string());
+    format!(
+        "#!/bin/sh\necho \"$1\" >>{calls}\nexport VMTUN={vmtun} VMTUN_CONFIG={config}\nexec {shipped} \"$@\"\n",
+        calls = VIF_SCRIPT_CALLS,
+        vmtun = q(vmtun),
+        config = q(config),
+        shipped = q(shipped),
+    )
+}
+
+/// `virsh migrate` of `domain` to the daemon on `dest`, the lab's form of the README's
+/// command: live, peer to peer (the source daemon drives it), persistent on the
+/// destination, and QEMU's stream sent to `dest` itself (`--migrateuri`): otherwise the
+/// destination offers its hostname, which the source cannot resolve.
+pub fn migrate_args(domain: &str, dest: &str) -> Vec<String> {
+    [
+        "migrate",
+        "--live",
+        "--p2p",
+        "--persistent",
+        "--verbose",
+        domain,
+        &uri(dest),
+        "--migrateuri",
+        &format!("tcp://{dest}"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DomainSpec {
+        DomainSpec {
+            name: "vmtunlab-guest".into(),
+            image: GuestImage {
+                kernel: "/g/vmlinuz".into(),
+                initrd: "/g/initrd".into(),
+            },
+            mac: "52:54:00:00:71:02".into(),
+            vif: "vif0".into(),
+            addr: "203.0.113.2".into(),
+            gateway: "192.0.2.1".into(),
+        }
+    }
+
+    #[test]
+    fn the_domain_has_the_documented_interface_and_acpi() {
+        let xml = domain_xml(&spec());
+        let interface = "<interface type='ethernet'>\n      <mac address='52:54:00:00:71:02'/>\n      <target dev='vif0'/>\n      <script path='/etc/libvirt/scripts/vif-route'/>\n      <model type='virtio'/>\n    </interface>";
+        assert!(xml.contains(interface), "{xml}");
+        assert!(xml.contains("<acpi/>"));
+        assert!(xml.contains("<domain type='qemu'>"));
+        assert!(xml.contains("vmtun.addr=203.0.113.2 vmtun.gw=192.0.2.1"));
+        assert!(
+            xml.contains(
+                "<source path='/var/log/libvirt/qemu/vmtunlab-guest.console' append='on'/>"
+            )
+        );
+    }
+
+    #[test]
+    fn xml_text_is_escaped() {
+        let mut odd = spec();
+        odd.image.kernel = "/a&b/<k>'".into();
+        let xml = domain_xml(&odd);
+        assert!(
+            xml.contains("<kernel>/a&amp;b/&lt;k&gt;&apos;</kernel>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn the_lab_script_records_the_call_and_runs_the_shipped_one() {
+        let script = vif_script(
+            Path::new("/repo/packaging/libvirt/vif-up"),
+            Path::new("/t/vmtun"),
+            Path::new("/s/it's.toml"),
+        );
+        assert!(script.starts_with("#!/bin/sh\n"));
+        assert!(script.contains("echo \"$1\" >>/var/log/libvirt/vif-route.calls\n"));
+        assert!(script.contains("export VMTUN='/t/vmtun' VMTUN_CONFIG='/s/it'\\''s.toml'\n"));
+        assert!(script.ends_with("exec '/repo/packaging/libvirt/vif-up' \"$@\"\n"));
+    }
+
+    #[test]
+    fn migration_is_live_peer_to_peer_and_to_the_underlay_address() {
+        let args = migrate_args("g", "198.18.2.2");
+        assert_eq!(
+            args,
+            [
+                "migrate",
+                "--live",
+                "--p2p",
+                "--persistent",
+                "--verbose",
+                "g",
+                "qemu+tcp://198.18.2.2/system",
+                "--migrateuri",
+                "tcp://198.18.2.2"
+            ]
+        );
+    }
+}

@@ -1,0 +1,481 @@
+//! The move with a real VM: QEMU (TCG) boots the guest of `scripts/guest.sh` on the old
+//! host's tap [`VIF`] (a libvirt-like vif: the guest's MAC with `fe` first, the seed's /32
+//! and proxy ARP), vmtun runs on both hosts, a second QEMU waits on the new host with
+//! `-incoming`, and the client pings the guest at a fixed rate (ICMP: the guest's kernel
+//! answers) while QEMU live-migrates it over QMP, then while the provider switches and the
+//! new host cuts over. The lab and the analysis are the namespace scenario's
+//! ([`super::scenario`]), with QEMU's taps in place of the VM namespace's veth.
+//!
+//! Beside the scenario's per-phase figures, [`RealVmReport`] holds what only a real
+//! migration has: QEMU's own downtime (`query-migrate`), the guest's real pause (the
+//! source's `STOP` event to the destination's `RESUME`, both QEMU's wall clock, the lab's
+//! one clock), and the probes lost once the guest ran again on the new host
+//! ([`AFTER_RESUME`] after `RESUME`).
+//!
+//! The source QEMU ends (SIGTERM, as libvirt destroys it) as soon as the destination
+//! reports `RESUME`: until its tap goes, the old host routes the VM's /32 to it.
+
+use super::hosts::{HostConfig, HostVmtun};
+use super::probe::{Prober, unix_ns};
+use super::scenario::{self, Clock, Moments, Report};
+use super::stats::{self, PhaseStats};
+use super::topology::{CoreCounters, MigrationLab, Site};
+use super::*;
+use crate::lab::qemu::{GuestImage, MIGRATE_WAIT, MIGRATION_PORT, Qemu, VmSpec};
+use crate::lab::{self, Result, Scratch};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// From how long after the guest's `RESUME` on the new host a lost probe counts as lost
+/// while the guest ran there (issue 12: "zero probes lost from RESUME + 2 ms on"): the
+/// guest needs a moment to take its queued packets.
+pub const AFTER_RESUME: Duration = Duration::from_millis(2);
+
+/// Where QEMU's migration stream goes: the new host's address on the underlay, or its
+/// tunnel address, so that the stream crosses vmtun's tunnel (the seed's way: encrypted
+/// without QEMU's TLS). Also `vmtun demo --migrate-via`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPath {
+    /// The new host's underlay address.
+    Underlay,
+    /// The new host's tunnel address: the stream crosses vmtun's tunnel.
+    Tunnel,
+}
+
+impl MigrationPath {
+    /// The address the destination QEMU listens on and the source sends to.
+    pub fn address(self) -> &'static str {
+        match self {
+            MigrationPath::Underlay => NEW,
+            MigrationPath::Tunnel => TUNNEL_NEW,
+        }
+    }
+
+    /// How reports name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MigrationPath::Underlay => "over the underlay",
+            MigrationPath::Tunnel => "through the tunnel",
+        }
+    }
+}
+
+/// How to run the real-VM scenario.
+#[derive(Debug, Clone)]
+pub struct RealVmOptions {
+    /// The `vmtun` binary the hosts run.
+    pub vmtun: PathBuf,
+    /// The guest's kernel and initramfs.
+    pub image: GuestImage,
+    /// Where the migration stream goes.
+    pub path: MigrationPath,
+    /// Pings per second (1..=10000).
+    pub rate_hz: u32,
+    /// Probing before the migration begins.
+    pub before_move: Duration,
+    /// How long `move` and `switch` last after their action has completed (at least).
+    pub settle: Duration,
+    /// Length of `after_move`.
+    pub after_move: Duration,
+    /// Length of `after_switch`.
+    pub after_switch: Duration,
+    /// Changes the hosts' configs `(old, new)` before they are written: where a variant of
+    /// the hosts' behaviour is switched on.
+    pub customize_hosts: fn(&mut HostConfig, &mut HostConfig),
+}
+
+impl RealVmOptions {
+    /// The defaults: migration over the underlay, 1 kHz, 1 s before the move, 1 s settle,
+    /// 2 s after the move and after the switch, the hosts' configs as the scenario writes
+    /// them.
+    pub fn new(vmtun: PathBuf, image: GuestImage) -> Self {
+        Self {
+            vmtun,
+            image,
+            path: MigrationPath::Underlay,
+            rate_hz: 1_000,
+            before_move: Duration::from_secs(1),
+            settle: Duration::from_secs(1),
+            after_move: Duration::from_secs(2),
+            after_switch: Duration::from_secs(2),
+            customize_hosts: |_, _| {},
+        }
+    }
+}
+
+/// QEMU's side of the move.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationFigures {
+    /// Where the stream went.
+    pub path: MigrationPath,
+    /// The destination's `-incoming` URI.
+    pub uri: String,
+    /// How long the guest took to boot on the old host (ms).
+    pub boot_ms: f64,
+    /// QEMU's `total-time` (ms).
+    pub total_ms: u64,
+    /// QEMU's `downtime` (ms), as the source measures it.
+    pub downtime_ms: u64,
+    /// The source's `STOP` event (Unix ns).
+    pub stop_unix_ns: Option<u64>,
+    /// The destination's `RESUME` event (Unix ns).
+    pub resume_unix_ns: u64,
+    /// `RESUME` − `STOP` (ms): how long the guest really did not run.
+    pub real_pause_ms: Option<f64>,
+}
+
+/// One row of the per-phase summary: the move (QEMU's columns) or the provider's switch
+/// (the cutover's columns).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseSummary {
+    /// `move` or `switch`.
+    pub phase: String,
+    /// QEMU's downtime (move only).
+    pub qemu_downtime_ms: Option<u64>,
+    /// The guest's real pause (move only).
+    pub real_pause_ms: Option<f64>,
+    /// The client's longest gap in the phase.
+    pub longest_gap_ms: f64,
+    /// Probes lost in the phase.
+    pub lost: u64,
+    /// Probes sent from `RESUME` + [`AFTER_RESUME`] until the switch that were lost (move
+    /// only).
+    pub lost_after_resume: Option<u64>,
+    /// First native packet → mark rule gone (switch only).
+    pub cutover_latency_ms: Option<f64>,
+    /// Replies through the old host to probes sent after the first native packet reached
+    /// the new host (switch only): each such probe arrived natively, so its reply should
+    /// have left natively.
+    pub wrong_way_replies: Option<u64>,
+}
+
+/// Everything the real-VM run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RealVmReport {
+    /// What the namespace scenario reports too: phases, cutover, totals, timeline, exits.
+    #[serde(flatten)]
+    pub run: Report,
+    /// QEMU's side of the move.
+    pub migration: MigrationFigures,
+    /// The move and the switch, in the issue's columns.
+    pub summary: Vec<PhaseSummary>,
+    /// The core's counters just before the provider's switch.
+    pub core_before_switch: CoreCounters,
+}
+
+/// The per-phase summary from the scenario's report and QEMU's figures; `lost_after_resume`
+/// is the move's count of probes lost once the guest ran on the new host, `wrong_way` the
+/// switch's count of replies that left the wrong way after the first native packet.
+pub fn summarise(
+    run: &Report,
+    migration: &MigrationFigures,
+    lost_after_resume: u64,
+    wrong_way: Option<u64>,
+) -> Vec<PhaseSummary> {
+    let figures = |name: &str| {
+        run.phase(name)
+            .map_or((0.0, 0), |p: &PhaseStats| (p.longest_gap_ms, p.lost))
+    };
+    let (move_gap, move_lost) = figures("move");
+    let (switch_gap, switch_lost) = figures("switch");
+    let cutover = run.cutover.as_ref();
+    vec![
+        PhaseSummary {
+            phase: "move".into(),
+            qemu_downtime_ms: Some(migration.downtime_ms),
+            real_pause_ms: migration.real_pause_ms,
+            longest_gap_ms: move_gap,
+            lost: move_lost,
+            lost_after_resume: Some(lost_after_resume),
+            cutover_latency_ms: None,
+            wrong_way_replies: None,
+        },
+        PhaseSummary {
+            phase: "switch".into(),
+            qemu_downtime_ms: None,
+            real_pause_ms: None,
+            longest_gap_ms: switch_gap,
+            lost: switch_lost,
+            lost_after_resume: None,
+            cutover_latency_ms: cutover.and_then(|c| c.latency_ns).map(|ns| ns as f64 / 1e6),
+            wrong_way_replies: wrong_way,
+        },
+    ]
+}
+
+/// The QEMU of `side` (`old`, `new`) for the lab's VM: its tap [`VIF`], MAC, address and
+/// gateway, QMP socket and console in `scratch`.
+pub fn spec(image: &GuestImage, scratch: &Scratch, side: &str) -> VmSpec {
+    VmSpec {
+        image: image.clone(),
+        tap: VIF.into(),
+        mac: VM_MAC.into(),
+        addr: VM_ADDR.into(),
+        gateway: VM_GATEWAY.into(),
+        qmp: scratch.path().join(format!("{side}.qmp")),
+        console: scratch.path().join(format!("{side}.console")),
+    }
+}
+
+/// Runs the real-VM scenario; `progress` gets one line per step as it happens. Every
+/// namespace and QEMU is gone when this returns, also on error.
+pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<RealVmReport> {
+    scenario::check_rate(options.rate_hz)?;
+    let scratch = Scratch::new("realvm")?;
+    progress("building the lab: client, core (provider), old host, new host");
+    let lab = MigrationLab::build(1)?;
+    // QEMU's tap takes the place of the lab's veth.
+    lab.detach_vm(Site::Old)?;
+    let mut clock = Clock::new();
+
+    progress("booting the guest under QEMU (TCG) on the old host's tap vif0");
+    let booting = Instant::now();
+    let mut source = Qemu::start(
+        &lab.old,
+        "qemu-old",
+        scratch.path(),
+        spec(&options.image, &scratch, "old"),
+        None,
+        VIF_MAC,
+    )?;
+    lab.seed_vif_up(Site::Old)?;
+    source.resume()?;
+    // vmtun comes up while the guest boots.
+    let mut hosts: Vec<HostVmtun<'_>> = scenario::start_hosts(
+        &lab,
+        &options.vmtun,
+        &scratch,
+        Family::Ipv4,
+        options.customize_hosts,
+        progress,
+        &mut clock,
+    )?;
+    source.wait_booted()?;
+    let boot_ms = booting.elapsed().as_secs_f64() * 1e3;
+    clock.now("the guest booted on the old host");
+    progress(&format!("the guest booted in {:.1} s", boot_ms / 1e3));
+
+    let uri = format!("tcp:{}:{MIGRATION_PORT}", options.path.address());
+    progress(&format!(
+        "QEMU waits on the new host ({uri}); vmtun vif-up vif0 as libvirt's script would"
+    ));
+    let mut destination = Qemu::start(
+        &lab.new,
+        "qemu-new",
+        scratch.path(),
+        spec(&options.image, &scratch, "new"),
+        Some(&uri),
+        VIF_MAC,
+    )?;
+    hosts[0].vif_up(VIF)?;
+
+    let vm: Ipv4Addr = VM_ADDR.parse().expect("constant");
+    progress(&format!(
+        "pinging {vm} from the client at {} Hz",
+        options.rate_hz
+    ));
+    let prober = Prober::start_icmp(&lab.client, vm, options.rate_hz)?;
+    let warmup = clock.now("probes started");
+    lab::wait_until(scenario::SETUP_WAIT, "the first probe reply", || {
+        prober.answered_since(0)
+    })?;
+    let t0 = clock.now("first reply: the guest answers on the old host");
+
+    scenario::sleep_until(t0 + scenario::nanos(options.before_move));
+    progress(&format!(
+        "live migration {}: QMP migrate {uri}",
+        options.path.describe()
+    ));
+    let move_start = clock.now(format!("QMP migrate {uri}: the live migration begins"));
+    let (total_ms, downtime_ms) = source.migrate(&uri)?;
+    clock.now("the source reports the migration completed");
+    let resume = destination.wait_resumed(MIGRATE_WAIT)?;
+    clock.note(resume, "the guest resumes on the new host (QMP RESUME)");
+    let stop = source.stopped_at();
+    if let Some(stop) = stop {
+        clock.note(stop, "the source stops the guest (QMP STOP)");
+    }
+    source.process.signal(libc::SIGTERM);
+    clock.now("SIGTERM to the source QEMU (libvirt ends it so): its tap vif0 goes as it exits");
+    drop(source);
+    let gone = clock.now("the source QEMU has exited");
+    let real_pause_ms = stop.map(|stop| resume.saturating_sub(stop) as f64 / 1e6);
+    progress(&format!(
+        "migrated in {total_ms} ms: QEMU's downtime {downtime_ms} ms, real pause {}",
+        real_pause_ms.map_or("unknown (no STOP event)".into(), |ms| format!("{ms:.1} ms"))
+    ));
+
+    let resumed = lab::wait_until(scenario::RESUME_WAIT, "replies after the move", || {
+        prober.answered_since(resume)
+    });
+    match resumed {
+        Ok(()) => progress("replies resumed: through the tunnel, out of the old host"),
+        Err(_) => progress(&format!(
+            "replies did not resume within {:?} after the move",
+            scenario::RESUME_WAIT
+        )),
+    }
+    let after_move_start = (gone + scenario::nanos(options.settle)).max(unix_ns());
+    scenario::sleep_until(after_move_start + scenario::nanos(options.after_move));
+    let core_before_switch = lab.core_counters()?;
+
+    progress("switching the provider: the VM subnet now routes to the new host");
+    let switch_start = clock.now("provider switch begins");
+    lab.switch_provider()?;
+    let switch_done = clock.now("provider switched (anti-spoofing lifted, route to new host)");
+    let mut cutover = scenario::vmtun_cutover(&lab, &hosts[0], progress)?;
+    let after_switch_start = (switch_done + scenario::nanos(options.settle)).max(unix_ns());
+
+    scenario::sleep_until(after_switch_start + scenario::nanos(options.after_switch));
+    progress("stopping the probes");
+    let (log, end_ns) = prober.finish(scenario::DRAIN)?;
+    clock.note(end_ns, "probes stopped");
+    let core_counters = lab.core_counters()?;
+
+    progress("tearing down: QEMU, vmtun down on both hosts, deleting the namespaces");
+    drop(destination);
+    let vmtun_exits = scenario::stop_hosts(&mut hosts);
+    drop(hosts);
+    drop(lab);
+
+    let moments = Moments {
+        warmup,
+        phases: [
+            t0,
+            move_start,
+            after_move_start,
+            switch_start,
+            after_switch_start,
+        ],
+        moved: resume,
+        switch_done,
+    };
+    let (phases, totals, timeline) = scenario::analyse(
+        &log,
+        end_ns,
+        options.rate_hz,
+        &moments,
+        Some(&mut cutover),
+        clock,
+    );
+    let lost_after_resume = stats::lost_between(
+        &log.sent_ns,
+        &log.replies,
+        resume + scenario::nanos(AFTER_RESUME),
+        switch_start,
+    );
+    let wrong_way = cutover
+        .packet_time_unix_ns
+        .map(|first_native| stats::replies_via_old_since(&log.sent_ns, &log.replies, first_native));
+    let run = Report {
+        mode: "vmtun, real VM".into(),
+        rate_hz: options.rate_hz,
+        vm: vm.into(),
+        subnet: SUBNET.into(),
+        phases,
+        cutover: Some(cutover),
+        totals,
+        core_counters,
+        timeline,
+        vmtun_exits,
+    };
+    let migration = MigrationFigures {
+        path: options.path,
+        uri,
+        boot_ms,
+        total_ms,
+        downtime_ms,
+        stop_unix_ns: stop,
+        resume_unix_ns: resume,
+        real_pause_ms,
+    };
+    let summary = summarise(&run, &migration, lost_after_resume, wrong_way);
+    Ok(RealVmReport {
+        run,
+        migration,
+        summary,
+        core_before_switch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::migration::scenario::{CutoverReport, Totals};
+
+    fn phase(name: &str, gap: f64, lost: u64) -> PhaseStats {
+        PhaseStats {
+            name: name.into(),
+            start_ms: 0.0,
+            duration_ms: 1.0,
+            sent: 100,
+            received: 100 - lost,
+            lost,
+            longest_gap_ms: gap,
+            replies_via_old: 0,
+            replies_via_new: 0,
+            replies_via_unknown: 0,
+        }
+    }
+
+    #[test]
+    fn the_summary_puts_qemus_figures_on_the_move_and_the_cutover_on_the_switch() {
+        let run = Report {
+            mode: "vmtun, real VM".into(),
+            rate_hz: 1000,
+            vm: "203.0.113.2".parse().unwrap(),
+            subnet: SUBNET.into(),
+            phases: vec![
+                phase("before_move", 0.0, 0),
+                phase("move", 61.0, 60),
+                phase("switch", 1.0, 1),
+            ],
+            cutover: Some(CutoverReport {
+                by: "vmtun".into(),
+                command: None,
+                phase: Some("done".into()),
+                packet_time_unix_ns: None,
+                rule_gone_time_unix_ns: None,
+                latency_ns: Some(250_000),
+                detection_delay_ns: None,
+                removal_ns: None,
+                native_subnets: Vec::new(),
+                wrong_way_replies: 0,
+                mark_rule_left: Some(false),
+            }),
+            totals: Totals::default(),
+            core_counters: CoreCounters::default(),
+            timeline: Vec::new(),
+            vmtun_exits: Vec::new(),
+        };
+        let migration = MigrationFigures {
+            path: MigrationPath::Tunnel,
+            uri: "tcp:100.64.0.2:4444".into(),
+            boot_ms: 5000.0,
+            total_ms: 500,
+            downtime_ms: 17,
+            stop_unix_ns: Some(1_000_000_000),
+            resume_unix_ns: 1_041_000_000,
+            real_pause_ms: Some(41.0),
+        };
+        let summary = summarise(&run, &migration, 15, Some(2));
+        assert_eq!(summary.len(), 2);
+        let (moved, switched) = (&summary[0], &summary[1]);
+        assert_eq!(moved.phase, "move");
+        assert_eq!(moved.qemu_downtime_ms, Some(17));
+        assert_eq!(moved.real_pause_ms, Some(41.0));
+        assert_eq!((moved.longest_gap_ms, moved.lost), (61.0, 60));
+        assert_eq!(moved.lost_after_resume, Some(15));
+        assert_eq!(moved.cutover_latency_ms, None);
+        assert_eq!(switched.phase, "switch");
+        assert_eq!((switched.longest_gap_ms, switched.lost), (1.0, 1));
+        assert_eq!(switched.cutover_latency_ms, Some(0.25));
+        assert_eq!(switched.wrong_way_replies, Some(2));
+        assert_eq!(switched.qemu_downtime_ms, None);
+        assert_eq!(MigrationPath::Tunnel.address(), TUNNEL_NEW);
+        assert_eq!(MigrationPath::Underlay.address(), NEW);
+    }
+}
