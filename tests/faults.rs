@@ -319,7 +319,13 @@ fn a_deleted_bridge_fails_the_watcher_only() -> Result<()> {
         "vmtun up exited with {status}:\n{}",
         b.process().map(|p| p.stderr_tail()).unwrap_or_default()
     );
-    b.check_gone()
+    b.check_gone()?;
+    // The manual cutover is remembered for a restart, by design; the test's namespace goes.
+    let paths = vmtun::control::Paths::in_netns(net.b.id()?, b.ifname());
+    std::fs::remove_file(&paths.cutover_memory)
+        .map_err(|e| LabError::io("removing the remembered cutover", e))?;
+    let _ = std::fs::remove_dir(&paths.dir);
+    Ok(())
 }
 
 /// How long the old host stays dead in the migration test: long enough for the new host to
