@@ -255,8 +255,9 @@ async fn run_driver(
         .as_ref()
         .map(|m| Migration::start(m, config, journal))
         .transpose()?;
-    let vifs =
-        (!config.vms.is_empty()).then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()))));
+    let handover = migration.as_ref().and_then(Migration::handover);
+    let vifs = (!config.vms.is_empty())
+        .then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()), handover)));
     let (driver, handle) = Driver::new(
         tunnel,
         tun,

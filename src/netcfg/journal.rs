@@ -401,6 +401,20 @@ pub fn apply_idempotent(ops: &mut dyn NetOps, plan: &[Change]) -> Result<(), Net
     Ok(())
 }
 
+/// Undoes changes that outlive vmtun (routes of the [`super::vif_up`] plan, when a VM's
+/// traffic is handed to the tunnel) without journaling them. Idempotent: an object already
+/// gone is fine.
+pub fn revert_idempotent(ops: &mut dyn NetOps, plan: &[Change]) -> Result<(), NetError> {
+    for c in plan {
+        match ops.revert(c) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn state_err(path: &Path, detail: String) -> NetError {
     NetError::StateFile {
         path: path.into(),
