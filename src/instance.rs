@@ -207,6 +207,10 @@ impl NetOps for KillAfter<'_> {
     fn read_sysctl(&mut self, key: &SysctlKey) -> Result<String, NetError> {
         self.ops.read_sysctl(key)
     }
+
+    fn remove_route(&mut self, r: &netcfg::Route) -> Result<(), NetError> {
+        self.ops.remove_route(r)
+    }
 }
 
 async fn run_driver(

@@ -51,10 +51,13 @@ pub fn unroute(ops: &mut dyn NetOps, config: &Config, iface: &str) -> anyhow::Re
             config.path.display()
         )
     })?;
-    let routes: Vec<Change> = (netcfg::vif_up(iface, &vm.addresses).into_iter())
-        .filter(|c| matches!(c, Change::Route(_)))
+    let routes: Vec<netcfg::Route> = (netcfg::vif_up(iface, &vm.addresses).into_iter())
+        .filter_map(|c| match c {
+            Change::Route(r) => Some(r),
+            _ => None,
+        })
         .collect();
-    netcfg::revert_idempotent(ops, &routes)?;
+    netcfg::remove_routes(ops, &routes)?;
     Ok(())
 }
 

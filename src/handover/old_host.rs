@@ -178,7 +178,8 @@ fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, 
                 Keep::InterfaceGone => {
                     "the interface it was handed over from is gone: nothing to restore"
                 }
-                Keep::Repeat | Keep::NotGiven | Keep::Unchanged => {
+                Keep::Unchanged => return,
+                Keep::Repeat | Keep::NotGiven => {
                     tracing::debug!("handover: {about}: {keep:?}");
                     return;
                 }
