@@ -75,16 +75,19 @@ pub async fn watch(config: Arc<Config>, handover: Option<Handover>) {
             }
         };
     tokio::spawn(connection);
+    // Routed once per time up: a later change of an interface that stays up (its carrier,
+    // say) must not put back routes the handover took off it.
+    let mut routed: HashSet<String> = HashSet::new();
     for vm in &config.vms {
         let up = is_up(&vm.vif);
         if up {
+            routed.insert(vm.vif.clone());
             route_in_background(&config, &vm.vif);
         }
         if let Some(handover) = &handover {
             handover.link(&vm.vif, up.then(|| index_of(&vm.vif)).flatten());
         }
     }
-    let mut routed: HashSet<String> = HashSet::new();
     while let Some((message, _)) = messages.next().await {
         let (link, present) = match message.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, true),

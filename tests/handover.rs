@@ -4,7 +4,7 @@
 //! announcement sent from the copy (tests/real_vm.rs does it with a real live migration).
 //!
 //! ```text
-//!                  ┌── old host ── vif0 ── vm (the source: its eth0 down, "paused")
+//!                  ┌── old host ── vif0 ── vm (the source, "paused": drops all)
 //!  client ── core ─┤      │ tunnel
 //!                  └── new host ── vif0 ── vmcopy (the destination: same MACs and address)
 //! ```
@@ -61,6 +61,27 @@ fn announce(ns: &Netns) -> Result<()> {
     send_frames(ns, "eth0", vec![rarp])
 }
 
+/// "Pauses" the guest in `ns` as a stopped QEMU is: nothing it is sent arrives, it sends
+/// nothing (IP and ARP dropped both ways), and its interface stays as it is.
+fn pause(ns: &Netns) -> Result<()> {
+    for family in ["inet", "arp"] {
+        ns.run("nft", &["add", "table", family, "paused"])?;
+        for (chain, hook) in [("in", "input"), ("out", "output")] {
+            let spec = format!("{{ type filter hook {hook} priority 0; policy drop; }}");
+            ns.run("nft", &["add", "chain", family, "paused", chain, &spec])?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`pause`].
+fn resume(ns: &Netns) -> Result<()> {
+    for family in ["inet", "arp"] {
+        ns.run("nft", &["delete", "table", family, "paused"])?;
+    }
+    Ok(())
+}
+
 /// Waits until `host`'s log has `line`.
 fn wait_log(host: &HostVmtun<'_>, line: &str) -> Result<()> {
     wait_until(
@@ -71,8 +92,8 @@ fn wait_log(host: &HostVmtun<'_>, line: &str) -> Result<()> {
 }
 
 /// The lab with both hosts running vmtun with `handover`, the VM answering the client from
-/// the old host; then the source "paused" (its NIC down: what reaches its interface is
-/// lost) and its copy plugged into the new host, the new host watching it.
+/// the old host; then the source [`pause`]d and its copy plugged into the new host, the new
+/// host watching it.
 fn paused_source_and_its_copy<'a>(
     lab: &'a MigrationLab,
     scratch: &Scratch,
@@ -84,7 +105,7 @@ fn paused_source_and_its_copy<'a>(
     })?;
     launch_both(lab, &mut old, &mut new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
-    lab.vm.ip(&["link", "set", "eth0", "down"])?;
+    pause(&lab.vm)?;
     let copy = lab.attach_copy(Guest::FIRST, Site::New)?;
     if handover == "first-frame" {
         wait_log(&new, &format!("handover: {VIF} is up: watching it"))?;
@@ -111,7 +132,7 @@ fn the_guests_first_frame_on_the_new_host_moves_its_traffic_off_the_paused_sourc
     check(lab.old.has_link(VIF), || {
         "the source's vif0 is still there".into()
     })?;
-    // The source's NIC is down: only the copy, through the tunnel, can answer.
+    // The source is paused: only the copy, through the tunnel, can answer.
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     let status = old.status()?;
     check(
@@ -119,8 +140,18 @@ fn the_guests_first_frame_on_the_new_host_moves_its_traffic_off_the_paused_sourc
         || format!("vmtun status on the old host: {status}"),
     )?;
 
+    // A change of the source's interface that leaves it up (its MTU) puts nothing back.
+    lab.old.ip(&["link", "set", VIF, "mtu", "1400"])?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    check(!vm_route_on_vif(&lab.old)?, || {
+        format!(
+            "the VM's route is back on the paused source:\n{}",
+            old.log()
+        )
+    })?;
+
     // The migration "fails": the source runs again and sends on its interface.
-    lab.vm.link_up("eth0")?;
+    resume(&lab.vm)?;
     announce(&lab.vm)?;
     wait_old_route(&lab, true, &old, &new)?;
     check(old.log().contains("runs here again"), || old.log())?;
