@@ -451,6 +451,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn role_old_status_names_the_vms_handed_over_to_the_new_host() {
+        let mut s = MigrationStatus {
+            role: Role::Old,
+            subnets: vec!["203.0.113.0/29".parse().unwrap()],
+            cutover: None,
+            manual_cutover: None,
+            native_subnets: Vec::new(),
+            cut_over_before: Vec::new(),
+            switched_subnets: Vec::new(),
+            handed_over: Vec::new(),
+        };
+        assert!(!s.to_string().contains("running on the new host"), "{s}");
+        s.handed_over = vec!["vif0".into(), "vif3".into()];
+        assert_eq!(
+            s.to_string(),
+            "migration: role old (the subnets go through the tunnel once a VM has left)
+  subnets: 203.0.113.0/29
+  running on the new host (routes to their interface here removed): vif0, vif3
+  switched by the provider (reported by the new host): none yet
+"
+        );
+        // A status from a vmtun without the handover reads as none handed over.
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("handed_over");
+        let read: MigrationStatus = serde_json::from_value(json).unwrap();
+        assert!(read.handed_over.is_empty());
+    }
+
+    #[test]
     fn status_after_a_restart_names_the_subnets_that_cut_over_before() {
         let net: IpNet = "203.0.113.0/29".parse().unwrap();
         let mut s = MigrationStatus {

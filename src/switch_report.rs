@@ -214,7 +214,12 @@ impl Reporter {
         };
         let thread = thread::Builder::new()
             .name("switch-report".into())
-            .spawn(move || report(&socket, dest, &rx, announcer))?;
+            .spawn(move || {
+                if announcer.is_some() {
+                    at_real_time_priority("switch reporter");
+                }
+                report(&socket, dest, &rx, announcer)
+            })?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -395,6 +400,7 @@ impl Listener {
             thread::Builder::new()
                 .name("switch-listen".into())
                 .spawn(move || {
+                    at_real_time_priority("switch listener");
                     let mut seen: Vec<IpNet> = Vec::new();
                     let mut buf = [0u8; MAX_REPORT];
                     while !stop.load(Ordering::Relaxed) {
@@ -462,6 +468,14 @@ impl Drop for Listener {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A VM report is on the path of the client's traffic (the handover): the threads that
+/// carry it wake at once, ahead of busy ordinary threads (QEMU's), when allowed.
+fn at_real_time_priority(who: &str) {
+    if let Err(e) = crate::cutover::real_time_priority() {
+        tracing::debug!("{who} runs at normal priority ({e})");
     }
 }
 
