@@ -109,6 +109,7 @@ impl Migration {
         let handover_on = m.handover == HandoverMode::FirstFrame && !config.vms.is_empty();
         let reporter = match m.role {
             Role::New => Some(Reporter::start(
+                &config.interface.name,
                 here,
                 m.via,
                 handover_on.then(|| Announcer::new(&config.vms)),

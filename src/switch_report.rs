@@ -201,11 +201,19 @@ impl ReportSender {
 }
 
 impl Reporter {
-    /// Binds a socket on this host's tunnel address `from` and starts reporting to the old
-    /// host's tunnel address `to`; VM reports as `announcer` decides, when given.
-    pub fn start(from: IpAddr, to: IpAddr, announcer: Option<Announcer>) -> anyhow::Result<Self> {
+    /// Binds a socket on this host's tunnel address `from`, on the tunnel device `tun` (so
+    /// that only the tunnel's datagrams are read as acknowledgements), and starts reporting
+    /// to the old host's tunnel address `to`; VM reports as `announcer` decides, when given.
+    pub fn start(
+        tun: &str,
+        from: IpAddr,
+        to: IpAddr,
+        announcer: Option<Announcer>,
+    ) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(from, 0))
             .with_context(|| format!("binding the switch reporter to {from}"))?;
+        bind_to_device(&socket, tun)
+            .with_context(|| format!("binding the switch reporter to device {tun}"))?;
         let dest = SocketAddr::new(to, REPORT_PORT);
         let (tx, rx) = mpsc::channel::<Job>();
         let acks = match &announcer {
