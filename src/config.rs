@@ -111,7 +111,7 @@ pub enum CutoverMode {
 /// (`[migration] handover`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Handover {
+pub enum HandoverMode {
     /// As soon as the new host sees the migrated guest's first frame on its interface
     /// (QEMU's announcement when the guest resumes there) and reports it through the tunnel:
     /// the paused source no longer swallows the VM's traffic (`crate::handover`).
@@ -151,9 +151,9 @@ pub struct Migration {
     /// to the new host before it accepts it as a source from there.
     pub cutover_hold: Duration,
     /// Both roles: when the old host hands a migrated VM's traffic to the tunnel (the new
-    /// host reports the guest's first frame only with [`Handover::FirstFrame`], the old host
+    /// host reports the guest's first frame only with [`HandoverMode::FirstFrame`], the old host
     /// acts on such reports only with it).
-    pub handover: Handover,
+    pub handover: HandoverMode,
 }
 
 /// The longest `[migration] cutover_hold_ms`: a minute; a provider that needs longer between
@@ -245,7 +245,7 @@ struct RawMigration {
     fwmark: Option<u32>,
     cutover: Option<CutoverMode>,
     cutover_hold_ms: Option<u32>,
-    handover: Option<Handover>,
+    handover: Option<HandoverMode>,
 }
 
 #[derive(Deserialize)]
@@ -685,7 +685,7 @@ fn migration(
         fwmark,
         cutover: raw.cutover.unwrap_or(CutoverMode::Auto),
         cutover_hold: Duration::from_millis(cutover_hold_ms.into()),
-        handover: raw.handover.unwrap_or(Handover::FirstFrame),
+        handover: raw.handover.unwrap_or(HandoverMode::FirstFrame),
     })
 }
 
@@ -845,7 +845,7 @@ addresses = ["203.0.113.2"]
         assert_eq!(m.cutover, CutoverMode::Auto);
         assert!(m.gateways.is_empty() && m.native_interfaces.is_empty());
         assert_eq!(m.cutover_hold, Duration::ZERO);
-        assert_eq!(m.handover, Handover::FirstFrame);
+        assert_eq!(m.handover, HandoverMode::FirstFrame);
         assert_eq!(m.native_ifaces(), ["br0"]);
         assert_eq!(c.vms[0].addresses, vec![IpAddr::from([203, 0, 113, 2])]);
     }
@@ -859,8 +859,8 @@ addresses = ["203.0.113.2"]
             );
             parse(&text).unwrap().migration.unwrap().handover
         };
-        assert_eq!(with("first-frame"), Handover::FirstFrame);
-        assert_eq!(with("vif-gone"), Handover::VifGone);
+        assert_eq!(with("first-frame"), HandoverMode::FirstFrame);
+        assert_eq!(with("vif-gone"), HandoverMode::VifGone);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, Config, CutoverMode, Gateway, Handover as HandoverMode, Role};
+use crate::config::{self, Config, CutoverMode, Gateway, HandoverMode, Role};
 use crate::cutover::{CutoverStatus, MacAddr, Phase, Uplink, Watcher, index_of};
 use crate::handover::{Announcer, Handover, NewHost, OldHost};
 use crate::netcfg::{self, Family, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
