@@ -8,7 +8,7 @@
 //! reports and a deadline out; no sockets, no clock.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Vm;
 use crate::switch_report::{AckOf, Report, ReportId, VmReport};
@@ -39,6 +39,8 @@ pub enum VmEvent {
         ifindex: u32,
         /// A fresh random id for the report.
         id: ReportId,
+        /// When the kernel received the frame (for the log: how soon the report followed).
+        at: SystemTime,
     },
     /// The old host acknowledged a VM report.
     Ack(AckOf, ReportId),
@@ -136,7 +138,12 @@ impl Announcer {
                     vm.link = ifindex;
                 }
             }
-            VmEvent::GuestFrame { vif, ifindex, id } => {
+            VmEvent::GuestFrame {
+                vif,
+                ifindex,
+                id,
+                at,
+            } => {
                 let Some(vm) = self.vms.iter_mut().find(|vm| vm.vif == vif) else {
                     return;
                 };
@@ -144,9 +151,11 @@ impl Announcer {
                 if vm.link != Some(ifindex) || vm.seen.is_some() {
                     return;
                 }
+                let frame_unix_ns = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
                 tracing::info!(
                     vif,
                     report = %id,
+                    frame_unix_ns,
                     "handover: the guest's first frame on {vif}: it runs here; telling the old host"
                 );
                 vm.seen = Some(id);
@@ -230,6 +239,7 @@ mod tests {
             vif: vif.into(),
             ifindex,
             id: ReportId(id),
+            at: UNIX_EPOCH,
         }
     }
 

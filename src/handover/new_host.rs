@@ -44,10 +44,11 @@ impl NewHost {
         let reports = self.reports.clone();
         let name = vif.to_owned();
         let watch = FirstFrame::watch(vif, index, move |ended| match ended {
-            Ended::Frame { ifindex, .. } => reports.vm(VmEvent::GuestFrame {
+            Ended::Frame { ifindex, at } => reports.vm(VmEvent::GuestFrame {
                 vif: name,
                 ifindex,
                 id: ReportId(rand::random()),
+                at,
             }),
             Ended::Failed(e) => tracing::debug!("handover: no longer watching: {e}"),
         });
