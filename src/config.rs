@@ -109,6 +109,20 @@ pub enum CutoverMode {
     Manual,
 }
 
+/// When the old host stops routing a VM's addresses to the VM's interface there
+/// (`[migration] handover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandoverMode {
+    /// As soon as the new host sees the migrated guest's first frame on its interface
+    /// (QEMU's announcement when the guest resumes there) and reports it through the tunnel:
+    /// the paused source no longer swallows the VM's traffic (`crate::handover`).
+    FirstFrame,
+    /// Only when the VM's interface on the old host disappears (the source QEMU exits), as
+    /// the seed's procedure does.
+    VifGone,
+}
+
 /// `[migration]`: the routing of the move.
 #[derive(Debug, Clone)]
 pub struct Migration {
@@ -138,6 +152,10 @@ pub struct Migration {
     /// packet (zero: the kernel flips on that packet). For a provider that routes the subnet
     /// to the new host before it accepts it as a source from there.
     pub cutover_hold: Duration,
+    /// Both roles: when the old host hands a migrated VM's traffic to the tunnel (the new
+    /// host reports the guest's first frame only with [`HandoverMode::FirstFrame`], the old host
+    /// acts on such reports only with it).
+    pub handover: HandoverMode,
 }
 
 /// The longest `[migration] cutover_hold_ms`: a minute; a provider that needs longer between
@@ -246,6 +264,7 @@ struct RawMigration {
     fwmark: Option<u32>,
     cutover: Option<CutoverMode>,
     cutover_hold_ms: Option<u32>,
+    handover: Option<HandoverMode>,
 }
 
 #[derive(Deserialize)]
@@ -698,6 +717,7 @@ fn migration(
         fwmark,
         cutover: raw.cutover.unwrap_or(CutoverMode::Auto),
         cutover_hold: Duration::from_millis(cutover_hold_ms.into()),
+        handover: raw.handover.unwrap_or(HandoverMode::FirstFrame),
     })
 }
 
@@ -900,8 +920,22 @@ addresses = ["203.0.113.2"]
         assert_eq!(m.cutover, CutoverMode::Auto);
         assert!(m.gateways.is_empty() && m.native_interfaces.is_empty());
         assert_eq!(m.cutover_hold, Duration::ZERO);
+        assert_eq!(m.handover, HandoverMode::FirstFrame);
         assert_eq!(m.native_ifaces(), ["br0"]);
         assert_eq!(c.vms[0].addresses, vec![IpAddr::from([203, 0, 113, 2])]);
+    }
+
+    #[test]
+    fn handover_takes_its_two_values() {
+        let with = |value: &str| {
+            let text = good().replace(
+                "via = \"100.64.0.2\"",
+                &format!("via = \"100.64.0.2\"\nhandover = {value:?}"),
+            );
+            parse(&text).unwrap().migration.unwrap().handover
+        };
+        assert_eq!(with("first-frame"), HandoverMode::FirstFrame);
+        assert_eq!(with("vif-gone"), HandoverMode::VifGone);
     }
 
     #[test]
@@ -990,6 +1024,7 @@ addresses = ["203.0.113.2"]
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1\", \"br0\"]"), "migration.native_interfaces: br0 is listed twice"),
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nnative_interfaces = [\"eth1:0\"]"), "migration.native_interfaces: \"eth1:0\" is not a valid interface name"),
             (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\ncutover_hold_ms = 60001"), "migration.cutover_hold_ms: 60001 is above 60000"),
+            (g.replace("via = \"100.64.0.2\"", "via = \"100.64.0.2\"\nhandover = \"never\""), "handover: unknown variant `never`, expected `first-frame` or `vif-gone`"),
             (
                 g.replace("subnets = [\"203.0.113.0/29\"]", "subnets = [\"203.0.113.0/29\", \"100.64.0.0/26\"]"),
                 "migration.subnets: 100.64.0.0/26 contains the tunnel's own address 100.64.0.1 (interface.address)",

@@ -223,6 +223,10 @@ impl NetOps for KillAfter<'_> {
     fn read_sysctl(&mut self, key: &SysctlKey) -> Result<String, NetError> {
         self.ops.read_sysctl(key)
     }
+
+    fn remove_route(&mut self, r: &netcfg::Route) -> Result<(), NetError> {
+        self.ops.remove_route(r)
+    }
 }
 
 async fn run_driver(
@@ -274,8 +278,9 @@ async fn run_driver(
         .as_ref()
         .map(|m| Migration::start(m, config, journal))
         .transpose()?;
-    let vifs =
-        (!config.vms.is_empty()).then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()))));
+    let handover = migration.as_ref().and_then(Migration::handover);
+    let vifs = (!config.vms.is_empty())
+        .then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()), handover)));
     let (driver, handle) = Driver::new(
         tunnel,
         tun,

@@ -19,6 +19,9 @@
 //!   pure code (verdicts), changing nothing.
 //! - `netcfg` and `cutover`: a pure plan of host changes and a packet classifier, each with
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
+//! - [`handover`]: once a live-migrated guest runs on the new host, the old host stops
+//!   routing it to the paused source (pure state machines for each side, a packet-socket
+//!   edge, and the reports through [`switch_report`]'s channel).
 //! - [`restore`]: notices when another program removes what netcfg's journal records, and
 //!   puts it back (a sans-IO pacer and a tokio task on netlink notifications).
 //! - At the edge of the process: [`output`] (a command's stdout, quiet when its reader goes
@@ -32,6 +35,7 @@ pub mod control_access;
 pub mod cutover;
 pub mod demo;
 pub mod driver;
+pub mod handover;
 pub mod instance;
 pub mod keys;
 pub mod lab;

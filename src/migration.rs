@@ -16,13 +16,15 @@
 //! cutover` by hand) and the tunnel runs on.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, Config, CutoverMode, Gateway, Role};
+use crate::config::{self, Config, CutoverMode, Gateway, HandoverMode, Role};
 use crate::cutover::{CutoverStatus, MacAddr, Phase, Uplink, Watcher, index_of};
+use crate::handover::{Announcer, Handover, NewHost, OldHost};
 use crate::netcfg::{self, Family, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
 use crate::switch_report::{Listener, Reporter};
 
@@ -63,6 +65,10 @@ pub struct MigrationStatus {
     /// theirs still here send goes through the tunnel).
     #[serde(default)]
     pub switched_subnets: Vec<IpAddr>,
+    /// Role old: VM interfaces here whose VM the new host reported running there (their
+    /// routes are off them: `crate::handover`).
+    #[serde(default)]
+    pub handed_over: Vec<String>,
 }
 
 /// The migration state of a running instance.
@@ -80,6 +86,8 @@ pub struct Migration {
     reporter: Option<Reporter>,
     /// Role old: hears those reports. Held for its thread.
     _listener: Option<Listener>,
+    /// The VM handover, for the VM interface watcher.
+    handover: Option<Handover>,
 }
 
 impl Migration {
@@ -98,9 +106,24 @@ impl Migration {
         let remembered = journal.lock().cut_over().to_vec();
         let (cut_over_before, waiting): (Vec<IpNet>, Vec<IpNet>) = (m.subnets.iter())
             .partition(|s| m.role == Role::New && remembered.contains(&s.trunc()));
+        let handover_on = m.handover == HandoverMode::FirstFrame && !config.vms.is_empty();
         let reporter = match m.role {
-            Role::New => Some(Reporter::start(here, m.via)?),
+            Role::New => Some(Reporter::start(
+                &config.interface.name,
+                here,
+                m.via,
+                handover_on.then(|| Announcer::new(&config.vms)),
+            )?),
             Role::Old => None,
+        };
+        let handover = match (m.role, &reporter) {
+            (Role::New, Some(reporter)) if handover_on => {
+                (reporter.sender()).map(|sender| Handover::New(Arc::new(NewHost::new(sender))))
+            }
+            (Role::Old, _) if !config.vms.is_empty() => Some(Handover::Old(Arc::new(
+                OldHost::new(Arc::new(config.clone()), handover_on)?,
+            ))),
+            _ => None,
         };
         if let Some(reporter) = &reporter {
             for net in &cut_over_before {
@@ -158,7 +181,7 @@ impl Migration {
                         "cutover: first native packet seen on the bridge; mark rule removed"
                     );
                     if let Some(report) = &report {
-                        let _ = report.send(d.subnet);
+                        report.switched(d.subnet);
                     }
                     Ok::<_, netcfg::NetError>(removal.gone_at)
                 })?)
@@ -166,13 +189,20 @@ impl Migration {
             _ => None,
         };
         let listener = match m.role {
-            Role::Old => Some(Listener::start(
-                &config.interface.name,
-                here,
-                m.via,
-                m.subnets.iter().map(IpNet::trunc).collect(),
-                |net| netcfg::add_subnet_to_set(NFT_TABLE, NFT_SWITCHED_SET, net),
-            )?),
+            Role::Old => {
+                let old = match &handover {
+                    Some(Handover::Old(old)) => Some(old.clone()),
+                    _ => None,
+                };
+                Some(Listener::start(
+                    &config.interface.name,
+                    here,
+                    m.via,
+                    m.subnets.iter().map(IpNet::trunc).collect(),
+                    |net| netcfg::add_subnet_to_set(NFT_TABLE, NFT_SWITCHED_SET, net),
+                    move |report| old.as_ref().and_then(|old| old.handle_report(report)),
+                )?)
+            }
             Role::New => None,
         };
         Ok(Self {
@@ -185,7 +215,14 @@ impl Migration {
             cut_over_before,
             reporter,
             _listener: listener,
+            handover,
         })
+    }
+
+    /// The VM handover (role new: watching the VM interfaces; role old: acting on the
+    /// reports), for the VM interface watcher; `None` when there is none to run.
+    pub fn handover(&self) -> Option<Handover> {
+        self.handover.clone()
     }
 
     /// `vmtun cutover`: stops the watcher and removes every mark rule now.
@@ -218,6 +255,10 @@ impl Migration {
 
     /// The snapshot for `status`.
     pub fn status(&self) -> MigrationStatus {
+        let handed_over = match &self.handover {
+            Some(Handover::Old(old)) => old.given_away(),
+            _ => Vec::new(),
+        };
         let (native_subnets, switched_subnets) = match self.role {
             Role::New => (
                 netcfg::native_subnets(NFT_TABLE).unwrap_or_default(),
@@ -240,6 +281,7 @@ impl Migration {
             native_subnets,
             cut_over_before: self.cut_over_before.clone(),
             switched_subnets,
+            handed_over,
         }
     }
 }
@@ -322,6 +364,13 @@ impl std::fmt::Display for MigrationStatus {
             let switched: Vec<String> = (self.switched_subnets.iter())
                 .map(|a| a.to_string())
                 .collect();
+            if !self.handed_over.is_empty() {
+                writeln!(
+                    f,
+                    "  running on the new host (routes to their interface here removed): {}",
+                    self.handed_over.join(", ")
+                )?;
+            }
             return writeln!(
                 f,
                 "  switched by the provider (reported by the new host): {}",
@@ -403,6 +452,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn role_old_status_names_the_vms_handed_over_to_the_new_host() {
+        let mut s = MigrationStatus {
+            role: Role::Old,
+            subnets: vec!["203.0.113.0/29".parse().unwrap()],
+            cutover: None,
+            manual_cutover: None,
+            native_subnets: Vec::new(),
+            cut_over_before: Vec::new(),
+            switched_subnets: Vec::new(),
+            handed_over: Vec::new(),
+        };
+        assert!(!s.to_string().contains("running on the new host"), "{s}");
+        s.handed_over = vec!["vif0".into(), "vif3".into()];
+        assert_eq!(
+            s.to_string(),
+            "migration: role old (the subnets go through the tunnel once a VM has left)
+  subnets: 203.0.113.0/29
+  running on the new host (routes to their interface here removed): vif0, vif3
+  switched by the provider (reported by the new host): none yet
+"
+        );
+        // A status from a vmtun without the handover reads as none handed over.
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("handed_over");
+        let read: MigrationStatus = serde_json::from_value(json).unwrap();
+        assert!(read.handed_over.is_empty());
+    }
+
+    #[test]
     fn status_after_a_restart_names_the_subnets_that_cut_over_before() {
         let net: IpNet = "203.0.113.0/29".parse().unwrap();
         let mut s = MigrationStatus {
@@ -413,6 +491,7 @@ mod tests {
             native_subnets: vec!["203.0.113.0".parse().unwrap()],
             cut_over_before: vec![net],
             switched_subnets: Vec::new(),
+            handed_over: Vec::new(),
         };
         assert_eq!(
             s.to_string(),

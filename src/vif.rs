@@ -4,6 +4,8 @@
 //! What this sets — a /32 route per VM address onto its interface, and proxy ARP there —
 //! belongs to the interface's life, as in the seed's libvirt script: it is not journaled,
 //! stays when vmtun exits (the moved VM must stay reachable), and goes with the interface.
+//! The one exception is the handover (`crate::handover`): on the old host, [`unroute`] takes
+//! a migrated VM's routes off the interface of its paused source before that goes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 
 use crate::config::Config;
-use crate::netcfg::{self, NetOps};
+use crate::cutover::index_of;
+use crate::handover::Handover;
+use crate::netcfg::{self, Change, NetOps};
 
 /// `vmtun vif-up IFACE -c FILE`: routes the `[[vm]]` addresses of `iface` onto it and
 /// turns on proxy ARP. Idempotent, so libvirt may call it on every start.
@@ -38,10 +42,30 @@ pub fn apply(ops: &mut dyn NetOps, config: &Config, iface: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// Takes the `[[vm]]` routes of `iface` off it again (proxy ARP stays): the old host's half
+/// of the handover, once the VM runs on the new host. Routes already gone are fine.
+pub fn unroute(ops: &mut dyn NetOps, config: &Config, iface: &str) -> anyhow::Result<()> {
+    let vm = config.vm(iface).with_context(|| {
+        format!(
+            "no [[vm]] with vif = {iface:?} in {}",
+            config.path.display()
+        )
+    })?;
+    let routes: Vec<netcfg::Route> = (netcfg::vif_up(iface, &vm.addresses).into_iter())
+        .filter_map(|c| match c {
+            Change::Route(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    netcfg::remove_routes(ops, &routes)?;
+    Ok(())
+}
+
 /// Inside `vmtun up`: routes each configured VM interface when it comes up (libvirt creates
 /// the tap on the new host during `virsh migrate`), so the libvirt script is optional.
-/// Interfaces already up at start are routed at once. Runs until the task is aborted.
-pub async fn watch(config: Arc<Config>) {
+/// Interfaces already up at start are routed at once. With a `handover`, tells it every
+/// configured interface's coming and going. Runs until the task is aborted.
+pub async fn watch(config: Arc<Config>, handover: Option<Handover>) {
     let (connection, _handle, mut messages) =
         match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
             Ok(c) => c,
@@ -51,12 +75,19 @@ pub async fn watch(config: Arc<Config>) {
             }
         };
     tokio::spawn(connection);
+    // Routed once per time up: a later change of an interface that stays up (its carrier,
+    // say) must not put back routes the handover took off it.
+    let mut routed: HashSet<String> = HashSet::new();
     for vm in &config.vms {
-        if is_up(&vm.vif) {
+        let up = is_up(&vm.vif);
+        if up {
+            routed.insert(vm.vif.clone());
             route_in_background(&config, &vm.vif);
         }
+        if let Some(handover) = &handover {
+            handover.link(&vm.vif, up.then(|| index_of(&vm.vif)).flatten());
+        }
     }
-    let mut routed: HashSet<String> = HashSet::new();
     while let Some((message, _)) = messages.next().await {
         let (link, present) = match message.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, true),
@@ -73,6 +104,9 @@ pub async fn watch(config: Arc<Config>) {
             continue;
         }
         let up = present && link.header.flags.contains(LinkFlags::Up);
+        if let Some(handover) = &handover {
+            handover.link(&name, up.then_some(link.header.index));
+        }
         if !up {
             routed.remove(&name);
         } else if routed.insert(name.clone()) {
@@ -96,4 +130,55 @@ fn route_in_background(config: &Arc<Config>, iface: &str) {
             tracing::warn!("routing VM interface {iface}: {e:#}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netcfg::FakeOps;
+    use std::path::Path;
+
+    fn config() -> Config {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        let peer = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
+        let text = format!(
+            "[interface]\nname = \"vmtun0\"\nprivate_key = \"{key}\"\naddress = \"100.64.0.1/24\"\n\n\
+             [[peer]]\npublic_key = \"{peer}\"\nallowed_ips = [\"0.0.0.0/0\", \"::/0\"]\n\n\
+             [migration]\nrole = \"old\"\nsubnets = [\"203.0.113.0/29\", \"2001:db8:1::/64\"]\nvia = \"100.64.0.2\"\n\n\
+             [[vm]]\nvif = \"vif0\"\naddresses = [\"203.0.113.2\", \"2001:db8:1::2\"]\n"
+        );
+        Config::parse(&text, Path::new("/etc/vmtun/test.toml")).unwrap()
+    }
+
+    #[test]
+    fn unroute_takes_the_routes_off_and_leaves_the_rest_of_vif_up() {
+        let config = config();
+        let mut ops = FakeOps::with_interface("vif0", true);
+        let dad = crate::netcfg::SysctlKey::ipv6_conf("vif0", "accept_dad");
+        ops.sysctls.insert(dad.path().into(), "1".into());
+        apply(&mut ops, &config, "vif0").unwrap();
+        let before = ops.present.clone();
+        unroute(&mut ops, &config, "vif0").unwrap();
+        let gone: Vec<String> = (before.iter())
+            .filter(|c| !ops.present.contains(c))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            gone,
+            [
+                "ip route add 203.0.113.2/32 dev vif0",
+                "ip -6 route add 2001:db8:1::2/128 dev vif0"
+            ]
+        );
+        assert!(
+            ops.present
+                .iter()
+                .any(|c| matches!(c, Change::Address { .. }))
+        );
+        // Again: already gone is fine; vif-up puts them back.
+        unroute(&mut ops, &config, "vif0").unwrap();
+        apply(&mut ops, &config, "vif0").unwrap();
+        assert_eq!(ops.present.len(), before.len());
+        assert!(unroute(&mut ops, &config, "vif9").is_err());
+    }
 }

@@ -100,3 +100,94 @@ fn a_real_vm_answers_after_a_live_migration_and_after_the_switch() -> Result<()>
         None => Ok(()),
     }
 }
+
+/// Whether `ns` routes the VM's /32 onto [`VIF`] (what `vif-up` put there).
+fn vm_route_on_vif(ns: &vmtun::lab::Netns) -> Result<bool> {
+    let route = ns.ip(&["route", "show", &format!("{VM_ADDR}/32"), "dev", VIF])?;
+    Ok(!route.trim().is_empty())
+}
+
+/// With the handover (`[migration] handover`, the default "first-frame"): once the migrated
+/// guest has run on the new host (QEMU's announcement at resume on its tap), the old host
+/// takes the VM's /32 off the source's tap while the source QEMU still exists, paused after
+/// the migration; the client's pings are answered by the migrated guest through the tunnel
+/// before the source is gone.
+#[test]
+fn the_old_host_stops_routing_to_the_paused_source_once_the_guest_runs_on_the_new_host()
+-> Result<()> {
+    if let Some(why) = missing_requirement() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    preflight(&["nft", "ping"]);
+    let handover = "first-frame";
+    let image = GuestImage::build(Path::new(env!("CARGO_MANIFEST_DIR")))?;
+    let scratch = Scratch::new("realvm-handover")?;
+    let lab = MigrationLab::build(1)?;
+    lab.detach_vm(Site::Old)?;
+    let mut source = Qemu::start(
+        &lab.old,
+        "qemu-old",
+        scratch.path(),
+        spec(&image, &scratch, "old"),
+        None,
+        VIF_MAC,
+    )?;
+    lab.seed_vif_up(Site::Old)?;
+    source.resume()?;
+    source.wait_booted()?;
+    let (mut old, mut new) = helpers::prepare_hosts_with(&lab, &scratch, "auto", |o, n| {
+        *o = o.clone().with_handover(handover);
+        *n = n.clone().with_handover(handover);
+    })?;
+    launch_both(&lab, &mut old, &mut new)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    let incoming = format!("tcp:{NEW}:{MIGRATION_PORT}");
+    let destination = Qemu::start(
+        &lab.new,
+        "qemu-new",
+        scratch.path(),
+        spec(&image, &scratch, "new"),
+        Some(&incoming),
+        VIF_MAC,
+    )?;
+    check(vm_route_on_vif(&lab.old)?, || {
+        "the destination QEMU waiting with -incoming took the VM from the old host".into()
+    })?;
+
+    let (total_ms, downtime_ms) = source.migrate(&incoming)?;
+    eprintln!("real_vm: migration took {total_ms} ms, downtime {downtime_ms} ms (QEMU's figures)");
+    vmtun::lab::wait_until(
+        WAIT,
+        "the old host to take the VM's /32 off the source's tap",
+        || vm_route_on_vif(&lab.old).is_ok_and(|routed| !routed),
+    )
+    .map_err(|e| {
+        vmtun::lab::LabError::Failed(format!(
+            "{e}\n--- old host:\n{}\n--- new host:\n{}",
+            old.log(),
+            new.log()
+        ))
+    })?;
+    // The source still exists, paused: its tap, its process, QMP's answer.
+    let state = source.qmp.execute("query-status", serde_json::json!({}))?;
+    check(state["running"] == false, || {
+        format!("the source QEMU should be paused: {state}")
+    })?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    check(
+        lab.old.has_link(VIF) && source.process.exit_status().is_none(),
+        || "the source QEMU and its tap are still there while the migrated guest answers".into(),
+    )?;
+    eprintln!("real_vm: answered through the tunnel with the source QEMU {state}");
+    for (host, log) in [("new", new.log()), ("old", old.log())] {
+        for line in log.lines().filter(|l| l.contains("handover: the")) {
+            eprintln!("real_vm: {host} host: {line}");
+        }
+    }
+    drop(source);
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    drop(destination);
+    old.down()?;
+    new.down()
+}

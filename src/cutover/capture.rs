@@ -4,7 +4,9 @@
 //!
 //! [`PacketSocket`] is one `AF_PACKET` socket per interface and address family watched, bound
 //! for `ETH_P_IP` and `ETH_P_IPV6`, each with the classic BPF program libpcap compiles
-//! attached, polled together with the stop signal.
+//! attached, polled together with the stop signal. The same socket, bound for every protocol
+//! (`PacketSocket::arriving`), waits for a guest's first frame on a VM interface
+//! (`crate::handover`).
 //!
 //! An interface going down is survived: the kernel reports `ENETDOWN` on the socket (and
 //! stops delivering), and hooks the socket up again by itself when the interface comes back
@@ -83,6 +85,30 @@ pub(crate) enum Run<T> {
     /// The stop signal was raised first.
     Stopped,
 }
+
+/// Which frames a [`PacketSocket`] takes, by the kernel's packet type (`sll_pkttype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Only frames addressed to the host (`PACKET_HOST`): the cutover's native packets.
+    ToHost,
+    /// Every frame the link brings in, whatever its destination (all but the host's own,
+    /// `PACKET_OUTGOING`, which the kernel filter drops already): on a VM's interface, any
+    /// frame at all comes from the guest.
+    Arriving,
+}
+
+impl Take {
+    fn accepts(self, pkttype: u8) -> bool {
+        match self {
+            Self::ToHost => pkttype == libc::PACKET_HOST,
+            Self::Arriving => pkttype != libc::PACKET_OUTGOING,
+        }
+    }
+}
+
+/// The libpcap expression for every frame arriving on an interface: Linux's packet type
+/// in the kernel filter (`SKF_AD_PKTTYPE`), everything but outgoing.
+const ARRIVING: &str = "inbound";
 
 /// Most frames read from one socket per wakeup before the other sockets' turn.
 const BATCH: usize = 64;
@@ -206,12 +232,16 @@ struct Socket {
 /// `PACKET_HOST` frames (a promiscuous bridge also gets `PACKET_OTHERHOST` ones).
 ///
 /// Frames of one family on one interface come in order; between sockets there is no order.
+///
+/// [`Self::arriving`] is the other use: one `ETH_P_ALL` socket on a VM's interface, where
+/// every frame from the guest counts (ARP and RARP too) and the host's own are few.
 pub(crate) struct PacketSocket {
     /// One socket per interface and family watched, IPv4's first on each interface.
     sockets: Vec<Socket>,
     /// The poll set: the stop signal (set by `run`), then each socket.
     pollfds: Vec<libc::pollfd>,
     wait: Wait,
+    take: Take,
     buf: [u8; SNAPLEN],
 }
 
@@ -239,11 +269,40 @@ impl PacketSocket {
             wait != Wait::Blocking || protocols.len() * ifaces.len() == 1,
             "a blocking PacketSocket reads one socket: give it one interface and one family"
         );
+        Self::open_with(ifaces, &protocols, wait, Take::ToHost, |iface| {
+            compile_filter(iface, classifier)
+        })
+    }
+
+    /// One stoppable socket on `iface` that takes every frame arriving there, of any
+    /// protocol (`ETH_P_ALL`; the host's own outgoing frames are dropped by the kernel
+    /// filter): a VM's interface, where the guest's first frame (QEMU's announcement, an ARP
+    /// request) says that it runs.
+    pub(crate) fn arriving(iface: &str) -> Result<Self, CutoverError> {
+        let ifaces = [iface.to_owned()];
+        Self::open_with(
+            &ifaces,
+            &[libc::ETH_P_ALL],
+            Wait::Stoppable,
+            Take::Arriving,
+            |iface| compile_expression(iface, ARRIVING, true),
+        )
+    }
+
+    /// One socket per interface of `ifaces` and ethertype of `protocols`, each with the
+    /// filter `program` compiles for its interface.
+    fn open_with(
+        ifaces: &[String],
+        protocols: &[libc::c_int],
+        wait: Wait,
+        take: Take,
+        program: impl Fn(&str) -> Result<pcap::BpfProgram, CutoverError>,
+    ) -> Result<Self, CutoverError> {
         let mut sockets = Vec::with_capacity(ifaces.len() * protocols.len());
         for iface in ifaces {
             let ifindex = interface_index(iface)?;
-            let program = compile_filter(iface, classifier)?;
-            for &protocol in &protocols {
+            let program = program(iface)?;
+            for &protocol in protocols {
                 sockets.push(Socket {
                     fd: open_socket(iface, ifindex, protocol, &program, wait)?,
                     iface: iface.clone(),
@@ -258,6 +317,7 @@ impl PacketSocket {
             sockets,
             pollfds,
             wait,
+            take,
             buf: [0; SNAPLEN],
         })
     }
@@ -272,7 +332,7 @@ impl PacketSocket {
         Ok(())
     }
 
-    /// Hands every frame received for the host to `on_frame` until it returns `Some` or
+    /// Hands every frame it takes (see [`Take`]) to `on_frame` until it returns `Some` or
     /// `stop` is raised. An error names the interface.
     pub(crate) fn run<T>(
         &mut self,
@@ -317,7 +377,7 @@ impl PacketSocket {
                     };
                     match received {
                         None => break,
-                        Some((len, pkttype, captured_at)) if pkttype == libc::PACKET_HOST => {
+                        Some((len, pkttype, captured_at)) if self.take.accepts(pkttype) => {
                             let data = self.buf.get(..len).unwrap_or(&self.buf);
                             let ifindex = socket.ifindex;
                             if let Some(t) = on_frame(Frame {
@@ -542,14 +602,21 @@ pub(crate) fn compile_filter(
     iface: &str,
     classifier: &Classifier,
 ) -> Result<pcap::BpfProgram, CutoverError> {
-    let expression = classifier.bpf_expression();
+    compile_expression(iface, &classifier.bpf_expression(), optimize(classifier))
+}
+
+/// Compiles `expression` for Ethernet with libpcap, without a device.
+fn compile_expression(
+    iface: &str,
+    expression: &str,
+    optimize: bool,
+) -> Result<pcap::BpfProgram, CutoverError> {
     let filter_error = |e: pcap::Error| CutoverError::Filter {
         iface: iface.to_owned(),
         message: format!("compiling `{expression}`: {e}"),
     };
     let dead = Capture::dead(Linktype::ETHERNET).map_err(filter_error)?;
-    dead.compile(&expression, optimize(classifier))
-        .map_err(filter_error)
+    dead.compile(expression, optimize).map_err(filter_error)
 }
 
 /// Whether libpcap may optimise the filter: not once nothing is watched (or no gateway is

@@ -137,8 +137,10 @@ mod capture;
 mod netns_tests;
 
 pub use capture::index_of;
+pub(crate) use capture::{PacketSocket, Run, StopSignal};
 pub use classify::{Classifier, MacAddr, Verdict};
 pub use record::{CutoverRecord, Detection};
+pub(crate) use watcher::real_time_priority;
 pub use watcher::{CutoverStatus, Phase, Uplink, WATCHER_RT_PRIORITY, Watcher};
 
 /// Why the watcher could not start. Each names the interface and what to do.

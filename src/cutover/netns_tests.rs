@@ -127,6 +127,8 @@ struct Lab {
     n: Netns,
     s: Netns,
     bridge: String,
+    /// The bridge's port towards S.
+    port: String,
     sender_if: String,
 }
 
@@ -192,6 +194,7 @@ impl Lab {
             n,
             s,
             bridge,
+            port,
             sender_if,
         };
         // Resolve the neighbours both ways now, so that later sends go out at once.
@@ -240,39 +243,7 @@ impl Lab {
 
     /// Raw Ethernet frames sent from S's veth into the bridge port.
     fn send_raw_from_s(&self, frames: &[Vec<u8>]) {
-        let ifname = self.sender_if.clone();
-        self.s.run(move || {
-            let index = super::capture::interface_index(&ifname).expect("sender veth");
-            // SAFETY: plain socket(2); closed below.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            for frame in frames {
-                // SAFETY: all-zero sockaddr_ll is valid; fields set below.
-                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = index as i32;
-                addr.sll_halen = 6;
-                // SAFETY: frame and addr are live and their sizes passed.
-                let n = unsafe {
-                    libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                    )
-                };
-                assert_eq!(
-                    n,
-                    frame.len() as isize,
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            // SAFETY: fd is ours and not used after.
-            unsafe { libc::close(fd) };
-        });
+        send_raw(&self.s, &self.sender_if, frames);
     }
 
     /// (rx, tx) packet counters of the bridge device in N.
@@ -297,6 +268,43 @@ impl Lab {
             stats["tx"]["packets"].as_u64().expect("tx packets"),
         )
     }
+}
+
+/// Raw Ethernet frames sent out of `ifname` in `ns`, as they are.
+fn send_raw(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) {
+    let ifname = ifname.to_owned();
+    ns.run(move || {
+        let index = super::capture::interface_index(&ifname).expect("sending interface");
+        // SAFETY: plain socket(2); closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        for frame in frames {
+            // SAFETY: all-zero sockaddr_ll is valid; fields set below.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = index as i32;
+            addr.sll_halen = 6;
+            // SAFETY: frame and addr are live and their sizes passed.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                n,
+                frame.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: fd is ours and not used after.
+        unsafe { libc::close(fd) };
+    });
 }
 
 fn send_udp(src: Option<&str>, dst: &str, payload: &[u8]) {
@@ -1208,5 +1216,60 @@ fn a_native_packet_on_a_second_interface_cuts_over() {
     assert!(
         bridge_only.records.is_empty(),
         "the bridge's watcher saw a packet that came in on the second link: {bridge_only:?}"
+    );
+}
+
+/// An Ethernet frame from `src` to `dst` of the local experimental EtherType 0x88b5 (IEEE
+/// 802): no protocol of the host answers it.
+fn experimental_frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.resize(60, 0);
+    f
+}
+
+/// What a VM interface's watch takes (`PacketSocket::arriving`, the handover): every frame
+/// the link brings in, of any protocol and destination, and none that the host sends out.
+#[test]
+fn arriving_takes_every_frame_from_the_link_and_none_the_host_sends() {
+    let lab = Lab::new();
+    // The bridge's port stands for a VM's interface: every frame the link brings in
+    // reaches it (the bridge device gets only what is for the host).
+    let mut socket = lab
+        .n
+        .run(|| PacketSocket::arriving(&lab.port).expect("open"));
+    let stranger = [0x02, 0, 0, 0, 0, 0x77];
+    // Out of the bridge, from the host: not taken.
+    send_raw(
+        &lab.n,
+        &lab.bridge,
+        &[experimental_frame(stranger, fixtures::HOST_MAC)],
+    );
+    // In from the link, for another host's MAC: taken.
+    lab.send_raw_from_s(&[experimental_frame(stranger, fixtures::ROUTER_MAC)]);
+    let stop = Arc::new(StopSignal::new().expect("eventfd"));
+    let ceiling = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            thread::sleep(EVENT_CEILING);
+            stop.raise();
+        })
+    };
+    let mut sources = Vec::new();
+    let run = socket.run(&stop, |frame| {
+        let source: [u8; 6] = frame.data[6..12].try_into().expect("a whole header");
+        sources.push(source);
+        (frame.data[12..14] == [0x88, 0xb5] && source == fixtures::ROUTER_MAC).then_some(())
+    });
+    assert!(
+        matches!(run, Ok(Run::Done(()))),
+        "the stranger's frame was not taken"
+    );
+    drop(ceiling);
+    assert!(
+        !sources.contains(&fixtures::HOST_MAC),
+        "took a frame the host sent: {sources:02x?}"
     );
 }

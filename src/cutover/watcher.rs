@@ -209,21 +209,29 @@ fn lock(status: &Mutex<CutoverStatus>) -> MutexGuard<'_, CutoverStatus> {
 /// Asks for real-time priority for the calling thread (see the module doc), and says whether
 /// it got it.
 fn raise_priority() {
+    match real_time_priority() {
+        Ok(()) => tracing::info!(
+            priority = WATCHER_RT_PRIORITY,
+            "cutover watcher runs at real-time priority (SCHED_FIFO)"
+        ),
+        Err(e) => tracing::warn!(
+            "cutover watcher runs at normal priority ({e}): a busy host may delay it by \
+             milliseconds; give vmtun CAP_SYS_NICE for SCHED_FIFO"
+        ),
+    }
+}
+
+/// Puts the calling thread at `SCHED_FIFO` priority [`WATCHER_RT_PRIORITY`]: for threads
+/// that sleep until one event and must act on it at once (see the module doc).
+pub(crate) fn real_time_priority() -> io::Result<()> {
     let param = libc::sched_param {
         sched_priority: WATCHER_RT_PRIORITY,
     };
     // SAFETY: pid 0 is the calling thread; param is a live sched_param.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
-        tracing::info!(
-            priority = WATCHER_RT_PRIORITY,
-            "cutover watcher runs at real-time priority (SCHED_FIFO)"
-        );
+        Ok(())
     } else {
-        tracing::warn!(
-            "cutover watcher runs at normal priority ({}): a busy host may delay it by \
-             milliseconds; give vmtun CAP_SYS_NICE for SCHED_FIFO",
-            io::Error::last_os_error()
-        );
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -434,6 +434,7 @@ mod tests {
                 }),
                 native_subnets: Vec::new(),
                 switched_subnets: Vec::new(),
+                handed_over: Vec::new(),
                 cut_over_before: Vec::new(),
             }),
         }

@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::after_cutover::after_cutover;
-use super::change::Change;
+use super::change::{Change, Route};
 use super::error::NetError;
 use super::ops::NetOps;
 
@@ -395,6 +395,20 @@ pub fn apply_idempotent(ops: &mut dyn NetOps, plan: &[Change]) -> Result<(), Net
         match ops.apply(c) {
             Ok(()) => {}
             Err(e) if e.is_exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Removes routes that outlive vmtun (those of the [`super::vif_up`] plan, when a VM's
+/// traffic is handed to the tunnel) without journaling, whoever added them
+/// ([`NetOps::remove_route`]). Idempotent: a route already gone is fine.
+pub fn remove_routes(ops: &mut dyn NetOps, routes: &[Route]) -> Result<(), NetError> {
+    for r in routes {
+        match ops.remove_route(r) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {}
             Err(e) => return Err(e),
         }
     }

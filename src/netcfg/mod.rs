@@ -58,7 +58,7 @@ pub use events::{EventSocket, Interest, Source as EventSource};
 pub use fake::{Call, FakeOps};
 pub use journal::{
     DEFAULT_STATE_DIR, Journal, Restored, SharedJournal, State, Undone, apply_idempotent,
-    memory_path, remembered_cutover, state_path, undo_state_file,
+    memory_path, remembered_cutover, remove_routes, state_path, undo_state_file,
 };
 pub(crate) use nfsock::NfSock;
 pub use nft::{

@@ -2,7 +2,7 @@
 //! changes. The journal drives it; the netlink implementation ([`super::SystemOps`]) and the
 //! recording fake ([`super::FakeOps`]) implement it.
 
-use super::change::{Change, SysctlKey};
+use super::change::{Change, Route, SysctlKey};
 use super::error::NetError;
 
 /// Carries out single [`Change`]s on a host. Implementations do exactly one change per call
@@ -29,4 +29,11 @@ pub trait NetOps {
 
     /// Reads a sysctl (prerequisite checks).
     fn read_sysctl(&mut self, key: &SysctlKey) -> Result<String, NetError>;
+
+    /// Removes route `r` whoever added it (as `ip route del`, any protocol): for the routes
+    /// that outlive vmtun ([`super::vif_up`]'s), which libvirt's own script may have added
+    /// before vmtun ran. [`NetOps::revert`] removes only what vmtun added.
+    fn remove_route(&mut self, r: &Route) -> Result<(), NetError> {
+        self.revert(&Change::Route(r.clone()))
+    }
 }

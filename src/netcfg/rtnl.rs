@@ -12,7 +12,9 @@ use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, route::RouteMessage};
 use rtnetlink::{AddressMessageBuilder, IpVersion, LinkUnspec, RouteMessageBuilder};
@@ -164,6 +166,18 @@ impl Rtnl {
             self.block(async move { h.route().del(msg).execute().await })
         };
         res.map_err(|e| link_cause(e, &r.dev))
+    }
+
+    /// Deletes a route whoever added it (any protocol), as `ip route del` does: for a VM's
+    /// /32 that vmtun did not journal, which libvirt's own script may have put there
+    /// (`proto boot`).
+    pub fn route_del_any(&self, r: &Route) -> Result<(), Cause> {
+        let index = self.link(&r.dev)?.index;
+        let mut msg = route_message(r, index)?;
+        msg.header.protocol = RouteProtocol::Unspec;
+        let h = self.handle.clone();
+        self.block(async move { h.route().del(msg).execute().await })
+            .map_err(|e| link_cause(e, &r.dev))
     }
 
     /// Adds or deletes a policy rule in its family's rule list.

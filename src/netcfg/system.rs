@@ -2,7 +2,7 @@
 //! sysctls, nftnl for netfilter. All of it acts on the network namespace of the thread that
 //! created the [`SystemOps`] (netlink sockets) or calls it (sysctls, nft batches).
 
-use super::change::{Action, Change, SysctlKey};
+use super::change::{Action, Change, Route, SysctlKey};
 use super::error::{Cause, NetError};
 use super::ops::NetOps;
 use super::rtnl::Rtnl;
@@ -134,6 +134,11 @@ impl NetOps for SystemOps {
             key: key.clone(),
             cause: Cause::from_io(&e),
         })
+    }
+
+    fn remove_route(&mut self, r: &Route) -> Result<(), NetError> {
+        (self.rtnl.route_del_any(r))
+            .map_err(|cause| NetError::change(Action::Revert, &Change::Route(r.clone()), cause))
     }
 }
 

@@ -75,6 +75,9 @@ pub struct MigrationSection {
     pub fwmark: u32,
     /// `cutover_hold_ms` (role new), written when not zero.
     pub cutover_hold_ms: u32,
+    /// `handover` (both roles: `"first-frame"` or `"vif-gone"`), written when set; unset,
+    /// vmtun's default (`"first-frame"`).
+    pub handover: Option<&'static str>,
 }
 
 impl MigrationSection {
@@ -88,6 +91,7 @@ impl MigrationSection {
             table: TABLE,
             fwmark: FWMARK,
             cutover_hold_ms: 0,
+            handover: None,
         }
     }
 }
@@ -200,6 +204,14 @@ impl HostConfig {
         }
     }
 
+    /// Sets `[migration] handover` (`"first-frame"` or `"vif-gone"`) in a migration config.
+    pub fn with_handover(mut self, handover: &'static str) -> Self {
+        if let Some(m) = self.migration.as_mut() {
+            m.handover = Some(handover);
+        }
+        self
+    }
+
     /// The TOML the user would write.
     pub fn to_toml(&self) -> String {
         let mut text = format!(
@@ -217,6 +229,9 @@ impl HostConfig {
                 "\n[migration]\nrole = {:?}\nsubnets = {:?}\nvia = {:?}\nvif_prefix = {VIF_PREFIX:?}\n",
                 m.role, m.subnets, m.via
             );
+            if let Some(handover) = m.handover {
+                text += &format!("handover = {handover:?}\n");
+            }
             if m.role == "new" {
                 text += &format!(
                     "bridge = {BRIDGE:?}\ntable = {}\nfwmark = {}\ncutover = {:?}\n",

@@ -267,8 +267,35 @@ impl MigrationLab {
         site: Site,
         guest_state: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
+        self.plug(guest, self.guest_ns(guest), site, guest_state)
+    }
+
+    /// A second instance of `guest` in a namespace of its own, plugged into `site` like the
+    /// first (same MACs, address and routes; no IPv6 chatter): QEMU's destination of a live
+    /// migration, whose tap exists while the source's still does. It sends nothing by
+    /// itself (no IPv6 chatter, and nothing reaches it before the old host hands the VM
+    /// over), so the test decides when "the guest runs" there: its first frame. Dropping the
+    /// namespace unplugs it.
+    pub fn attach_copy(&self, guest: Guest, site: Site) -> Result<Netns> {
+        let copy = Netns::new("vmcopy")?;
+        if self.has_ipv6() {
+            copy.quiet_ipv6()?;
+        } else {
+            copy.disable_ipv6()?;
+        }
+        self.plug(guest, &copy, site, || Ok(()))?;
+        Ok(copy)
+    }
+
+    /// Plugs `vm`, holding `guest`, into `site` (see [`Self::attach_vm`]).
+    fn plug(
+        &self,
+        guest: Guest,
+        vm: &Netns,
+        site: Site,
+        guest_state: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         let host = self.host(site);
-        let vm = self.guest_ns(guest);
         let vif = guest.vif();
         lab::process::run_checked(
             &format!("creating the VM's veth {vif}@{}", host.name()),

@@ -1,0 +1,190 @@
+//! The old host's handover at run time: [`super::Custody`]'s decisions carried out on the
+//! host (routes through netlink, a [`FirstFrame`] watch on each interface given away), for
+//! the listener's reports, the watches' frames and the VM interface watcher's links.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use super::{Custody, Decision, Ended, FirstFrame, Keep, TakeBack};
+use crate::config::Config;
+use crate::cutover::index_of;
+use crate::netcfg::{NetOps, SystemOps};
+use crate::switch_report::Report;
+
+/// Role old: acts on the new host's VM reports. Dropping it stops its watches.
+pub struct OldHost {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    custody: Custody,
+    ops: SystemOps,
+    config: Arc<Config>,
+    /// The interfaces given away, watched for the guest.
+    watches: HashMap<String, FirstFrame>,
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl OldHost {
+    /// Custody of `config`'s VMs; `enabled` is `handover = "first-frame"` (otherwise
+    /// reports are acknowledged and ignored). Opens its netlink socket now, in this network
+    /// namespace.
+    pub fn new(config: Arc<Config>, enabled: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                custody: Custody::new(&config.vms, enabled),
+                ops: SystemOps::new()?,
+                config,
+                watches: HashMap::new(),
+            })),
+        })
+    }
+
+    /// A report from the new host (the listener's thread): carried out; the answer to send.
+    pub fn handle_report(&self, report: &Report) -> Option<Report> {
+        let mut inner = lock(&self.inner);
+        let (decision, ack) = inner.custody.handle_report(report, index_of);
+        let about = match report {
+            Report::VmHere(r) | Report::VmGone(r) => {
+                format!(
+                    "report {} of {} {:?} from the new host",
+                    r.id, r.vif, r.addresses
+                )
+            }
+            other => format!("{other:?}"),
+        };
+        carry_out(&self.inner, &mut inner, decision, &about);
+        ack
+    }
+
+    /// `vif` is up with index `ifindex`, or gone (the VM interface watcher).
+    pub fn link(&self, vif: &str, ifindex: Option<u32>) {
+        let mut inner = lock(&self.inner);
+        let decision = inner.custody.handle_link(vif, ifindex);
+        let about = match ifindex {
+            Some(index) => format!("{vif} is up here (index {index})"),
+            None => format!("{vif} is gone here"),
+        };
+        carry_out(&self.inner, &mut inner, decision, &about);
+    }
+
+    /// The VM interfaces given away to the new host now (for `vmtun status`).
+    pub fn given_away(&self) -> Vec<String> {
+        lock(&self.inner).custody.given_away()
+    }
+}
+
+impl Drop for OldHost {
+    fn drop(&mut self) {
+        let watches = std::mem::take(&mut lock(&self.inner).watches);
+        for (_, watch) in watches {
+            watch.stop();
+        }
+    }
+}
+
+/// A watch on a given-away interface ended: the guest sent a frame there, or it went away.
+fn watch_ended(shared: &Weak<Mutex<Inner>>, vif: &str, ended: Ended) {
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let mut inner = lock(&shared);
+    // This thread's own watch is dropped, not waited for; a newer one stays.
+    if inner.watches.get(vif).is_some_and(FirstFrame::runs_here) {
+        inner.watches.remove(vif);
+    }
+    let decision = match ended {
+        Ended::Frame { ifindex, .. } => inner.custody.handle_guest_frame(vif, ifindex),
+        Ended::Failed(e) => {
+            tracing::debug!("handover: {e}");
+            inner.custody.handle_link(vif, index_of(vif))
+        }
+    };
+    carry_out(
+        &shared,
+        &mut inner,
+        decision,
+        &format!("watching {vif} here"),
+    );
+}
+
+/// Does what `decision` says, and logs it (`about`: what it answers).
+fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, about: &str) {
+    match decision {
+        Decision::GiveAway {
+            vif,
+            ifindex,
+            addresses,
+        } => {
+            // Watching first: a frame from the guest here from now on is not missed.
+            let weak = Arc::downgrade(shared);
+            let name = vif.clone();
+            match FirstFrame::watch(&vif, ifindex, move |ended| watch_ended(&weak, &name, ended)) {
+                Ok(watch) => {
+                    inner.watches.insert(vif.clone(), watch);
+                }
+                Err(e) => tracing::warn!(
+                    "handover: cannot watch {vif} for the guest ({e}): its routes will not come \
+                     back by themselves should it resume here (`vmtun vif-up {vif}` does it)"
+                ),
+            }
+            match crate::vif::unroute(&mut inner.ops, &inner.config, &vif) {
+                Ok(()) => tracing::info!(
+                    vif,
+                    ?addresses,
+                    "handover: the VM of {vif} runs on the new host ({about}): its routes to \
+                     {vif} are removed, the tunnel carries its traffic"
+                ),
+                Err(e) => tracing::warn!(
+                    "handover: the VM of {vif} runs on the new host, but removing its routes \
+                     failed: {e:#}; its traffic goes to {vif} until that goes"
+                ),
+            }
+        }
+        Decision::TakeBack { vif, because } => {
+            drop(inner.watches.remove(&vif));
+            let why = match because {
+                TakeBack::GuestSentHere => "the guest sent a frame on it here",
+                TakeBack::GoneFromNewHost => "its interface on the new host is gone",
+            };
+            let ops: &mut dyn NetOps = &mut inner.ops;
+            match crate::vif::apply(ops, &inner.config, &vif) {
+                Ok(()) => tracing::info!(
+                    vif,
+                    "handover: the VM of {vif} runs here again ({why}): its routes are back on {vif}"
+                ),
+                Err(e) => tracing::warn!(
+                    "handover: the VM of {vif} runs here again ({why}), but routing it failed: \
+                     {e:#}; run `vmtun vif-up {vif}`"
+                ),
+            }
+        }
+        Decision::Keep(keep) => {
+            let says = match keep {
+                Keep::Off => {
+                    "ignored: handover = \"vif-gone\" here, the routes stay until the interface goes"
+                }
+                Keep::UnknownVm => {
+                    tracing::warn!(
+                        "handover: {about}: no [[vm]] here has exactly these addresses; ignored"
+                    );
+                    return;
+                }
+                Keep::NoInterface => "that VM has no interface here: nothing to hand over",
+                Keep::AlreadyGiven => "handed over already",
+                Keep::InterfaceGone => {
+                    "the interface it was handed over from is gone: nothing to restore"
+                }
+                Keep::Unchanged => return,
+                Keep::Repeat | Keep::NotGiven => {
+                    tracing::debug!("handover: {about}: {keep:?}");
+                    return;
+                }
+            };
+            tracing::info!("handover: {about}: {says}");
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The handover (`[migration] handover`, issue 12 item 2) in namespaces, without QEMU: the
+//! migrated guest is a second copy of the lab's VM plugged into the new host while the
+//! source's interface is still on the old host, and its "first frame" is QEMU's RARP
+//! announcement sent from the copy (tests/real_vm.rs does it with a real live migration).
+//!
+//! ```text
+//!                  ┌── old host ── vif0 ── vm (the source, "paused": drops all)
+//!  client ── core ─┤      │ tunnel
+//!                  └── new host ── vif0 ── vmcopy (the destination: same MACs and address)
+//! ```
+
+mod common;
+#[path = "common/migration.rs"]
+mod helpers;
+
+use common::{Result, Scratch, check, preflight, wait_ping};
+use helpers::{WAIT, decoy_frames, launch_both, mac_of, prepare_hosts_with, send_frames};
+use vmtun::lab::migration::hosts::HostVmtun;
+use vmtun::lab::migration::topology::{MigrationLab, Site};
+use vmtun::lab::migration::{Guest, VIF, VM_ADDR};
+use vmtun::lab::{Netns, wait_until};
+
+/// Whether `ns` routes the VM's /32 onto [`VIF`] (what `vif-up` put there).
+fn vm_route_on_vif(ns: &Netns) -> Result<bool> {
+    let route = ns.ip(&["route", "show", &format!("{VM_ADDR}/32"), "dev", VIF])?;
+    Ok(!route.trim().is_empty())
+}
+
+/// Waits until the old host routes the VM to its vif0 (`routed`) or not; the hosts' logs
+/// in the error.
+fn wait_old_route(
+    lab: &MigrationLab,
+    routed: bool,
+    old: &HostVmtun<'_>,
+    new: &HostVmtun<'_>,
+) -> Result<()> {
+    let what = if routed {
+        "the old host to route the VM to vif0 again"
+    } else {
+        "the old host to take the VM's /32 off its vif0"
+    };
+    wait_until(WAIT, what, || {
+        vm_route_on_vif(&lab.old).is_ok_and(|r| r == routed)
+    })
+    .map_err(|e| {
+        vmtun::lab::LabError::Failed(format!(
+            "{e}\n--- old host:\n{}\n--- new host:\n{}",
+            old.log(),
+            new.log()
+        ))
+    })
+}
+
+/// QEMU's RARP announcement from `ns`'s eth0 (the guest's MAC), as at resume.
+fn announce(ns: &Netns) -> Result<()> {
+    let mac = mac_of(ns, "eth0")?;
+    let (_, rarp) = decoy_frames(mac)
+        .into_iter()
+        .find(|(name, _)| name.contains("RARP"))
+        .expect("the decoys hold QEMU's RARP");
+    send_frames(ns, "eth0", vec![rarp])
+}
+
+/// "Pauses" the guest in `ns` as a stopped QEMU is: nothing it is sent arrives, it sends
+/// nothing (IP and ARP dropped both ways), and its interface stays as it is.
+fn pause(ns: &Netns) -> Result<()> {
+    for family in ["inet", "arp"] {
+        ns.run("nft", &["add", "table", family, "paused"])?;
+        for (chain, hook) in [("in", "input"), ("out", "output")] {
+            let spec = format!("{{ type filter hook {hook} priority 0; policy drop; }}");
+            ns.run("nft", &["add", "chain", family, "paused", chain, &spec])?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`pause`].
+fn resume(ns: &Netns) -> Result<()> {
+    for family in ["inet", "arp"] {
+        ns.run("nft", &["delete", "table", family, "paused"])?;
+    }
+    Ok(())
+}
+
+/// Waits until `host`'s log has `line`.
+fn wait_log(host: &HostVmtun<'_>, line: &str) -> Result<()> {
+    wait_until(
+        WAIT,
+        &format!("`{line}` in the log of {}", host.ifname()),
+        || host.log().contains(line),
+    )
+}
+
+/// The lab with both hosts running vmtun with `handover`, the VM answering the client from
+/// the old host; then the source [`pause`]d and its copy plugged into the new host, the new
+/// host watching it.
+fn paused_source_and_its_copy<'a>(
+    lab: &'a MigrationLab,
+    scratch: &Scratch,
+    handover: &'static str,
+) -> Result<(HostVmtun<'a>, HostVmtun<'a>, Netns)> {
+    let (mut old, mut new) = prepare_hosts_with(lab, scratch, "auto", |o, n| {
+        *o = o.clone().with_handover(handover);
+        *n = n.clone().with_handover(handover);
+    })?;
+    launch_both(lab, &mut old, &mut new)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    pause(&lab.vm)?;
+    let copy = lab.attach_copy(Guest::FIRST, Site::New)?;
+    if handover == "first-frame" {
+        wait_log(&new, &format!("handover: {VIF} is up: watching it"))?;
+    }
+    check(vm_route_on_vif(&lab.old)?, || {
+        "the new host's interface alone (no guest frame) took the VM from the old host".into()
+    })?;
+    Ok((old, new, copy))
+}
+
+/// Once the guest's first frame arrives on the new host's interface, the old host takes the
+/// VM's /32 off its own interface, which is still there: the client's pings reach the copy
+/// through the tunnel. When the source sends on its interface again (the migration failed
+/// and it resumed), the route comes back.
+#[test]
+fn the_guests_first_frame_on_the_new_host_moves_its_traffic_off_the_paused_source() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+
+    announce(&copy)?;
+    wait_old_route(&lab, false, &old, &new)?;
+    check(lab.old.has_link(VIF), || {
+        "the source's vif0 is still there".into()
+    })?;
+    // The source is paused: only the copy, through the tunnel, can answer.
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    let status = old.status()?;
+    check(
+        status["migration"]["handed_over"] == serde_json::json!([VIF]),
+        || format!("vmtun status on the old host: {status}"),
+    )?;
+
+    // A change of the source's interface that leaves it up (its MTU) puts nothing back.
+    lab.old.ip(&["link", "set", VIF, "mtu", "1400"])?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    check(!vm_route_on_vif(&lab.old)?, || {
+        format!(
+            "the VM's route is back on the paused source:\n{}",
+            old.log()
+        )
+    })?;
+
+    // The migration "fails": the source runs again and sends on its interface.
+    resume(&lab.vm)?;
+    announce(&lab.vm)?;
+    wait_old_route(&lab, true, &old, &new)?;
+    check(old.log().contains("runs here again"), || old.log())?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
+
+/// The new host's interface going away without a guest frame (QEMU's destination given up
+/// before the guest ran there) takes nothing from the old host; going away after the guest
+/// ran there, while the source's interface is still on the old host, gives the VM's routes
+/// back to the source.
+#[test]
+fn the_new_hosts_interface_gone_leaves_or_gives_back_the_old_hosts_routes() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-back")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+
+    lab.new.ip(&["link", "del", VIF])?;
+    wait_log(&new, &format!("handover: {VIF} is gone"))?;
+    check(vm_route_on_vif(&lab.old)?, || {
+        format!("the old host lost the VM's route:\n{}", old.log())
+    })?;
+    check(!old.log().contains("handover: the VM of"), || {
+        format!("the old host heard of a handover:\n{}", old.log())
+    })?;
+    drop(copy);
+
+    let copy = lab.attach_copy(Guest::FIRST, Site::New)?;
+    announce(&copy)?;
+    wait_old_route(&lab, false, &old, &new)?;
+    lab.new.ip(&["link", "del", VIF])?;
+    wait_old_route(&lab, true, &old, &new)?;
+    check(
+        old.log().contains("its interface on the new host is gone"),
+        || old.log(),
+    )?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
+
+/// With `handover = "vif-gone"` the old host keeps routing the VM to its interface while it
+/// exists, the guest's frame on the new host notwithstanding (what the bench compares).
+#[test]
+fn with_handover_vif_gone_the_route_stays_until_the_source_interface_goes() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-off")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "vif-gone")?;
+    announce(&copy)?;
+    // The copy answers through the tunnel only once the source's interface is gone.
+    check(!common::ping_once(&lab.client, VM_ADDR), || {
+        "the paused source's route answered".into()
+    })?;
+    check(vm_route_on_vif(&lab.old)?, || old.log())?;
+    lab.detach_vm(Site::Old)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    check(!old.log().contains("handover: the VM of"), || old.log())?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
