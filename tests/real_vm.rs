@@ -12,12 +12,14 @@ mod common;
 #[path = "common/migration.rs"]
 mod helpers;
 
-use common::{Result, check, preflight};
-use helpers::VMTUN;
+use common::{Result, Scratch, check, preflight, wait_ping};
+use helpers::{VMTUN, WAIT, launch_both};
 use std::path::Path;
 use std::time::Duration;
-use vmtun::lab::migration::real_vm::{self, RealVmOptions, RealVmReport};
-use vmtun::lab::qemu::{GuestImage, missing_requirement};
+use vmtun::lab::migration::real_vm::{self, RealVmOptions, RealVmReport, spec};
+use vmtun::lab::migration::topology::{MigrationLab, Site};
+use vmtun::lab::migration::{NEW, VIF, VIF_MAC, VM_ADDR};
+use vmtun::lab::qemu::{GuestImage, MIGRATION_PORT, Qemu, missing_requirement};
 
 /// Runs the scenario with short phases, migrating over the underlay; `None` (skipped)
 /// where the machine cannot run a real VM.
