@@ -14,6 +14,8 @@
 # each alike:
 #   underlay   --migrate-via underlay   QEMU's stream to the new host's underlay address
 #   tunnel     --migrate-via tunnel     to its tunnel address: the stream crosses vmtun
+#   underlay-vif-gone, tunnel-vif-gone   the same with --handover vif-gone: the old host
+#              routes the VM to the paused source's tap until that tap goes (the seed's way)
 #
 # Usage (root):
 #   benches/real-vm.sh            # 10 runs of each variant
@@ -25,6 +27,9 @@
 #   VARIANTS     the variants to run (default "underlay tunnel")
 #   DWELL        the demo's --dwell in seconds (default 0.5)
 #   RATE         probes per second (default 1000)
+#   LINGER_MS    how long the source QEMU stays, paused, after the guest resumed on the new
+#                host (default 100: libvirt ends it after its finish/confirm round trips,
+#                which took 16-135 ms beyond QEMU's downtime in tests/libvirt.rs)
 #   RESULTS_DIR  where real-vm-<stamp>.{jsonl,md} go (default benches/results)
 #   SKIP_BUILD=1 use $VMTUN as it is (default: cargo build --release first)
 #   VMTUN        the vmtun binary (default target/release/vmtun)
@@ -47,7 +52,7 @@ table() {
 import json, statistics, sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-order = ["underlay", "tunnel"]
+order = ["underlay", "tunnel", "underlay-vif-gone", "tunnel-vif-gone"]
 variants = sorted({r["variant"] for r in rows}, key=lambda v: (order.index(v) if v in order else 99, v))
 
 def row(rep, name):
@@ -72,8 +77,8 @@ def f(x, nd):
         return str(int(x))
     return f"{x:.{max(nd, 1)}f}"
 
-head = "| run | variant | path | " + " | ".join(c[0] for c in COLUMNS) + " |"
-rule = "|" + "---|" * (3 + len(COLUMNS))
+head = "| run | variant | path | handover | " + " | ".join(c[0] for c in COLUMNS) + " |"
+rule = "|" + "---|" * (4 + len(COLUMNS))
 out = [head, rule]
 ok = {v: [] for v in variants}
 failed = []
@@ -84,7 +89,7 @@ for r in rows:
         continue
     ok[r["variant"]].append(rep)
     cells = [f(c[1](rep), c[2]) for c in COLUMNS]
-    out.append(f"| {r['run']} | {r['variant']} | {rep['migration']['path']} | " + " | ".join(cells) + " |")
+    out.append(f"| {r['run']} | {r['variant']} | {rep['migration']['path']} | {rep['migration'].get('handover', '—')} | " + " | ".join(cells) + " |")
 for v in variants:
     reps = ok[v]
     if not reps:
@@ -94,7 +99,7 @@ for v in variants:
         for c in COLUMNS:
             xs = [c[1](rep) for rep in reps if c[1](rep) is not None]
             cells.append(f(agg(xs), c[2]) if xs else "—")
-        out.append(f"| **{label}** ({len(reps)}) | {v} | {reps[0]['migration']['path']} | " + " | ".join(cells) + " |")
+        out.append(f"| **{label}** ({len(reps)}) | {v} | {reps[0]['migration']['path']} | {reps[0]['migration'].get('handover', '—')} | " + " | ".join(cells) + " |")
 print("\n".join(out))
 print()
 print("QEMU downtime: query-migrate's (the source's view). Real pause: the source's STOP event to the")
@@ -120,9 +125,10 @@ RUNS=${1:-10}
 [[ $(id -u) -eq 0 ]] || die "needs root (the demo creates network namespaces)"
 command -v python3 >/dev/null || die "python3 is needed for the tables"
 cd "$REPO"
-VARIANTS=${VARIANTS:-underlay tunnel}
+VARIANTS=${VARIANTS:-underlay tunnel underlay-vif-gone tunnel-vif-gone}
 DWELL=${DWELL:-0.5}
 RATE=${RATE:-1000}
+LINGER_MS=${LINGER_MS:-100}
 RESULTS_DIR=${RESULTS_DIR:-$REPO/benches/results}
 VMTUN=${VMTUN:-$REPO/target/release/vmtun}
 
@@ -130,6 +136,8 @@ args_of() { # VARIANT -> demo options
   case $1 in
     underlay) echo "--migrate-via underlay" ;;
     tunnel) echo "--migrate-via tunnel" ;;
+    underlay-vif-gone) echo "--migrate-via underlay --handover vif-gone" ;;
+    tunnel-vif-gone) echo "--migrate-via tunnel --handover vif-gone" ;;
     *) return 1 ;;
   esac
 }
@@ -162,7 +170,8 @@ for (( i = 1; i <= RUNS; i++ )); do
     read -r -a args <<<"$(args_of "$v")"
     t0=$(date +%s.%N)
     rc=0
-    "$VMTUN" demo --real-vm --json --rate "$RATE" --dwell "$DWELL" "${args[@]}" \
+    "$VMTUN" demo --real-vm --json --rate "$RATE" --dwell "$DWELL" \
+      --source-linger-ms "$LINGER_MS" "${args[@]}" \
       >"$TMP/out.json" 2>"$TMP/err.txt" || rc=$?
     t1=$(date +%s.%N)
     python3 - "$v" "$i" "$rc" "$t0" "$t1" "$TMP/out.json" "$TMP/err.txt" >>"$JSONL" <<'PY'

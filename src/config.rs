@@ -111,7 +111,7 @@ pub enum CutoverMode {
 
 /// When the old host stops routing a VM's addresses to the VM's interface there
 /// (`[migration] handover`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum HandoverMode {
     /// As soon as the new host sees the migrated guest's first frame on its interface

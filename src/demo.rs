@@ -10,6 +10,7 @@
 //! This module only parses the options, runs [`crate::lab::migration::run`] (or the real
 //! VM's) and presents its report; the scenario itself lives in the lab.
 
+use crate::config::HandoverMode;
 use crate::lab::{self, migration};
 use migration::real_vm::{self, MigrationPath, RealVmOptions, RealVmReport};
 use migration::scenario::{HostMode, Options, Report};
@@ -61,6 +62,21 @@ pub struct DemoArgs {
         value_name = "PATH"
     )]
     pub migrate_via: MigrationPath,
+    /// With --real-vm: when the old host stops routing the VM to the paused source's tap,
+    /// at the migrated guest's first frame on the new host (vmtun's default) or only when
+    /// the source's tap goes (the seed's way); both hosts' `[migration] handover`.
+    #[arg(
+        long,
+        value_enum,
+        requires = "real_vm",
+        default_value = "first-frame",
+        value_name = "WHEN"
+    )]
+    pub handover: HandoverMode,
+    /// With --real-vm: milliseconds the source QEMU stays, paused, after the guest resumed on
+    /// the new host (libvirt ends it after its finish and confirm round trips; 0: at once).
+    #[arg(long, requires = "real_vm", default_value_t = 0, value_name = "MS")]
+    pub source_linger_ms: u64,
 }
 
 /// Runs the demo. Needs root (it creates network namespaces); never touches the root
@@ -162,6 +178,8 @@ fn real_vm_options(
     real.settle = options.settle;
     real.after_move = options.after_move;
     real.after_switch = options.after_switch;
+    real.source_linger = Duration::from_millis(args.source_linger_ms);
+    real.handover = args.handover;
     real
 }
 

@@ -21,6 +21,7 @@ use super::scenario::{self, Clock, Moments, Report};
 use super::stats::{self, PhaseStats};
 use super::topology::{CoreCounters, MigrationLab, Site};
 use super::*;
+use crate::config::HandoverMode;
 use crate::lab::qemu::{GuestImage, MIGRATE_WAIT, MIGRATION_PORT, Qemu, VmSpec};
 use crate::lab::{self, Result, Scratch};
 use serde::Serialize;
@@ -82,9 +83,13 @@ pub struct RealVmOptions {
     pub after_move: Duration,
     /// Length of `after_switch`.
     pub after_switch: Duration,
-    /// Changes the hosts' configs `(old, new)` before they are written: where a variant of
-    /// the hosts' behaviour is switched on.
-    pub customize_hosts: fn(&mut HostConfig, &mut HostConfig),
+    /// Both hosts' `[migration] handover`: when the old host stops routing the VM to the
+    /// paused source's tap.
+    pub handover: HandoverMode,
+    /// How long the source QEMU stays, paused, after the guest resumed on the new host,
+    /// before it is ended and its tap goes: libvirt ends it only after its finish and
+    /// confirm round trips; zero ends it at once, as a bare QEMU manager may.
+    pub source_linger: Duration,
 }
 
 impl RealVmOptions {
@@ -101,8 +106,21 @@ impl RealVmOptions {
             settle: Duration::from_secs(1),
             after_move: Duration::from_secs(2),
             after_switch: Duration::from_secs(2),
-            customize_hosts: |_, _| {},
+            handover: HandoverMode::FirstFrame,
+            source_linger: Duration::ZERO,
         }
+    }
+}
+
+/// What `handover` changes in the hosts' configs `(old, new)`; the lab writes vmtun's
+/// default (first-frame) unless told otherwise.
+fn handover_configs(handover: HandoverMode) -> fn(&mut HostConfig, &mut HostConfig) {
+    match handover {
+        HandoverMode::FirstFrame => |_, _| {},
+        HandoverMode::VifGone => |old, new| {
+            *old = old.clone().with_handover("vif-gone");
+            *new = new.clone().with_handover("vif-gone");
+        },
     }
 }
 
@@ -111,6 +129,10 @@ impl RealVmOptions {
 pub struct MigrationFigures {
     /// Where the stream went.
     pub path: MigrationPath,
+    /// When the old host let go of the VM (`[migration] handover`).
+    pub handover: HandoverMode,
+    /// How long the source QEMU stayed after the guest resumed on the new host (ms).
+    pub source_linger_ms: u64,
     /// The destination's `-incoming` URI.
     pub uri: String,
     /// How long the guest took to boot on the old host (ms).
@@ -249,7 +271,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         &options.vmtun,
         &scratch,
         Family::Ipv4,
-        options.customize_hosts,
+        handover_configs(options.handover),
         progress,
         &mut clock,
     )?;
@@ -298,6 +320,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
     if let Some(stop) = stop {
         clock.note(stop, "the source stops the guest (QMP STOP)");
     }
+    scenario::sleep_until(resume + scenario::nanos(options.source_linger));
     source.process.signal(libc::SIGTERM);
     clock.now("SIGTERM to the source QEMU (libvirt ends it so): its tap vif0 goes as it exits");
     drop(source);
@@ -384,6 +407,8 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
     };
     let migration = MigrationFigures {
         path: options.path,
+        handover: options.handover,
+        source_linger_ms: options.source_linger.as_millis() as u64,
         uri,
         boot_ms,
         total_ms,
@@ -453,6 +478,8 @@ mod tests {
         };
         let migration = MigrationFigures {
             path: MigrationPath::Tunnel,
+            handover: HandoverMode::FirstFrame,
+            source_linger_ms: 0,
             uri: "tcp:100.64.0.2:4444".into(),
             boot_ms: 5000.0,
             total_ms: 500,
