@@ -216,3 +216,92 @@ fn with_handover_vif_gone_the_route_stays_until_the_source_interface_goes() -> R
     old.down()?;
     new.down()
 }
+
+/// A report the new host did not send through the tunnel takes nothing: "the VM runs here"
+/// forged from the provider's side with the new host's tunnel address as its source, sent to
+/// the old host's tunnel address and port (what a neighbour on the underlay could do), and
+/// reaching the old host (counted in its input hook), leaves the VM's route on the old host.
+/// Then the guest's real first frame on the new host does take it (so the test could see a
+/// removal).
+#[test]
+fn a_report_forged_from_outside_the_tunnel_takes_nothing() -> Result<()> {
+    use vmtun::lab::migration::{OLD, TUNNEL_NEW, TUNNEL_OLD};
+    use vmtun::switch_report::REPORT_PORT;
+    preflight(&["nft", "ping", "bash"]);
+    let scratch = Scratch::new("handover-forged")?;
+    // rp_filter off on the hosts: the forged source, routed through the tunnel there, is not
+    // refused by the kernel before vmtun's socket could see it.
+    let lab = MigrationLab::build(0)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+
+    // What reaches the old host's own stack for the report port, outside the tunnel.
+    lab.old.run("nft", &["add", "table", "inet", "forged"])?;
+    lab.old.run(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "forged",
+            "in",
+            "{ type filter hook input priority -10; }",
+        ],
+    )?;
+    lab.old.run(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "forged",
+            "in",
+            "iifname",
+            "!=",
+            old.ifname(),
+            "udp",
+            "dport",
+            &REPORT_PORT.to_string(),
+            "counter",
+        ],
+    )?;
+    // The core (the provider) speaks as the new host's tunnel address.
+    lab.core
+        .ip(&["addr", "add", &format!("{TUNNEL_NEW}/32"), "dev", "lo"])?;
+    lab.core.ip(&[
+        "route",
+        "add",
+        &format!("{TUNNEL_OLD}/32"),
+        "via",
+        OLD,
+        "src",
+        TUNNEL_NEW,
+    ])?;
+    let forged = format!("vmtun-vm-here/1 00000000000000aa {VIF} {VM_ADDR}");
+    for _ in 0..5 {
+        lab.core.run(
+            "bash",
+            &[
+                "-c",
+                &format!("printf %s '{forged}' > /dev/udp/{TUNNEL_OLD}/{REPORT_PORT}"),
+            ],
+        )?;
+    }
+    let counted = lab.old.run("nft", &["list", "table", "inet", "forged"])?;
+    check(counted.contains("packets 5 "), || {
+        format!("the forged reports did not reach the old host:\n{counted}")
+    })?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    check(vm_route_on_vif(&lab.old)?, || {
+        format!(
+            "a forged report took the VM from the old host:\n{}",
+            old.log()
+        )
+    })?;
+    check(!old.log().contains("handover: the VM of"), || old.log())?;
+
+    announce(&copy)?;
+    wait_old_route(&lab, false, &old, &new)?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
