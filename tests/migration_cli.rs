@@ -391,22 +391,23 @@ fn replies_since(prober: &Prober, since_ns: u64, via: Via) -> usize {
         .count()
 }
 
-/// `vmtun demo --json --rate 10000 --dwell 0.2 EXTRA`: it must exit 0 and print one JSON
-/// object with every phase in order, at the asked rate, and a cutover record; the report.
-fn demo_json(extra: &[&str]) -> Result<Value> {
+/// Runs `vmtun demo ARGS` with `env`: it must exit 0 and print one JSON object with every
+/// phase in order; that object.
+fn run_demo(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<Value> {
     let out = std::process::Command::new(VMTUN)
-        .args(["demo", "--json", "--rate", "10000", "--dwell", "0.2"])
-        .args(extra)
+        .arg("demo")
+        .args(args)
+        .envs(env.iter().copied())
         .output()
-        .map_err(|e| common::LabError::io("running vmtun demo", e))?;
+        .map_err(|e| common::LabError::io(format!("running vmtun demo {args:?}"), e))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     check(out.status.success(), || {
-        format!("vmtun demo {extra:?} exited with {}:\n{stderr}", out.status)
+        format!("vmtun demo {args:?} exited with {}:\n{stderr}", out.status)
     })?;
     let report: Value = serde_json::from_str(&stdout).map_err(|e| {
         common::LabError::Failed(format!(
-            "vmtun demo --json printed invalid JSON ({e}):\n{stdout}"
+            "vmtun demo {args:?} printed invalid JSON ({e}):\n{stdout}"
         ))
     })?;
     let phases: Vec<&str> = report["phases"]
@@ -416,11 +417,20 @@ fn demo_json(extra: &[&str]) -> Result<Value> {
     check(phases == PHASES, || {
         format!("demo phases {phases:?}, expected {PHASES:?}")
     })?;
+    Ok(report)
+}
+
+/// `vmtun demo --json --rate 10000 --dwell 0.2 EXTRA`: it must exit 0 and print one JSON
+/// object with every phase in order, at the asked rate, and a cutover record; the report.
+fn demo_json(extra: &[&str]) -> Result<Value> {
+    let mut args = vec!["--json", "--rate", "10000", "--dwell", "0.2"];
+    args.extend_from_slice(extra);
+    let report = run_demo(&args, &[])?;
     check(report["rate_hz"] == 10_000, || {
         format!("demo rate_hz {}", report["rate_hz"])
     })?;
     check(report["cutover"].is_object(), || {
-        format!("no cutover record in the demo's JSON:\n{stdout}")
+        format!("no cutover record in the demo's JSON:\n{report}")
     })?;
     let after_switch = &report["phases"][4];
     check(after_switch["replies_via_new"].as_u64() > Some(0), || {
@@ -542,30 +552,17 @@ fn demo_real_vm_json_reports_the_move_and_the_switch() -> Result<()> {
     }
     let image = GuestImage::build(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))?;
     let guest_dir = image.kernel.parent().expect("the image has a directory");
-    let out = std::process::Command::new(VMTUN)
-        .args(["demo", "--real-vm", "--json", "--dwell", "0.5"])
-        .args(["--migrate-via", "tunnel"])
-        .env("VMTUN_GUEST_DIR", guest_dir)
-        .output()
-        .map_err(|e| common::LabError::io("running vmtun demo --real-vm", e))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    check(out.status.success(), || {
-        format!("vmtun demo --real-vm exited with {}:\n{stderr}", out.status)
-    })?;
-    let report: Value = serde_json::from_str(&stdout).map_err(|e| {
-        common::LabError::Failed(format!(
-            "vmtun demo --real-vm --json printed invalid JSON ({e}):\n{stdout}"
-        ))
-    })?;
-    let phases: Vec<&str> = report["phases"]
-        .as_array()
-        .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
-        .unwrap_or_default();
-    check(phases == PHASES, || {
-        format!("demo phases {phases:?}, expected {PHASES:?}")
-    })?;
+    let report = run_demo(
+        &[
+            "--real-vm",
+            "--json",
+            "--dwell",
+            "0.5",
+            "--migrate-via",
+            "tunnel",
+        ],
+        &[("VMTUN_GUEST_DIR", guest_dir.as_os_str())],
+    )?;
     let migration = &report["migration"];
     check(
         migration["path"] == "tunnel"
