@@ -208,7 +208,7 @@ log "load after: $LOAD_AFTER"
 {
   echo "# Real-VM benchmark $STAMP"
   echo
-  echo "vmtun $COMMIT, \`vmtun demo --real-vm --json --rate $RATE --dwell $DWELL --migrate-via PATH\`,"
+  echo "vmtun $COMMIT, \`vmtun demo --real-vm --json --rate $RATE --dwell $DWELL --source-linger-ms $LINGER_MS --migrate-via PATH [--handover vif-gone]\`,"
   echo "variants: $VARIANTS; $RUNS runs each, interleaved. Wall time $(( (END - START) / 60 )) min $(( (END - START) % 60 )) s."
   echo
   echo "- load before: $LOAD_BEFORE"
