@@ -514,8 +514,8 @@ impl Qemu {
     }
 
     /// Asks QEMU for a `MIGRATION` event at each change of the migration's state (the
-    /// `events` capability): on a destination, to learn when it has loaded the stream.
-    pub fn enable_migration_events(&mut self) -> Result<()> {
+    /// `events` capability).
+    fn enable_migration_events(&mut self) -> Result<()> {
         self.qmp
             .execute(
                 "migrate-set-capabilities",
