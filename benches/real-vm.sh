@@ -2,7 +2,8 @@
 # real-vm.sh - the real-VM scenario of issue 12 (`vmtun demo --real-vm`), RUNS times per
 # variant, summarised per run and as median / max:
 #   QEMU downtime (query-migrate), the guest's real pause (source STOP -> destination RESUME,
-#   QMP event times), the client's longest gap and probes lost at the move, probes lost from
+#   QMP event times) and what it carried (query-migrate's downtime-bytes; STOP -> the source's
+#   MIGRATION completed, i.e. the rest written; -> RESUME), the client's longest gap and probes lost at the move, probes lost from
 #   RESUME + 2 ms until the switch, the longest gap and losses at the provider's switch, the
 #   cutover latency (first native packet -> mark rule gone) and wrong-way replies (through the
 #   old host, to probes sent after the first native packet reached the new host).
@@ -16,11 +17,14 @@
 #   tunnel     --migrate-via tunnel     to its tunnel address: the stream crosses vmtun
 #   underlay-vif-gone, tunnel-vif-gone   the same with --handover vif-gone: the old host
 #              routes the VM to the paused source's tap until that tap goes (the seed's way)
+# A variant may add QEMU migration parameters after commas (--migrate-parameter), e.g.
+#   tunnel,downtime-limit=20             QEMU's downtime limit 20 ms instead of 300
 #
 # Usage (root):
 #   benches/real-vm.sh            # 10 runs of each variant
 #   benches/real-vm.sh 3
 #   VARIANTS=tunnel benches/real-vm.sh 5
+#   VARIANTS="underlay tunnel underlay,downtime-limit=20 tunnel,downtime-limit=20" benches/real-vm.sh 10
 #   benches/real-vm.sh --table benches/results/real-vm-<stamp>.jsonl   # re-print the table
 #
 # Environment:
@@ -53,14 +57,25 @@ import json, statistics, sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 order = ["underlay", "tunnel", "underlay-vif-gone", "tunnel-vif-gone"]
-variants = sorted({r["variant"] for r in rows}, key=lambda v: (order.index(v) if v in order else 99, v))
+variants = sorted({r["variant"] for r in rows}, key=lambda v: (v.count(","), order.index(v.split(",")[0]) if v.split(",")[0] in order else 99, v))
 
 def row(rep, name):
     return next((s for s in rep["summary"] if s["phase"] == name), {})
 
+def span(rep, start, end):
+    m = rep["migration"]
+    if m.get(start) is None or m.get(end) is None:
+        return None
+    return (m[end] - m[start]) / 1e6
+
 COLUMNS = [
     ("QEMU downtime ms", lambda r: row(r, "move").get("qemu_downtime_ms"), 0),
     ("real pause ms", lambda r: row(r, "move").get("real_pause_ms"), 1),
+    ("stopped kB", lambda r: None if r["migration"].get("downtime_bytes") is None else r["migration"]["downtime_bytes"] / 1e3, 0),
+    ("STOP→sent ms", lambda r: span(r, "stop_unix_ns", "source_completed_unix_ns"), 1),
+    ("sent→RESUME ms", lambda r: span(r, "source_completed_unix_ns", "resume_unix_ns"), 1),
+    ("retrans", lambda r: r["migration"].get("losses", {}).get("tcp_retransmits_old"), 0),
+    ("UDP drops", lambda r: None if "losses" not in r["migration"] else r["migration"]["losses"]["udp_rcvbuf_errors_old"] + r["migration"]["losses"]["udp_rcvbuf_errors_new"], 0),
     ("move gap ms", lambda r: row(r, "move").get("longest_gap_ms"), 1),
     ("move lost", lambda r: row(r, "move").get("lost"), 0),
     ("lost after RESUME+2ms", lambda r: row(r, "move").get("lost_after_resume"), 0),
@@ -103,7 +118,13 @@ for v in variants:
 print("\n".join(out))
 print()
 print("QEMU downtime: query-migrate's (the source's view). Real pause: the source's STOP event to the")
-print("destination's RESUME (QMP timestamps, one clock). Gaps: the client's longest run of lost probes.")
+print("destination's RESUME (QMP timestamps, one clock). Stopped kB: query-migrate's downtime-bytes, the")
+print("RAM sent while the guest was stopped; STOP→sent: until the source's MIGRATION completed event (all")
+print("written into its socket); sent→RESUME: the rest, the stream's tail arriving and the destination")
+print("loading it. Retrans: TCP segments the old host retransmitted from the migrate command until the")
+print("source QEMU exited;")
+print("UDP drops: datagrams both hosts dropped on a full socket buffer meanwhile (vmtun's, through the")
+print("tunnel). Gaps: the client's longest run of lost probes.")
 print("Lost after RESUME+2ms: probes sent from RESUME + 2 ms until the provider's switch that were never")
 print("answered. Cutover: first native packet at the new host -> mark rule gone. Wrong-way: replies that")
 print("left through the old host to probes sent after the first native packet reached the new host.")
@@ -132,14 +153,19 @@ LINGER_MS=${LINGER_MS:-100}
 RESULTS_DIR=${RESULTS_DIR:-$REPO/benches/results}
 VMTUN=${VMTUN:-$REPO/target/release/vmtun}
 
-args_of() { # VARIANT -> demo options
-  case $1 in
-    underlay) echo "--migrate-via underlay" ;;
-    tunnel) echo "--migrate-via tunnel" ;;
-    underlay-vif-gone) echo "--migrate-via underlay --handover vif-gone" ;;
-    tunnel-vif-gone) echo "--migrate-via tunnel --handover vif-gone" ;;
+args_of() { # VARIANT (PATH[-vif-gone][,NAME=NUMBER]...) -> demo options
+  local path params p
+  IFS=, read -r path params <<<"$1"
+  case $path in
+    underlay | tunnel) printf -- '--migrate-via %s' "$path" ;;
+    underlay-vif-gone | tunnel-vif-gone) printf -- '--migrate-via %s --handover vif-gone' "${path%-vif-gone}" ;;
     *) return 1 ;;
   esac
+  IFS=, read -r -a params <<<"$params"
+  for p in "${params[@]}"; do
+    [[ $p =~ ^[a-z][a-z0-9-]*=[0-9]+$ ]] || return 1
+    printf -- ' --migrate-parameter %s' "$p"
+  done
 }
 for v in $VARIANTS; do args_of "$v" >/dev/null || die "unknown variant $v"; done
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real VM of tests/real_vm.rs from Debian packages: Debian's kernel (linux-image-amd64)
-# and a busybox-static initramfs holding the virtio network modules and an init that gives the
-# guest its /32 and the seed's arbitrary gateway (the kernel answers ICMP). Cached and idempotent:
-# a second run with the same packages only prints the directory.
+# and a busybox-static initramfs holding the virtio network and block modules and an init that
+# gives the guest its /32 and the seed's arbitrary gateway (the kernel answers ICMP). A guest
+# given a disk (virtio, /dev/vda) also answers TCP port 5000 with the disk's SHA-256, read from
+# the disk itself (the page cache dropped first), so a test can check a disk that was copied.
+# Cached and idempotent: a second run with the same packages only prints the directory.
 #
 #   scripts/guest.sh            builds if needed; prints the directory holding vmlinuz and initrd
 #
@@ -11,11 +13,11 @@
 set -euo pipefail
 
 DIR=${VMTUN_GUEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmtun-guest}
-# The virtio NIC's modules in load order (on 6.1 virtio_pci is a module too); a name missing
-# from the package is built into the kernel and skipped.
-MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net)
+# The virtio NIC's and disk's modules in load order (on 6.1 virtio_pci is a module too); a name
+# missing from the package is built into the kernel and skipped.
+MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk)
 # Bump when the init or the module list changes, so that caches rebuild.
-RECIPE=3
+RECIPE=4
 
 say() { echo "guest: $*" >&2; }
 
@@ -55,7 +57,7 @@ dpkg-deb -x "$(ls busybox-static_*.deb | head -n1)" "$work/busybox"
 root="$work/root"
 mkdir -p "$root"/{bin,proc,sys,dev,modules}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
-for applet in sh mount insmod ip sleep cat echo; do
+for applet in sh mount insmod ip sleep cat echo nc sha256sum; do
   ln -s busybox "$root/bin/$applet"
 done
 
@@ -75,9 +77,17 @@ for m in "${MODULES[@]}"; do
   loaded+=("$m")
 done
 
+# What port 5000 runs for each connection: the disk's checksum, read from the disk.
+cat >"$root/bin/disksum" <<'EOF'
+#!/bin/sh
+echo 3 >/proc/sys/vm/drop_caches
+sha256sum /dev/vda
+EOF
+chmod +x "$root/bin/disksum"
+
 # The init: the VM's address and gateway come from the kernel command line
 # (vmtun.addr=, vmtun.gw=); "vmtun-guest: up" on the console says the network is configured,
-# "vmtun-guest: failed" that it could not be.
+# "vmtun-guest: failed" that it could not be; "vmtun-guest: disk" that a disk is served.
 cat >"$root/init" <<EOF
 #!/bin/sh
 mount -t proc proc /proc
@@ -97,6 +107,10 @@ if ip link set eth0 up && ip addr add \$addr/32 dev eth0 && ip route add \$gw de
   echo "vmtun-guest: up \$addr via \$gw"
 else
   echo "vmtun-guest: failed: eth0 could not be configured (did a virtio module not load?)"
+fi
+if [ -b /dev/vda ]; then
+  nc -ll -p 5000 -e /bin/disksum &
+  echo "vmtun-guest: disk /dev/vda, its SHA-256 on TCP port 5000"
 fi
 while :; do sleep 3600; done
 EOF

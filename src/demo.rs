@@ -11,6 +11,7 @@
 //! VM's) and presents its report; the scenario itself lives in the lab.
 
 use crate::config::HandoverMode;
+use crate::lab::qemu::MigrationParameter;
 use crate::lab::{self, migration};
 use migration::real_vm::{self, MigrationPath, RealVmOptions, RealVmReport};
 use migration::scenario::{HostMode, Options, Report};
@@ -77,6 +78,10 @@ pub struct DemoArgs {
     /// the new host (libvirt ends it after its finish and confirm round trips; 0: at once).
     #[arg(long, requires = "real_vm", default_value_t = 0, value_name = "MS")]
     pub source_linger_ms: u64,
+    /// With --real-vm: one of QEMU's migration parameters, NAME=NUMBER, set before the
+    /// migration (e.g. downtime-limit=50, in ms); repeatable.
+    #[arg(long, requires = "real_vm", value_name = "NAME=NUMBER")]
+    pub migrate_parameter: Vec<MigrationParameter>,
 }
 
 /// Runs the demo. Needs root (it creates network namespaces); never touches the root
@@ -173,6 +178,7 @@ fn real_vm_options(
 ) -> RealVmOptions {
     let mut real = RealVmOptions::new(options.vmtun.clone(), image);
     real.path = args.migrate_via;
+    real.parameters = args.migrate_parameter.clone();
     real.rate_hz = options.rate_hz;
     real.before_move = options.before_move;
     real.settle = options.settle;
@@ -230,11 +236,16 @@ pub fn render_real_vm(report: &RealVmReport) -> String {
     let m = &report.migration;
     let _ = writeln!(
         out,
-        "\nQEMU (TCG): the guest booted in {:.1} s; migrated {} ({}) in {} ms",
+        "\nQEMU (TCG): the guest booted in {:.1} s; migrated {} ({}) in {} ms: {:.1} MB at {:.0} Mbit/s, {} while the guest was stopped",
         m.boot_ms / 1e3,
         m.path.describe(),
         m.uri,
-        m.total_ms
+        m.qemu.total_ms,
+        m.qemu.transferred_bytes as f64 / 1e6,
+        m.qemu.mbps,
+        m.qemu
+            .downtime_bytes
+            .map_or("? kB".to_owned(), |b| format!("{:.1} kB", b as f64 / 1e3)),
     );
     let _ = writeln!(
         out,

@@ -8,7 +8,8 @@
 //!  client ── core ──┬── old host: libvirtd (TCP 198.18.1.2:16509), QEMU on vif0, vmtun old
 //!                   └── new host: libvirtd (TCP 198.18.2.2:16509), vmtun new
 //!        virsh migrate --p2p: the old host's libvirtd drives the new host's, QEMU's stream
-//!        goes old -> core -> new on the underlay (tcp://198.18.2.2)
+//!        goes old -> core -> new on the underlay (tcp://198.18.2.2), or through vmtun's
+//!        tunnel (tcp://100.64.0.2), with --copy-storage-all the disk's NBD copy with it
 //! ```
 //!
 //! Each libvirtd runs in its host's network namespace and in a mount and UTS namespace of
@@ -20,14 +21,19 @@ mod common;
 #[path = "common/migration.rs"]
 mod helpers;
 
+use common::transfer::XorShift;
 use common::{LabError, Result, Scratch, check, preflight, wait_ping};
 use helpers::{VMTUN, WAIT, cut_over_with_pings, launch_both, prepare_hosts, vif_routed};
+use sha2::{Digest as _, Sha256};
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmtun::lab::libvirt::{
-    self, DaemonSpec, DomainSpec, Libvirtd, MIGRATE_WAIT, VIF_SCRIPT_CALLS, migrate_args,
+    self, DaemonSpec, Disks, DomainSpec, Libvirtd, MIGRATE_WAIT, VIF_SCRIPT_CALLS, migrate_args,
 };
 use vmtun::lab::migration::hosts::CutoverState;
+use vmtun::lab::migration::real_vm::MigrationPath;
 use vmtun::lab::migration::topology::{MigrationLab, Site};
 use vmtun::lab::migration::{NEW, OLD, VIF, VM_ADDR, VM_GATEWAY, VM_MAC};
 use vmtun::lab::ping::Pinger;
@@ -41,6 +47,24 @@ const PING_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Pings after the cutover whose replies must all leave through the new host's link.
 const NATIVE_PINGS: u64 = 20;
+
+/// The guest's disk as both daemons see it: inside their private `/var/lib/libvirt`, so
+/// each host has a file of its own, as two real hosts would.
+const DISK: &str = "/var/lib/libvirt/images/vmtunlab-guest.raw";
+
+/// The disk's size: 64 MiB of pseudo-random bytes, which no zero-page shortcut of the copy
+/// can skip.
+const DISK_BYTES: usize = 64 << 20;
+
+/// The guest's TCP port that answers with its disk's SHA-256 (`scripts/guest.sh`).
+const DISK_SUM_PORT: u16 = 5000;
+
+/// The ceiling of the guest's reading and hashing its whole disk under TCG.
+const DISK_SUM_WAIT: Duration = Duration::from_secs(180);
+
+/// The README's `virsh migrate-setmaxdowntime` (ms): QEMU stops the guest only once the
+/// rest fits this long, so little is left to cross the tunnel while it is stopped.
+const MAX_DOWNTIME_MS: &str = "20";
 
 /// The daemon of `site`: its hostname, underlay address, UUID and the lab's `<script>`
 /// running the shipped one with this host's vmtun config.
@@ -66,26 +90,92 @@ fn wait_booted(host: &Libvirtd<'_>, console: &str) -> Result<()> {
     })
 }
 
+/// The line `name:` of `virsh domjobinfo`'s output `info`, its value with single spaces.
+fn job_field(info: &str, name: &str) -> Option<String> {
+    info.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(':')?;
+        Some(value.split_whitespace().collect::<Vec<_>>().join(" "))
+    })
+}
+
 /// "Total downtime" of the last migration as the source libvirtd reports it (from the
 /// source's pause to the destination's resume), if it does.
 fn downtime(host: &Libvirtd<'_>) -> Option<String> {
     let info = host.virsh(&["domjobinfo", DOMAIN, "--completed"]).ok()?;
-    info.lines()
-        .find(|line| line.starts_with("Total downtime:"))
-        .map(|line| {
-            let value = line.trim_start_matches("Total downtime:");
-            value.split_whitespace().collect::<Vec<_>>().join(" ")
-        })
+    job_field(&info, "Total downtime")
+}
+
+/// A disk image of [`DISK_BYTES`] pseudo-random bytes (from `seed`) and its SHA-256, hex.
+fn disk_image(seed: u64) -> (Vec<u8>, String) {
+    let mut bytes = vec![0u8; DISK_BYTES];
+    XorShift(seed | 1).fill(&mut bytes);
+    let sum = sha256_hex(&bytes);
+    (bytes, sum)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SHA-256 of the guest's disk as the guest reads it from its disk (not its page
+/// cache), asked from the client over TCP.
+fn disk_sum_in_guest(lab: &MigrationLab) -> Result<String> {
+    let io = |what: &'static str| move |e: std::io::Error| LabError::io(what, e);
+    let ask = lab.client.thread("disksum", move || {
+        let addr = SocketAddr::new(VM_ADDR.parse().expect("constant"), DISK_SUM_PORT);
+        let mut stream =
+            TcpStream::connect_timeout(&addr, WAIT).map_err(io("connecting to the guest"))?;
+        stream
+            .set_read_timeout(Some(DISK_SUM_WAIT))
+            .map_err(io("setting a read timeout"))?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(io("reading the guest's disk checksum"))?;
+        Ok(answer)
+    })?;
+    let answer = ask
+        .join()
+        .map_err(|_| LabError::Failed("the disk checksum thread panicked".into()))??;
+    answer
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| LabError::Failed(format!("the guest sent no checksum: {answer:?}")))
+}
+
+/// Writes the guest's disk on the old host (`bytes`) and an empty image of the same size
+/// at the same path on the new host (the mirror's target; libvirt creates one only in a
+/// storage pool).
+fn place_disks(source: &Libvirtd<'_>, destination: &Libvirtd<'_>, bytes: &[u8]) -> Result<()> {
+    for (host, data) in [(source, Some(bytes)), (destination, None)] {
+        let path = host
+            .host_path(DISK)
+            .expect("the disk lies in a private directory");
+        let dir = path.parent().expect("an image has a directory");
+        std::fs::create_dir_all(dir)
+            .and_then(|()| match data {
+                Some(data) => std::fs::write(&path, data),
+                None => std::fs::File::create(&path)?.set_len(bytes.len() as u64),
+            })
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(())
 }
 
 /// The two hosts' daemons, the old one running the booted guest: its `<script>` (with the
 /// old host's vmtun config `old_config`) ran and routed the guest's address onto vif0. The
-/// new host's script uses `new_config`.
+/// new host's script uses `new_config`. With `disk`, the guest has it as `/dev/vda` (see
+/// [`place_disks`]).
 fn guest_on_old_host<'a>(
     lab: &'a MigrationLab,
     scratch: &Scratch,
     old_config: &Path,
     new_config: &Path,
+    disk: Option<&[u8]>,
 ) -> Result<(Libvirtd<'a>, Libvirtd<'a>)> {
     let image = GuestImage::build(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     // The libvirt domain's tap takes the place of the lab's veth.
@@ -100,7 +190,11 @@ fn guest_on_old_host<'a>(
         vif: VIF.into(),
         addr: VM_ADDR.into(),
         gateway: VM_GATEWAY.into(),
+        disk: disk.map(|_| DISK.into()),
     };
+    if let Some(bytes) = disk {
+        place_disks(&source, &destination, bytes)?;
+    }
     let booting = Instant::now();
     source.define_and_start(DOMAIN, &libvirt::domain_xml(&domain))?;
     wait_booted(&source, &domain.console())?;
@@ -117,9 +211,10 @@ fn guest_on_old_host<'a>(
     Ok((source, destination))
 }
 
-/// `virsh migrate` of the guest from `source` to the new host, as the README has it.
-fn migrate(source: &Libvirtd<'_>) -> Result<String> {
-    let args = migrate_args(DOMAIN, NEW);
+/// `virsh migrate` of the guest from `source` to the new host, as the README has it, the
+/// stream (and the disks' copy) to `stream`.
+fn migrate(source: &Libvirtd<'_>, stream: MigrationPath, disks: Disks) -> Result<String> {
+    let args = migrate_args(DOMAIN, NEW, stream.address(), disks);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     source.virsh_within(MIGRATE_WAIT, &args)
 }
@@ -138,14 +233,14 @@ fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Re
     let scratch = Scratch::new("libvirt")?;
     let lab = MigrationLab::build(1)?;
     let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
-    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &new.path)?;
+    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &new.path, None)?;
 
     launch_both(&lab, &mut old, &mut new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
 
     let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
     let migrating = Instant::now();
-    migrate(&source)?;
+    migrate(&source, MigrationPath::Underlay, Disks::Leave)?;
     let migrate_took = migrating.elapsed();
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     let trace = pings.stop()?;
@@ -219,10 +314,10 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
     let lab = MigrationLab::build(1)?;
     let (old, _) = prepare_hosts(&lab, &scratch, "auto")?;
     let absent = scratch.path().join("absent.toml");
-    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &absent)?;
+    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &absent, None)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
 
-    let refused = match migrate(&source) {
+    let refused = match migrate(&source, MigrationPath::Underlay, Disks::Leave) {
         Ok(out) => {
             return Err(LabError::Failed(format!(
                 "virsh migrate succeeded although the new host's <script> fails: {out}"
@@ -252,4 +347,113 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
         format!("no {VIF} is left on the new host")
     })?;
     wait_ping(&lab.client, VM_ADDR, WAIT)
+}
+
+/// A guest with a disk moves as the README's step 5 has it: `virsh migrate-setmaxdowntime`
+/// on the running domain, then `virsh migrate --copy-storage-all`, QEMU's stream and the
+/// disk's NBD copy both sent to `path`'s address of the new host. The guest answers on the
+/// new host, reads from its disk there exactly what it read on the old host, the new
+/// host's image holds the old one's bytes, and the copy crossed vmtun's tunnel exactly
+/// when it was sent to the tunnel address. Prints libvirt's figures of the copy.
+fn copy_storage_all(path: MigrationPath) -> Result<()> {
+    if let Some(why) = libvirt::missing_requirement() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    preflight(&["nft", "ping", "unshare"]);
+    let scratch = Scratch::new("libvirt-disk")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |t| t.as_nanos() as u64);
+    let (image, sum) = disk_image(seed);
+    let (source, destination) =
+        guest_on_old_host(&lab, &scratch, &old.path, &new.path, Some(&image))?;
+    drop(image);
+    launch_both(&lab, &mut old, &mut new)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    let before = disk_sum_in_guest(&lab)?;
+    check(before == sum, || {
+        format!("the guest reads its disk on the old host: {before} against {sum}")
+    })?;
+
+    source.virsh(&["migrate-setmaxdowntime", DOMAIN, MAX_DOWNTIME_MS])?;
+    let limit = source.virsh(&["migrate-getmaxdowntime", DOMAIN])?;
+    check(limit.trim() == MAX_DOWNTIME_MS, || {
+        format!("libvirt set QEMU's downtime limit before the migration: {limit:?}")
+    })?;
+
+    let tunnel_rx = || lab.new.link_stat(new.ifname(), "rx_bytes");
+    let rx_before = tunnel_rx()?;
+    let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
+    let migrating = Instant::now();
+    migrate(&source, path, Disks::CopyAll)?;
+    let migrate_took = migrating.elapsed();
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    let trace = pings.stop()?;
+    let through_tunnel = tunnel_rx()? - rx_before;
+    let info = source.virsh(&["domjobinfo", DOMAIN, "--completed"])?;
+    eprintln!(
+        "libvirt --copy-storage-all {}: virsh migrate took {migrate_took:.2?}; {} MiB through the tunnel; the client's longest gap {:.1?}; domjobinfo --completed:\n{info}",
+        path.describe(),
+        through_tunnel >> 20,
+        trace.longest_gap().unwrap_or_default(),
+    );
+    for field in [
+        "Time elapsed",
+        "Data processed",
+        "File processed",
+        "Total downtime",
+    ] {
+        check(job_field(&info, field).is_some(), || {
+            format!("domjobinfo --completed reports {field:?}: {info}")
+        })?;
+    }
+
+    check(destination.domain_state(DOMAIN)? == "running", || {
+        "the guest runs on the new host after virsh migrate".into()
+    })?;
+    check(!lab.old.has_link(VIF), || {
+        "the source's QEMU is gone with its tap".into()
+    })?;
+    let after = disk_sum_in_guest(&lab)?;
+    check(after == sum, || {
+        format!("the guest reads the same disk on the new host: {after} against {sum}")
+    })?;
+    let copy = destination
+        .host_path(DISK)
+        .expect("the disk lies in a private directory");
+    let copied =
+        std::fs::read(&copy).map_err(|e| LabError::io("reading the new host's image", e))?;
+    check(sha256_hex(&copied) == sum, || {
+        format!(
+            "the new host's image {} holds the old one's bytes",
+            copy.display()
+        )
+    })?;
+    let crossed = through_tunnel >= DISK_BYTES as u64;
+    check(crossed == (path == MigrationPath::Tunnel), || {
+        format!(
+            "the disk's copy ({DISK_BYTES} bytes) crossed the tunnel only when sent to its address: {through_tunnel} bytes came out of the new host's tunnel, migrating {}",
+            path.describe()
+        )
+    })?;
+    old.down()?;
+    new.down()
+}
+
+/// `--copy-storage-all` with `--migrateuri tcp://<new host's tunnel address>`: the guest's
+/// memory and its disk both move through vmtun's tunnel (the seed's way, encrypted without
+/// QEMU's TLS).
+#[test]
+fn copy_storage_all_moves_the_guest_and_its_disk_through_the_tunnel() -> Result<()> {
+    copy_storage_all(MigrationPath::Tunnel)
+}
+
+/// The same over the underlay (`--migrateuri tcp://<new host's underlay address>`): the
+/// disk arrives too, and nothing of it crosses the tunnel.
+#[test]
+fn copy_storage_all_over_the_underlay_leaves_the_tunnel_alone() -> Result<()> {
+    copy_storage_all(MigrationPath::Underlay)
 }

@@ -539,10 +539,12 @@ fn demo_real_vm_without_qemu_says_to_run_setup() -> Result<()> {
     )
 }
 
-/// `vmtun demo --real-vm --json --migrate-via tunnel` (short phases): a real guest
-/// migrated through the tunnel, with the move and the switch summarised in the issue's
-/// columns: QEMU's downtime, the real pause (from QMP's STOP and RESUME), the gap, losses
-/// after RESUME, the cutover's latency and wrong-way replies.
+/// `vmtun demo --real-vm --json --migrate-via tunnel --migrate-parameter
+/// downtime-limit=20` (short phases, the README's downtime limit): a real guest migrated
+/// through the tunnel, with the move and the switch summarised in the columns:
+/// QEMU's downtime, the real pause (from QMP's STOP and RESUME), the gap, losses after
+/// RESUME, the cutover's latency and wrong-way replies; and what the pause carried (the
+/// bytes sent while the guest was stopped, when the source had written them all).
 #[test]
 fn demo_real_vm_json_reports_the_move_and_the_switch() -> Result<()> {
     preflight(&["nft", "ping"]);
@@ -560,6 +562,8 @@ fn demo_real_vm_json_reports_the_move_and_the_switch() -> Result<()> {
             "0.5",
             "--migrate-via",
             "tunnel",
+            "--migrate-parameter",
+            "downtime-limit=20",
         ],
         &[("VMTUN_GUEST_DIR", guest_dir.as_os_str())],
     )?;
@@ -569,6 +573,16 @@ fn demo_real_vm_json_reports_the_move_and_the_switch() -> Result<()> {
             && migration["uri"] == format!("tcp:{TUNNEL_NEW}:{MIGRATION_PORT}")
             && migration["real_pause_ms"].is_f64(),
         || format!("the migration through the tunnel, its pause measured: {migration}"),
+    )?;
+    let at = |key: &str| migration[key].as_u64().unwrap_or(0);
+    check(
+        migration["parameters"] == serde_json::json!([{"name": "downtime-limit", "value": 20}])
+            && migration["downtime_bytes"].as_u64() > Some(0)
+            && at("transferred_bytes") > at("downtime_bytes")
+            && at("stop_unix_ns") <= at("source_completed_unix_ns")
+            && at("source_completed_unix_ns") <= at("resume_unix_ns")
+            && migration["losses"]["tcp_retransmits_old"].is_u64(),
+        || format!("what the pause carried, with QEMU's downtime limit set: {migration}"),
     )?;
     let summary = &report["summary"];
     let (moved, switched) = (&summary[0], &summary[1]);

@@ -157,8 +157,11 @@ fn the_old_host_stops_routing_to_the_paused_source_once_the_guest_runs_on_the_ne
         "the destination QEMU waiting with -incoming took the VM from the old host".into()
     })?;
 
-    let (total_ms, downtime_ms) = source.migrate(&incoming)?;
-    eprintln!("real_vm: migration took {total_ms} ms, downtime {downtime_ms} ms (QEMU's figures)");
+    let stats = source.migrate(&incoming, &[])?;
+    eprintln!(
+        "real_vm: migration took {} ms, downtime {} ms (QEMU's figures)",
+        stats.total_ms, stats.downtime_ms
+    );
     vmtun::lab::wait_until(
         WAIT,
         "the old host to take the VM's /32 off the source's tap",

@@ -180,6 +180,19 @@ impl Netns {
         registry::pids_in(&self.name)
     }
 
+    /// The counter `field` of protocol `proto` in this namespace's `/proc/net/snmp`, e.g.
+    /// `Udp` `RcvbufErrors` (datagrams dropped on a full socket buffer) or `Tcp`
+    /// `RetransSegs`.
+    pub fn snmp_counter(&self, proto: &str, field: &str) -> Result<u64> {
+        let snmp = self.run("cat", &["/proc/net/snmp"])?;
+        snmp_counter(&snmp, proto, field).ok_or_else(|| {
+            LabError::Failed(format!(
+                "no {proto} {field} in /proc/net/snmp of {}",
+                self.name
+            ))
+        })
+    }
+
     /// Runs `f` on a new OS thread that has entered this namespace: sockets it opens live
     /// here. The thread checks it really is in the namespace before calling `f`, so a failed
     /// `setns` can never run `f` in the root namespace.
@@ -197,6 +210,19 @@ impl Netns {
             })
             .map_err(|e| LabError::io(format!("starting thread {label} for {}", self.name), e))
     }
+}
+
+/// Reads counter `field` of `proto` from the text of `/proc/net/snmp`: a line of names
+/// (`Udp: InDatagrams ...`) followed by a line of values.
+pub fn snmp_counter(snmp: &str, proto: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == field)
+        .and_then(|(_, value)| value.parse().ok())
 }
 
 /// Moves the calling thread into namespace `name` and proves it by comparing namespace
@@ -229,5 +255,20 @@ impl Drop for Netns {
     fn drop(&mut self) {
         destroy_netns(&self.name);
         registry::unregister(&self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_counters_are_read_by_protocol_and_name() {
+        let snmp = "Tcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 17 0\nUdp: InDatagrams RcvbufErrors\nUdp: 52 3\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 0\n";
+        assert_eq!(snmp_counter(snmp, "Tcp", "RetransSegs"), Some(17));
+        assert_eq!(snmp_counter(snmp, "Udp", "RcvbufErrors"), Some(3));
+        assert_eq!(snmp_counter(snmp, "UdpLite", "InDatagrams"), Some(0));
+        assert_eq!(snmp_counter(snmp, "Udp", "NoSuchField"), None);
+        assert_eq!(snmp_counter(snmp, "Icmp", "InMsgs"), None);
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::lab::{LabError, Netns, Process, Result, wait_for, wait_until};
@@ -172,18 +173,90 @@ pub fn qemu_args(spec: &VmSpec, incoming: Option<&str>) -> Vec<String> {
     args
 }
 
+/// QEMU's figures of a completed migration (`query-migrate`): how long it took and what
+/// crossed the wire, above all while the guest was stopped, so that a report can say
+/// what the guest's pause carried.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct MigrationStats {
+    /// `total-time`, ms.
+    pub total_ms: u64,
+    /// `downtime`, ms: how long the guest was stopped, as the source measures it.
+    pub downtime_ms: u64,
+    /// `setup-time`, ms.
+    pub setup_ms: u64,
+    /// `ram.transferred`: the bytes of the whole stream.
+    pub transferred_bytes: u64,
+    /// `ram.downtime-bytes` (QEMU 9.0 and later): the bytes sent while the guest was
+    /// stopped, the last dirty pages and the devices' state.
+    pub downtime_bytes: Option<u64>,
+    /// `ram.mbps`: QEMU's throughput estimate (Mbit/s), from which it decides when the
+    /// rest fits into `downtime-limit`.
+    pub mbps: f64,
+    /// `ram.dirty-sync-count`: the passes over the dirty bitmap (one per iteration).
+    pub dirty_syncs: u64,
+}
+
+impl MigrationStats {
+    /// Reads `query-migrate`'s `return` object of a completed migration.
+    pub fn from_query(ret: &Value) -> Self {
+        let ram = &ret["ram"];
+        Self {
+            total_ms: ret["total-time"].as_u64().unwrap_or(0),
+            downtime_ms: ret["downtime"].as_u64().unwrap_or(0),
+            setup_ms: ret["setup-time"].as_u64().unwrap_or(0),
+            transferred_bytes: ram["transferred"].as_u64().unwrap_or(0),
+            downtime_bytes: ram["downtime-bytes"].as_u64(),
+            mbps: ram["mbps"].as_f64().unwrap_or(0.0),
+            dirty_syncs: ram["dirty-sync-count"].as_u64().unwrap_or(0),
+        }
+    }
+}
+
+/// One of QEMU's numeric migration parameters (`migrate-set-parameters`), e.g.
+/// `downtime-limit=50` (ms) or `max-bandwidth=1073741824` (bytes/s): what an operator sets
+/// with `virsh migrate-setmaxdowntime` or `--bandwidth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationParameter {
+    /// QEMU's name of it.
+    pub name: String,
+    /// Its value.
+    pub value: u64,
+}
+
+impl std::str::FromStr for MigrationParameter {
+    type Err = String;
+
+    /// Reads `NAME=NUMBER`.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let (name, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?} is not NAME=NUMBER, e.g. downtime-limit=50"))?;
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            return Err(format!(
+                "{name:?} is not a QEMU migration parameter name (lowercase and dashes, e.g. downtime-limit)"
+            ));
+        }
+        let value = value
+            .parse()
+            .map_err(|_| format!("{value:?} in {text:?} is not a whole number"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            value,
+        })
+    }
+}
+
 /// Where a migration stands, from `query-migrate`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MigrationState {
     /// Still copying (or setting up).
     Running(String),
     /// Done: QEMU's own figures.
-    Completed {
-        /// `total-time`, ms.
-        total_ms: u64,
-        /// `downtime`, ms: how long the guest was stopped.
-        downtime_ms: u64,
-    },
+    Completed(MigrationStats),
     /// Failed or cancelled, with QEMU's reason.
     Failed(String),
 }
@@ -193,10 +266,7 @@ impl MigrationState {
     pub fn from_query(ret: &Value) -> Self {
         let status = ret["status"].as_str().unwrap_or("none").to_owned();
         match status.as_str() {
-            "completed" => Self::Completed {
-                total_ms: ret["total-time"].as_u64().unwrap_or(0),
-                downtime_ms: ret["downtime"].as_u64().unwrap_or(0),
-            },
+            "completed" => Self::Completed(MigrationStats::from_query(ret)),
             "failed" | "cancelled" => Self::Failed(format!(
                 "{status}: {}",
                 ret["error-desc"].as_str().unwrap_or("no reason given")
@@ -230,6 +300,16 @@ pub fn is_migration_end(message: &Value) -> bool {
             message["data"]["status"].as_str(),
             Some("completed" | "failed" | "cancelled")
         )
+}
+
+/// The states of the `MIGRATION` events among `events`, with their times (Unix ns), in
+/// order; events without a status or a timestamp are left out.
+pub fn migration_states(events: &[Value]) -> Vec<(String, u64)> {
+    events
+        .iter()
+        .filter(|e| is_event(e, "MIGRATION"))
+        .filter_map(|e| Some((e["data"]["status"].as_str()?.to_owned(), event_unix_ns(e)?)))
+        .collect()
 }
 
 /// A QMP connection: commands in, answers out; asynchronous events are kept, in order.
@@ -405,25 +485,49 @@ impl Qemu {
         }
     }
 
-    /// Live-migrates the guest to `uri` (the destination's `-incoming`) and waits for the
-    /// end (QEMU's `MIGRATION` event, so that the caller learns it at once, as libvirt
-    /// does); QEMU's total time and downtime.
-    pub fn migrate(&mut self, uri: &str) -> Result<(u64, u64)> {
-        self.qmp.execute(
-            "migrate-set-capabilities",
-            json!({ "capabilities": [{ "capability": "events", "state": true }] }),
-        )?;
+    /// Live-migrates the guest to `uri` (the destination's `-incoming`) with QEMU's
+    /// migration `parameters` set first (`migrate-set-parameters`, e.g. `downtime-limit`;
+    /// an empty list leaves QEMU's defaults) and waits for the end (QEMU's `MIGRATION`
+    /// event, so that the caller learns it at once, as libvirt does); QEMU's figures of it.
+    pub fn migrate(
+        &mut self,
+        uri: &str,
+        parameters: &[MigrationParameter],
+    ) -> Result<MigrationStats> {
+        self.enable_migration_events()?;
+        if !parameters.is_empty() {
+            let object: serde_json::Map<String, Value> = parameters
+                .iter()
+                .map(|p| (p.name.clone(), json!(p.value)))
+                .collect();
+            self.qmp
+                .execute("migrate-set-parameters", Value::Object(object))?;
+        }
         self.qmp.execute("migrate", json!({ "uri": uri }))?;
         self.qmp
             .wait_event(MIGRATE_WAIT, "the migration to end", is_migration_end)?;
         let done = MigrationState::from_query(&self.qmp.execute("query-migrate", json!({}))?);
         match done {
-            MigrationState::Completed {
-                total_ms,
-                downtime_ms,
-            } => Ok((total_ms, downtime_ms)),
+            MigrationState::Completed(stats) => Ok(stats),
             other => Err(LabError::Failed(format!("migration {other:?}"))),
         }
+    }
+
+    /// Asks QEMU for a `MIGRATION` event at each change of the migration's state (the
+    /// `events` capability).
+    fn enable_migration_events(&mut self) -> Result<()> {
+        self.qmp
+            .execute(
+                "migrate-set-capabilities",
+                json!({ "capabilities": [{ "capability": "events", "state": true }] }),
+            )
+            .map(drop)
+    }
+
+    /// The `MIGRATION` events received so far: each state with when QEMU entered it (Unix
+    /// ns), oldest first.
+    pub fn migration_events(&self) -> Vec<(String, u64)> {
+        migration_states(self.qmp.events())
     }
 
     /// When the guest last stopped here (the `STOP` event; on a source, the migration's
@@ -499,6 +603,22 @@ mod tests {
         assert!(!is_migration_end(&migration("active")));
         assert!(!is_migration_end(&migration("device")));
         assert!(!is_migration_end(&stop));
+        let at = |status: &str, micros: u64| {
+            json!({"event": "MIGRATION", "data": {"status": status},
+                   "timestamp": {"seconds": 1u64, "microseconds": micros}})
+        };
+        assert_eq!(
+            migration_states(&[
+                at("active", 1),
+                stop.clone(),
+                json!({"event": "MIGRATION", "data": {"status": "device"}}),
+                at("completed", 3),
+            ]),
+            [
+                ("active".to_owned(), 1_000_001_000),
+                ("completed".to_owned(), 1_000_003_000)
+            ]
+        );
     }
 
     #[test]
@@ -527,6 +647,41 @@ mod tests {
     }
 
     #[test]
+    fn migration_parameters_read_as_name_equals_number() {
+        let p: MigrationParameter = "downtime-limit=50".parse().unwrap();
+        assert_eq!((p.name.as_str(), p.value), ("downtime-limit", 50));
+        assert!("downtime-limit".parse::<MigrationParameter>().is_err());
+        assert!("downtime-limit=fast".parse::<MigrationParameter>().is_err());
+        assert!("Downtime=1".parse::<MigrationParameter>().is_err());
+        assert!("=1".parse::<MigrationParameter>().is_err());
+    }
+
+    #[test]
+    fn a_completed_migration_says_what_crossed_while_the_guest_was_stopped() {
+        // QEMU 10.0's answer, abridged.
+        let ret = json!({
+            "status": "completed", "total-time": 612, "downtime": 23, "setup-time": 4,
+            "ram": {"transferred": 9_512_345u64, "downtime-bytes": 301_234u64,
+                    "mbps": 268.4, "dirty-sync-count": 3, "remaining": 0}
+        });
+        assert_eq!(
+            MigrationState::from_query(&ret),
+            MigrationState::Completed(MigrationStats {
+                total_ms: 612,
+                downtime_ms: 23,
+                setup_ms: 4,
+                transferred_bytes: 9_512_345,
+                downtime_bytes: Some(301_234),
+                mbps: 268.4,
+                dirty_syncs: 3,
+            })
+        );
+        // Before QEMU 9.0 there is no downtime-bytes: unknown, not zero.
+        let old = json!({"status": "completed", "ram": {"transferred": 1}});
+        assert_eq!(MigrationStats::from_query(&old).downtime_bytes, None);
+    }
+
+    #[test]
     fn query_migrate_reads_as_running_completed_or_failed() {
         assert_eq!(
             MigrationState::from_query(&json!({"status": "active"})),
@@ -540,10 +695,11 @@ mod tests {
             MigrationState::from_query(
                 &json!({"status": "completed", "total-time": 512, "downtime": 41})
             ),
-            MigrationState::Completed {
+            MigrationState::Completed(MigrationStats {
                 total_ms: 512,
-                downtime_ms: 41
-            }
+                downtime_ms: 41,
+                ..MigrationStats::default()
+            })
         );
         assert_eq!(
             MigrationState::from_query(&json!({"status": "failed", "error-desc": "refused"})),

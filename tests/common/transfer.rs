@@ -297,10 +297,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// xorshift64: fast, deterministic filler that no compression or dedup could shortcut.
-struct XorShift(u64);
+pub struct XorShift(pub u64);
 
 impl XorShift {
-    fn fill(&mut self, buf: &mut [u8]) {
+    /// Fills `buf` with the next bytes of the sequence.
+    pub fn fill(&mut self, buf: &mut [u8]) {
         for word in buf.chunks_mut(8) {
             let mut x = self.0;
             x ^= x << 13;

@@ -36,6 +36,9 @@ pub struct DomainSpec {
     pub addr: String,
     /// The guest's arbitrary default gateway, for its init.
     pub gateway: String,
+    /// A raw disk image for the guest's `/dev/vda` (virtio), a path as the daemons see it;
+    /// `None`: no disk.
+    pub disk: Option<String>,
 }
 
 impl DomainSpec {
@@ -48,9 +51,16 @@ impl DomainSpec {
 /// The domain XML of `spec`: the interface as the README documents it (`type='ethernet'`,
 /// the MAC, `<target dev>`, `<script path>` = [`VIF_SCRIPT`], virtio), TCG on q35 with ACPI
 /// declared (without `<acpi/>` libvirt 9.0 passes `-no-acpi`, which QEMU 10 rejects), the
-/// console appended to a file, and nothing else a lab guest does not need.
+/// console appended to a file, the disk if there is one, and nothing else a lab guest does
+/// not need.
 pub fn domain_xml(spec: &DomainSpec) -> String {
     let e = |s: &str| xml_escape(s);
+    let disk = spec.disk.as_deref().map_or(String::new(), |path| {
+        format!(
+            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n",
+            e(path)
+        )
+    });
     let cmdline = format!(
         "console=ttyS0 quiet panic=-1 vmtun.addr={} vmtun.gw={}",
         spec.addr, spec.gateway
@@ -74,7 +84,7 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/{qemu}</emulator>
-    <interface type='ethernet'>
+{disk}    <interface type='ethernet'>
       <mac address='{mac}'/>
       <target dev='{vif}'/>
       <script path='{script}'/>
@@ -115,24 +125,36 @@ pub fn vif_script(shipped: &Path, vmtun: &Path, config: &Path) -> String {
     )
 }
 
+/// What `virsh migrate` does with the guest's disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disks {
+    /// Leaves them: shared storage, or none.
+    Leave,
+    /// `--copy-storage-all`: QEMU's NBD mirror copies them to the destination's images,
+    /// to the same address as the migration stream.
+    CopyAll,
+}
+
 /// `virsh migrate` of `domain` to the daemon on `dest`, the lab's form of the README's
 /// command: live, peer to peer (the source daemon drives it), persistent on the
-/// destination, and QEMU's stream sent to `dest` itself (`--migrateuri`): otherwise the
-/// destination offers its hostname, which the source cannot resolve.
-pub fn migrate_args(domain: &str, dest: &str) -> Vec<String> {
-    [
-        "migrate",
-        "--live",
-        "--p2p",
-        "--persistent",
-        "--verbose",
-        domain,
-        &uri(dest),
-        "--migrateuri",
-        &format!("tcp://{dest}"),
-    ]
-    .map(String::from)
-    .to_vec()
+/// destination, and QEMU's stream (and with [`Disks::CopyAll`] the disks' copy) sent to
+/// `stream` (`--migrateuri`): the destination's underlay address, or its tunnel address
+/// so that they cross vmtun's tunnel. Without `--migrateuri` the destination offers its
+/// hostname, which the source cannot resolve.
+pub fn migrate_args(domain: &str, dest: &str, stream: &str, disks: Disks) -> Vec<String> {
+    let mut args: Vec<String> = ["migrate", "--live", "--p2p", "--persistent", "--verbose"]
+        .map(String::from)
+        .to_vec();
+    if disks == Disks::CopyAll {
+        args.push("--copy-storage-all".into());
+    }
+    args.extend([
+        domain.into(),
+        uri(dest),
+        "--migrateuri".into(),
+        format!("tcp://{stream}"),
+    ]);
+    args
 }
 
 #[cfg(test)]
@@ -150,6 +172,7 @@ mod tests {
             vif: "vif0".into(),
             addr: "203.0.113.2".into(),
             gateway: "192.0.2.1".into(),
+            disk: None,
         }
     }
 
@@ -161,11 +184,21 @@ mod tests {
         assert!(xml.contains("<acpi/>"));
         assert!(xml.contains("<domain type='qemu'>"));
         assert!(xml.contains("vmtun.addr=203.0.113.2 vmtun.gw=192.0.2.1"));
+        assert!(!xml.contains("<disk"));
         assert!(
             xml.contains(
                 "<source path='/var/log/libvirt/qemu/vmtunlab-guest.console' append='on'/>"
             )
         );
+    }
+
+    #[test]
+    fn a_disk_is_a_raw_virtio_disk_vda() {
+        let mut with_disk = spec();
+        with_disk.disk = Some("/var/lib/libvirt/images/g.raw".into());
+        let xml = domain_xml(&with_disk);
+        let disk = "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='/var/lib/libvirt/images/g.raw'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <interface type='ethernet'>";
+        assert!(xml.contains(disk), "{xml}");
     }
 
     #[test]
@@ -194,7 +227,7 @@ mod tests {
 
     #[test]
     fn migration_is_live_peer_to_peer_and_to_the_underlay_address() {
-        let args = migrate_args("g", "198.18.2.2");
+        let args = migrate_args("g", "198.18.2.2", "198.18.2.2", Disks::Leave);
         assert_eq!(
             args,
             [
@@ -207,6 +240,26 @@ mod tests {
                 "qemu+tcp://198.18.2.2/system",
                 "--migrateuri",
                 "tcp://198.18.2.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_stream_and_the_disks_copy_can_go_to_the_tunnel_address() {
+        let args = migrate_args("g", "198.18.2.2", "100.64.0.2", Disks::CopyAll);
+        assert_eq!(
+            args,
+            [
+                "migrate",
+                "--live",
+                "--p2p",
+                "--persistent",
+                "--verbose",
+                "--copy-storage-all",
+                "g",
+                "qemu+tcp://198.18.2.2/system",
+                "--migrateuri",
+                "tcp://100.64.0.2"
             ]
         );
     }

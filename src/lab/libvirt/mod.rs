@@ -26,7 +26,7 @@ pub mod daemon;
 pub mod domain;
 
 pub use daemon::{DaemonSpec, Libvirtd, host_uuid};
-pub use domain::{DomainSpec, domain_xml, migrate_args, vif_script};
+pub use domain::{Disks, DomainSpec, domain_xml, migrate_args, vif_script};
 
 use std::path::Path;
 use std::time::Duration;

@@ -22,7 +22,9 @@ use super::stats::{self, PhaseStats};
 use super::topology::{CoreCounters, MigrationLab, Site};
 use super::*;
 use crate::config::HandoverMode;
-use crate::lab::qemu::{GuestImage, MIGRATE_WAIT, MIGRATION_PORT, Qemu, VmSpec};
+use crate::lab::qemu::{
+    GuestImage, MIGRATE_WAIT, MIGRATION_PORT, MigrationParameter, MigrationStats, Qemu, VmSpec,
+};
 use crate::lab::{self, Result, Scratch};
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -73,6 +75,8 @@ pub struct RealVmOptions {
     pub image: GuestImage,
     /// Where the migration stream goes.
     pub path: MigrationPath,
+    /// QEMU's migration parameters set before the migration (empty: QEMU's defaults).
+    pub parameters: Vec<MigrationParameter>,
     /// Pings per second (1..=10000).
     pub rate_hz: u32,
     /// Probing before the migration begins.
@@ -101,6 +105,7 @@ impl RealVmOptions {
             vmtun,
             image,
             path: MigrationPath::Underlay,
+            parameters: Vec::new(),
             rate_hz: 1_000,
             before_move: Duration::from_secs(1),
             settle: Duration::from_secs(1),
@@ -135,18 +140,62 @@ pub struct MigrationFigures {
     pub source_linger_ms: u64,
     /// The destination's `-incoming` URI.
     pub uri: String,
+    /// The migration parameters set (empty: QEMU's defaults).
+    pub parameters: Vec<MigrationParameter>,
     /// How long the guest took to boot on the old host (ms).
     pub boot_ms: f64,
-    /// QEMU's `total-time` (ms).
-    pub total_ms: u64,
-    /// QEMU's `downtime` (ms), as the source measures it.
-    pub downtime_ms: u64,
+    /// QEMU's own figures (`query-migrate`): times, bytes, the bytes of the pause.
+    #[serde(flatten)]
+    pub qemu: MigrationStats,
     /// The source's `STOP` event (Unix ns).
     pub stop_unix_ns: Option<u64>,
+    /// The source's `MIGRATION` `completed` event (Unix ns): it has written the whole
+    /// stream (into its socket: the tail may still be on its way). The destination's comes
+    /// only after its `RESUME`, so it bounds nothing of the pause.
+    pub source_completed_unix_ns: Option<u64>,
     /// The destination's `RESUME` event (Unix ns).
     pub resume_unix_ns: u64,
     /// `RESUME` − `STOP` (ms): how long the guest really did not run.
     pub real_pause_ms: Option<f64>,
+    /// What the network lost meanwhile.
+    pub losses: StreamLosses,
+}
+
+/// What the hosts' network stacks lost while QEMU's stream crossed (the changes of their
+/// `/proc/net/snmp` counters from the `migrate` command until the source QEMU has exited,
+/// read outside the pause so that reading them delays nothing): through
+/// the tunnel, a datagram dropped on vmtun's full socket buffer is a TCP segment of the
+/// stream lost, which the source must retransmit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StreamLosses {
+    /// UDP datagrams the old host dropped on a full socket buffer.
+    pub udp_rcvbuf_errors_old: u64,
+    /// UDP datagrams the new host dropped on a full socket buffer.
+    pub udp_rcvbuf_errors_new: u64,
+    /// TCP segments the old host retransmitted (the migration stream is its only TCP).
+    pub tcp_retransmits_old: u64,
+}
+
+/// The counters [`StreamLosses`] is the change of: `(old Udp RcvbufErrors, new Udp
+/// RcvbufErrors, old Tcp RetransSegs)`.
+fn loss_counters(lab: &MigrationLab) -> Result<[u64; 3]> {
+    Ok([
+        lab.old.snmp_counter("Udp", "RcvbufErrors")?,
+        lab.new.snmp_counter("Udp", "RcvbufErrors")?,
+        lab.old.snmp_counter("Tcp", "RetransSegs")?,
+    ])
+}
+
+impl StreamLosses {
+    /// The losses between two readings of [`loss_counters`].
+    fn between(before: [u64; 3], after: [u64; 3]) -> Self {
+        let d = |i: usize| after[i].saturating_sub(before[i]);
+        Self {
+            udp_rcvbuf_errors_old: d(0),
+            udp_rcvbuf_errors_new: d(1),
+            tcp_retransmits_old: d(2),
+        }
+    }
 }
 
 /// One row of the per-phase summary: the move (QEMU's columns) or the provider's switch
@@ -207,7 +256,7 @@ pub fn summarise(
     vec![
         PhaseSummary {
             phase: "move".into(),
-            qemu_downtime_ms: Some(migration.downtime_ms),
+            qemu_downtime_ms: Some(migration.qemu.downtime_ms),
             real_pause_ms: migration.real_pause_ms,
             longest_gap_ms: move_gap,
             lost: move_lost,
@@ -311,8 +360,9 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         "live migration {}: QMP migrate {uri}",
         options.path.describe()
     ));
+    let counters = loss_counters(&lab)?;
     let move_start = clock.now(format!("QMP migrate {uri}: the live migration begins"));
-    let (total_ms, downtime_ms) = source.migrate(&uri)?;
+    let qemu = source.migrate(&uri, &options.parameters)?;
     clock.now("the source reports the migration completed");
     let resume = destination.wait_resumed(MIGRATE_WAIT)?;
     clock.note(resume, "the guest resumes on the new host (QMP RESUME)");
@@ -320,14 +370,24 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
     if let Some(stop) = stop {
         clock.note(stop, "the source stops the guest (QMP STOP)");
     }
+    let mut sent = None;
+    for (status, at) in source.migration_events() {
+        if status == "completed" {
+            sent = Some(at);
+        }
+        clock.note(at, format!("the source QEMU's migration: {status}"));
+    }
     scenario::sleep_until(resume + scenario::nanos(options.source_linger));
     source.process.signal(libc::SIGTERM);
     clock.now("SIGTERM to the source QEMU (libvirt ends it so): its tap vif0 goes as it exits");
     drop(source);
     let gone = clock.now("the source QEMU has exited");
+    let losses = StreamLosses::between(counters, loss_counters(&lab)?);
     let real_pause_ms = stop.map(|stop| resume.saturating_sub(stop) as f64 / 1e6);
     progress(&format!(
-        "migrated in {total_ms} ms: QEMU's downtime {downtime_ms} ms, real pause {}",
+        "migrated in {} ms: QEMU's downtime {} ms, real pause {}",
+        qemu.total_ms,
+        qemu.downtime_ms,
         real_pause_ms.map_or("unknown (no STOP event)".into(), |ms| format!("{ms:.1} ms"))
     ));
 
@@ -410,12 +470,14 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         handover: options.handover,
         source_linger_ms: options.source_linger.as_millis() as u64,
         uri,
+        parameters: options.parameters.clone(),
         boot_ms,
-        total_ms,
-        downtime_ms,
+        qemu,
         stop_unix_ns: stop,
+        source_completed_unix_ns: sent,
         resume_unix_ns: resume,
         real_pause_ms,
+        losses,
     };
     let summary = summarise(&run, &migration, lost_after_resume, wrong_way);
     Ok(RealVmReport {
@@ -481,12 +543,18 @@ mod tests {
             handover: HandoverMode::FirstFrame,
             source_linger_ms: 0,
             uri: "tcp:100.64.0.2:4444".into(),
+            parameters: Vec::new(),
             boot_ms: 5000.0,
-            total_ms: 500,
-            downtime_ms: 17,
+            qemu: MigrationStats {
+                total_ms: 500,
+                downtime_ms: 17,
+                ..MigrationStats::default()
+            },
             stop_unix_ns: Some(1_000_000_000),
+            source_completed_unix_ns: None,
             resume_unix_ns: 1_041_000_000,
             real_pause_ms: Some(41.0),
+            losses: StreamLosses::default(),
         };
         let summary = summarise(&run, &migration, 15, Some(2));
         assert_eq!(summary.len(), 2);
