@@ -48,31 +48,17 @@ fn require_root() {
     );
 }
 
-/// Runs `ip ARGS`, panicking with its stderr on failure.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip(8): is iproute2 installed?");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
-/// A network namespace, deleted on drop (with everything in it).
-struct Netns {
-    name: String,
-}
+/// A lab namespace ([`crate::lab::Netns`]: deleted on drop, on SIGINT/SIGTERM, and by the
+/// next lab run if this process dies) with the panicking helpers these tests use.
+struct Netns(crate::lab::Netns);
 
 impl Netns {
-    fn new(name: String) -> Self {
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
+    fn new(tag: &str) -> Self {
+        Netns(crate::lab::Netns::new(tag).expect("creating a lab namespace"))
+    }
+
+    fn name(&self) -> &str {
+        self.0.name()
     }
 
     /// Runs `f` on a thread that has entered this namespace (only that thread).
@@ -86,31 +72,24 @@ impl Netns {
 
     /// Enters this namespace on the calling thread, then runs `f`. For threads made for it.
     fn enter_then<T>(&self, f: impl FnOnce() -> T) -> T {
-        let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        let file = File::open(format!("/run/netns/{}", self.name())).expect("open netns");
         // SAFETY: setns on a valid namespace fd; it changes only the calling thread.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(
             rc,
             0,
             "setns {}: {}",
-            self.name,
+            self.name(),
             std::io::Error::last_os_error()
         );
         f()
     }
 
+    /// `ip -n NS ARGS`, panicking with its stderr on failure.
     fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        if let Err(e) = self.0.ip(args) {
+            panic!("{e}");
+        }
     }
 }
 
@@ -141,8 +120,8 @@ impl Lab {
             std::process::id() % 1_000_000,
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let n = Netns::new(format!("cw-{id}-n"));
-        let s = Netns::new(format!("cw-{id}-s"));
+        let n = Netns::new("cwn");
+        let s = Netns::new("cws");
         let (bridge, port, sender_if) =
             (format!("cwb{id}"), format!("cwn{id}"), format!("cws{id}"));
         n.ip(&[
@@ -157,7 +136,16 @@ impl Lab {
             "0",
         ]);
         n.ip(&[
-            "link", "add", &port, "type", "veth", "peer", "name", &sender_if, "netns", &s.name,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &sender_if,
+            "netns",
+            s.name(),
         ]);
         n.ip(&["link", "set", &port, "master", &bridge, "up"]);
         n.ip(&["link", "set", &bridge, "up"]);
@@ -251,7 +239,7 @@ impl Lab {
         let out = Command::new("ip")
             .args([
                 "-n",
-                &self.n.name,
+                self.n.name(),
                 "-s",
                 "-j",
                 "link",
@@ -1160,7 +1148,7 @@ fn a_native_packet_on_a_second_interface_cuts_over() {
         "name",
         &s_link,
         "netns",
-        &lab.s.name,
+        lab.s.name(),
     ]);
     lab.n.ip(&["link", "set", &n_link, "up"]);
     lab.n.ip(&["addr", "add", "198.18.7.1/24", "dev", &n_link]);

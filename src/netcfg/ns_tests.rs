@@ -69,7 +69,7 @@ fn add_foreign_state(ns: &TestNs) {
 }
 
 fn state_dir(ns: &TestNs) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("{}-state", ns.name));
+    let d = std::env::temp_dir().join(format!("{}-state", ns.name()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
@@ -235,7 +235,7 @@ fn cutover_set_flips_marking_on_the_first_native_packet() {
          ip link add vif0 type veth peer name vm0 netns {p} && \
          ip addr add 198.18.0.1/24 dev br0 && ip link set br0 up && \
          ip addr add 198.18.1.1/24 dev vif0 && ip link set vif0 up",
-        p = peer.name
+        p = peer.name()
     ));
     let br0_mac = host.sh("cat /sys/class/net/br0/address");
     let vif0_mac = host.sh("cat /sys/class/net/vif0/address");
@@ -352,7 +352,7 @@ fn ipv6_cutover_flips_its_own_family_and_undo_restores_everything() {
          ip addr add 2001:db8:18::1/64 dev br0 nodad && ip link set br0 up && \
          ip addr add 2001:db8:19::1/64 dev vif0 nodad && ip link set vif0 up && \
          sysctl -qw net.ipv6.conf.all.forwarding=1",
-        p = peer.name
+        p = peer.name()
     ));
     let br0_mac = host.sh("cat /sys/class/net/br0/address");
     let vif0_mac = host.sh("cat /sys/class/net/vif0/address");
@@ -477,7 +477,7 @@ fn vif_up_with_ipv6_answers_for_the_gateway_at_once() {
     ns.sh(&format!(
         "ip link add vif4 type veth peer name eth0 netns {} && ip link set vif4 up && \
          sysctl -qw net.ipv6.conf.all.forwarding=1",
-        vm.name
+        vm.name()
     ));
     vm.sh("ip link set lo up && ip link set eth0 up && \
          ip addr add 2001:db8:1::2/128 dev eth0 nodad");

@@ -4,33 +4,27 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A uniquely named network namespace (`nc-PID-TAG-N`), deleted on drop.
-pub(crate) struct TestNs {
-    pub name: String,
-}
+/// A uniquely named lab namespace ([`crate::lab::Netns`]: deleted on drop, on SIGINT or
+/// SIGTERM, and by the next lab run if this process dies).
+pub(crate) struct TestNs(crate::lab::Netns);
 
 impl TestNs {
     pub fn new(tag: &str) -> TestNs {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("nc-{}-{tag}-{n}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("running ip netns add");
-        assert!(st.success(), "ip netns add {name} failed");
-        let ns = TestNs { name };
-        ns.sh("ip link set lo up");
-        ns
+        let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).collect();
+        let ns = crate::lab::Netns::new(&format!("nc{tag}")).expect("creating a lab namespace");
+        TestNs(ns)
+    }
+
+    /// Its name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        self.0.name()
     }
 
     /// Runs `cmd` with `sh -c` inside the namespace; returns (success, stdout + stderr).
     pub fn try_sh(&self, cmd: &str) -> (bool, String) {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .args(["netns", "exec", self.name(), "sh", "-c", cmd])
             .output()
             .expect("running ip netns exec");
         let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -41,14 +35,14 @@ impl TestNs {
     /// Like [`TestNs::try_sh`], panicking on failure.
     pub fn sh(&self, cmd: &str) -> String {
         let (ok, out) = self.try_sh(cmd);
-        assert!(ok, "in {}: `{cmd}` failed: {out}", self.name);
+        assert!(ok, "in {}: `{cmd}` failed: {out}", self.name());
         out
     }
 
     /// Runs `f` on a thread that entered the namespace first, so every socket it opens and
     /// every `/proc/sys/net` file it touches belongs to the namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = format!("/run/netns/{}", self.name());
         std::thread::scope(|s| {
             s.spawn(|| {
                 let fd = File::open(&path).expect("opening the namespace");
@@ -60,13 +54,5 @@ impl TestNs {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
