@@ -58,7 +58,7 @@ impl NetnsId {
     }
 
     /// This namespace's directory under [`RUN_DIR`].
-    fn dir(self) -> PathBuf {
+    pub(crate) fn dir(self) -> PathBuf {
         Path::new(RUN_DIR).join(format!("net-{}", self.0))
     }
 }

@@ -78,8 +78,8 @@ pub(crate) fn destroy_netns(name: &str) {
     let _ = Command::new("ip").args(["netns", "del", name]).status();
 }
 
-/// Deletes namespaces named `vmtunlab-<pid>-...` whose process is gone: what a lab run that
-/// was SIGKILLed left behind. Runs once per process, before the first namespace is made.
+/// Deletes namespaces named `vmtunlab-<pid>-...` whose process is gone, with vmtun's files
+/// for them under `/run/vmtun/net-<inode>/`: what a lab run that was SIGKILLed left behind. Runs once per process, before the first namespace is made.
 pub(crate) fn sweep_stale() {
     static SWEEP: Once = Once::new();
     SWEEP.call_once(|| {
@@ -96,7 +96,13 @@ pub(crate) fn sweep_stale() {
             };
             if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
             {
+                // vmtun's files for that namespace: its instances died with the lab process
+                // (nobody ran `vmtun down`) and what they changed goes with the namespace.
+                let files = crate::control::NetnsId::of(&entry.path()).map(|id| id.dir());
                 destroy_netns(&name);
+                if let Ok(dir) = files {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
             }
         }
     });
