@@ -230,6 +230,17 @@ impl Lab {
     }
 
     /// Raw Ethernet frames sent from S's veth into the bridge port.
+    /// A watcher on N's uplink for [`Lab::subnets`] whose cutover always succeeds.
+    fn watch(&self) -> Watcher {
+        self.n
+            .run(|| {
+                Watcher::spawn(&self.uplink(), Lab::subnets(), |_: &super::Detection| {
+                    Ok::<_, String>(Instant::now())
+                })
+            })
+            .unwrap()
+    }
+
     fn send_raw_from_s(&self, frames: &[Vec<u8>]) {
         send_raw(&self.s, &self.sender_if, frames);
     }
@@ -453,14 +464,7 @@ fn fires_once_on_the_first_native_packet_and_never_on_noise() {
 #[test]
 fn stops_at_once_without_a_packet_and_reports_callback_errors() {
     let lab = Lab::new();
-    let watcher = lab
-        .n
-        .run(|| {
-            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
-                Ok::<_, String>(Instant::now())
-            })
-        })
-        .unwrap();
+    let watcher = lab.watch();
     // No packet comes: stop must not wait for one (a ceiling, not a speed check).
     let (done_tx, done_rx) = mpsc::channel();
     thread::spawn(move || done_tx.send(watcher.stop().phase));
@@ -535,14 +539,7 @@ fn other_host_frame() -> Vec<u8> {
 fn a_frame_for_another_host_does_not_fire_even_on_a_promiscuous_bridge() {
     let lab = Lab::new();
     lab.n.ip(&["link", "set", &lab.bridge, "promisc", "on"]);
-    let watcher = lab
-        .n
-        .run(|| {
-            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
-                Ok::<_, String>(Instant::now())
-            })
-        })
-        .unwrap();
+    let watcher = lab.watch();
     let (rx_before, _) = lab.bridge_counters();
     lab.send_raw_from_s(&[other_host_frame()]);
     // A native packet for the other subnet, sent after the flooded frame: the socket hands
@@ -1016,14 +1013,7 @@ fn compare_capture_latency() {
 #[test]
 fn the_watcher_rearms_after_the_bridge_goes_down_and_up() {
     let lab = Lab::new();
-    let watcher = lab
-        .n
-        .run(|| {
-            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
-                Ok::<_, String>(Instant::now())
-            })
-        })
-        .unwrap();
+    let watcher = lab.watch();
     lab.n.ip(&["link", "set", &lab.bridge, "down"]);
     lab.n.ip(&["link", "set", &lab.bridge, "up"]);
     // Until the bridge forwards again (forward_delay 0) and S has the host's MAC, sends
@@ -1103,14 +1093,7 @@ fn only_the_gateway_can_trigger_and_only_for_sources_routed_back_through_the_bri
 #[test]
 fn the_bridge_disappearing_fails_the_watcher_naming_it() {
     let lab = Lab::new();
-    let watcher = lab
-        .n
-        .run(|| {
-            Watcher::spawn(&lab.uplink(), Lab::subnets(), |_: &super::Detection| {
-                Ok::<_, String>(Instant::now())
-            })
-        })
-        .unwrap();
+    let watcher = lab.watch();
     lab.n.ip(&["link", "del", &lab.bridge]);
     assert!(
         wait_for(EVENT_CEILING, || matches!(
