@@ -173,7 +173,7 @@ async fn serve_client(
     .await
     {
         Ok(Ok(_)) => match Request::parse(&line) {
-            Some(request) => match access.refusal(&caller, request) {
+            Some(request) => match access.refusal(&caller, &request) {
                 Some(refusal) => Reply::Error(refusal),
                 None => match driver.request(request).await {
                     Some(reply) => reply,

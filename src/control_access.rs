@@ -101,7 +101,7 @@ pub struct Access {
 
 impl Access {
     /// Why `caller` may not make `request`, as the one line it gets back; `None`: allowed.
-    pub fn refusal(&self, caller: &Caller, request: Request) -> Option<String> {
+    pub fn refusal(&self, caller: &Caller, request: &Request) -> Option<String> {
         if caller.uid == 0 {
             return None;
         }
@@ -124,6 +124,11 @@ impl Access {
             Request::Down => Some(format!(
                 "permission denied: stopping the vmtun for {name} is root's (it undoes host \
                  changes); group {} may use status and cutover",
+                group.name
+            )),
+            Request::Handover(_) | Request::HandBack(_) => Some(format!(
+                "permission denied: handing a VM over is root's (it moves its traffic); group \
+                 {} may use status and cutover",
                 group.name
             )),
         }
@@ -186,21 +191,29 @@ mod tests {
         }
     }
 
-    const ALL: [Request; 3] = [Request::Status, Request::Cutover, Request::Down];
+    fn all() -> [Request; 5] {
+        [
+            Request::Status,
+            Request::Cutover,
+            Request::Down,
+            Request::Handover("vif0".into()),
+            Request::HandBack("vif0".into()),
+        ]
+    }
 
     #[test]
     fn root_may_do_everything_with_or_without_a_group() {
         for group in [None, Some(120)] {
-            for request in ALL {
-                assert_eq!(access(group).refusal(&caller(0, &[0]), request), None);
+            for request in all() {
+                assert_eq!(access(group).refusal(&caller(0, &[0]), &request), None);
             }
         }
     }
 
     #[test]
     fn without_a_group_every_other_user_is_refused() {
-        for request in ALL {
-            let refused = access(None).refusal(&caller(1000, &[1000, 120]), request);
+        for request in all() {
+            let refused = access(None).refusal(&caller(1000, &[1000, 120]), &request);
             let line = refused.expect("refused");
             assert!(
                 line.contains("root only") && line.contains("control.group"),
@@ -210,26 +223,26 @@ mod tests {
     }
 
     #[test]
-    fn members_may_ask_status_and_cutover_but_not_down() {
+    fn members_may_ask_status_and_cutover_but_not_down_or_a_handover() {
         let access = access(Some(120));
         for member in [caller(1000, &[120]), caller(1000, &[1000, 27, 120])] {
-            assert_eq!(access.refusal(&member, Request::Status), None);
-            assert_eq!(access.refusal(&member, Request::Cutover), None);
-            let down = access
-                .refusal(&member, Request::Down)
-                .expect("down refused");
-            assert!(
-                down.contains("root's") && down.contains("vmtunctl"),
-                "{down}"
-            );
+            assert_eq!(access.refusal(&member, &Request::Status), None);
+            assert_eq!(access.refusal(&member, &Request::Cutover), None);
+            for request in &all()[2..] {
+                let refused = access.refusal(&member, request).expect("refused");
+                assert!(
+                    refused.contains("root's") && refused.contains("vmtunctl"),
+                    "{refused}"
+                );
+            }
         }
     }
 
     #[test]
     fn other_users_are_refused_naming_the_group() {
-        for request in ALL {
+        for request in all() {
             let line = access(Some(120))
-                .refusal(&caller(1000, &[1000, 27]), request)
+                .refusal(&caller(1000, &[1000, 27]), &request)
                 .expect("refused");
             assert!(line.contains("members of group vmtunctl only"), "{line}");
         }

@@ -235,8 +235,9 @@ impl Driver {
         loop {
             match self.commands.try_recv() {
                 Ok(Command::Control(request, answer)) => {
+                    let down = request == Request::Down;
                     let _ = answer.send(self.on_request(request));
-                    if request == Request::Down {
+                    if down {
                         return Some(Exit::Down);
                     }
                 }
@@ -386,6 +387,16 @@ impl Driver {
                 },
                 None => Reply::Error("no [migration] in the config: nothing to cut over".into()),
             },
+            Request::Handover(vif) => self.on_handover(|m| m.hand_over(&vif)),
+            Request::HandBack(vif) => self.on_handover(|m| m.hand_back(&vif)),
+        }
+    }
+
+    /// A `handover` request: `carry_out` on the migration, if there is one.
+    fn on_handover(&self, carry_out: impl FnOnce(&Migration) -> Result<(), String>) -> Reply {
+        match &self.migration {
+            Some(m) => carry_out(m).map_or_else(Reply::Error, |()| Reply::Ok(None)),
+            None => Reply::Error("no [migration] in the config: no VM to hand over".into()),
         }
     }
 

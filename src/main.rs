@@ -98,6 +98,25 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Role old: the VM on VIF is paused for the migration's last stage; send its traffic
+    /// to the new host now, so that nothing sent to it during the pause is lost (it waits in
+    /// the VM's interface queue there until the guest resumes).
+    ///
+    /// Run it at the source's pause: libvirt's "Suspended Migrated" lifecycle event, or
+    /// QEMU's STOP during a migration. The new host must report the guest running there
+    /// (`[migration] handover = "first-frame"` on both hosts) within 5 s, or the routes come
+    /// back here by themselves; a guest frame on VIF here brings them back at once, and so
+    /// does `--back` (run it when the source resumes after a failed migration).
+    Handover {
+        /// The VM's interface here, e.g. vif0 (a `[[vm]]`'s `vif`).
+        vif: String,
+        /// The guest runs here again: route it to VIF.
+        #[arg(long)]
+        back: bool,
+        /// Config file of the instance.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Route a VM interface's addresses and enable proxy ARP on it; for libvirt's
     /// `<script path=...>`. Idempotent.
     VifUp {
@@ -214,6 +233,20 @@ fn run(command: Command) -> anyhow::Result<()> {
                 vmtun::control::Reply::Ok(None) => output::print("cutover done\n")?,
                 vmtun::control::Reply::Error(e) => anyhow::bail!("{e}"),
             }
+        }
+        Command::Handover { vif, back, config } => {
+            let config = Config::load(&config)?;
+            let request = if back {
+                vmtun::control::Request::HandBack(vif.clone())
+            } else {
+                vmtun::control::Request::Handover(vif.clone())
+            };
+            vmtun::control::command(&config, request)?;
+            output::print(if back {
+                format!("{vif}: its VM is routed here again\n")
+            } else {
+                format!("{vif}: its VM's traffic goes to the new host\n")
+            })?;
         }
         Command::VifUp { iface, config } => {
             let config = Config::load(&config)?;

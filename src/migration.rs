@@ -225,6 +225,25 @@ impl Migration {
         self.handover.clone()
     }
 
+    /// `vmtun handover VIF`: the guest of `vif` is paused for the migration's last stage
+    /// (role old).
+    pub fn hand_over(&self, vif: &str) -> Result<(), String> {
+        self.old_host()?.hand_over_at_pause(vif)
+    }
+
+    /// `vmtun handover --back VIF`: the guest of `vif` runs here again (role old).
+    pub fn hand_back(&self, vif: &str) -> Result<(), String> {
+        self.old_host()?.hand_back(vif)
+    }
+
+    fn old_host(&self) -> Result<&OldHost, String> {
+        match (&self.handover, self.role) {
+            (Some(Handover::Old(old)), _) => Ok(old),
+            (_, Role::New) => Err("a handover is the old host's (role old): run it there".into()),
+            (_, Role::Old) => Err("no [[vm]] in the config: no VM to hand over".into()),
+        }
+    }
+
     /// `vmtun cutover`: stops the watcher and removes every mark rule now.
     pub fn cutover_now(&mut self) -> anyhow::Result<&ManualCutover> {
         if self.role != Role::New {

@@ -11,8 +11,7 @@ use crate::migration::MigrationStatus;
 use crate::restore::RestoreStatus;
 
 /// What a client asks a running instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// A [`Status`] snapshot.
     Status,
@@ -20,25 +19,36 @@ pub enum Request {
     Down,
     /// Role new: remove the mark rule now.
     Cutover,
+    /// Role old: the guest of this VM interface is paused for the migration's last stage;
+    /// send its traffic to the new host now.
+    Handover(String),
+    /// Role old: the guest of this VM interface runs here again; route it here.
+    HandBack(String),
 }
 
 impl Request {
     /// Parses a request line.
     pub fn parse(line: &str) -> Option<Self> {
-        match line.trim() {
-            "status" => Some(Self::Status),
-            "down" => Some(Self::Down),
-            "cutover" => Some(Self::Cutover),
-            _ => None,
-        }
+        let mut words = line.split_ascii_whitespace();
+        let request = match (words.next()?, words.next()) {
+            ("status", None) => Self::Status,
+            ("down", None) => Self::Down,
+            ("cutover", None) => Self::Cutover,
+            ("handover", Some(vif)) => Self::Handover(vif.to_owned()),
+            ("handback", Some(vif)) => Self::HandBack(vif.to_owned()),
+            _ => return None,
+        };
+        words.next().is_none().then_some(request)
     }
 
     /// The request as the line sent on the socket.
-    pub(crate) fn line(self) -> &'static str {
+    pub(crate) fn line(&self) -> String {
         match self {
-            Self::Status => "status\n",
-            Self::Down => "down\n",
-            Self::Cutover => "cutover\n",
+            Self::Status => "status\n".into(),
+            Self::Down => "down\n".into(),
+            Self::Cutover => "cutover\n".into(),
+            Self::Handover(vif) => format!("handover {vif}\n"),
+            Self::HandBack(vif) => format!("handback {vif}\n"),
         }
     }
 }
@@ -237,5 +247,28 @@ mod tests {
                 "  could not restore: adding nft table ip vmtun: File exists",
             ]
         );
+    }
+
+    #[test]
+    fn every_request_reads_back_as_itself_and_nothing_else_parses() {
+        for request in [
+            Request::Status,
+            Request::Down,
+            Request::Cutover,
+            Request::Handover("vif0".into()),
+            Request::HandBack("vnet12".into()),
+        ] {
+            assert_eq!(Request::parse(&request.line()), Some(request));
+        }
+        for line in [
+            "",
+            "handover",
+            "handover a b",
+            "status now",
+            "handback",
+            "stop",
+        ] {
+            assert_eq!(Request::parse(line), None, "{line:?}");
+        }
     }
 }

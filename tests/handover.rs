@@ -15,10 +15,15 @@ mod helpers;
 
 use common::{Result, Scratch, check, preflight, wait_ping};
 use helpers::{WAIT, decoy_frames, launch_both, mac_of, prepare_hosts_with, send_frames};
+use std::time::{Duration, Instant};
 use vmtun::lab::migration::hosts::HostVmtun;
 use vmtun::lab::migration::topology::{MigrationLab, Site};
 use vmtun::lab::migration::{Guest, VIF, VM_ADDR};
+
 use vmtun::lab::{Netns, wait_until};
+
+/// What the old host logs whenever it takes a VM's routes off its interface.
+const GIVEN_AWAY: &str = "the tunnel carries its traffic to the new host";
 
 /// Whether `ns` routes the VM's /32 onto [`VIF`] (what `vif-up` put there).
 fn vm_route_on_vif(ns: &Netns) -> Result<bool> {
@@ -176,7 +181,7 @@ fn the_new_hosts_interface_gone_leaves_or_gives_back_the_old_hosts_routes() -> R
     check(vm_route_on_vif(&lab.old)?, || {
         format!("the old host lost the VM's route:\n{}", old.log())
     })?;
-    check(!old.log().contains("handover: the VM of"), || {
+    check(!old.log().contains(GIVEN_AWAY), || {
         format!("the old host heard of a handover:\n{}", old.log())
     })?;
     drop(copy);
@@ -190,6 +195,92 @@ fn the_new_hosts_interface_gone_leaves_or_gives_back_the_old_hosts_routes() -> R
         old.log().contains("its interface on the new host is gone"),
         || old.log(),
     )?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
+
+/// `vmtun handover vif0` on the old host at the source's pause (issue 12, item 3) sends the
+/// VM's traffic to the new host at once, before any guest frame there: the client's pings
+/// reach the copy through the tunnel. The guest's first frame on the new host then confirms
+/// it, and the routes stay away past the deadline.
+#[test]
+fn a_vm_handed_over_at_its_pause_goes_to_the_new_host_at_once_and_stays_once_confirmed()
+-> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-pause")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+
+    let said = old.command(&["handover", VIF])?;
+    check(said.contains("goes to the new host"), || said.clone())?;
+    // The route is off before the command returns.
+    check(!vm_route_on_vif(&lab.old)?, || old.log())?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    let status = old.status()?;
+    check(
+        status["migration"]["handed_over"] == serde_json::json!([VIF]),
+        || format!("vmtun status on the old host: {status}"),
+    )?;
+    // Said again (the event and an operator both): nothing changes.
+    old.command(&["handover", VIF])?;
+
+    announce(&copy)?;
+    wait_log(&old, "the handover at its pause stands")?;
+    std::thread::sleep(vmtun::handover::CONFIRM_WITHIN + Duration::from_secs(1));
+    check(!vm_route_on_vif(&lab.old)?, || {
+        format!("a confirmed handover came back:\n{}", old.log())
+    })?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
+
+/// A VM handed over at its pause comes back to the source when the new host never reports
+/// the guest running (the migration failed and nobody said so), and at once with
+/// `vmtun handover --back` (the source resumed). What cannot be handed over is refused in one
+/// line, changing nothing.
+#[test]
+fn a_vm_handed_over_at_its_pause_comes_back_unless_the_new_host_confirms_it() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-pause-back")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+
+    old.command(&["handover", VIF])?;
+    check(!vm_route_on_vif(&lab.old)?, || old.log())?;
+    let given = Instant::now();
+    wait_old_route(&lab, true, &old, &new)?;
+    check(
+        given.elapsed() >= vmtun::handover::CONFIRM_WITHIN - Duration::from_millis(100),
+        || format!("back after {:?} only:\n{}", given.elapsed(), old.log()),
+    )?;
+    check(
+        old.log()
+            .contains("not reported running on the new host in time"),
+        || old.log(),
+    )?;
+
+    old.command(&["handover", VIF])?;
+    check(!vm_route_on_vif(&lab.old)?, || old.log())?;
+    let said = old.command(&["handover", "--back", VIF])?;
+    check(said.contains("routed here again"), || said.clone())?;
+    check(vm_route_on_vif(&lab.old)?, || old.log())?;
+    check(old.log().contains("the source runs it again"), || old.log())?;
+
+    for (host, args, says) in [
+        (&old, &["handover", "vif9"][..], "has vif = \"vif9\""),
+        (&new, &["handover", VIF][..], "the old host's (role old)"),
+    ] {
+        let out = host.output(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        check(
+            !out.status.success() && stderr.contains(says) && stderr.lines().count() == 1,
+            || format!("vmtun {}: {:?} {stderr}", args.join(" "), out.status),
+        )?;
+    }
+    check(vm_route_on_vif(&lab.old)?, || old.log())?;
     drop(copy);
     old.down()?;
     new.down()
@@ -211,7 +302,7 @@ fn with_handover_vif_gone_the_route_stays_until_the_source_interface_goes() -> R
     check(vm_route_on_vif(&lab.old)?, || old.log())?;
     lab.detach_vm(Site::Old)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
-    check(!old.log().contains("handover: the VM of"), || old.log())?;
+    check(!old.log().contains(GIVEN_AWAY), || old.log())?;
     drop(copy);
     old.down()?;
     new.down()
@@ -297,7 +388,7 @@ fn a_report_forged_from_outside_the_tunnel_takes_nothing() -> Result<()> {
             old.log()
         )
     })?;
-    check(!old.log().contains("handover: the VM of"), || old.log())?;
+    check(!old.log().contains(GIVEN_AWAY), || old.log())?;
 
     announce(&copy)?;
     wait_old_route(&lab, false, &old, &new)?;

@@ -1,14 +1,27 @@
 //! The old host's side, pure: what to do with a VM's routes on its interface here when the
-//! new host reports the guest, or the guest shows up here again.
+//! new host reports the guest, when the source pauses the guest for the migration's last
+//! stage (issue 12, item 3), or when the guest shows up here again.
+//!
+//! A VM handed over at its pause is given away on trust: nothing has run on the new host
+//! yet. The new host's report of the guest running there confirms it; without one within
+//! [`CONFIRM_WITHIN`] (the migration failed and nobody said so), or when the source is said
+//! to have resumed, the routes come back here.
 //!
 //! Each decision takes the VM interface's index as the I/O edge reads it at that moment
 //! (`ifindex_of`), so a report about an interface since replaced cannot touch its successor.
 //! No sockets, no netlink: the edge carries out the [`Decision`].
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use crate::config::Vm;
 use crate::switch_report::{AckOf, Report, ReportId, VmReport};
+
+/// How long a VM handed over at its pause waits for the new host to report its guest
+/// running there before its routes come back here. QEMU's pause is tens of milliseconds
+/// (libvirt's finish round trip adds a few more); a migration whose guest has not run on
+/// the new host after this has failed, and its source must get the VM's traffic again.
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 
 /// What the old host must do about one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +55,24 @@ pub enum TakeBack {
     GuestSentHere,
     /// The new host's interface went away while this one is still here.
     GoneFromNewHost,
+    /// Handed over at its pause, the source was said to run the guest again (the
+    /// migration failed or was cancelled).
+    SourceResumed,
+    /// Handed over at its pause, the new host did not report the guest running there
+    /// within [`CONFIRM_WITHIN`].
+    NotConfirmed,
+}
+
+/// Why a VM cannot be handed over at its pause (or back): the operator's mistake, told to
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `handover = "vif-gone"`: the new host reports nothing, so nothing would confirm it.
+    Off,
+    /// No `[[vm]]` here has this interface.
+    UnknownVif,
+    /// The VM's interface does not exist here.
+    NoInterface,
 }
 
 /// Why the old host changes nothing.
@@ -61,6 +92,8 @@ pub enum Keep {
     NotGiven,
     /// The interface the VM was given away from went away: nothing to restore.
     InterfaceGone,
+    /// Handed over at its pause, the new host now reports the guest running there.
+    Confirmed,
     /// Nothing concerns this VM.
     Unchanged,
 }
@@ -68,10 +101,20 @@ pub enum Keep {
 /// A VM given away from its interface here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Given {
-    /// The sighting reported by the new host.
-    id: ReportId,
+    /// Why.
+    by: By,
     /// The index of the interface the routes were removed from.
     ifindex: u32,
+}
+
+/// What gave a VM away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// The new host's report of this sighting of the guest.
+    Report(ReportId),
+    /// Its pause here, not yet confirmed by the new host: the routes come back at
+    /// `confirm_by`.
+    Pause { confirm_by: Instant },
 }
 
 /// One `[[vm]]` as the old host holds it.
@@ -155,13 +198,21 @@ impl Custody {
         }
         vm.decided = Some(id);
         if let Some(given) = vm.given.as_mut() {
-            given.id = id;
-            return Decision::Keep(Keep::AlreadyGiven);
+            let confirms = matches!(given.by, By::Pause { .. });
+            given.by = By::Report(id);
+            return Decision::Keep(if confirms {
+                Keep::Confirmed
+            } else {
+                Keep::AlreadyGiven
+            });
         }
         match ifindex_of(&vm.vif) {
             None => Decision::Keep(Keep::NoInterface),
             Some(ifindex) => {
-                vm.given = Some(Given { id, ifindex });
+                vm.given = Some(Given {
+                    by: By::Report(id),
+                    ifindex,
+                });
                 Decision::GiveAway {
                     vif: vm.vif.clone(),
                     ifindex,
@@ -173,7 +224,7 @@ impl Custody {
 
     fn gone(vm: &mut Held, id: ReportId, ifindex_of: &impl Fn(&str) -> Option<u32>) -> Decision {
         match vm.given {
-            Some(given) if given.id == id => {
+            Some(given) if given.by == By::Report(id) => {
                 vm.given = None;
                 if ifindex_of(&vm.vif) == Some(given.ifindex) {
                     Decision::TakeBack {
@@ -200,6 +251,87 @@ impl Custody {
             }
             _ => Decision::Keep(Keep::Unchanged),
         }
+    }
+
+    /// The source paused the guest of `vif` for the migration's last stage (libvirt's
+    /// suspended-for-migration event, QEMU's `STOP`): give it away now, so that what is
+    /// sent to it during the pause waits in its interface's queue on the new host rather
+    /// than dying here, unless the new host confirms it by [`CONFIRM_WITHIN`] after `now`.
+    pub fn handle_pause(
+        &mut self,
+        vif: &str,
+        ifindex_of: impl Fn(&str) -> Option<u32>,
+        now: Instant,
+    ) -> Result<Decision, Refusal> {
+        if !self.enabled {
+            return Err(Refusal::Off);
+        }
+        let vm = self.held(vif)?;
+        if vm.given.is_some() {
+            return Ok(Decision::Keep(Keep::AlreadyGiven));
+        }
+        let ifindex = ifindex_of(vif).ok_or(Refusal::NoInterface)?;
+        vm.given = Some(Given {
+            by: By::Pause {
+                confirm_by: now + CONFIRM_WITHIN,
+            },
+            ifindex,
+        });
+        Ok(Decision::GiveAway {
+            vif: vm.vif.clone(),
+            ifindex,
+            addresses: vm.addresses.clone(),
+        })
+    }
+
+    /// The source runs the guest of `vif` again (a failed or cancelled migration): take it
+    /// back if it was given away.
+    pub fn handle_resume(&mut self, vif: &str) -> Result<Decision, Refusal> {
+        let vm = self.held(vif)?;
+        Ok(match vm.given.take() {
+            Some(_) => Decision::TakeBack {
+                vif: vm.vif.clone(),
+                because: TakeBack::SourceResumed,
+            },
+            None => Decision::Keep(Keep::NotGiven),
+        })
+    }
+
+    fn held(&mut self, vif: &str) -> Result<&mut Held, Refusal> {
+        (self.vms.iter_mut())
+            .find(|vm| vm.vif == vif)
+            .ok_or(Refusal::UnknownVif)
+    }
+
+    /// When [`Self::handle_timeout`] must next be called: the earliest deadline of a VM
+    /// handed over at its pause and not yet confirmed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.vms.iter())
+            .filter_map(|vm| match vm.given?.by {
+                By::Pause { confirm_by } => Some(confirm_by),
+                By::Report(_) => None,
+            })
+            .min()
+    }
+
+    /// The VMs handed over at their pause whose deadline passed by `now` come back.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Decision> {
+        let mut back = Vec::new();
+        for vm in &mut self.vms {
+            if let Some(Given {
+                by: By::Pause { confirm_by },
+                ..
+            }) = vm.given
+                && confirm_by <= now
+            {
+                vm.given = None;
+                back.push(Decision::TakeBack {
+                    vif: vm.vif.clone(),
+                    because: TakeBack::NotConfirmed,
+                });
+            }
+        }
+        back
     }
 
     /// `vif` is up with index `ifindex`, or gone (`None`): an interface the VM was given
@@ -450,5 +582,92 @@ mod tests {
             c.handle_report(&gone(2), vif0_is_7).0,
             take_back(TakeBack::GoneFromNewHost)
         );
+    }
+
+    /// `ms` after a fixed instant: the custody only compares them.
+    fn at(ms: u64) -> Instant {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(Instant::now) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_vm_paused_for_migration_is_given_away_at_once_and_confirmed_by_the_new_host() {
+        let mut c = custody(true);
+        assert_eq!(c.handle_pause("vif0", vif0_is_7, at(0)), Ok(give_away()));
+        assert_eq!(c.given_away(), ["vif0"]);
+        // Said twice (the event and an operator): nothing more to do.
+        assert_eq!(
+            c.handle_pause("vif0", vif0_is_7, at(1)),
+            Ok(Decision::Keep(Keep::AlreadyGiven))
+        );
+        assert_eq!(
+            c.handle_report(&here(1), vif0_is_7),
+            (
+                Decision::Keep(Keep::Confirmed),
+                Some(Report::Ack(AckOf::Here, ReportId(1)))
+            )
+        );
+        // Confirmed: the deadline no longer applies...
+        assert_eq!(c.handle_timeout(at(60_000)), []);
+        assert_eq!(c.given_away(), ["vif0"]);
+        // ...and the new host's interface gone under that sighting brings it back.
+        assert_eq!(
+            c.handle_report(&gone(1), vif0_is_7).0,
+            take_back(TakeBack::GoneFromNewHost)
+        );
+    }
+
+    #[test]
+    fn a_vm_handed_over_at_its_pause_comes_back_when_the_new_host_never_reports_it() {
+        let mut c = custody(true);
+        c.handle_pause("vif0", vif0_is_7, at(0)).unwrap();
+        assert_eq!(c.poll_timeout(), Some(at(0) + CONFIRM_WITHIN));
+        assert_eq!(c.handle_timeout(at(0) + CONFIRM_WITHIN / 2), []);
+        assert_eq!(
+            c.handle_timeout(at(0) + CONFIRM_WITHIN),
+            [take_back(TakeBack::NotConfirmed)]
+        );
+        assert!(c.given_away().is_empty());
+        assert_eq!(c.poll_timeout(), None);
+        // A late report of the guest running there is a new sighting: it acts.
+        assert_eq!(c.handle_report(&here(1), vif0_is_7).0, give_away());
+    }
+
+    #[test]
+    fn a_source_that_resumes_after_its_pause_gets_its_vm_back() {
+        let mut c = custody(true);
+        assert_eq!(c.handle_resume("vif0"), Ok(Decision::Keep(Keep::NotGiven)));
+        c.handle_pause("vif0", vif0_is_7, at(0)).unwrap();
+        assert_eq!(
+            c.handle_resume("vif0"),
+            Ok(take_back(TakeBack::SourceResumed))
+        );
+        assert!(c.given_away().is_empty());
+        assert_eq!(c.handle_timeout(at(0) + CONFIRM_WITHIN), []);
+        // So does a guest frame on the source, the same as after a report.
+        c.handle_pause("vif0", vif0_is_7, at(10)).unwrap();
+        assert_eq!(
+            c.handle_guest_frame("vif0", 7),
+            take_back(TakeBack::GuestSentHere)
+        );
+    }
+
+    #[test]
+    fn a_pause_is_refused_for_what_cannot_be_handed_over() {
+        assert_eq!(
+            custody(false).handle_pause("vif0", vif0_is_7, at(0)),
+            Err(Refusal::Off)
+        );
+        let mut c = custody(true);
+        assert_eq!(
+            c.handle_pause("vif9", vif0_is_7, at(0)),
+            Err(Refusal::UnknownVif)
+        );
+        assert_eq!(c.handle_resume("vif9"), Err(Refusal::UnknownVif));
+        assert_eq!(
+            c.handle_pause("vif1", vif0_is_7, at(0)),
+            Err(Refusal::NoInterface)
+        );
+        assert!(c.given_away().is_empty());
     }
 }

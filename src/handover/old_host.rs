@@ -1,11 +1,13 @@
 //! The old host's handover at run time: [`super::Custody`]'s decisions carried out on the
-//! host (routes through netlink, a [`FirstFrame`] watch on each interface given away), for
-//! the listener's reports, the watches' frames and the VM interface watcher's links.
+//! host (routes through netlink, a [`FirstFrame`] watch on each interface given away, a
+//! timer for each VM handed over at its pause), for the listener's reports, the watches'
+//! frames, the VM interface watcher's links and the control socket's `handover` requests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
 
-use super::{Custody, Decision, Ended, FirstFrame, Keep, TakeBack};
+use super::{CONFIRM_WITHIN, Custody, Decision, Ended, FirstFrame, Keep, Refusal, TakeBack};
 use crate::config::Config;
 use crate::cutover::index_of;
 use crate::netcfg::{NetOps, SystemOps};
@@ -48,12 +50,15 @@ impl OldHost {
         let mut inner = lock(&self.inner);
         let (decision, ack) = inner.custody.handle_report(report, index_of);
         let about = match report {
-            Report::VmHere(r) | Report::VmGone(r) => {
-                format!(
-                    "report {} of {} {:?} from the new host",
-                    r.id, r.vif, r.addresses
-                )
-            }
+            Report::VmHere(r) => format!(
+                "the new host reports the guest running there (report {} of its {} {:?})",
+                r.id, r.vif, r.addresses
+            ),
+            Report::VmGone(r) => format!(
+                "the new host reports the guest's interface gone there (report {} of its {} \
+                 {:?})",
+                r.id, r.vif, r.addresses
+            ),
             other => format!("{other:?}"),
         };
         carry_out(&self.inner, &mut inner, decision, &about);
@@ -71,6 +76,39 @@ impl OldHost {
         carry_out(&self.inner, &mut inner, decision, &about);
     }
 
+    /// The source paused the guest of `vif` for the migration's last stage (`vmtun handover
+    /// VIF`): its traffic goes to the new host from now on, unless the new host does not
+    /// report the guest running there within [`CONFIRM_WITHIN`]. The error is one line for
+    /// the operator.
+    pub fn hand_over_at_pause(&self, vif: &str) -> Result<(), String> {
+        let mut inner = lock(&self.inner);
+        let decision = (inner.custody)
+            .handle_pause(vif, index_of, Instant::now())
+            .map_err(|refusal| explain(refusal, vif, &inner.config))?;
+        if matches!(decision, Decision::GiveAway { .. }) {
+            let weak = Arc::downgrade(&self.inner);
+            std::thread::spawn(move || {
+                std::thread::sleep(CONFIRM_WITHIN);
+                confirm_deadline(&weak);
+            });
+        }
+        let about = format!("the guest of {vif} is paused here for the migration's last stage");
+        carry_out(&self.inner, &mut inner, decision, &about);
+        Ok(())
+    }
+
+    /// The source runs the guest of `vif` again (`vmtun handover --back VIF`, after a
+    /// failed or cancelled migration): its routes come back here if they were given away.
+    pub fn hand_back(&self, vif: &str) -> Result<(), String> {
+        let mut inner = lock(&self.inner);
+        let decision = (inner.custody)
+            .handle_resume(vif)
+            .map_err(|refusal| explain(refusal, vif, &inner.config))?;
+        let about = format!("the guest of {vif} is said to run here again");
+        carry_out(&self.inner, &mut inner, decision, &about);
+        Ok(())
+    }
+
     /// The VM interfaces given away to the new host now (for `vmtun status`).
     pub fn given_away(&self) -> Vec<String> {
         lock(&self.inner).custody.given_away()
@@ -83,6 +121,37 @@ impl Drop for OldHost {
         for (_, watch) in watches {
             watch.stop();
         }
+    }
+}
+
+/// What a refused `handover` request tells the operator, in one line.
+fn explain(refusal: Refusal, vif: &str, config: &Config) -> String {
+    match refusal {
+        Refusal::Off => "[migration] handover = \"vif-gone\" here: the new host reports no \
+                         guests, so nothing would confirm a handover at the pause; set handover \
+                         = \"first-frame\" on both hosts"
+            .into(),
+        Refusal::UnknownVif => {
+            format!("no [[vm]] in {} has vif = \"{vif}\"", config.path.display())
+        }
+        Refusal::NoInterface => format!("{vif} does not exist here: no VM to hand over"),
+    }
+}
+
+/// A VM handed over at its pause may have reached its deadline: those the new host has
+/// not confirmed come back.
+fn confirm_deadline(shared: &Weak<Mutex<Inner>>) {
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let mut inner = lock(&shared);
+    for decision in inner.custody.handle_timeout(Instant::now()) {
+        carry_out(
+            &shared,
+            &mut inner,
+            decision,
+            "the deadline of a handover at the pause",
+        );
     }
 }
 
@@ -135,12 +204,12 @@ fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, 
                 Ok(()) => tracing::info!(
                     vif,
                     ?addresses,
-                    "handover: the VM of {vif} runs on the new host ({about}): its routes to \
-                     {vif} are removed, the tunnel carries its traffic"
+                    "handover: {about}: the VM's routes to {vif} are removed, the tunnel \
+                     carries its traffic to the new host"
                 ),
                 Err(e) => tracing::warn!(
-                    "handover: the VM of {vif} runs on the new host, but removing its routes \
-                     failed: {e:#}; its traffic goes to {vif} until that goes"
+                    "handover: {about}, but removing the VM's routes to {vif} failed: {e:#}; \
+                     its traffic goes to {vif} until that goes"
                 ),
             }
         }
@@ -149,6 +218,10 @@ fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, 
             let why = match because {
                 TakeBack::GuestSentHere => "the guest sent a frame on it here",
                 TakeBack::GoneFromNewHost => "its interface on the new host is gone",
+                TakeBack::SourceResumed => "the source runs it again",
+                TakeBack::NotConfirmed => {
+                    "handed over at its pause, it was not reported running on the new host in time"
+                }
             };
             let ops: &mut dyn NetOps = &mut inner.ops;
             match crate::vif::apply(ops, &inner.config, &vif) {
@@ -175,6 +248,7 @@ fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, 
                 }
                 Keep::NoInterface => "that VM has no interface here: nothing to hand over",
                 Keep::AlreadyGiven => "handed over already",
+                Keep::Confirmed => "the handover at its pause stands",
                 Keep::InterfaceGone => {
                     "the interface it was handed over from is gone: nothing to restore"
                 }
