@@ -17,6 +17,9 @@
 #   tunnel     --migrate-via tunnel     to its tunnel address: the stream crosses vmtun
 #   underlay-vif-gone, tunnel-vif-gone   the same with --handover vif-gone: the old host
 #              routes the VM to the paused source's tap until that tap goes (the seed's way)
+#   underlay-at-pause, tunnel-at-pause   the same with --hand-over-at-pause: the old host
+#              hands the VM over at the source's STOP (`vmtun handover vif0`), so what is sent
+#              during the pause waits on the new host's tap (issue 12, item 3)
 # A variant may add QEMU migration parameters after commas (--migrate-parameter), e.g.
 #   tunnel,downtime-limit=20             QEMU's downtime limit 20 ms instead of 300
 #
@@ -56,7 +59,10 @@ table() {
 import json, statistics, sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-order = ["underlay", "tunnel", "underlay-vif-gone", "tunnel-vif-gone"]
+order = ["underlay", "tunnel", "underlay-vif-gone", "tunnel-vif-gone", "underlay-at-pause", "tunnel-at-pause"]
+def handover(rep):
+    m = rep["migration"]
+    return "at-pause" if m.get("hand_over_at_pause") else m.get("handover", "—")
 variants = sorted({r["variant"] for r in rows}, key=lambda v: (v.count(","), order.index(v.split(",")[0]) if v.split(",")[0] in order else 99, v))
 
 def row(rep, name):
@@ -104,7 +110,7 @@ for r in rows:
         continue
     ok[r["variant"]].append(rep)
     cells = [f(c[1](rep), c[2]) for c in COLUMNS]
-    out.append(f"| {r['run']} | {r['variant']} | {rep['migration']['path']} | {rep['migration'].get('handover', '—')} | " + " | ".join(cells) + " |")
+    out.append(f"| {r['run']} | {r['variant']} | {rep['migration']['path']} | {handover(rep)} | " + " | ".join(cells) + " |")
 for v in variants:
     reps = ok[v]
     if not reps:
@@ -114,7 +120,7 @@ for v in variants:
         for c in COLUMNS:
             xs = [c[1](rep) for rep in reps if c[1](rep) is not None]
             cells.append(f(agg(xs), c[2]) if xs else "—")
-        out.append(f"| **{label}** ({len(reps)}) | {v} | {reps[0]['migration']['path']} | {reps[0]['migration'].get('handover', '—')} | " + " | ".join(cells) + " |")
+        out.append(f"| **{label}** ({len(reps)}) | {v} | {reps[0]['migration']['path']} | {handover(reps[0])} | " + " | ".join(cells) + " |")
 print("\n".join(out))
 print()
 print("QEMU downtime: query-migrate's (the source's view). Real pause: the source's STOP event to the")
@@ -159,6 +165,7 @@ args_of() { # VARIANT (PATH[-vif-gone][,NAME=NUMBER]...) -> demo options
   case $path in
     underlay | tunnel) printf -- '--migrate-via %s' "$path" ;;
     underlay-vif-gone | tunnel-vif-gone) printf -- '--migrate-via %s --handover vif-gone' "${path%-vif-gone}" ;;
+    underlay-at-pause | tunnel-at-pause) printf -- '--migrate-via %s --hand-over-at-pause' "${path%-at-pause}" ;;
     *) return 1 ;;
   esac
   IFS=, read -r -a params <<<"$params"
@@ -234,7 +241,7 @@ log "load after: $LOAD_AFTER"
 {
   echo "# Real-VM benchmark $STAMP"
   echo
-  echo "vmtun $COMMIT, \`vmtun demo --real-vm --json --rate $RATE --dwell $DWELL --source-linger-ms $LINGER_MS --migrate-via PATH [--handover vif-gone]\`,"
+  echo "vmtun $COMMIT, \`vmtun demo --real-vm --json --rate $RATE --dwell $DWELL --source-linger-ms $LINGER_MS --migrate-via PATH [--handover vif-gone | --hand-over-at-pause]\`,"
   echo "variants: $VARIANTS; $RUNS runs each, interleaved. Wall time $(( (END - START) / 60 )) min $(( (END - START) % 60 )) s."
   echo
   echo "- load before: $LOAD_BEFORE"

@@ -194,8 +194,21 @@ async fn serve_client(
 /// waits for the reply.
 pub fn request(config: &Config, request: Request) -> anyhow::Result<Reply> {
     let paths = Paths::of(config).context("finding this network namespace")?;
-    let mut stream = UnixStream::connect(&paths.socket)
+    let stream = UnixStream::connect(&paths.socket)
         .map_err(|e| anyhow::anyhow!(unreachable(config, &paths, &e)))?;
+    ask(stream, &request)
+}
+
+/// Sends one request to the instance listening on `socket` (any namespace's: a Unix
+/// socket's path is the file system's) and waits for the reply: for a manager that knows
+/// where the instance is, such as the lab.
+pub fn request_at(socket: &Path, request: &Request) -> anyhow::Result<Reply> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to the control socket {}", socket.display()))?;
+    ask(stream, request)
+}
+
+fn ask(mut stream: UnixStream, request: &Request) -> anyhow::Result<Reply> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.write_all(request.line().as_bytes())?;
     let mut line = String::new();

@@ -74,6 +74,11 @@ pub struct DemoArgs {
         value_name = "WHEN"
     )]
     pub handover: HandoverMode,
+    /// With --real-vm: the old host hands the VM over at the source's pause (QEMU's STOP),
+    /// as a manager following QEMU's or libvirt's events does with `vmtun handover VIF`:
+    /// what the client sends during the pause waits on the new host instead of being lost.
+    #[arg(long, requires = "real_vm", conflicts_with_all = ["handover"])]
+    pub hand_over_at_pause: bool,
     /// With --real-vm: milliseconds the source QEMU stays, paused, after the guest resumed on
     /// the new host (libvirt ends it after its finish and confirm round trips; 0: at once).
     #[arg(long, requires = "real_vm", default_value_t = 0, value_name = "MS")]
@@ -186,6 +191,7 @@ fn real_vm_options(
     real.after_switch = options.after_switch;
     real.source_linger = Duration::from_millis(args.source_linger_ms);
     real.handover = args.handover;
+    real.hand_over_at_pause = args.hand_over_at_pause;
     real
 }
 

@@ -494,6 +494,12 @@ impl Qemu {
         uri: &str,
         parameters: &[MigrationParameter],
     ) -> Result<MigrationStats> {
+        self.start_migration(uri, parameters)?;
+        self.finish_migration()
+    }
+
+    /// Starts the live migration to `uri` as [`Self::migrate`] does, and returns at once.
+    pub fn start_migration(&mut self, uri: &str, parameters: &[MigrationParameter]) -> Result<()> {
         self.enable_migration_events()?;
         if !parameters.is_empty() {
             let object: serde_json::Map<String, Value> = parameters
@@ -503,7 +509,21 @@ impl Qemu {
             self.qmp
                 .execute("migrate-set-parameters", Value::Object(object))?;
         }
-        self.qmp.execute("migrate", json!({ "uri": uri }))?;
+        self.qmp.execute("migrate", json!({ "uri": uri })).map(drop)
+    }
+
+    /// Waits for the migration started here to stop the guest for its last stage (the
+    /// `STOP` event), or to end without that; when the guest stopped (Unix ns), if it did.
+    pub fn wait_stopped(&mut self) -> Result<Option<u64>> {
+        self.qmp
+            .wait_event(MIGRATE_WAIT, "the source to stop the guest", |e| {
+                is_event(e, "STOP") || is_migration_end(e)
+            })?;
+        Ok(self.stopped_at())
+    }
+
+    /// Waits for the end of the migration started here; QEMU's figures of it.
+    pub fn finish_migration(&mut self) -> Result<MigrationStats> {
         self.qmp
             .wait_event(MIGRATE_WAIT, "the migration to end", is_migration_end)?;
         let done = MigrationState::from_query(&self.qmp.execute("query-migrate", json!({}))?);

@@ -380,6 +380,20 @@ impl<'a> HostVmtun<'a> {
         self.command(&["vif-up", iface]).map(drop)
     }
 
+    /// `request` on the instance's control socket, from this process (no `vmtun` process
+    /// started: what a manager reacting to QEMU's events does, as quickly).
+    pub fn request(&self, request: &crate::control::Request) -> Result<()> {
+        let socket = self.files()?.socket;
+        match crate::control::request_at(&socket, request) {
+            Ok(crate::control::Reply::Ok(_)) => Ok(()),
+            Ok(crate::control::Reply::Error(e)) => Err(LabError::Failed(format!(
+                "{request:?} on {}: {e}",
+                self.config.name
+            ))),
+            Err(e) => Err(LabError::Failed(format!("{request:?}: {e:#}"))),
+        }
+    }
+
     /// `vmtun cutover -c FILE`.
     pub fn cutover(&self) -> Result<()> {
         self.command(&["cutover"]).map(drop)

@@ -22,6 +22,7 @@ use super::stats::{self, PhaseStats};
 use super::topology::{CoreCounters, MigrationLab, Site};
 use super::*;
 use crate::config::HandoverMode;
+use crate::control::Request;
 use crate::lab::qemu::{
     GuestImage, MIGRATE_WAIT, MIGRATION_PORT, MigrationParameter, MigrationStats, Qemu, VmSpec,
 };
@@ -90,6 +91,10 @@ pub struct RealVmOptions {
     /// Both hosts' `[migration] handover`: when the old host stops routing the VM to the
     /// paused source's tap.
     pub handover: HandoverMode,
+    /// Whether the lab hands the VM over at the source's `STOP` (`vmtun handover vif0` on
+    /// the old host, as a manager following QEMU's or libvirt's events does; issue 12,
+    /// item 3), and back should the migration fail. Needs `handover` first-frame.
+    pub hand_over_at_pause: bool,
     /// How long the source QEMU stays, paused, after the guest resumed on the new host,
     /// before it is ended and its tap goes: libvirt ends it only after its finish and
     /// confirm round trips; zero ends it at once, as a bare QEMU manager may.
@@ -112,6 +117,7 @@ impl RealVmOptions {
             after_move: Duration::from_secs(2),
             after_switch: Duration::from_secs(2),
             handover: HandoverMode::FirstFrame,
+            hand_over_at_pause: false,
             source_linger: Duration::ZERO,
         }
     }
@@ -136,6 +142,11 @@ pub struct MigrationFigures {
     pub path: MigrationPath,
     /// When the old host let go of the VM (`[migration] handover`).
     pub handover: HandoverMode,
+    /// Whether the lab handed the VM over at the source's `STOP`.
+    pub hand_over_at_pause: bool,
+    /// When the old host had taken the VM's routes off the source's tap after its `STOP`
+    /// (its `handover` request answered; Unix ns).
+    pub handed_over_unix_ns: Option<u64>,
     /// How long the source QEMU stayed after the guest resumed on the new host (ms).
     pub source_linger_ms: u64,
     /// The destination's `-incoming` URI.
@@ -291,6 +302,23 @@ pub fn spec(image: &GuestImage, scratch: &Scratch, side: &str) -> VmSpec {
     }
 }
 
+/// Waits for the source's `STOP` and hands the VM over on the `old` host at once (the
+/// `handover` request on its control socket); when that was done (Unix ns), if the guest
+/// stopped.
+fn hand_over_at_stop(
+    source: &mut Qemu,
+    old: &HostVmtun<'_>,
+    clock: &mut Clock,
+) -> Result<Option<u64>> {
+    if source.wait_stopped()?.is_none() {
+        return Ok(None);
+    }
+    old.request(&Request::Handover(VIF.into()))?;
+    Ok(Some(clock.now(
+        "the old host hands the VM over at the source's STOP (vmtun handover vif0)",
+    )))
+}
+
 /// Runs the real-VM scenario; `progress` gets one line per step as it happens. Every
 /// namespace and QEMU is gone when this returns, also on error.
 pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<RealVmReport> {
@@ -362,7 +390,21 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
     ));
     let counters = loss_counters(&lab)?;
     let move_start = clock.now(format!("QMP migrate {uri}: the live migration begins"));
-    let qemu = source.migrate(&uri, &options.parameters)?;
+    source.start_migration(&uri, &options.parameters)?;
+    let handed_over = if options.hand_over_at_pause {
+        hand_over_at_stop(&mut source, &hosts[1], &mut clock)?
+    } else {
+        None
+    };
+    let qemu = match source.finish_migration() {
+        Ok(qemu) => qemu,
+        Err(e) => {
+            if handed_over.is_some() {
+                hosts[1].request(&Request::HandBack(VIF.into()))?;
+            }
+            return Err(e);
+        }
+    };
     clock.now("the source reports the migration completed");
     let resume = destination.wait_resumed(MIGRATE_WAIT)?;
     clock.note(resume, "the guest resumes on the new host (QMP RESUME)");
@@ -468,6 +510,8 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
     let migration = MigrationFigures {
         path: options.path,
         handover: options.handover,
+        hand_over_at_pause: options.hand_over_at_pause,
+        handed_over_unix_ns: handed_over,
         source_linger_ms: options.source_linger.as_millis() as u64,
         uri,
         parameters: options.parameters.clone(),
@@ -541,6 +585,8 @@ mod tests {
         let migration = MigrationFigures {
             path: MigrationPath::Tunnel,
             handover: HandoverMode::FirstFrame,
+            hand_over_at_pause: false,
+            handed_over_unix_ns: None,
             source_linger_ms: 0,
             uri: "tcp:100.64.0.2:4444".into(),
             parameters: Vec::new(),
