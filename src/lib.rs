@@ -21,7 +21,8 @@
 //!   a thin OS edge (netlink, netfilter, pcap). Only the OS edges touch the kernel.
 //! - [`handover`]: once a live-migrated guest runs on the new host, the old host stops
 //!   routing it to the paused source (pure state machines for each side, a packet-socket
-//!   edge, and the reports through [`switch_report`]'s channel).
+//!   edge, and the reports through [`switch_report`]'s channel); also at the source's pause,
+//!   on `vmtun handover`, which [`libvirt_events`] makes from libvirt's lifecycle events.
 //! - [`restore`]: notices when another program removes what netcfg's journal records, and
 //!   puts it back (a sans-IO pacer and a tokio task on netlink notifications).
 //! - At the edge of the process: [`output`] (a command's stdout, quiet when its reader goes
@@ -39,6 +40,7 @@ pub mod handover;
 pub mod instance;
 pub mod keys;
 pub mod lab;
+pub mod libvirt_events;
 pub mod metrics;
 pub mod migration;
 pub mod netcfg;

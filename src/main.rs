@@ -117,6 +117,17 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Role old: follow libvirt's lifecycle events and run `vmtun handover` for each
+    /// `[[vm]]` whose domain pauses for its migration's last stage ("Suspended Migrated"),
+    /// `--back` when it resumes here; runs in the foreground (vmtun-follow-libvirt@.service).
+    FollowLibvirt {
+        /// Config file of the instance (role old, handover = "first-frame").
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The libvirt daemon to follow.
+        #[arg(long, value_name = "URI", default_value = "qemu:///system")]
+        connect: String,
+    },
     /// Route a VM interface's addresses and enable proxy ARP on it; for libvirt's
     /// `<script path=...>`. Idempotent.
     VifUp {
@@ -247,6 +258,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 format!("{vif}: its VM's traffic goes to the new host\n")
             })?;
+        }
+        Command::FollowLibvirt { config, connect } => {
+            vmtun::libvirt_events::follow(&Config::load(&config)?, &connect)?;
         }
         Command::VifUp { iface, config } => {
             let config = Config::load(&config)?;

@@ -37,7 +37,9 @@ use vmtun::lab::migration::real_vm::MigrationPath;
 use vmtun::lab::migration::topology::{MigrationLab, Site};
 use vmtun::lab::migration::{NEW, OLD, VIF, VM_ADDR, VM_GATEWAY, VM_MAC};
 use vmtun::lab::ping::Pinger;
+use vmtun::lab::process::Process;
 use vmtun::lab::qemu::{BOOT_WAIT, GUEST_FAILED, GUEST_UP, GuestImage};
+use vmtun::lab::wait_until;
 
 /// The domain's name on both hosts.
 const DOMAIN: &str = "vmtunlab-guest";
@@ -211,6 +213,31 @@ fn guest_on_old_host<'a>(
     Ok((source, destination))
 }
 
+/// `vmtun follow-libvirt` on the old host for `source`'s events (the README's
+/// vmtun-follow-libvirt@.service), once it follows them and knows the guest's vif0.
+fn follow_libvirt(
+    lab: &MigrationLab,
+    scratch: &Scratch,
+    old_config: &Path,
+    source: &Libvirtd<'_>,
+) -> Result<Process> {
+    let mut cmd = lab.old.command(VMTUN);
+    cmd.args(["follow-libvirt", "-c"])
+        .arg(old_config)
+        .args(["--connect", source.uri()]);
+    let follower = Process::spawn("follow-libvirt", scratch.path(), cmd)?;
+    wait_until(WAIT, "vmtun follow-libvirt to follow the old host", || {
+        follower
+            .stderr()
+            .contains(&format!("{DOMAIN}: VM interfaces {VIF}"))
+            && follower
+                .stderr()
+                .contains("following libvirt's lifecycle events")
+    })
+    .map_err(|e| LabError::Failed(format!("{e}\n{}", follower.stderr())))?;
+    Ok(follower)
+}
+
 /// `virsh migrate` of the guest from `source` to the new host, as the README has it, the
 /// stream (and the disks' copy) to `stream`.
 fn migrate(source: &Libvirtd<'_>, stream: MigrationPath, disks: Disks) -> Result<String> {
@@ -237,6 +264,7 @@ fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Re
 
     launch_both(&lab, &mut old, &mut new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    let follower = follow_libvirt(&lab, &scratch, &old.path, &source)?;
 
     let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
     let migrating = Instant::now();
@@ -257,6 +285,23 @@ fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Re
     check(destination.domain_state(DOMAIN)? == "running", || {
         "the guest runs on the new host after virsh migrate".into()
     })?;
+    // The old host handed the VM over at libvirt's "Suspended Migrated", and the new host
+    // confirmed it once the guest ran there.
+    wait_until(WAIT, "the new host to confirm the handover", || {
+        old.log().contains("the handover at its pause stands")
+    })
+    .map_err(|e| LabError::Failed(format!("{e}\n{}", old.log())))?;
+    for line in follower.stderr().lines().filter(|l| l.contains(DOMAIN)) {
+        eprintln!("libvirt: follow-libvirt: {line}");
+    }
+    check(
+        follower.stderr().contains("handed over to the new host")
+            && old
+                .log()
+                .contains("paused here for the migration's last stage"),
+        || format!("{}\n{}", follower.stderr(), old.log()),
+    )?;
+    drop(follower);
     check(source.domain_state(DOMAIN)? == "shut off", || {
         "the guest stays defined, shut off, on the old host".into()
     })?;

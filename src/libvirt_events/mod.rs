@@ -1,0 +1,203 @@
+//! `vmtun follow-libvirt`: the old host's handover at the source's pause (issue 12, item 3)
+//! driven by libvirt. libvirt tells its clients when the source pauses a guest for the
+//! migration's last stage (the lifecycle event `Suspended Migrated`) and when a guest runs
+//! again (`Resumed`); this follows them through `virsh event --loop` and makes the running
+//! vmtun's `handover` requests for the domain's interfaces that `[[vm]]`s name, so that what
+//! the guest is sent during its pause waits on the new host rather than dying here.
+//!
+//! The domains' interfaces are read (`virsh domiflist`) at start and whenever a domain
+//! starts or is redefined, never on the pause's path, unless the paused domain is unknown.
+//! The meaning of the events is [`event`]'s; this module is the process edge.
+
+mod event;
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+pub use event::{Action, Domains, Lifecycle, parse_domiflist, parse_event};
+
+use crate::config::{Config, HandoverMode, Role};
+use crate::control::{self, Reply, Request};
+
+/// The libvirt client run for the events and the interfaces.
+const VIRSH: &str = "virsh";
+
+/// Follows the lifecycle events of the libvirt daemon at `uri` and hands `config`'s VMs
+/// over at their migration's pause, back at a resume; runs until virsh's event stream ends
+/// (libvirtd stopped or restarted), which is an error: the unit restarts it.
+pub fn follow(config: &Config, uri: &str) -> anyhow::Result<()> {
+    check_config(config)?;
+    let configured: Vec<String> = config.vms.iter().map(|vm| vm.vif.clone()).collect();
+    // Subscribed before the domains are listed, so that no start between the two is missed.
+    let mut events = Events::start(uri)?;
+    let mut domains = Domains::default();
+    for domain in virsh(uri, &["list", "--name"])?.lines().map(str::trim) {
+        if !domain.is_empty() {
+            learn(&mut domains, uri, domain, &configured);
+        }
+    }
+    tracing::info!(
+        "following libvirt's lifecycle events on {uri} for the VM interfaces {}",
+        configured.join(", ")
+    );
+    let stdout = events.child.stdout.take().context("virsh event's output")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading virsh event's output")?;
+        let Some((domain, lifecycle)) = parse_event(&line) else {
+            continue;
+        };
+        let seen = Instant::now();
+        let acts_on_vifs = matches!(
+            lifecycle,
+            Lifecycle::PausedForMigration | Lifecycle::Resumed
+        );
+        if acts_on_vifs && !domains.knows(&domain) {
+            learn(&mut domains, uri, &domain, &configured);
+        }
+        for action in domains.actions(&domain, &lifecycle) {
+            carry_out(
+                config,
+                &mut domains,
+                uri,
+                &domain,
+                action,
+                seen,
+                &configured,
+            );
+        }
+    }
+    let status = events.child.wait().context("waiting for virsh event")?;
+    anyhow::bail!(
+        "libvirt's event stream on {uri} ended (virsh event: {status}): is libvirtd running? \
+         (systemd restarts vmtun-follow-libvirt)"
+    )
+}
+
+/// `follow-libvirt` is for the old host, with the handover on and VMs to hand over.
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let path = config.path.display();
+    let Some(migration) = &config.migration else {
+        anyhow::bail!("{path} has no [migration]: nothing to hand over");
+    };
+    if migration.role != Role::Old {
+        anyhow::bail!(
+            "follow-libvirt is for the old host (role old); {path} has role new: the new host \
+             sees its guests arrive by itself"
+        );
+    }
+    if migration.handover != HandoverMode::FirstFrame {
+        anyhow::bail!(
+            "{path} has [migration] handover = \"vif-gone\": the new host would confirm no \
+             handover; set handover = \"first-frame\" on both hosts"
+        );
+    }
+    if config.vms.is_empty() {
+        anyhow::bail!("{path} has no [[vm]]: no VM interface to hand over");
+    }
+    Ok(())
+}
+
+/// `virsh event --loop --event lifecycle`, ended (by its PID) when dropped.
+struct Events {
+    child: Child,
+}
+
+impl Events {
+    fn start(uri: &str) -> anyhow::Result<Self> {
+        let mut command = Command::new(VIRSH);
+        command
+            .env("LC_ALL", "C")
+            .args(["-c", uri, "event", "--loop", "--event", "lifecycle"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        // SAFETY: prctl(2) is async-signal-safe; it only sets a flag of the child.
+        unsafe {
+            command.pre_exec(|| {
+                // Ends with us however we end (a signal runs no destructor).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting `{VIRSH} event` (is libvirt-clients installed?)"))?;
+        Ok(Self { child })
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `virsh -c URI ARGS` to completion; its stdout, or its stderr as the error.
+fn virsh(uri: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(VIRSH)
+        .env("LC_ALL", "C")
+        .args(["-c", uri])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running `{VIRSH} {}`", args.join(" ")))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{VIRSH} -c {uri} {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads `domain`'s interfaces; a domain libvirt cannot list (gone meanwhile) has none.
+fn learn(domains: &mut Domains, uri: &str, domain: &str, configured: &[String]) {
+    match virsh(uri, &["domiflist", domain]) {
+        Ok(text) => {
+            domains.learn(domain, &parse_domiflist(&text), configured);
+            let vifs = domains.vifs(domain);
+            if !vifs.is_empty() {
+                tracing::info!("{domain}: VM interfaces {}", vifs.join(", "));
+            }
+        }
+        Err(e) => tracing::warn!("{domain}: cannot read its interfaces: {e:#}"),
+    }
+}
+
+/// Carries out one action for `domain`'s event seen at `seen`, logging what it did.
+fn carry_out(
+    config: &Config,
+    domains: &mut Domains,
+    uri: &str,
+    domain: &str,
+    action: Action,
+    seen: Instant,
+    configured: &[String],
+) {
+    let (request, what) = match action {
+        Action::Refresh(domain) => return learn(domains, uri, &domain, configured),
+        Action::HandOver(vif) => (
+            Request::Handover(vif.clone()),
+            format!("{domain} paused for its migration: {vif} handed over to the new host"),
+        ),
+        Action::HandBack(vif) => (
+            Request::HandBack(vif.clone()),
+            format!("{domain} runs here: {vif} routed here"),
+        ),
+    };
+    match control::request(config, request) {
+        Ok(Reply::Ok(_)) => tracing::info!(
+            "{what} ({:.1} ms after the event)",
+            seen.elapsed().as_secs_f64() * 1e3
+        ),
+        Ok(Reply::Error(e)) => tracing::warn!("{domain}: vmtun refused: {e}"),
+        Err(e) => tracing::warn!("{domain}: {e:#}"),
+    }
+}
