@@ -32,7 +32,8 @@ echo "package: built $deb" >&2
 
 # What a user gets, read from the package itself.
 listing=$(dpkg-deb -c "$deb")
-for path in ./usr/bin/vmtun ./lib/systemd/system/vmtun@.service ./usr/libexec/vmtun/libvirt-vif-up \
+for path in ./usr/bin/vmtun ./lib/systemd/system/vmtun@.service \
+            ./lib/systemd/system/vmtun-follow-libvirt@.service ./usr/libexec/vmtun/libvirt-vif-up \
             ./usr/share/man/man1/vmtun.1.gz ./usr/share/man/man1/vmtun-up.1.gz \
             ./usr/share/bash-completion/completions/vmtun \
             ./usr/share/zsh/vendor-completions/_vmtun \

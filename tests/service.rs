@@ -234,9 +234,9 @@ fn sigterm_as_soon_as_ready_undoes_everything() -> Result<()> {
     service.stop()
 }
 
-/// The shipped unit passes `systemd-analyze verify` (scripts/verify-unit.sh), laid out as
-/// the package installs it: the binary in usr/bin, the man pages its `Documentation=`
-/// names, the unit in lib/systemd/system.
+/// The shipped units (vmtun@.service, vmtun-follow-libvirt@.service) pass `systemd-analyze
+/// verify` (scripts/verify-unit.sh), laid out as the package installs them: the binary in
+/// usr/bin, the man pages their `Documentation=` names, the units in lib/systemd/system.
 #[test]
 fn the_unit_verifies() -> Result<()> {
     preflight(&["systemd-analyze"]);
@@ -252,10 +252,14 @@ fn the_unit_verifies() -> Result<()> {
             .map_err(|e| LabError::io(format!("copying {}", from.display()), e))
     };
     copy(Path::new(VMTUN), "usr/bin/vmtun")?;
-    copy(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/vmtun@.service"),
-        "lib/systemd/system/vmtun@.service",
-    )?;
+    for unit in ["vmtun@.service", "vmtun-follow-libvirt@.service"] {
+        copy(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("packaging")
+                .join(unit),
+            &format!("lib/systemd/system/{unit}"),
+        )?;
+    }
     let man = root.join("usr/share/man/man1");
     vmtun::lab::process::run_checked(
         "vmtun manpages",
