@@ -201,3 +201,46 @@ fn carry_out(
         Err(e) => tracing::warn!("{domain}: {e:#}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(migration: &str, vms: &str) -> Config {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        let peer = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
+        let text = format!(
+            "[interface]\nname = \"vmtun0\"\nprivate_key = \"{key}\"\naddress = \"100.64.0.1/24\"\n\n\
+             [[peer]]\npublic_key = \"{peer}\"\nallowed_ips = [\"0.0.0.0/0\"]\n\n{migration}\n{vms}"
+        );
+        Config::parse(&text, Path::new("/etc/vmtun/test.toml")).unwrap()
+    }
+
+    const OLD: &str =
+        "[migration]\nrole = \"old\"\nsubnets = [\"203.0.113.0/29\"]\nvia = \"100.64.0.2\"\n";
+    const VM: &str = "[[vm]]\nvif = \"vif0\"\naddresses = [\"203.0.113.2\"]\n";
+
+    #[test]
+    fn only_an_old_host_with_vms_and_the_handover_on_is_followed_for() {
+        assert!(check_config(&config(OLD, VM)).is_ok());
+        for (migration, vms, says) in [
+            ("", "", "no [migration]"),
+            (&OLD.replace("old", "new"), VM, "role new"),
+            (
+                &format!("{OLD}handover = \"vif-gone\"\n"),
+                VM,
+                "handover = \"vif-gone\"",
+            ),
+            (OLD, "", "no [[vm]]"),
+        ] {
+            let refused = check_config(&config(migration, vms))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains(says) && refused.contains("/etc/vmtun/test.toml"),
+                "{refused}"
+            );
+        }
+    }
+}
