@@ -126,9 +126,9 @@ impl Access {
                  changes); group {} may use status and cutover",
                 group.name
             )),
-            Request::Handover(_) | Request::HandBack(_) => Some(format!(
-                "permission denied: handing a VM over is root's (it moves its traffic); group \
-                 {} may use status and cutover",
+            Request::Handover(_) | Request::HandBack(_) | Request::VifUp(_) => Some(format!(
+                "permission denied: routing a VM is root's (it moves its traffic); group {} may \
+                 use status and cutover",
                 group.name
             )),
         }
@@ -191,13 +191,14 @@ mod tests {
         }
     }
 
-    fn all() -> [Request; 5] {
+    fn all() -> [Request; 6] {
         [
             Request::Status,
             Request::Cutover,
             Request::Down,
             Request::Handover("vif0".into()),
             Request::HandBack("vif0".into()),
+            Request::VifUp("vif0".into()),
         ]
     }
 

@@ -264,7 +264,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::VifUp { iface, config } => {
             let config = Config::load(&config)?;
-            vmtun::vif::up(&config, &iface)?;
+            vmtun::vif::up_here(&config, &iface)?;
         }
         Command::Demo(args) => vmtun::demo::run(&args)?,
         Command::Completions { shell } => {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, CutoverMode, Gateway, HandoverMode, Role};
 use crate::cutover::{CutoverStatus, MacAddr, Phase, Uplink, Watcher, index_of};
-use crate::handover::{Announcer, Handover, NewHost, OldHost};
+use crate::handover::{Announcer, Handover, NewHost, OldHost, Routing};
 use crate::netcfg::{self, Family, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
 use crate::switch_report::{Listener, Reporter};
 
@@ -88,6 +88,8 @@ pub struct Migration {
     _listener: Option<Listener>,
     /// The VM handover, for the VM interface watcher.
     handover: Option<Handover>,
+    /// The config, for `vif-up` requests.
+    config: Arc<Config>,
 }
 
 impl Migration {
@@ -117,9 +119,13 @@ impl Migration {
             Role::Old => None,
         };
         let handover = match (m.role, &reporter) {
-            (Role::New, Some(reporter)) if handover_on => {
-                (reporter.sender()).map(|sender| Handover::New(Arc::new(NewHost::new(sender))))
-            }
+            (Role::New, Some(reporter)) if handover_on => (reporter.sender()).map(|sender| {
+                Handover::New(Arc::new(NewHost::new(
+                    sender,
+                    Arc::new(config.clone()),
+                    journal.clone(),
+                )))
+            }),
             (Role::Old, _) if !config.vms.is_empty() => Some(Handover::Old(Arc::new(
                 OldHost::new(Arc::new(config.clone()), handover_on)?,
             ))),
@@ -216,6 +222,7 @@ impl Migration {
             reporter,
             _listener: listener,
             handover,
+            config: Arc::new(config.clone()),
         })
     }
 
@@ -234,6 +241,21 @@ impl Migration {
     /// `vmtun handover --back VIF`: the guest of `vif` runs here again (role old).
     pub fn hand_back(&self, vif: &str) -> Result<(), String> {
         self.old_host()?.hand_back(vif)
+    }
+
+    /// `vmtun vif-up VIF` asked of this instance (libvirt's `<script>`): sets `vif` up, its
+    /// routes now or, if the handover says the VM runs on the other host until its guest's
+    /// first frame here, then.
+    pub fn vif_up(&self, vif: &str) -> Result<(), String> {
+        let routing = match (&self.handover, self.config.vm(vif)) {
+            (Some(handover), Some(_)) => handover.link(vif, index_of(vif)),
+            _ => Routing::Now,
+        };
+        match routing {
+            Routing::Now => crate::vif::up(&self.config, vif),
+            Routing::AtFirstFrame => crate::vif::prepare(&self.config, vif),
+        }
+        .map_err(|e| format!("{e:#}"))
     }
 
     fn old_host(&self) -> Result<&OldHost, String> {

@@ -24,6 +24,9 @@ pub enum Request {
     Handover(String),
     /// Role old: the guest of this VM interface runs here again; route it here.
     HandBack(String),
+    /// `vmtun vif-up VIF` (libvirt's `<script>`): set up this VM interface, routing its VM
+    /// onto it now or once its guest runs there.
+    VifUp(String),
 }
 
 impl Request {
@@ -36,6 +39,7 @@ impl Request {
             ("cutover", None) => Self::Cutover,
             ("handover", Some(vif)) => Self::Handover(vif.to_owned()),
             ("handback", Some(vif)) => Self::HandBack(vif.to_owned()),
+            ("vifup", Some(vif)) => Self::VifUp(vif.to_owned()),
             _ => return None,
         };
         words.next().is_none().then_some(request)
@@ -49,6 +53,7 @@ impl Request {
             Self::Cutover => "cutover\n".into(),
             Self::Handover(vif) => format!("handover {vif}\n"),
             Self::HandBack(vif) => format!("handback {vif}\n"),
+            Self::VifUp(vif) => format!("vifup {vif}\n"),
         }
     }
 }
@@ -257,6 +262,7 @@ mod tests {
             Request::Cutover,
             Request::Handover("vif0".into()),
             Request::HandBack("vnet12".into()),
+            Request::VifUp("vif0".into()),
         ] {
             assert_eq!(Request::parse(&request.line()), Some(request));
         }

@@ -4,8 +4,10 @@
 //! What this sets — a /32 route per VM address onto its interface, and proxy ARP there —
 //! belongs to the interface's life, as in the seed's libvirt script: it is not journaled,
 //! stays when vmtun exits (the moved VM must stay reachable), and goes with the interface.
-//! The one exception is the handover (`crate::handover`): on the old host, [`unroute`] takes
-//! a migrated VM's routes off the interface of its paused source before that goes.
+//! The exceptions are the handover's (`crate::handover`): on the old host, [`unroute`] takes
+//! a migrated VM's routes off the interface of its paused source before that goes; on the
+//! new host, after the cutover, an interface that comes up gets only its proxy ARP
+//! ([`prepare`]) until its guest's first frame (`crate::handover::Routing`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,11 +21,23 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 
 use crate::config::Config;
 use crate::cutover::index_of;
-use crate::handover::Handover;
+use crate::handover::{Handover, Routing};
 use crate::netcfg::{self, Change, NetOps};
+use crate::status::{Reply, Request};
 
-/// `vmtun vif-up IFACE -c FILE`: routes the `[[vm]]` addresses of `iface` onto it and
-/// turns on proxy ARP. Idempotent, so libvirt may call it on every start.
+/// `vmtun vif-up IFACE -c FILE` as run on a host: the running instance for `config` does it
+/// (it knows whether the VM runs here yet: `crate::handover::Routing`); with none running
+/// (or one from before it answered `vifup`), [`up`] here.
+pub fn up_here(config: &Config, iface: &str) -> anyhow::Result<()> {
+    match crate::control::request(config, Request::VifUp(iface.to_owned())) {
+        Ok(Reply::Ok(_)) => Ok(()),
+        Ok(Reply::Error(e)) if !e.starts_with("unknown request") => anyhow::bail!("{e}"),
+        _ => up(config, iface),
+    }
+}
+
+/// `vif-up` itself: routes the `[[vm]]` addresses of `iface` onto it and turns on proxy
+/// ARP. Idempotent, so libvirt may call it on every start.
 pub fn up(config: &Config, iface: &str) -> anyhow::Result<()> {
     let mut ops = netcfg::SystemOps::new()?;
     apply(&mut ops, config, iface)
@@ -39,6 +53,26 @@ pub fn apply(ops: &mut dyn NetOps, config: &Config, iface: &str) -> anyhow::Resu
     })?;
     netcfg::apply_idempotent(ops, &netcfg::vif_up(iface, &vm.addresses))?;
     tracing::info!(iface, addresses = ?vm.addresses, "VM interface routed (gateway answered)");
+    Ok(())
+}
+
+/// What `vif-up` does but the routes: proxy ARP and the rest of the interface's settings, for
+/// an interface whose VM does not run on it yet.
+pub fn prepare(config: &Config, iface: &str) -> anyhow::Result<()> {
+    let vm = config.vm(iface).with_context(|| {
+        format!(
+            "vif-up: no [[vm]] with vif = {iface:?} in {}",
+            config.path.display()
+        )
+    })?;
+    let settings: Vec<Change> = (netcfg::vif_up(iface, &vm.addresses).into_iter())
+        .filter(|c| !matches!(c, Change::Route(_)))
+        .collect();
+    netcfg::apply_idempotent(&mut netcfg::SystemOps::new()?, &settings)?;
+    tracing::info!(
+        iface,
+        "VM interface prepared; its routes wait for its guest"
+    );
     Ok(())
 }
 
@@ -78,14 +112,16 @@ pub async fn watch(config: Arc<Config>, handover: Option<Handover>) {
     // Routed once per time up: a later change of an interface that stays up (its carrier,
     // say) must not put back routes the handover took off it.
     let mut routed: HashSet<String> = HashSet::new();
+    let routing_of = |vif: &str, ifindex: Option<u32>| match &handover {
+        Some(handover) => handover.link(vif, ifindex),
+        None => Routing::Now,
+    };
     for vm in &config.vms {
         let up = is_up(&vm.vif);
+        let routing = routing_of(&vm.vif, up.then(|| index_of(&vm.vif)).flatten());
         if up {
             routed.insert(vm.vif.clone());
-            route_in_background(&config, &vm.vif);
-        }
-        if let Some(handover) = &handover {
-            handover.link(&vm.vif, up.then(|| index_of(&vm.vif)).flatten());
+            set_up_in_background(&config, &vm.vif, routing);
         }
     }
     while let Some((message, _)) = messages.next().await {
@@ -104,13 +140,11 @@ pub async fn watch(config: Arc<Config>, handover: Option<Handover>) {
             continue;
         }
         let up = present && link.header.flags.contains(LinkFlags::Up);
-        if let Some(handover) = &handover {
-            handover.link(&name, up.then_some(link.header.index));
-        }
+        let routing = routing_of(&name, up.then_some(link.header.index));
         if !up {
             routed.remove(&name);
         } else if routed.insert(name.clone()) {
-            route_in_background(&config, &name);
+            set_up_in_background(&config, &name, routing);
         }
     }
 }
@@ -122,12 +156,17 @@ fn is_up(iface: &str) -> bool {
         .is_some_and(|flags| flags & libc::IFF_UP as u32 != 0)
 }
 
-/// Netlink and sysctl writes block; they run off the event loop.
-fn route_in_background(config: &Arc<Config>, iface: &str) {
+/// Sets up a VM interface that came up, routed or not as `routing` says. Netlink and sysctl
+/// writes block; they run off the event loop.
+fn set_up_in_background(config: &Arc<Config>, iface: &str, routing: Routing) {
     let (config, iface) = (config.clone(), iface.to_owned());
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = up(&config, &iface) {
-            tracing::warn!("routing VM interface {iface}: {e:#}");
+        let done = match routing {
+            Routing::Now => up(&config, &iface),
+            Routing::AtFirstFrame => prepare(&config, &iface),
+        };
+        if let Err(e) = done {
+            tracing::warn!("setting up VM interface {iface}: {e:#}");
         }
     });
 }

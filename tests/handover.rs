@@ -286,6 +286,102 @@ fn a_vm_handed_over_at_its_pause_comes_back_unless_the_new_host_confirms_it() ->
     new.down()
 }
 
+/// After the provider's switch the VM's traffic reaches the new host first, and a VM still
+/// on the old host gets it through the tunnel. Moving it then, the destination's interface
+/// appears on the new host at the start of the migration, long before the guest runs
+/// there: the new host must keep sending the VM's traffic to the old host until the guest's
+/// first frame on that interface, then route it there.
+#[test]
+fn after_the_switch_a_moving_vm_is_routed_to_the_new_host_only_once_it_runs_there() -> Result<()> {
+    use helpers::cut_over_with_pings;
+    use vmtun::lab::migration::hosts::CutoverState;
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-switched")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |_, _| {})?;
+    launch_both(&lab, &mut old, &mut new)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    lab.switch_provider()?;
+    cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+
+    // The destination waits for the guest (QEMU with -incoming): its interface is up, it
+    // takes nothing in.
+    let copy = lab.attach_copy(Guest::FIRST, Site::New)?;
+    pause(&copy)?;
+    wait_log(&new, &format!("handover: {VIF} is up: watching it"))?;
+    // Also what libvirt's <script> asks for.
+    new.vif_up(VIF)?;
+    check(!vm_route_on_vif(&lab.new)?, || {
+        format!(
+            "the new host routes the VM to an interface it does not run on yet:\n{}",
+            new.log()
+        )
+    })?;
+    check(common::ping_once(&lab.client, VM_ADDR), || {
+        "the VM, still on the old host, does not answer".into()
+    })?;
+
+    // The guest resumes on the new host (the source pauses).
+    pause(&lab.vm)?;
+    resume(&copy)?;
+    announce(&copy)?;
+    wait_until(WAIT, "the new host to route the VM to its vif0", || {
+        vm_route_on_vif(&lab.new).is_ok_and(|routed| routed)
+    })?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
+
+/// A VM moved to the new host and then back (a reverted move, before the provider's
+/// switch): the old host's interface for it comes up at the start of the migration back,
+/// while the guest still runs on the new host. The old host keeps sending the VM's traffic
+/// through the tunnel until the guest's first frame on that interface, then routes it there.
+#[test]
+fn a_vm_moving_back_is_routed_to_the_old_host_only_once_it_runs_there() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-back-move")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    announce(&copy)?;
+    wait_old_route(&lab, false, &old, &new)?;
+    // The source QEMU exits: its interface goes. The VM runs on the new host.
+    lab.detach_vm(Site::Old)?;
+    wait_log(&old, "the interface it was handed over from is gone")?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+
+    // The migration back begins: the old host's interface comes up, its QEMU waiting.
+    let back = lab.attach_copy(Guest::FIRST, Site::Old)?;
+    pause(&back)?;
+    wait_log(&old, "but its VM runs on the new host")?;
+    old.vif_up(VIF)?;
+    check(!vm_route_on_vif(&lab.old)?, || {
+        format!(
+            "the old host routes the VM to an interface it does not run on yet:\n{}",
+            old.log()
+        )
+    })?;
+    check(common::ping_once(&lab.client, VM_ADDR), || {
+        format!(
+            "the VM, still on the new host, does not answer:\n{}",
+            old.log()
+        )
+    })?;
+
+    // The guest resumes on the old host.
+    pause(&copy)?;
+    resume(&back)?;
+    announce(&back)?;
+    wait_old_route(&lab, true, &old, &new)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    drop(copy);
+    drop(back);
+    old.down()?;
+    new.down()
+}
+
 /// With `handover = "vif-gone"` the old host keeps routing the VM to its interface while it
 /// exists, the guest's frame on the new host notwithstanding (what the bench compares).
 #[test]

@@ -14,6 +14,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::Routing;
 use crate::config::Vm;
 use crate::switch_report::{AckOf, Report, ReportId, VmReport};
 
@@ -36,6 +37,15 @@ pub enum Decision {
         ifindex: u32,
         /// The VM's addresses.
         addresses: Vec<IpAddr>,
+    },
+    /// An interface came up here (index `ifindex`) for a VM that runs on the new host (a
+    /// migration back, its destination waiting): watch it for the guest, keep its routes
+    /// off it until then.
+    Hold {
+        /// The VM's interface here.
+        vif: String,
+        /// Its index.
+        ifindex: u32,
     },
     /// The VM runs here (again): put its routes back on `vif`, stop watching it.
     TakeBack {
@@ -94,17 +104,39 @@ pub enum Keep {
     InterfaceGone,
     /// Handed over at its pause, the new host now reports the guest running there.
     Confirmed,
+    /// The VM's interface on the new host went away while it had none here: it runs nowhere
+    /// known, and an interface for it here is routed at once again.
+    LeftNewHost,
     /// Nothing concerns this VM.
     Unchanged,
 }
 
-/// A VM given away from its interface here.
+/// Where a VM runs, as the old host knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Given {
-    /// Why.
-    by: By,
-    /// The index of the interface the routes were removed from.
-    ifindex: u32,
+enum Place {
+    /// Here (or nowhere known): its routes are on its interface here, if it has one.
+    Here,
+    /// On the new host, its paused source's interface still here (index `ifindex`), the
+    /// routes taken off it.
+    Given { by: By, ifindex: u32 },
+    /// On the new host, with no interface here; `id`: the sighting that says so, if one did.
+    Away { id: Option<ReportId> },
+    /// On the new host, and an interface for it is up here (index `ifindex`): a migration
+    /// back, its destination waiting. Its routes wait for the guest's first frame on it.
+    Held { id: Option<ReportId>, ifindex: u32 },
+}
+
+impl Place {
+    /// The sighting on the new host this place rests on, if any.
+    fn sighting(self) -> Option<ReportId> {
+        match self {
+            Self::Given {
+                by: By::Report(id), ..
+            } => Some(id),
+            Self::Away { id } | Self::Held { id, .. } => id,
+            Self::Here | Self::Given { .. } => None,
+        }
+    }
 }
 
 /// What gave a VM away.
@@ -122,9 +154,27 @@ enum By {
 struct Held {
     vif: String,
     addresses: Vec<IpAddr>,
-    given: Option<Given>,
+    place: Place,
     /// The last sighting acted on: a repeat of it (a late retransmission) never acts again.
     decided: Option<ReportId>,
+}
+
+impl Held {
+    fn take_back(&mut self, because: TakeBack) -> Decision {
+        self.place = Place::Here;
+        Decision::TakeBack {
+            vif: self.vif.clone(),
+            because,
+        }
+    }
+
+    fn hold(&mut self, id: Option<ReportId>, ifindex: u32) -> Decision {
+        self.place = Place::Held { id, ifindex };
+        Decision::Hold {
+            vif: self.vif.clone(),
+            ifindex,
+        }
+    }
 }
 
 /// The old host's custody of its VMs' routes: a sans-IO state machine.
@@ -152,7 +202,7 @@ impl Custody {
                 .map(|vm| Held {
                     vif: vm.vif.clone(),
                     addresses: vm.addresses.clone(),
-                    given: None,
+                    place: Place::Here,
                     decided: None,
                 })
                 .collect(),
@@ -197,57 +247,80 @@ impl Custody {
             return Decision::Keep(Keep::Repeat);
         }
         vm.decided = Some(id);
-        if let Some(given) = vm.given.as_mut() {
-            let confirms = matches!(given.by, By::Pause { .. });
-            given.by = By::Report(id);
-            return Decision::Keep(if confirms {
-                Keep::Confirmed
-            } else {
-                Keep::AlreadyGiven
-            });
-        }
-        match ifindex_of(&vm.vif) {
-            None => Decision::Keep(Keep::NoInterface),
-            Some(ifindex) => {
-                vm.given = Some(Given {
+        let (place, keep) = match vm.place {
+            Place::Given {
+                by: By::Pause { .. },
+                ifindex,
+            } => (
+                Place::Given {
                     by: By::Report(id),
                     ifindex,
-                });
-                Decision::GiveAway {
-                    vif: vm.vif.clone(),
+                },
+                Keep::Confirmed,
+            ),
+            Place::Given { ifindex, .. } => (
+                Place::Given {
+                    by: By::Report(id),
                     ifindex,
-                    addresses: vm.addresses.clone(),
+                },
+                Keep::AlreadyGiven,
+            ),
+            Place::Away { .. } => (Place::Away { id: Some(id) }, Keep::AlreadyGiven),
+            Place::Held { ifindex, .. } => (
+                Place::Held {
+                    id: Some(id),
+                    ifindex,
+                },
+                Keep::AlreadyGiven,
+            ),
+            Place::Here => match ifindex_of(&vm.vif) {
+                None => (Place::Away { id: Some(id) }, Keep::NoInterface),
+                Some(ifindex) => {
+                    vm.place = Place::Given {
+                        by: By::Report(id),
+                        ifindex,
+                    };
+                    return Decision::GiveAway {
+                        vif: vm.vif.clone(),
+                        ifindex,
+                        addresses: vm.addresses.clone(),
+                    };
                 }
-            }
-        }
+            },
+        };
+        vm.place = place;
+        Decision::Keep(keep)
     }
 
     fn gone(vm: &mut Held, id: ReportId, ifindex_of: &impl Fn(&str) -> Option<u32>) -> Decision {
-        match vm.given {
-            Some(given) if given.by == By::Report(id) => {
-                vm.given = None;
-                if ifindex_of(&vm.vif) == Some(given.ifindex) {
-                    Decision::TakeBack {
-                        vif: vm.vif.clone(),
-                        because: TakeBack::GoneFromNewHost,
-                    }
-                } else {
-                    Decision::Keep(Keep::InterfaceGone)
-                }
+        if vm.place.sighting() != Some(id) {
+            return Decision::Keep(Keep::NotGiven);
+        }
+        match vm.place {
+            Place::Given { ifindex, .. } | Place::Held { ifindex, .. }
+                if ifindex_of(&vm.vif) == Some(ifindex) =>
+            {
+                vm.take_back(TakeBack::GoneFromNewHost)
             }
-            _ => Decision::Keep(Keep::NotGiven),
+            Place::Away { .. } => {
+                vm.place = Place::Here;
+                Decision::Keep(Keep::LeftNewHost)
+            }
+            _ => {
+                vm.place = Place::Here;
+                Decision::Keep(Keep::InterfaceGone)
+            }
         }
     }
 
     /// A frame arrived from the guest on `vif` (index `ifindex`) here.
     pub fn handle_guest_frame(&mut self, vif: &str, ifindex: u32) -> Decision {
         match self.vms.iter_mut().find(|vm| vm.vif == vif) {
-            Some(vm) if vm.given.is_some_and(|g| g.ifindex == ifindex) => {
-                vm.given = None;
-                Decision::TakeBack {
-                    vif: vm.vif.clone(),
-                    because: TakeBack::GuestSentHere,
-                }
+            Some(vm)
+                if matches!(vm.place,
+                    Place::Given { ifindex: i, .. } | Place::Held { ifindex: i, .. } if i == ifindex) =>
+            {
+                vm.take_back(TakeBack::GuestSentHere)
             }
             _ => Decision::Keep(Keep::Unchanged),
         }
@@ -267,16 +340,16 @@ impl Custody {
             return Err(Refusal::Off);
         }
         let vm = self.held(vif)?;
-        if vm.given.is_some() {
+        if vm.place != Place::Here {
             return Ok(Decision::Keep(Keep::AlreadyGiven));
         }
         let ifindex = ifindex_of(vif).ok_or(Refusal::NoInterface)?;
-        vm.given = Some(Given {
+        vm.place = Place::Given {
             by: By::Pause {
                 confirm_by: now + CONFIRM_WITHIN,
             },
             ifindex,
-        });
+        };
         Ok(Decision::GiveAway {
             vif: vm.vif.clone(),
             ifindex,
@@ -285,15 +358,13 @@ impl Custody {
     }
 
     /// The source runs the guest of `vif` again (a failed or cancelled migration): take it
-    /// back if it was given away.
+    /// back if it was given away (or its interface here held).
     pub fn handle_resume(&mut self, vif: &str) -> Result<Decision, Refusal> {
         let vm = self.held(vif)?;
-        Ok(match vm.given.take() {
-            Some(_) => Decision::TakeBack {
-                vif: vm.vif.clone(),
-                because: TakeBack::SourceResumed,
-            },
-            None => Decision::Keep(Keep::NotGiven),
+        Ok(match vm.place {
+            Place::Given { .. } | Place::Held { .. } => vm.take_back(TakeBack::SourceResumed),
+            Place::Away { .. } => Decision::Keep(Keep::NoInterface),
+            Place::Here => Decision::Keep(Keep::NotGiven),
         })
     }
 
@@ -307,50 +378,71 @@ impl Custody {
     /// handed over at its pause and not yet confirmed.
     pub fn poll_timeout(&self) -> Option<Instant> {
         (self.vms.iter())
-            .filter_map(|vm| match vm.given?.by {
-                By::Pause { confirm_by } => Some(confirm_by),
-                By::Report(_) => None,
+            .filter_map(|vm| match vm.place {
+                Place::Given {
+                    by: By::Pause { confirm_by },
+                    ..
+                } => Some(confirm_by),
+                _ => None,
             })
             .min()
     }
 
     /// The VMs handed over at their pause whose deadline passed by `now` come back.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Decision> {
-        let mut back = Vec::new();
-        for vm in &mut self.vms {
-            if let Some(Given {
-                by: By::Pause { confirm_by },
-                ..
-            }) = vm.given
-                && confirm_by <= now
-            {
-                vm.given = None;
-                back.push(Decision::TakeBack {
-                    vif: vm.vif.clone(),
-                    because: TakeBack::NotConfirmed,
-                });
-            }
-        }
-        back
+        (self.vms.iter_mut())
+            .filter(|vm| {
+                matches!(vm.place, Place::Given { by: By::Pause { confirm_by }, .. } if confirm_by <= now)
+            })
+            .map(|vm| vm.take_back(TakeBack::NotConfirmed))
+            .collect()
     }
 
-    /// `vif` is up with index `ifindex`, or gone (`None`): an interface the VM was given
+    /// `vif` is up with index `ifindex`, or gone (`None`). An interface the VM was given
     /// away from that is no longer there is forgotten (its routes went with it; nothing is
-    /// restored).
+    /// restored); an interface that comes up for a VM running on the new host is held: its
+    /// routes wait for the guest's first frame on it.
     pub fn handle_link(&mut self, vif: &str, ifindex: Option<u32>) -> Decision {
-        match self.vms.iter_mut().find(|vm| vm.vif == vif) {
-            Some(vm) if vm.given.is_some_and(|g| Some(g.ifindex) != ifindex) => {
-                vm.given = None;
-                Decision::Keep(Keep::InterfaceGone)
+        let Some(vm) = self.vms.iter_mut().find(|vm| vm.vif == vif) else {
+            return Decision::Keep(Keep::Unchanged);
+        };
+        let (id, now_at) = match vm.place {
+            Place::Given { ifindex: was, .. } | Place::Held { ifindex: was, .. }
+                if ifindex != Some(was) =>
+            {
+                (vm.place.sighting(), ifindex)
             }
-            _ => Decision::Keep(Keep::Unchanged),
+            Place::Away { id } => (id, ifindex),
+            _ => return Decision::Keep(Keep::Unchanged),
+        };
+        match now_at {
+            Some(index) => vm.hold(id, index),
+            None => {
+                let was_away = matches!(vm.place, Place::Away { .. });
+                vm.place = Place::Away { id };
+                Decision::Keep(if was_away {
+                    Keep::Unchanged
+                } else {
+                    Keep::InterfaceGone
+                })
+            }
         }
     }
 
-    /// The VMs given away now, by interface here (for `vmtun status`).
+    /// When the VM routes of `vif`, up now, may go on it: at its guest's first frame while
+    /// it is held.
+    pub fn routing(&self, vif: &str) -> Routing {
+        match self.vms.iter().find(|vm| vm.vif == vif) {
+            Some(vm) if matches!(vm.place, Place::Held { .. }) => Routing::AtFirstFrame,
+            _ => Routing::Now,
+        }
+    }
+
+    /// The VMs whose interface here has no routes because they run on the new host (for
+    /// `vmtun status`).
     pub fn given_away(&self) -> Vec<String> {
         (self.vms.iter())
-            .filter(|vm| vm.given.is_some())
+            .filter(|vm| matches!(vm.place, Place::Given { .. } | Place::Held { .. }))
             .map(|vm| vm.vif.clone())
             .collect()
     }
@@ -554,15 +646,106 @@ mod tests {
             c.handle_guest_frame("vif0", 7),
             Decision::Keep(Keep::Unchanged)
         );
+        // The VM then leaves the new host too: it runs nowhere known.
         assert_eq!(
-            c.handle_report(&gone(1), vif0_is_7).0,
-            Decision::Keep(Keep::NotGiven)
+            c.handle_report(&gone(1), |_| None).0,
+            Decision::Keep(Keep::LeftNewHost)
         );
-        // Recreated under a new index (the VM back here), the old custody is forgotten too.
-        c.handle_report(&here(2), vif0_is_7);
+    }
+
+    #[test]
+    fn an_interface_coming_up_for_a_vm_on_the_new_host_waits_for_its_guest() {
+        let mut c = custody(true);
+        c.handle_report(&here(1), vif0_is_7);
+        c.handle_link("vif0", None);
+        assert_eq!(c.routing("vif0"), Routing::Now);
+        // A migration back: its destination's interface comes up here, the guest still
+        // runs on the new host.
+        let held = Decision::Hold {
+            vif: "vif0".into(),
+            ifindex: 12,
+        };
+        assert_eq!(c.handle_link("vif0", Some(12)), held);
+        assert_eq!(c.routing("vif0"), Routing::AtFirstFrame);
+        assert_eq!(c.given_away(), ["vif0"]);
         assert_eq!(
             c.handle_link("vif0", Some(12)),
-            Decision::Keep(Keep::InterfaceGone)
+            Decision::Keep(Keep::Unchanged)
+        );
+        assert_eq!(
+            c.handle_pause("vif0", |_| Some(12), at(0)),
+            Ok(Decision::Keep(Keep::AlreadyGiven))
+        );
+        // Not its guest's interface: nothing.
+        assert_eq!(
+            c.handle_guest_frame("vif0", 7),
+            Decision::Keep(Keep::Unchanged)
+        );
+        assert_eq!(
+            c.handle_guest_frame("vif0", 12),
+            take_back(TakeBack::GuestSentHere)
+        );
+        assert_eq!(c.routing("vif0"), Routing::Now);
+        assert!(c.given_away().is_empty());
+        // Its interface on the new host goes after that: nothing more.
+        assert_eq!(
+            c.handle_report(&gone(1), |_| Some(12)).0,
+            Decision::Keep(Keep::NotGiven)
+        );
+    }
+
+    #[test]
+    fn a_held_interface_gets_the_vm_when_it_leaves_the_new_host_or_resumes_here() {
+        let mut c = custody(true);
+        c.handle_report(&here(1), vif0_is_7);
+        // The source replaced at once (the index changed): held too.
+        assert_eq!(
+            c.handle_link("vif0", Some(12)),
+            Decision::Hold {
+                vif: "vif0".into(),
+                ifindex: 12
+            }
+        );
+        assert_eq!(
+            c.handle_report(&gone(1), |_| Some(12)).0,
+            take_back(TakeBack::GoneFromNewHost)
+        );
+        c.handle_report(&here(2), |_| Some(12));
+        c.handle_link("vif0", None);
+        c.handle_link("vif0", Some(13));
+        assert_eq!(
+            c.handle_resume("vif0"),
+            Ok(take_back(TakeBack::SourceResumed))
+        );
+        // Held, then gone, then the VM left the new host: routed at once next time.
+        c.handle_report(&here(3), |_| Some(13));
+        c.handle_link("vif0", None);
+        c.handle_link("vif0", Some(14));
+        c.handle_link("vif0", None);
+        assert_eq!(
+            c.handle_report(&gone(3), |_| None).0,
+            Decision::Keep(Keep::LeftNewHost)
+        );
+        assert_eq!(
+            c.handle_link("vif0", Some(15)),
+            Decision::Keep(Keep::Unchanged)
+        );
+        assert_eq!(c.routing("vif0"), Routing::Now);
+    }
+
+    #[test]
+    fn a_vm_reported_on_the_new_host_without_an_interface_here_is_held_when_one_comes() {
+        let mut c = custody(true);
+        assert_eq!(
+            c.handle_report(&here(1), |_| None).0,
+            Decision::Keep(Keep::NoInterface)
+        );
+        assert_eq!(
+            c.handle_link("vif0", Some(7)),
+            Decision::Hold {
+                vif: "vif0".into(),
+                ifindex: 7
+            }
         );
     }
 

@@ -18,7 +18,16 @@
 //!   traffic to the new host. It watches that interface meanwhile: a frame from the guest
 //!   there (the migration failed and the source resumed), or the new host's interface gone
 //!   while the source's is still here, puts the routes back ([`crate::vif::apply`]). When
-//!   the source's interface goes away, nothing is restored ([`Custody`]).
+//!   the source's interface goes away, nothing is restored ([`Custody`]);
+//! - the old host may also give a VM away before that, at its source's pause (`vmtun
+//!   handover VIF`, which `crate::libvirt_events` runs on libvirt's event): the new host's
+//!   waiting interface queues what the VM is sent until the guest resumes there, and the
+//!   new host's report confirms it (else the routes come back after [`CONFIRM_WITHIN`]);
+//! - an interface that comes up for a VM that runs on the other host waits for its guest
+//!   ([`Routing::AtFirstFrame`]): on the old host, a migration back's destination; on the
+//!   new host, once the VM's subnet has cut over there, any migration's destination. Its
+//!   routes go on at the guest's first frame on it; until then the tunnel carries the VM's
+//!   traffic to where it runs.
 //!
 //! What keeps a report from taking a running VM away from the old host:
 //! - only the new host's vmtun can send one: it travels inside the tunnel, authenticated by
@@ -55,6 +64,16 @@ pub use first_frame::{Ended, FirstFrame};
 pub use new_host::NewHost;
 pub use old_host::OldHost;
 
+/// When a VM interface that came up may carry its VM's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// At once (`vif-up` as ever).
+    Now,
+    /// Only at the guest's first frame on it: the VM runs on the other host meanwhile, and
+    /// the handover puts the routes on when that frame comes.
+    AtFirstFrame,
+}
+
 /// The handover of one host, as the VM interface watcher reaches it.
 #[derive(Clone)]
 pub enum Handover {
@@ -65,8 +84,9 @@ pub enum Handover {
 }
 
 impl Handover {
-    /// The configured VM interface `vif` is up with index `ifindex`, or gone (`None`).
-    pub fn link(&self, vif: &str, ifindex: Option<u32>) {
+    /// The configured VM interface `vif` is up with index `ifindex`, or gone (`None`); when
+    /// its VM's routes may go on it.
+    pub fn link(&self, vif: &str, ifindex: Option<u32>) -> Routing {
         match self {
             Self::New(host) => host.link(vif, ifindex),
             Self::Old(host) => host.link(vif, ifindex),

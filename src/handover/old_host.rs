@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
-use super::{CONFIRM_WITHIN, Custody, Decision, Ended, FirstFrame, Keep, Refusal, TakeBack};
+use super::{
+    CONFIRM_WITHIN, Custody, Decision, Ended, FirstFrame, Keep, Refusal, Routing, TakeBack,
+};
 use crate::config::Config;
 use crate::cutover::index_of;
 use crate::netcfg::{NetOps, SystemOps};
@@ -65,8 +67,9 @@ impl OldHost {
         ack
     }
 
-    /// `vif` is up with index `ifindex`, or gone (the VM interface watcher).
-    pub fn link(&self, vif: &str, ifindex: Option<u32>) {
+    /// `vif` is up with index `ifindex`, or gone (the VM interface watcher, `vif-up`); when
+    /// its VM's routes may go on it.
+    pub fn link(&self, vif: &str, ifindex: Option<u32>) -> Routing {
         let mut inner = lock(&self.inner);
         let decision = inner.custody.handle_link(vif, ifindex);
         let about = match ifindex {
@@ -74,6 +77,7 @@ impl OldHost {
             None => format!("{vif} is gone here"),
         };
         carry_out(&self.inner, &mut inner, decision, &about);
+        inner.custody.routing(vif)
     }
 
     /// The source paused the guest of `vif` for the migration's last stage (`vmtun handover
@@ -180,6 +184,21 @@ fn watch_ended(shared: &Weak<Mutex<Inner>>, vif: &str, ended: Ended) {
     );
 }
 
+/// Watches `vif` (index `ifindex`) for a frame from the guest, which takes the VM back.
+fn watch_for_guest(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, vif: &str, ifindex: u32) {
+    let weak = Arc::downgrade(shared);
+    let name = vif.to_owned();
+    match FirstFrame::watch(vif, ifindex, move |ended| watch_ended(&weak, &name, ended)) {
+        Ok(watch) => {
+            inner.watches.insert(vif.to_owned(), watch);
+        }
+        Err(e) => tracing::warn!(
+            "handover: cannot watch {vif} for the guest ({e}): its routes will not come back \
+             by themselves should it run here (`vmtun handover --back {vif}` does it)"
+        ),
+    }
+}
+
 /// Does what `decision` says, and logs it (`about`: what it answers).
 fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, about: &str) {
     match decision {
@@ -189,17 +208,7 @@ fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, 
             addresses,
         } => {
             // Watching first: a frame from the guest here from now on is not missed.
-            let weak = Arc::downgrade(shared);
-            let name = vif.clone();
-            match FirstFrame::watch(&vif, ifindex, move |ended| watch_ended(&weak, &name, ended)) {
-                Ok(watch) => {
-                    inner.watches.insert(vif.clone(), watch);
-                }
-                Err(e) => tracing::warn!(
-                    "handover: cannot watch {vif} for the guest ({e}): its routes will not come \
-                     back by themselves should it resume here (`vmtun vif-up {vif}` does it)"
-                ),
-            }
+            watch_for_guest(shared, inner, &vif, ifindex);
             match crate::vif::unroute(&mut inner.ops, &inner.config, &vif) {
                 Ok(()) => tracing::info!(
                     vif,
@@ -210,6 +219,22 @@ fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, 
                 Err(e) => tracing::warn!(
                     "handover: {about}, but removing the VM's routes to {vif} failed: {e:#}; \
                      its traffic goes to {vif} until that goes"
+                ),
+            }
+        }
+        Decision::Hold { vif, ifindex } => {
+            watch_for_guest(shared, inner, &vif, ifindex);
+            // Nothing should have routed it yet (`vif-up` asks this instance); made sure.
+            let unrouted = crate::vif::unroute(&mut inner.ops, &inner.config, &vif);
+            match unrouted {
+                Ok(()) => tracing::info!(
+                    vif,
+                    "handover: {about}, but its VM runs on the new host: the tunnel carries its \
+                     traffic until the guest's first frame on {vif}"
+                ),
+                Err(e) => tracing::warn!(
+                    "handover: {about}, but its VM runs on the new host; keeping its routes off \
+                     {vif} failed: {e:#}"
                 ),
             }
         }
@@ -249,6 +274,9 @@ fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, 
                 Keep::NoInterface => "that VM has no interface here: nothing to hand over",
                 Keep::AlreadyGiven => "handed over already",
                 Keep::Confirmed => "the handover at its pause stands",
+                Keep::LeftNewHost => {
+                    "it runs nowhere known now: an interface for it here is routed at once"
+                }
                 Keep::InterfaceGone => {
                     "the interface it was handed over from is gone: nothing to restore"
                 }
