@@ -86,6 +86,8 @@ pub struct Paths {
     pub state: PathBuf,
     /// Which subnets have cut over here; outlives the instance.
     pub cutover_memory: PathBuf,
+    /// Role old: which VMs run on the new host (`crate::handover`); outlives the instance.
+    pub handover_memory: PathBuf,
     /// Where a vmtun from before the files were keyed by namespace kept its state file,
     /// `/run/vmtun/<interface>.json`: `up` and `down` still undo it, where its changes are.
     pub legacy_state: PathBuf,
@@ -110,6 +112,7 @@ impl Paths {
             lock: dir.join(format!("{name}.lock")),
             state: netcfg::state_path(&dir, name),
             cutover_memory: netcfg::memory_path(&dir, name),
+            handover_memory: dir.join(format!("{name}.handover.json")),
             legacy_state: netcfg::state_path(Path::new(RUN_DIR), name),
             legacy_lock: Path::new(RUN_DIR).join(format!("{name}.lock")),
             legacy_socket: Path::new(RUN_DIR).join(format!("{name}.sock")),

@@ -126,9 +126,13 @@ impl Migration {
                     journal.clone(),
                 )))
             }),
-            (Role::Old, _) if !config.vms.is_empty() => Some(Handover::Old(Arc::new(
-                OldHost::new(Arc::new(config.clone()), handover_on)?,
-            ))),
+            (Role::Old, _) if !config.vms.is_empty() => {
+                Some(Handover::Old(Arc::new(OldHost::new(
+                    Arc::new(config.clone()),
+                    handover_on,
+                    crate::control::Paths::of(config)?.handover_memory,
+                )?)))
+            }
             _ => None,
         };
         if let Some(reporter) = &reporter {

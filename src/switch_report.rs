@@ -59,7 +59,7 @@ const ACK: &str = "vmtun-ack/1 ";
 /// Names one sighting of a guest on the new host, so that the old host can tell a repeat
 /// from a new migration, and match an acknowledgement to its report. Random: unique across
 /// restarts of either host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ReportId(pub u64);
 
 impl std::fmt::Display for ReportId {

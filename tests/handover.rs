@@ -382,6 +382,45 @@ fn a_vm_moving_back_is_routed_to_the_old_host_only_once_it_runs_there() -> Resul
     new.down()
 }
 
+/// The old host's vmtun restarted mid-move (a package upgrade, a crash) keeps what it knew:
+/// the VM that runs on the new host stays off the paused source's interface, which is still
+/// there, and a frame from the guest there still brings it back.
+#[test]
+fn a_restarted_old_host_keeps_a_migrated_vm_off_its_paused_source() -> Result<()> {
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-restart")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    announce(&copy)?;
+    wait_old_route(&lab, false, &old, &new)?;
+
+    old.stop()?;
+    old.launch()?;
+    // Up again, it finds vif0 up and its VM in [[vm]]: as ever, it would route it.
+    wait_log(&old, "as the last instance knew")?;
+    std::thread::sleep(Duration::from_secs(1));
+    check(!vm_route_on_vif(&lab.old)?, || {
+        format!(
+            "the restarted old host routes the VM to its paused source again:\n{}",
+            old.log()
+        )
+    })?;
+    let status = old.status()?;
+    check(
+        status["migration"]["handed_over"] == serde_json::json!([VIF]),
+        || format!("vmtun status on the old host: {status}"),
+    )?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+
+    // The migration "fails": the source runs again and sends on its interface.
+    resume(&lab.vm)?;
+    announce(&lab.vm)?;
+    wait_old_route(&lab, true, &old, &new)?;
+    drop(copy);
+    old.down()?;
+    new.down()
+}
+
 /// With `handover = "vif-gone"` the old host keeps routing the VM to its interface while it
 /// exists, the guest's frame on the new host notwithstanding (what the bench compares).
 #[test]

@@ -14,6 +14,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::Routing;
 use crate::config::Vm;
 use crate::switch_report::{AckOf, Report, ReportId, VmReport};
@@ -111,6 +113,31 @@ pub enum Keep {
     Unchanged,
 }
 
+/// What the old host knows of one VM that runs on the new host, kept across its restarts
+/// (the custody's memory file): a restarted old host must not route the VM back onto its
+/// paused source, nor onto a migration back's waiting destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remembered {
+    /// The VM's interface here (its `[[vm]]`'s `vif`).
+    pub vif: String,
+    /// The VM's addresses when remembered: a changed `[[vm]]` forgets it.
+    pub addresses: Vec<IpAddr>,
+    /// The new host's sighting of the guest, if one said so.
+    pub sighting: Option<ReportId>,
+    /// Its interface here whose routes are kept off, if any.
+    pub kept_off: Option<KeptOff>,
+}
+
+/// An interface here that does not carry its VM, which runs on the new host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeptOff {
+    /// The paused source's, given away (its index).
+    Source(u32),
+    /// A migration back's destination, waiting for the guest (its index).
+    Destination(u32),
+}
+
 /// Where a VM runs, as the old host knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -193,8 +220,33 @@ fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
 }
 
 impl Custody {
-    /// Custody of `vms`, all running here; `enabled` is `handover = "first-frame"`.
-    pub fn new(vms: &[Vm], enabled: bool) -> Self {
+    /// Custody of `vms`, running here but those `remembered` on the new host by an earlier
+    /// instance (see [`Self::remembered`]); `enabled` is `handover = "first-frame"`.
+    /// `ifindex_of` reads an interface's index here: a remembered interface since replaced
+    /// or gone counts as gone.
+    pub fn new(
+        vms: &[Vm],
+        enabled: bool,
+        remembered: &[Remembered],
+        ifindex_of: impl Fn(&str) -> Option<u32>,
+    ) -> Self {
+        let place_of = |vm: &Vm| {
+            let r = (remembered.iter())
+                .find(|r| r.vif == vm.vif && same_addresses(&r.addresses, &vm.addresses))?;
+            let (id, here) = (r.sighting, ifindex_of(&vm.vif));
+            Some(match (r.kept_off, id) {
+                (Some(KeptOff::Source(ifindex)), Some(id)) if here == Some(ifindex) => {
+                    Place::Given {
+                        by: By::Report(id),
+                        ifindex,
+                    }
+                }
+                (Some(KeptOff::Destination(ifindex)), _) if here == Some(ifindex) => {
+                    Place::Held { id, ifindex }
+                }
+                _ => Place::Away { id },
+            })
+        };
         Self {
             enabled,
             vms: vms
@@ -202,11 +254,50 @@ impl Custody {
                 .map(|vm| Held {
                     vif: vm.vif.clone(),
                     addresses: vm.addresses.clone(),
-                    place: Place::Here,
+                    place: place_of(vm).unwrap_or(Place::Here),
                     decided: None,
                 })
                 .collect(),
         }
+    }
+
+    /// What a restarted old host must know: the VMs that run on the new host, but those
+    /// handed over at their pause and not yet confirmed (a restart takes them back, as
+    /// their deadline would).
+    pub fn remembered(&self) -> Vec<Remembered> {
+        (self.vms.iter())
+            .filter_map(|vm| {
+                let kept_off = match vm.place {
+                    Place::Here
+                    | Place::Given {
+                        by: By::Pause { .. },
+                        ..
+                    } => return None,
+                    Place::Given { ifindex, .. } => Some(KeptOff::Source(ifindex)),
+                    Place::Held { ifindex, .. } => Some(KeptOff::Destination(ifindex)),
+                    Place::Away { .. } => None,
+                };
+                Some(Remembered {
+                    vif: vm.vif.clone(),
+                    addresses: vm.addresses.clone(),
+                    sighting: vm.place.sighting(),
+                    kept_off,
+                })
+            })
+            .collect()
+    }
+
+    /// The interfaces here to watch for their guest, as [`Self::new`] found them: the VMs'
+    /// whose routes stay off them (index).
+    pub fn watched(&self) -> Vec<(String, u32)> {
+        (self.vms.iter())
+            .filter_map(|vm| match vm.place {
+                Place::Given { ifindex, .. } | Place::Held { ifindex, .. } => {
+                    Some((vm.vif.clone(), ifindex))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// A VM report from the new host: the decision, and the acknowledgement to send back
@@ -430,10 +521,12 @@ impl Custody {
     }
 
     /// When the VM routes of `vif`, up now, may go on it: at its guest's first frame while
-    /// it is held.
+    /// they are kept off it (given away or held).
     pub fn routing(&self, vif: &str) -> Routing {
         match self.vms.iter().find(|vm| vm.vif == vif) {
-            Some(vm) if matches!(vm.place, Place::Held { .. }) => Routing::AtFirstFrame,
+            Some(vm) if matches!(vm.place, Place::Held { .. } | Place::Given { .. }) => {
+                Routing::AtFirstFrame
+            }
             _ => Routing::Now,
         }
     }
@@ -454,20 +547,71 @@ mod tests {
 
     const VM: &str = "203.0.113.2";
 
+    fn vms() -> Vec<Vm> {
+        vec![
+            Vm {
+                vif: "vif0".into(),
+                addresses: vec![VM.parse().unwrap(), "2001:db8:1::2".parse().unwrap()],
+            },
+            Vm {
+                vif: "vif1".into(),
+                addresses: vec!["203.0.113.3".parse().unwrap()],
+            },
+        ]
+    }
+
     fn custody(enabled: bool) -> Custody {
-        Custody::new(
-            &[
-                Vm {
-                    vif: "vif0".into(),
-                    addresses: vec![VM.parse().unwrap(), "2001:db8:1::2".parse().unwrap()],
-                },
-                Vm {
-                    vif: "vif1".into(),
-                    addresses: vec!["203.0.113.3".parse().unwrap()],
-                },
-            ],
-            enabled,
-        )
+        Custody::new(&vms(), enabled, &[], vif0_is_7)
+    }
+
+    /// A restart: a new custody from what this one remembers; `ifindex_of` as it is then.
+    fn restarted(c: &Custody, ifindex_of: impl Fn(&str) -> Option<u32>) -> Custody {
+        let text = serde_json::to_string(&c.remembered()).unwrap();
+        let remembered: Vec<Remembered> = serde_json::from_str(&text).unwrap();
+        Custody::new(&vms(), true, &remembered, ifindex_of)
+    }
+
+    #[test]
+    fn a_restarted_old_host_keeps_what_runs_on_the_new_host_off_its_interfaces() {
+        let mut c = custody(true);
+        assert!(c.remembered().is_empty());
+        c.handle_report(&here(1), vif0_is_7);
+        // The paused source still here: still given away, watched, not routed.
+        let mut again = restarted(&c, vif0_is_7);
+        assert_eq!(again.given_away(), ["vif0"]);
+        assert_eq!(again.watched(), [("vif0".to_owned(), 7)]);
+        assert_eq!(again.routing("vif0"), Routing::AtFirstFrame);
+        assert_eq!(
+            again.handle_guest_frame("vif0", 7),
+            take_back(TakeBack::GuestSentHere)
+        );
+        // The source gone meanwhile: away, so a migration back's interface is held.
+        let mut away = restarted(&c, |_| None);
+        assert!(away.watched().is_empty());
+        assert_eq!(
+            away.handle_link("vif0", Some(9)),
+            Decision::Hold {
+                vif: "vif0".into(),
+                ifindex: 9
+            }
+        );
+        // A held destination is held again; its VM leaving the new host routes it.
+        let mut held = restarted(&away, |vif| (vif == "vif0").then_some(9));
+        assert_eq!(held.watched(), [("vif0".to_owned(), 9)]);
+        assert_eq!(
+            held.handle_report(&gone(1), |_| Some(9)).0,
+            take_back(TakeBack::GoneFromNewHost)
+        );
+        // A handover at the pause not yet confirmed is not remembered: a restart takes it
+        // back, as its deadline would.
+        let mut paused = custody(true);
+        paused.handle_pause("vif0", vif0_is_7, at(0)).unwrap();
+        assert!(paused.remembered().is_empty());
+        // Nor is a VM whose [[vm]] changed.
+        let mut other = c.remembered();
+        other[0].addresses.pop();
+        let fresh = Custody::new(&vms(), true, &other, vif0_is_7);
+        assert!(fresh.given_away().is_empty());
     }
 
     fn vm_report(id: u64, addresses: &[&str]) -> VmReport {

@@ -59,7 +59,9 @@ mod old_host;
 use std::sync::Arc;
 
 pub use announce::{Announcer, MAX_SENDS, RETRY_FIRST, RETRY_MAX, Transmit, VmEvent};
-pub use custody::{CONFIRM_WITHIN, Custody, Decision, Keep, Refusal, TakeBack};
+pub use custody::{
+    CONFIRM_WITHIN, Custody, Decision, Keep, KeptOff, Refusal, Remembered, TakeBack,
+};
 pub use first_frame::{Ended, FirstFrame};
 pub use new_host::NewHost;
 pub use old_host::OldHost;

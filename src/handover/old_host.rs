@@ -4,11 +4,13 @@
 //! frames, the VM interface watcher's links and the control socket's `handover` requests.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use super::{
-    CONFIRM_WITHIN, Custody, Decision, Ended, FirstFrame, Keep, Refusal, Routing, TakeBack,
+    CONFIRM_WITHIN, Custody, Decision, Ended, FirstFrame, Keep, Refusal, Remembered, Routing,
+    TakeBack,
 };
 use crate::config::Config;
 use crate::cutover::index_of;
@@ -26,6 +28,10 @@ struct Inner {
     config: Arc<Config>,
     /// The interfaces given away, watched for the guest.
     watches: HashMap<String, FirstFrame>,
+    /// Where the custody's memory is kept for the next instance.
+    memory: PathBuf,
+    /// What it holds now.
+    remembered: Vec<Remembered>,
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -34,17 +40,37 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 
 impl OldHost {
     /// Custody of `config`'s VMs; `enabled` is `handover = "first-frame"` (otherwise
-    /// reports are acknowledged and ignored). Opens its netlink socket now, in this network
+    /// reports are acknowledged and ignored). What an earlier instance knew of VMs on the
+    /// new host is read from `memory` (and kept there): their interfaces here stay without
+    /// routes, watched for the guest. Opens its netlink socket now, in this network
     /// namespace.
-    pub fn new(config: Arc<Config>, enabled: bool) -> anyhow::Result<Self> {
-        Ok(Self {
-            inner: Arc::new(Mutex::new(Inner {
-                custody: Custody::new(&config.vms, enabled),
-                ops: SystemOps::new()?,
-                config,
-                watches: HashMap::new(),
-            })),
-        })
+    pub fn new(config: Arc<Config>, enabled: bool, memory: PathBuf) -> anyhow::Result<Self> {
+        let remembered = read_memory(&memory);
+        let shared = Arc::new(Mutex::new(Inner {
+            custody: Custody::new(&config.vms, enabled, &remembered, index_of),
+            ops: SystemOps::new()?,
+            config,
+            watches: HashMap::new(),
+            memory,
+            remembered,
+        }));
+        {
+            let mut guard = lock(&shared);
+            let inner = &mut *guard;
+            for (vif, ifindex) in inner.custody.watched() {
+                watch_for_guest(&shared, inner, &vif, ifindex);
+                match crate::vif::unroute(&mut inner.ops, &inner.config, &vif) {
+                    Ok(()) => tracing::info!(
+                        vif,
+                        "handover: as the last instance knew, the VM of {vif} runs on the new \
+                         host: no routes on {vif} until its guest sends there"
+                    ),
+                    Err(e) => tracing::warn!("handover: keeping the routes off {vif}: {e:#}"),
+                }
+            }
+            remember(inner);
+        }
+        Ok(Self { inner: shared })
     }
 
     /// A report from the new host (the listener's thread): carried out; the answer to send.
@@ -128,6 +154,48 @@ impl Drop for OldHost {
     }
 }
 
+/// The custody's memory an earlier instance left at `path` (none if there is none, or it
+/// cannot be read: then the VMs count as running here, as without it).
+fn read_memory(path: &Path) -> Vec<Remembered> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            tracing::warn!("handover: ignoring {} ({e})", path.display());
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Writes the custody's memory when it changed (atomically: a new file renamed over the
+/// old), or removes it when there is nothing to remember.
+fn remember(inner: &mut Inner) {
+    let remembered = inner.custody.remembered();
+    if remembered == inner.remembered && remembered.is_empty() == !inner.memory.exists() {
+        return;
+    }
+    let path = &inner.memory;
+    let written = if remembered.is_empty() {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    } else {
+        let tmp = path.with_extension("json.tmp");
+        serde_json::to_vec_pretty(&remembered)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, path))
+    };
+    match written {
+        Ok(()) => inner.remembered = remembered,
+        Err(e) => tracing::warn!(
+            "handover: cannot keep {} ({e}): a restart would route the VMs on the new host \
+             here again",
+            path.display()
+        ),
+    }
+}
+
 /// What a refused `handover` request tells the operator, in one line.
 fn explain(refusal: Refusal, vif: &str, config: &Config) -> String {
     match refusal {
@@ -199,8 +267,14 @@ fn watch_for_guest(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, vif: &str, ifi
     }
 }
 
-/// Does what `decision` says, and logs it (`about`: what it answers).
+/// Does what `decision` says, logs it (`about`: what it answers), and keeps what the
+/// custody knows for the next instance.
 fn carry_out(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, about: &str) {
+    carry_out_only(shared, inner, decision, about);
+    remember(inner);
+}
+
+fn carry_out_only(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, decision: Decision, about: &str) {
     match decision {
         Decision::GiveAway {
             vif,
