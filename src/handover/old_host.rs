@@ -170,7 +170,7 @@ fn read_memory(path: &Path) -> Vec<Remembered> {
 /// old), or removes it when there is nothing to remember.
 fn remember(inner: &mut Inner) {
     let remembered = inner.custody.remembered();
-    if remembered == inner.remembered && remembered.is_empty() == !inner.memory.exists() {
+    if remembered == inner.remembered && remembered.is_empty() != inner.memory.exists() {
         return;
     }
     let path = &inner.memory;
