@@ -24,6 +24,7 @@ use crate::config::Config;
 pub use crate::control_access::Access;
 use crate::control_access::Caller;
 use crate::driver::DriverHandle;
+use crate::handover::VmRequests;
 use crate::netcfg;
 pub use crate::status::{Reply, Request, Status};
 
@@ -139,13 +140,15 @@ impl Paths {
 }
 
 /// Serves the control socket at `path` to those `access` admits: each connection's request
-/// goes to the event loop through `driver`, and its reply back to the client. The caller
+/// goes to the event loop through `driver` (a VM request to `vms`, beside it), and its reply
+/// back to the client. The caller
 /// holds the instance lock, so a socket file already there is a dead instance's and is
 /// replaced.
 pub fn listen(
     path: &Path,
     access: Access,
     driver: DriverHandle,
+    vms: VmRequests,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)
@@ -154,7 +157,12 @@ pub fn listen(
     let access = std::sync::Arc::new(access);
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_client(stream, access.clone(), driver.clone()));
+            tokio::spawn(serve_client(
+                stream,
+                access.clone(),
+                driver.clone(),
+                vms.clone(),
+            ));
         }
     }))
 }
@@ -163,6 +171,7 @@ async fn serve_client(
     stream: tokio::net::UnixStream,
     access: std::sync::Arc<Access>,
     driver: DriverHandle,
+    vms: VmRequests,
 ) {
     let Ok(caller) = Caller::of(stream.as_fd()) else {
         return;
@@ -178,6 +187,12 @@ async fn serve_client(
         Ok(Ok(_)) => match Request::parse(&line) {
             Some(request) => match access.refusal(&caller, &request) {
                 Some(refusal) => Reply::Error(refusal),
+                None if VmRequests::serves(&request) => {
+                    match tokio::task::spawn_blocking(move || vms.answer(&request)).await {
+                        Ok(Some(reply)) => reply,
+                        _ => return,
+                    }
+                }
                 None => match driver.request(request).await {
                     Some(reply) => reply,
                     None => return,

@@ -387,17 +387,10 @@ impl Driver {
                 },
                 None => Reply::Error("no [migration] in the config: nothing to cut over".into()),
             },
-            Request::Handover(vif) => self.on_handover(|m| m.hand_over(&vif)),
-            Request::HandBack(vif) => self.on_handover(|m| m.hand_back(&vif)),
-            Request::VifUp(vif) => self.on_handover(|m| m.vif_up(&vif)),
-        }
-    }
-
-    /// A `handover` or `vifup` request: `carry_out` on the migration, if there is one.
-    fn on_handover(&self, carry_out: impl FnOnce(&Migration) -> Result<(), String>) -> Reply {
-        match &self.migration {
-            Some(m) => carry_out(m).map_or_else(Reply::Error, |()| Reply::Ok(None)),
-            None => Reply::Error("no [migration] in the config: it has no [[vm]]".into()),
+            // The control socket serves them off this thread (`handover::VmRequests`).
+            Request::Handover(_) | Request::HandBack(_) | Request::VifUp(_) => {
+                Reply::Error("a VM request is not the data path's".into())
+            }
         }
     }
 

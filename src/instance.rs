@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::control::{self, Paths, Request};
 use crate::driver::{Command, Driver, Exit, Identity};
+use crate::handover::VmRequests;
 use crate::migration::Migration;
 use crate::netcfg::{self, Change, NetError, NetOps, SharedJournal, SysctlKey};
 use crate::noise::{PeerConfig, Tunnel, TunnelConfig};
@@ -279,6 +280,7 @@ async fn run_driver(
         .map(|m| Migration::start(m, config, journal))
         .transpose()?;
     let handover = migration.as_ref().and_then(Migration::handover);
+    let vm_requests = VmRequests::new(Arc::new(config.clone()), handover.clone());
     let vifs = (!config.vms.is_empty())
         .then(|| tokio::spawn(crate::vif::watch(Arc::new(config.clone()), handover)));
     let (driver, handle) = Driver::new(
@@ -293,7 +295,7 @@ async fn run_driver(
         interface: config.interface.name.clone(),
         group: config.control.group.clone(),
     };
-    let listener = control::listen(&paths.socket, access, handle.clone())?;
+    let listener = control::listen(&paths.socket, access, handle.clone(), vm_requests)?;
     let metrics = metrics
         .map(|m| crate::metrics::serve(m, handle.clone()))
         .transpose()?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, CutoverMode, Gateway, HandoverMode, Role};
 use crate::cutover::{CutoverStatus, MacAddr, Phase, Uplink, Watcher, index_of};
-use crate::handover::{Announcer, Handover, NewHost, OldHost, Routing};
+use crate::handover::{Announcer, Handover, NewHost, OldHost};
 use crate::netcfg::{self, Family, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
 use crate::switch_report::{Listener, Reporter};
 
@@ -88,8 +88,6 @@ pub struct Migration {
     _listener: Option<Listener>,
     /// The VM handover, for the VM interface watcher.
     handover: Option<Handover>,
-    /// The config, for `vif-up` requests.
-    config: Arc<Config>,
 }
 
 impl Migration {
@@ -226,7 +224,6 @@ impl Migration {
             reporter,
             _listener: listener,
             handover,
-            config: Arc::new(config.clone()),
         })
     }
 
@@ -234,40 +231,6 @@ impl Migration {
     /// reports), for the VM interface watcher; `None` when there is none to run.
     pub fn handover(&self) -> Option<Handover> {
         self.handover.clone()
-    }
-
-    /// `vmtun handover VIF`: the guest of `vif` is paused for the migration's last stage
-    /// (role old).
-    pub fn hand_over(&self, vif: &str) -> Result<(), String> {
-        self.old_host()?.hand_over_at_pause(vif)
-    }
-
-    /// `vmtun handover --back VIF`: the guest of `vif` runs here again (role old).
-    pub fn hand_back(&self, vif: &str) -> Result<(), String> {
-        self.old_host()?.hand_back(vif)
-    }
-
-    /// `vmtun vif-up VIF` asked of this instance (libvirt's `<script>`): sets `vif` up, its
-    /// routes now or, if the handover says the VM runs on the other host until its guest's
-    /// first frame here, then.
-    pub fn vif_up(&self, vif: &str) -> Result<(), String> {
-        let routing = match (&self.handover, self.config.vm(vif)) {
-            (Some(handover), Some(_)) => handover.link(vif, index_of(vif)),
-            _ => Routing::Now,
-        };
-        match routing {
-            Routing::Now => crate::vif::up(&self.config, vif),
-            Routing::AtFirstFrame => crate::vif::prepare(&self.config, vif),
-        }
-        .map_err(|e| format!("{e:#}"))
-    }
-
-    fn old_host(&self) -> Result<&OldHost, String> {
-        match (&self.handover, self.role) {
-            (Some(Handover::Old(old)), _) => Ok(old),
-            (_, Role::New) => Err("a handover is the old host's (role old): run it there".into()),
-            (_, Role::Old) => Err("no [[vm]] in the config: no VM to hand over".into()),
-        }
     }
 
     /// `vmtun cutover`: stops the watcher and removes every mark rule now.

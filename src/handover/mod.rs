@@ -55,6 +55,7 @@ mod custody;
 mod first_frame;
 mod new_host;
 mod old_host;
+mod requests;
 
 use std::sync::Arc;
 
@@ -65,6 +66,7 @@ pub use custody::{
 pub use first_frame::{Ended, FirstFrame};
 pub use new_host::NewHost;
 pub use old_host::OldHost;
+pub use requests::VmRequests;
 
 /// When a VM interface that came up may carry its VM's routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
