@@ -23,6 +23,7 @@
 //!   routing it to the paused source (pure state machines for each side, a packet-socket
 //!   edge, and the reports through [`switch_report`]'s channel); also at the source's pause,
 //!   on `vmtun handover`, which [`libvirt_events`] makes from libvirt's lifecycle events.
+//!   Its control requests are served on the tokio runtime, never on the driver's thread.
 //! - [`restore`]: notices when another program removes what netcfg's journal records, and
 //!   puts it back (a sans-IO pacer and a tokio task on netlink notifications).
 //! - At the edge of the process: [`output`] (a command's stdout, quiet when its reader goes
