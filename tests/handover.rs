@@ -87,6 +87,21 @@ fn resume(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
+/// The migration "fails": the paused source in `lab.vm` runs again and sends on its
+/// interface; waits until the old host routes the VM there again.
+fn source_resumes(lab: &MigrationLab, old: &HostVmtun<'_>, new: &HostVmtun<'_>) -> Result<()> {
+    resume(&lab.vm)?;
+    announce(&lab.vm)?;
+    wait_old_route(lab, true, old, new)
+}
+
+/// Ends a test: the guest's copy unplugged, both hosts' vmtun down.
+fn finish(copy: Netns, mut old: HostVmtun<'_>, mut new: HostVmtun<'_>) -> Result<()> {
+    drop(copy);
+    old.down()?;
+    new.down()
+}
+
 /// Waits until `host`'s log has `line`.
 fn wait_log(host: &HostVmtun<'_>, line: &str) -> Result<()> {
     wait_until(
@@ -130,7 +145,7 @@ fn the_guests_first_frame_on_the_new_host_moves_its_traffic_off_the_paused_sourc
     preflight(&["nft", "ping"]);
     let scratch = Scratch::new("handover")?;
     let lab = MigrationLab::build(1)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
 
     announce(&copy)?;
     wait_old_route(&lab, false, &old, &new)?;
@@ -156,13 +171,9 @@ fn the_guests_first_frame_on_the_new_host_moves_its_traffic_off_the_paused_sourc
     })?;
 
     // The migration "fails": the source runs again and sends on its interface.
-    resume(&lab.vm)?;
-    announce(&lab.vm)?;
-    wait_old_route(&lab, true, &old, &new)?;
+    source_resumes(&lab, &old, &new)?;
     check(old.log().contains("runs here again"), || old.log())?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
 
 /// The new host's interface going away without a guest frame (QEMU's destination given up
@@ -174,7 +185,7 @@ fn the_new_hosts_interface_gone_leaves_or_gives_back_the_old_hosts_routes() -> R
     preflight(&["nft", "ping"]);
     let scratch = Scratch::new("handover-back")?;
     let lab = MigrationLab::build(1)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
 
     lab.new.ip(&["link", "del", VIF])?;
     wait_log(&new, &format!("handover: {VIF} is gone"))?;
@@ -195,9 +206,7 @@ fn the_new_hosts_interface_gone_leaves_or_gives_back_the_old_hosts_routes() -> R
         old.log().contains("its interface on the new host is gone"),
         || old.log(),
     )?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
 
 /// `vmtun handover vif0` on the old host at the source's pause (issue 12, item 3) sends the
@@ -210,7 +219,7 @@ fn a_vm_handed_over_at_its_pause_goes_to_the_new_host_at_once_and_stays_once_con
     preflight(&["nft", "ping"]);
     let scratch = Scratch::new("handover-pause")?;
     let lab = MigrationLab::build(1)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
 
     let said = old.command(&["handover", VIF])?;
     check(said.contains("goes to the new host"), || said.clone())?;
@@ -232,9 +241,7 @@ fn a_vm_handed_over_at_its_pause_goes_to_the_new_host_at_once_and_stays_once_con
         format!("a confirmed handover came back:\n{}", old.log())
     })?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
 
 /// A VM handed over at its pause comes back to the source when the new host never reports
@@ -246,7 +253,7 @@ fn a_vm_handed_over_at_its_pause_comes_back_unless_the_new_host_confirms_it() ->
     preflight(&["nft", "ping"]);
     let scratch = Scratch::new("handover-pause-back")?;
     let lab = MigrationLab::build(1)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
 
     old.command(&["handover", VIF])?;
     check(!vm_route_on_vif(&lab.old)?, || old.log())?;
@@ -281,9 +288,7 @@ fn a_vm_handed_over_at_its_pause_comes_back_unless_the_new_host_confirms_it() ->
         )?;
     }
     check(vm_route_on_vif(&lab.old)?, || old.log())?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
 
 /// After the provider's switch the VM's traffic reaches the new host first, and a VM still
@@ -330,9 +335,7 @@ fn after_the_switch_a_moving_vm_is_routed_to_the_new_host_only_once_it_runs_ther
         vm_route_on_vif(&lab.new).is_ok_and(|routed| routed)
     })?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
 
 /// A VM moved to the new host and then back (a reverted move, before the provider's
@@ -344,7 +347,7 @@ fn a_vm_moving_back_is_routed_to_the_old_host_only_once_it_runs_there() -> Resul
     preflight(&["nft", "ping"]);
     let scratch = Scratch::new("handover-back-move")?;
     let lab = MigrationLab::build(1)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
     announce(&copy)?;
     wait_old_route(&lab, false, &old, &new)?;
     // The source QEMU exits: its interface goes. The VM runs on the new host.
@@ -376,10 +379,8 @@ fn a_vm_moving_back_is_routed_to_the_old_host_only_once_it_runs_there() -> Resul
     announce(&back)?;
     wait_old_route(&lab, true, &old, &new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
-    drop(copy);
     drop(back);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
 
 /// The old host's vmtun restarted mid-move (a package upgrade, a crash) keeps what it knew:
@@ -390,7 +391,7 @@ fn a_restarted_old_host_keeps_a_migrated_vm_off_its_paused_source() -> Result<()
     preflight(&["nft", "ping"]);
     let scratch = Scratch::new("handover-restart")?;
     let lab = MigrationLab::build(1)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    let (mut old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
     announce(&copy)?;
     wait_old_route(&lab, false, &old, &new)?;
 
@@ -413,12 +414,8 @@ fn a_restarted_old_host_keeps_a_migrated_vm_off_its_paused_source() -> Result<()
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
 
     // The migration "fails": the source runs again and sends on its interface.
-    resume(&lab.vm)?;
-    announce(&lab.vm)?;
-    wait_old_route(&lab, true, &old, &new)?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    source_resumes(&lab, &old, &new)?;
+    finish(copy, old, new)
 }
 
 /// With `handover = "vif-gone"` the old host keeps routing the VM to its interface while it
@@ -428,7 +425,7 @@ fn with_handover_vif_gone_the_route_stays_until_the_source_interface_goes() -> R
     preflight(&["nft", "ping"]);
     let scratch = Scratch::new("handover-off")?;
     let lab = MigrationLab::build(1)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "vif-gone")?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "vif-gone")?;
     announce(&copy)?;
     // The copy answers through the tunnel only once the source's interface is gone.
     check(!common::ping_once(&lab.client, VM_ADDR), || {
@@ -438,9 +435,7 @@ fn with_handover_vif_gone_the_route_stays_until_the_source_interface_goes() -> R
     lab.detach_vm(Site::Old)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     check(!old.log().contains(GIVEN_AWAY), || old.log())?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
 
 /// A report the new host did not send through the tunnel takes nothing: "the VM runs here"
@@ -458,7 +453,7 @@ fn a_report_forged_from_outside_the_tunnel_takes_nothing() -> Result<()> {
     // rp_filter off on the hosts: the forged source, routed through the tunnel there, is not
     // refused by the kernel before vmtun's socket could see it.
     let lab = MigrationLab::build(0)?;
-    let (mut old, mut new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
 
     // What reaches the old host's own stack for the report port, outside the tunnel.
     lab.old.run("nft", &["add", "table", "inet", "forged"])?;
@@ -527,7 +522,5 @@ fn a_report_forged_from_outside_the_tunnel_takes_nothing() -> Result<()> {
 
     announce(&copy)?;
     wait_old_route(&lab, false, &old, &new)?;
-    drop(copy);
-    old.down()?;
-    new.down()
+    finish(copy, old, new)
 }
