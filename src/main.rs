@@ -130,12 +130,20 @@ enum Command {
     },
     /// Route a VM interface's addresses and enable proxy ARP on it; for libvirt's
     /// `<script path=...>`. Idempotent.
+    ///
+    /// With a vmtun running, it decides: an interface that comes up for a VM running on the
+    /// other host (a migration's destination, waiting) gets its routes only at its guest's
+    /// first frame.
     VifUp {
         /// The VM interface, e.g. vif0.
         iface: String,
         /// Config file listing the VM's addresses in `[[vm]]`.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Route it now, whatever the running vmtun holds: the VM runs here, but its guest
+        /// has sent nothing yet.
+        #[arg(long)]
+        now: bool,
     },
     /// Run the whole move on this machine in network namespaces (root): progress, a
     /// timeline and a per-phase summary of what a client saw.
@@ -262,9 +270,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::FollowLibvirt { config, connect } => {
             vmtun::libvirt_events::follow(&Config::load(&config)?, &connect)?;
         }
-        Command::VifUp { iface, config } => {
+        Command::VifUp { iface, config, now } => {
             let config = Config::load(&config)?;
-            vmtun::vif::up_here(&config, &iface)?;
+            if now {
+                vmtun::vif::up(&config, &iface)?;
+            } else {
+                vmtun::vif::up_here(&config, &iface)?;
+            }
         }
         Command::Demo(args) => vmtun::demo::run(&args)?,
         Command::Completions { shell } => {

@@ -372,6 +372,13 @@ fn a_vm_moving_back_is_routed_to_the_old_host_only_once_it_runs_there() -> Resul
             old.log()
         )
     })?;
+    // The operator's override routes it at once; taken off again for the rest.
+    old.command(&["vif-up", "--now", VIF])?;
+    check(vm_route_on_vif(&lab.old)?, || {
+        "vif-up --now did not route".into()
+    })?;
+    lab.old
+        .ip(&["route", "del", &format!("{VM_ADDR}/32"), "dev", VIF])?;
 
     // The guest resumes on the old host.
     pause(&copy)?;
