@@ -170,6 +170,7 @@ impl Migration {
                     gateways,
                 };
                 let hold = m.cutover_hold;
+                let new_host = new_host_of(&handover);
                 Some(Watcher::spawn(&uplink, waiting, move |d| {
                     if !hold.is_zero() {
                         tracing::info!(
@@ -190,6 +191,9 @@ impl Migration {
                     );
                     if let Some(report) = &report {
                         report.switched(d.subnet);
+                    }
+                    if let Some(new_host) = &new_host {
+                        new_host.cut_over(d.subnet);
                     }
                     Ok::<_, netcfg::NetError>(removal.gone_at)
                 })?)
@@ -254,6 +258,11 @@ impl Migration {
                 reporter.report(net.trunc());
             }
         }
+        if let Some(new_host) = new_host_of(&self.handover) {
+            for net in &self.subnets {
+                new_host.cut_over(net.trunc());
+            }
+        }
         Ok(self.manual.insert(ManualCutover {
             at: SystemTime::now(),
             removed: removal.removed,
@@ -291,6 +300,14 @@ impl Migration {
             switched_subnets,
             handed_over,
         }
+    }
+}
+
+/// The new host's handover, to tell of a cutover.
+fn new_host_of(handover: &Option<Handover>) -> Option<Arc<NewHost>> {
+    match handover {
+        Some(Handover::New(host)) => Some(host.clone()),
+        _ => None,
     }
 }
 

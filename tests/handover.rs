@@ -338,6 +338,44 @@ fn after_the_switch_a_moving_vm_is_routed_to_the_new_host_only_once_it_runs_ther
     finish(copy, old, new)
 }
 
+/// The provider switches while a migration to the new host is under way: the destination's
+/// interface, routed when it came up (before the switch the old host decides what crosses
+/// the tunnel), loses the VM's routes at the cutover until the guest's first frame there,
+/// so the VM, still on the old host, stays reachable through the tunnel.
+#[test]
+fn a_switch_during_a_migration_keeps_the_vm_off_its_waiting_destination() -> Result<()> {
+    use helpers::cut_over_with_pings;
+    use vmtun::lab::migration::hosts::CutoverState;
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-switch-during")?;
+    let lab = MigrationLab::build(1)?;
+    let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "first-frame")?;
+    // The source runs; its destination waits (QEMU with -incoming takes nothing in).
+    pause(&copy)?;
+    resume(&lab.vm)?;
+    wait_until(
+        WAIT,
+        "the new host to route the VM onto its waiting vif0",
+        || vm_route_on_vif(&lab.new).is_ok_and(|routed| routed),
+    )?;
+
+    lab.switch_provider()?;
+    cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
+    wait_log(&new, "has cut over while vif0 waits for its guest")?;
+    check(!vm_route_on_vif(&lab.new)?, || new.log())?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+
+    // The guest resumes on the new host.
+    pause(&lab.vm)?;
+    resume(&copy)?;
+    announce(&copy)?;
+    wait_until(WAIT, "the new host to route the VM to its vif0", || {
+        vm_route_on_vif(&lab.new).is_ok_and(|routed| routed)
+    })?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    finish(copy, old, new)
+}
+
 /// A VM moved to the new host and then back (a reverted move, before the provider's
 /// switch): the old host's interface for it comes up at the start of the migration back,
 /// while the guest still runs on the new host. The old host keeps sending the VM's traffic

@@ -8,14 +8,17 @@
 //! routes are put on it only at the guest's first frame there ([`Routing::AtFirstFrame`]).
 //! Before the cutover they go on at once: the old host decides then what crosses the tunnel
 //! (and hands a VM over at its source's pause, when the waiting interface must take it).
+//! A cutover while such an interface waits (the switch during a migration) takes its routes
+//! off again until the guest's first frame ([`NewHost::cut_over`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use ipnet::IpNet;
 
 use super::{Ended, FirstFrame, Routing, VmEvent};
 use crate::config::Config;
-use crate::netcfg::SharedJournal;
+use crate::netcfg::{SharedJournal, SystemOps};
 use crate::switch_report::{ReportId, ReportSender};
 
 /// Role new with `handover = "first-frame"`: watches the VM interfaces for their guests.
@@ -29,14 +32,26 @@ pub struct NewHost {
 /// One VM interface watched for its guest.
 struct Watch {
     frame: FirstFrame,
-    /// Whether its routes wait for the guest's first frame, and whether that came.
-    held: bool,
-    framed: Arc<AtomicBool>,
+    guest: Arc<Mutex<Guest>>,
 }
 
-impl Watch {
+/// What the new host knows of the guest behind one interface; its routes change only under
+/// this lock, so a frame and a cutover arriving together leave them right.
+#[derive(Debug, Default)]
+struct Guest {
+    /// Its routes wait for the guest's first frame.
+    held: bool,
+    /// That frame came: the guest runs here.
+    framed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Guest {
     fn routing(&self) -> Routing {
-        if self.held && !self.framed.load(Ordering::Acquire) {
+        if self.held && !self.framed {
             Routing::AtFirstFrame
         } else {
             Routing::Now
@@ -68,11 +83,11 @@ impl NewHost {
     /// `vif` is up with index `ifindex` (watch it for the guest's first frame), or gone;
     /// when its VM's routes may go on it.
     pub fn link(&self, vif: &str, ifindex: Option<u32>) -> Routing {
-        let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut watches = lock(&self.watches);
         if let (Some(index), Some(watch)) = (ifindex, watches.get(vif))
             && watch.frame.ifindex() == index
         {
-            return watch.routing();
+            return lock(&watch.guest).routing();
         }
         let was_watched = watches.remove(vif).is_some();
         self.reports.vm(VmEvent::Link {
@@ -85,26 +100,17 @@ impl NewHost {
             }
             return Routing::Now;
         };
-        let held = self.cut_over_for(vif);
-        let framed = Arc::new(AtomicBool::new(false));
+        let guest = Arc::new(Mutex::new(Guest {
+            held: self.cut_over_for(vif),
+            framed: false,
+        }));
         let on_frame = {
-            let (reports, config, framed) =
-                (self.reports.clone(), self.config.clone(), framed.clone());
+            let (reports, config, guest) =
+                (self.reports.clone(), self.config.clone(), guest.clone());
             let name = vif.to_owned();
             move |ended| match ended {
                 Ended::Frame { ifindex, at } => {
-                    if held {
-                        match crate::vif::up(&config, &name) {
-                            Ok(()) => tracing::info!(
-                                "handover: the guest of {name} runs here: its routes are on {name}"
-                            ),
-                            Err(e) => tracing::warn!(
-                                "handover: the guest of {name} runs here, but routing it failed: \
-                                 {e:#}; run `vmtun vif-up {name}`"
-                            ),
-                        }
-                    }
-                    framed.store(true, Ordering::Release);
+                    guest_runs_here(&config, &name, &guest);
                     reports.vm(VmEvent::GuestFrame {
                         vif: name,
                         ifindex,
@@ -117,7 +123,8 @@ impl NewHost {
         };
         match FirstFrame::watch(vif, index, on_frame) {
             Ok(frame) => {
-                if held {
+                let routing = lock(&guest).routing();
+                if routing == Routing::AtFirstFrame {
                     tracing::info!(
                         vif,
                         "handover: {vif} is up: its VM's subnet has cut over here, so the VM \
@@ -128,13 +135,7 @@ impl NewHost {
                     vif,
                     "handover: {vif} is up: watching it for the guest's first frame"
                 );
-                let watch = Watch {
-                    frame,
-                    held,
-                    framed,
-                };
-                let routing = watch.routing();
-                watches.insert(vif.to_owned(), watch);
+                watches.insert(vif.to_owned(), Watch { frame, guest });
                 routing
             }
             Err(e) => {
@@ -145,6 +146,51 @@ impl NewHost {
                 Routing::Now
             }
         }
+    }
+
+    /// `subnet` has cut over here: a VM interface of it that is up but has not seen its
+    /// guest yet (a migration under way during the switch) loses its routes until the
+    /// guest's first frame, as one coming up now would.
+    pub fn cut_over(&self, subnet: IpNet) {
+        for (vif, watch) in lock(&self.watches).iter() {
+            let in_subnet = (self.config.vm(vif))
+                .is_some_and(|vm| vm.addresses.iter().any(|a| subnet.contains(a)));
+            let mut guest = lock(&watch.guest);
+            if !in_subnet || guest.framed || guest.held {
+                continue;
+            }
+            guest.held = true;
+            let unrouted = SystemOps::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|mut ops| crate::vif::unroute(&mut ops, &self.config, vif));
+            match unrouted {
+                Ok(()) => tracing::info!(
+                    vif,
+                    "handover: {subnet} has cut over while {vif} waits for its guest: the VM \
+                     stays routed through the tunnel until the guest's first frame on {vif}"
+                ),
+                Err(e) => tracing::warn!(
+                    "handover: {subnet} has cut over while {vif} waits for its guest, but \
+                     taking its routes off failed: {e:#}"
+                ),
+            }
+        }
+    }
+}
+
+/// The guest's first frame on `vif`: it runs here; its routes go on if they were held.
+fn guest_runs_here(config: &Config, vif: &str, guest: &Mutex<Guest>) {
+    let mut guest = lock(guest);
+    guest.framed = true;
+    if !guest.held {
+        return;
+    }
+    match crate::vif::up(config, vif) {
+        Ok(()) => tracing::info!("handover: the guest of {vif} runs here: its routes are on {vif}"),
+        Err(e) => tracing::warn!(
+            "handover: the guest of {vif} runs here, but routing it failed: {e:#}; run \
+             `vmtun vif-up --now {vif}`"
+        ),
     }
 }
 

@@ -253,8 +253,14 @@ fn enter(name: &str) -> Result<()> {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // vmtun's files for the namespace (its memories of a cutover or a handover outlive
+        // an instance, not the namespace they describe).
+        let files = self.id().map(|id| id.dir());
         destroy_netns(&self.name);
         registry::unregister(&self.name);
+        if let Ok(dir) = files {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
