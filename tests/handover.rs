@@ -335,6 +335,16 @@ fn after_the_switch_a_moving_vm_is_routed_to_the_new_host_only_once_it_runs_ther
         vm_route_on_vif(&lab.new).is_ok_and(|routed| routed)
     })?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
+
+    // Its interface taken down and up again (the routes go with "down"): the guest runs
+    // there, so it is routed again at once, not held.
+    lab.new.ip(&["link", "set", VIF, "down"])?;
+    lab.new.ip(&["link", "set", VIF, "up"])?;
+    wait_until(
+        WAIT,
+        "the new host to route the VM to its vif0 again",
+        || vm_route_on_vif(&lab.new).is_ok_and(|routed| routed),
+    )?;
     finish(copy, old, new)
 }
 

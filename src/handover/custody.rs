@@ -231,6 +231,9 @@ impl Custody {
         ifindex_of: impl Fn(&str) -> Option<u32>,
     ) -> Self {
         let place_of = |vm: &Vm| {
+            if !enabled {
+                return None;
+            }
             let r = (remembered.iter())
                 .find(|r| r.vif == vm.vif && same_addresses(&r.addresses, &vm.addresses))?;
             let (id, here) = (r.sighting, ifindex_of(&vm.vif));
@@ -607,6 +610,9 @@ mod tests {
         let mut paused = custody(true);
         paused.handle_pause("vif0", vif0_is_7, at(0)).unwrap();
         assert!(paused.remembered().is_empty());
+        // Nothing is held with the handover off.
+        let off = Custody::new(&vms(), false, &c.remembered(), vif0_is_7);
+        assert!(off.given_away().is_empty());
         // Nor is a VM whose [[vm]] changed.
         let mut other = c.remembered();
         other[0].addresses.pop();

@@ -27,6 +27,9 @@ pub struct NewHost {
     config: Arc<Config>,
     journal: SharedJournal,
     watches: Mutex<HashMap<String, Watch>>,
+    /// The interfaces (and their index) whose guest has run here: one taken down and up
+    /// again (same index) still carries a running guest, not a migration's destination.
+    ran_here: Mutex<HashMap<String, u32>>,
 }
 
 /// One VM interface watched for its guest.
@@ -68,6 +71,7 @@ impl NewHost {
             config,
             journal,
             watches: Mutex::new(HashMap::new()),
+            ran_here: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,7 +93,16 @@ impl NewHost {
         {
             return lock(&watch.guest).routing();
         }
-        let was_watched = watches.remove(vif).is_some();
+        let was = watches.remove(vif);
+        let was_watched = was.is_some();
+        if let Some(watch) = was {
+            let mut ran_here = lock(&self.ran_here);
+            if lock(&watch.guest).framed {
+                ran_here.insert(vif.to_owned(), watch.frame.ifindex());
+            } else {
+                ran_here.remove(vif);
+            }
+        }
         self.reports.vm(VmEvent::Link {
             vif: vif.to_owned(),
             ifindex,
@@ -100,9 +113,10 @@ impl NewHost {
             }
             return Routing::Now;
         };
+        let ran_here = lock(&self.ran_here).get(vif) == Some(&index);
         let guest = Arc::new(Mutex::new(Guest {
-            held: self.cut_over_for(vif),
-            framed: false,
+            held: !ran_here && self.cut_over_for(vif),
+            framed: ran_here,
         }));
         let on_frame = {
             let (reports, config, guest) =
