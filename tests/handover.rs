@@ -56,6 +56,14 @@ fn wait_old_route(
     })
 }
 
+/// Waits until the new host routes the VM onto its vif0; its log in the error.
+fn wait_new_route(lab: &MigrationLab, new: &HostVmtun<'_>) -> Result<()> {
+    wait_until(WAIT, "the new host to route the VM to its vif0", || {
+        vm_route_on_vif(&lab.new).is_ok_and(|routed| routed)
+    })
+    .map_err(|e| vmtun::lab::LabError::Failed(format!("{e}\n--- new host:\n{}", new.log())))
+}
+
 /// QEMU's RARP announcement from `ns`'s eth0 (the guest's MAC), as at resume.
 fn announce(ns: &Netns) -> Result<()> {
     let mac = mac_of(ns, "eth0")?;
@@ -331,20 +339,14 @@ fn after_the_switch_a_moving_vm_is_routed_to_the_new_host_only_once_it_runs_ther
     pause(&lab.vm)?;
     resume(&copy)?;
     announce(&copy)?;
-    wait_until(WAIT, "the new host to route the VM to its vif0", || {
-        vm_route_on_vif(&lab.new).is_ok_and(|routed| routed)
-    })?;
+    wait_new_route(&lab, &new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
 
     // Its interface taken down and up again (the routes go with "down"): the guest runs
     // there, so it is routed again at once, not held.
     lab.new.ip(&["link", "set", VIF, "down"])?;
     lab.new.ip(&["link", "set", VIF, "up"])?;
-    wait_until(
-        WAIT,
-        "the new host to route the VM to its vif0 again",
-        || vm_route_on_vif(&lab.new).is_ok_and(|routed| routed),
-    )?;
+    wait_new_route(&lab, &new)?;
     finish(copy, old, new)
 }
 
@@ -363,11 +365,7 @@ fn a_switch_during_a_migration_keeps_the_vm_off_its_waiting_destination() -> Res
     // The source runs; its destination waits (QEMU with -incoming takes nothing in).
     pause(&copy)?;
     resume(&lab.vm)?;
-    wait_until(
-        WAIT,
-        "the new host to route the VM onto its waiting vif0",
-        || vm_route_on_vif(&lab.new).is_ok_and(|routed| routed),
-    )?;
+    wait_new_route(&lab, &new)?;
 
     lab.switch_provider()?;
     cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
@@ -379,9 +377,7 @@ fn a_switch_during_a_migration_keeps_the_vm_off_its_waiting_destination() -> Res
     pause(&lab.vm)?;
     resume(&copy)?;
     announce(&copy)?;
-    wait_until(WAIT, "the new host to route the VM to its vif0", || {
-        vm_route_on_vif(&lab.new).is_ok_and(|routed| routed)
-    })?;
+    wait_new_route(&lab, &new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     finish(copy, old, new)
 }
