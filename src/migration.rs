@@ -26,7 +26,7 @@ use crate::config::{self, Config, CutoverMode, Gateway, HandoverMode, Role};
 use crate::cutover::{CutoverStatus, MacAddr, Phase, Uplink, Watcher, index_of};
 use crate::handover::{Announcer, Handover, NewHost, OldHost};
 use crate::netcfg::{self, Family, NFT_SWITCHED_SET, NFT_TABLE, SharedJournal};
-use crate::switch_report::{Listener, Reporter};
+use crate::switch_report::{Listener, OnPaused, Reporter};
 
 /// How long `vmtun up` waits for the kernel to resolve a gateway's MAC it does not know yet.
 const GATEWAY_RESOLVE_WAIT: Duration = Duration::from_secs(3);
@@ -107,12 +107,14 @@ impl Migration {
         let (cut_over_before, waiting): (Vec<IpNet>, Vec<IpNet>) = (m.subnets.iter())
             .partition(|s| m.role == Role::New && remembered.contains(&s.trunc()));
         let handover_on = m.handover == HandoverMode::FirstFrame && !config.vms.is_empty();
+        let on_paused = OnPaused::default();
         let reporter = match m.role {
             Role::New => Some(Reporter::start(
                 &config.interface.name,
                 here,
                 m.via,
                 handover_on.then(|| Announcer::new(&config.vms)),
+                on_paused.clone(),
             )?),
             Role::Old => None,
         };
@@ -133,6 +135,9 @@ impl Migration {
             }
             _ => None,
         };
+        if let Some(new_host) = new_host_of(&handover) {
+            let _ = on_paused.set(Box::new(move |addresses| new_host.paused_there(addresses)));
+        }
         if let Some(reporter) = &reporter {
             for net in &cut_over_before {
                 reporter.report(net.trunc());
@@ -206,14 +211,21 @@ impl Migration {
                     Some(Handover::Old(old)) => Some(old.clone()),
                     _ => None,
                 };
-                Some(Listener::start(
+                let listener = Listener::start(
                     &config.interface.name,
                     here,
                     m.via,
                     m.subnets.iter().map(IpNet::trunc).collect(),
                     |net| netcfg::add_subnet_to_set(NFT_TABLE, NFT_SWITCHED_SET, net),
-                    move |report| old.as_ref().and_then(|old| old.handle_report(report)),
-                )?)
+                    {
+                        let old = old.clone();
+                        move |report| old.as_ref().and_then(|old| old.handle_report(report))
+                    },
+                )?;
+                if let Some(old) = &old {
+                    old.tell_the_new_host(listener.to_peer());
+                }
+                Some(listener)
             }
             Role::New => None,
         };

@@ -15,7 +15,9 @@
 //! routing the VM's addresses to the paused source; or that interface went away again. They
 //! are repeated until the old host acknowledges them ([`Report::Ack`]); which ones to send
 //! and when is `crate::handover::Announcer`'s decision, what to do with them
-//! `crate::handover::Custody`'s.
+//! `crate::handover::Custody`'s. The other way, the old host tells the new host's reporter of
+//! a handover at a source's pause ([`Report::VmPaused`], twice, unacknowledged), so that a
+//! destination interface held there since the switch takes the VM's traffic at once.
 //!
 //! Every report is one small UDP datagram from the new host's tunnel address to the old
 //! host's, port [`REPORT_PORT`], inside the tunnel: authenticated by it (the old host only
@@ -55,6 +57,8 @@ const VM_HERE: &str = "vmtun-vm-here/1 ";
 const VM_GONE: &str = "vmtun-vm-gone/1 ";
 /// What an acknowledgement of a VM report starts with.
 const ACK: &str = "vmtun-ack/1 ";
+/// What the old host's word that a VM is paused there for its migration starts with.
+const VM_PAUSED: &str = "vmtun-vm-paused/1 ";
 
 /// Names one sighting of a guest on the new host, so that the old host can tell a repeat
 /// from a new migration, and match an acknowledgement to its report. Random: unique across
@@ -100,6 +104,10 @@ pub enum Report {
     VmGone(VmReport),
     /// Old to new: a VM report was received and decided on.
     Ack(AckOf, ReportId),
+    /// Old to new: the source paused this VM for its migration's last stage and the old
+    /// host handed it over (`vmtun handover`): a destination interface for it waiting on
+    /// the new host may take its traffic now.
+    VmPaused(VmReport),
 }
 
 impl Report {
@@ -113,6 +121,7 @@ impl Report {
             Self::Switched(net) => format!("{SWITCHED}{}", net.trunc()),
             Self::VmHere(r) => vm(VM_HERE, r),
             Self::VmGone(r) => vm(VM_GONE, r),
+            Self::VmPaused(r) => vm(VM_PAUSED, r),
             Self::Ack(AckOf::Here, id) => format!("{ACK}here {id}"),
             Self::Ack(AckOf::Gone, id) => format!("{ACK}gone {id}"),
         }
@@ -131,6 +140,9 @@ impl Report {
         }
         if let Some(rest) = text.strip_prefix(VM_GONE) {
             return vm_report(rest).map(Self::VmGone);
+        }
+        if let Some(rest) = text.strip_prefix(VM_PAUSED) {
+            return vm_report(rest).map(Self::VmPaused);
         }
         let (of, id) = text.strip_prefix(ACK)?.split_once(' ')?;
         let of = match of {
@@ -209,6 +221,7 @@ impl Reporter {
         from: IpAddr,
         to: IpAddr,
         announcer: Option<Announcer>,
+        on_paused: OnPaused,
     ) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(from, 0))
             .with_context(|| format!("binding the switch reporter to {from}"))?;
@@ -217,7 +230,12 @@ impl Reporter {
         let dest = SocketAddr::new(to, REPORT_PORT);
         let (tx, rx) = mpsc::channel::<Job>();
         let acks = match &announcer {
-            Some(_) => Some(read_acks(&socket, dest, ReportSender(tx.clone()))?),
+            Some(_) => Some(read_acks(
+                &socket,
+                dest,
+                ReportSender(tx.clone()),
+                on_paused,
+            )?),
             None => None,
         };
         let thread = thread::Builder::new()
@@ -313,12 +331,18 @@ fn report(
     }
 }
 
+/// Where the new host hears of a VM paused on the old host (the VM's addresses): set once
+/// the handover that acts on it exists, which comes after the reporter.
+pub type OnPaused = Arc<std::sync::OnceLock<Box<dyn Fn(&[IpAddr]) + Send + Sync>>>;
+
 /// Reads the old host's acknowledgements on `socket` (only from `dest`) and hands them to
-/// the reporter thread, until the returned flag is raised.
+/// the reporter thread, and its pause reports to `on_paused`, until the returned flag is
+/// raised.
 fn read_acks(
     socket: &UdpSocket,
     dest: SocketAddr,
     to: ReportSender,
+    on_paused: OnPaused,
 ) -> anyhow::Result<(Arc<AtomicBool>, JoinHandle<()>)> {
     let socket = socket.try_clone()?;
     socket.set_read_timeout(Some(STOP_CHECK))?;
@@ -331,11 +355,15 @@ fn read_acks(
                 let mut buf = [0u8; MAX_REPORT];
                 while !stop.load(Ordering::Relaxed) {
                     match receive(&socket, &mut buf) {
-                        Ok(Some((n, from))) if from == dest => {
-                            if let Some(Report::Ack(of, id)) = Report::decode(&buf[..n]) {
-                                to.vm(VmEvent::Ack(of, id));
+                        Ok(Some((n, from))) if from == dest => match Report::decode(&buf[..n]) {
+                            Some(Report::Ack(of, id)) => to.vm(VmEvent::Ack(of, id)),
+                            Some(Report::VmPaused(r)) => {
+                                if let Some(on_paused) = on_paused.get() {
+                                    on_paused(&r.addresses);
+                                }
                             }
-                        }
+                            _ => {}
+                        },
                         Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(
@@ -380,6 +408,26 @@ fn send(socket: &UdpSocket, dest: SocketAddr, report: &Report) {
 pub struct Listener {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    to_peer: ToPeer,
+}
+
+/// Role old: sends the new host's reporter a message of the old host's own (a VM paused
+/// here), to where its reports last came from; nothing before the first.
+#[derive(Clone)]
+pub struct ToPeer {
+    socket: Arc<UdpSocket>,
+    reporter: Arc<std::sync::Mutex<Option<SocketAddr>>>,
+}
+
+impl ToPeer {
+    /// Sends `report`; whether the new host's reporter is known.
+    pub fn send(&self, report: &Report) -> bool {
+        let at = *self
+            .reporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        at.inspect(|&to| send(&self.socket, to, report)).is_some()
+    }
 }
 
 impl Listener {
@@ -402,9 +450,14 @@ impl Listener {
         bind_to_device(&socket, tun)
             .with_context(|| format!("binding the switch listener to device {tun}"))?;
         socket.set_read_timeout(Some(STOP_CHECK))?;
+        let to_peer = ToPeer {
+            socket: Arc::new(socket.try_clone()?),
+            reporter: Arc::default(),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
+            let reporter = to_peer.reporter.clone();
             thread::Builder::new()
                 .name("switch-listen".into())
                 .spawn(move || {
@@ -430,9 +483,11 @@ impl Listener {
                             );
                             continue;
                         }
+                        *reporter.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(from);
                         let net = match report {
                             Report::Switched(net) => net,
-                            Report::Ack(..) => continue,
+                            Report::Ack(..) | Report::VmPaused(_) => continue,
                             vm => {
                                 if let Some(reply) = on_vm(&vm) {
                                     send(&socket, from, &reply);
@@ -466,7 +521,13 @@ impl Listener {
         Ok(Self {
             stop,
             thread: Some(thread),
+            to_peer,
         })
+    }
+
+    /// Sends to the new host's reporter.
+    pub fn to_peer(&self) -> ToPeer {
+        self.to_peer.clone()
     }
 }
 
@@ -567,7 +628,12 @@ mod tests {
         for (report, bytes) in acks {
             assert_eq!(report.encode(), bytes);
         }
-        for report in [here, gone, Report::Ack(AckOf::Gone, ReportId(1))] {
+        let paused = Report::VmPaused(vm(9, &["203.0.113.2"]));
+        assert_eq!(
+            paused.encode(),
+            b"vmtun-vm-paused/1 0000000000000009 vif0 203.0.113.2"
+        );
+        for report in [here, gone, paused, Report::Ack(AckOf::Gone, ReportId(1))] {
             assert_eq!(Report::decode(&report.encode()), Some(report));
         }
     }

@@ -350,6 +350,46 @@ fn after_the_switch_a_moving_vm_is_routed_to_the_new_host_only_once_it_runs_ther
     finish(copy, old, new)
 }
 
+/// After the provider's switch, a handover at the source's pause (`vmtun handover` on the
+/// old host) reaches the new host, whose waiting interface takes the VM's routes at once
+/// rather than at the guest's first frame: what the VM is sent during the pause waits there.
+#[test]
+fn after_the_switch_a_handover_at_the_pause_routes_the_waiting_destination_at_once() -> Result<()> {
+    use helpers::cut_over_with_pings;
+    use vmtun::lab::migration::hosts::CutoverState;
+    preflight(&["nft", "ping"]);
+    let scratch = Scratch::new("handover-switched-pause")?;
+    let lab = MigrationLab::build(1)?;
+    let (mut old, mut new) = prepare_hosts_with(&lab, &scratch, "auto", |_, _| {})?;
+    launch_both(&lab, &mut old, &mut new)?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    lab.switch_provider()?;
+    cut_over_with_pings(&lab, &new, VM_ADDR, CutoverState::is_done)?;
+    let copy = lab.attach_copy(Guest::FIRST, Site::New)?;
+    pause(&copy)?;
+    wait_log(
+        &new,
+        "stays routed through the tunnel until the guest's first frame",
+    )?;
+
+    // The source pauses for the migration's last stage; the old host hands the VM over.
+    pause(&lab.vm)?;
+    old.command(&["handover", VIF])?;
+    wait_new_route(&lab, &new)?;
+    check(
+        new.log()
+            .contains("handed the VM of vif0 over at its pause"),
+        || new.log(),
+    )?;
+
+    // The guest resumes on the new host: it answers there, and the old host hears of it.
+    resume(&copy)?;
+    announce(&copy)?;
+    wait_log(&old, "the handover at its pause stands")?;
+    wait_ping(&lab.client, VM_ADDR, WAIT)?;
+    finish(copy, old, new)
+}
+
 /// The provider switches while a migration to the new host is under way: the destination's
 /// interface, routed when it came up (before the switch the old host decides what crosses
 /// the tunnel), loses the VM's routes at the cutover until the guest's first frame there,

@@ -212,7 +212,7 @@ pub struct Custody {
 }
 
 /// Whether two address lists hold the same addresses, in any order.
-fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
+pub(super) fn same_addresses(a: &[IpAddr], b: &[IpAddr]) -> bool {
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
     a.sort_unstable();
     b.sort_unstable();

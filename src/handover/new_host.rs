@@ -14,8 +14,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
+use super::custody::same_addresses;
 use super::{Ended, FirstFrame, Routing, VmEvent};
 use crate::config::Config;
 use crate::netcfg::{SharedJournal, SystemOps};
@@ -159,6 +162,38 @@ impl NewHost {
                 );
                 Routing::Now
             }
+        }
+    }
+
+    /// The old host handed the VM with `addresses` over at its source's pause (`vmtun
+    /// handover`): a held interface of it takes the VM's routes now, so that what the VM is
+    /// sent during the pause waits in its queue until the guest resumes here. (Before the
+    /// cutover nothing is held: the old host's routes decide then.)
+    pub fn paused_there(&self, addresses: &[IpAddr]) {
+        let Some(vm) = (self.config.vms.iter()).find(|vm| same_addresses(&vm.addresses, addresses))
+        else {
+            return;
+        };
+        let watches = lock(&self.watches);
+        let Some(watch) = watches.get(&vm.vif) else {
+            return;
+        };
+        let mut guest = lock(&watch.guest);
+        if !guest.held || guest.framed {
+            return;
+        }
+        guest.held = false;
+        let vif = &vm.vif;
+        match crate::vif::up(&self.config, vif) {
+            Ok(()) => tracing::info!(
+                vif,
+                "handover: the old host handed the VM of {vif} over at its pause: its routes \
+                 are on {vif}, where what it is sent waits for the guest"
+            ),
+            Err(e) => tracing::warn!(
+                "handover: the old host handed the VM of {vif} over at its pause, but routing \
+                 it failed: {e:#}"
+            ),
         }
     }
 

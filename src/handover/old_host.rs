@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 use super::{
@@ -15,11 +15,13 @@ use super::{
 use crate::config::Config;
 use crate::cutover::index_of;
 use crate::netcfg::{NetOps, SystemOps};
-use crate::switch_report::Report;
+use crate::switch_report::{Report, ReportId, ToPeer, VmReport};
 
 /// Role old: acts on the new host's VM reports. Dropping it stops its watches.
 pub struct OldHost {
     inner: Arc<Mutex<Inner>>,
+    /// How to tell the new host of a handover at the pause (once its listener runs).
+    new_host: OnceLock<ToPeer>,
 }
 
 struct Inner {
@@ -70,7 +72,10 @@ impl OldHost {
             }
             remember(inner);
         }
-        Ok(Self { inner: shared })
+        Ok(Self {
+            inner: shared,
+            new_host: OnceLock::new(),
+        })
     }
 
     /// A report from the new host (the listener's thread): carried out; the answer to send.
@@ -115,16 +120,37 @@ impl OldHost {
         let decision = (inner.custody)
             .handle_pause(vif, index_of, Instant::now())
             .map_err(|refusal| explain(refusal, vif, &inner.config))?;
-        if matches!(decision, Decision::GiveAway { .. }) {
+        let given = match &decision {
+            Decision::GiveAway { addresses, .. } => Some(addresses.clone()),
+            _ => None,
+        };
+        let about = format!("the guest of {vif} is paused here for the migration's last stage");
+        carry_out(&self.inner, &mut inner, decision, &about);
+        drop(inner);
+        if let Some(addresses) = given {
             let weak = Arc::downgrade(&self.inner);
             std::thread::spawn(move || {
                 std::thread::sleep(CONFIRM_WITHIN);
                 confirm_deadline(&weak);
             });
+            // After the provider's switch the new host holds a waiting interface until it
+            // hears of this (twice: an unanswered datagram, and the tunnel may lose one).
+            let paused = Report::VmPaused(VmReport {
+                id: ReportId(rand::random()),
+                vif: vif.to_owned(),
+                addresses,
+            });
+            if let Some(to_peer) = self.new_host.get() {
+                let told = to_peer.send(&paused) && to_peer.send(&paused);
+                tracing::debug!(told, "handover: {paused:?} to the new host");
+            }
         }
-        let about = format!("the guest of {vif} is paused here for the migration's last stage");
-        carry_out(&self.inner, &mut inner, decision, &about);
         Ok(())
+    }
+
+    /// Tells the new host of each handover at the pause through `to_peer` from now on.
+    pub fn tell_the_new_host(&self, to_peer: ToPeer) {
+        let _ = self.new_host.set(to_peer);
     }
 
     /// The source runs the guest of `vif` again (`vmtun handover --back VIF`, after a
