@@ -139,12 +139,18 @@ impl SysctlKey {
         SysctlKey(format!("net/ipv4/neigh/{iface}/{name}"))
     }
 
+    /// A per-interface IPv6 neighbour (NDP) setting, `net.ipv6.neigh.IFACE.NAME`.
+    pub fn ipv6_neigh(iface: &str, name: &str) -> Self {
+        SysctlKey(format!("net/ipv6/neigh/{iface}/{name}"))
+    }
+
     /// The interface of a per-interface key (`net.ipv4.conf.IFACE.NAME`, `neigh`, or ipv6),
     /// so a missing file can be reported as a missing interface.
     pub fn interface(&self) -> Option<&str> {
         let rest = (self.0.strip_prefix("net/ipv4/conf/"))
             .or_else(|| self.0.strip_prefix("net/ipv4/neigh/"))
-            .or_else(|| self.0.strip_prefix("net/ipv6/conf/"))?;
+            .or_else(|| self.0.strip_prefix("net/ipv6/conf/"))
+            .or_else(|| self.0.strip_prefix("net/ipv6/neigh/"))?;
         let (iface, _) = rest.rsplit_once('/')?;
         Some(iface).filter(|i| !matches!(*i, "all" | "default"))
     }

@@ -54,7 +54,7 @@ impl FakeOps {
     }
 
     /// Adds an interface with MTU 1500, down, `rp_filter` 1, `proxy_arp` 0 and the
-    /// kernel's default `proxy_delay` (80 jiffies).
+    /// kernel's defaults for `proxy_delay` (80 jiffies) and `unres_qlen_bytes` (212992).
     pub fn add_interface(&mut self, dev: &str) {
         self.mtus.insert(dev.into(), 1500);
         self.up.insert(dev.into(), false);
@@ -62,10 +62,13 @@ impl FakeOps {
             self.sysctls
                 .insert(SysctlKey::ipv4_conf(dev, name).path().into(), v.into());
         }
-        self.sysctls.insert(
-            SysctlKey::ipv4_neigh(dev, "proxy_delay").path().into(),
-            "80".into(),
-        );
+        for (key, v) in [
+            (SysctlKey::ipv4_neigh(dev, "proxy_delay"), "80"),
+            (SysctlKey::ipv4_neigh(dev, "unres_qlen_bytes"), "212992"),
+            (SysctlKey::ipv6_neigh(dev, "unres_qlen_bytes"), "212992"),
+        ] {
+            self.sysctls.insert(key.path().into(), v.into());
+        }
     }
 
     fn injected(list: &[(Change, i32)], c: &Change) -> Option<i32> {

@@ -430,8 +430,17 @@ pub fn gateway_elements(families: &[Family], macs: &[[u8; 6]]) -> Vec<Change> {
 /// interface, so it is the same wherever the VM runs.
 pub const VM_GATEWAY6: &str = "fe80::1/64";
 
+/// How much the host queues for a VM (per address) while it resolves the VM's link-layer
+/// address on its interface: 4 MiB. A migrated guest answers no ARP or neighbour
+/// solicitation until it resumes, and with the handover at the pause what it is sent
+/// meanwhile waits in that queue (before it reaches the tap). The kernel's default, 212,992
+/// bytes, held about 220 ms of the lab's 1 kHz pings: pauses longer than that lost the rest
+/// (runs 1 and 9 of `benches/results/real-vm-20261203T131640Z`).
+pub const VIF_UNRESOLVED_QUEUE_BYTES: &str = "4194304";
+
 /// What `vmtun vif-up IFACE` sets: a host route per VM address onto its interface (/32,
-/// /128), and proxy ARP there without delay (the VM's IPv4 default gateway is an arbitrary
+/// /128), a queue for what waits on the VM's address resolution that outlasts a migration's
+/// pause ([`VIF_UNRESOLVED_QUEUE_BYTES`]), and proxy ARP there without delay (the VM's IPv4 default gateway is an arbitrary
 /// address the host answers for). With IPv6 addresses, the host holds the VM's IPv6 gateway
 /// [`VM_GATEWAY6`] on the interface, without duplicate address detection (which would keep
 /// it unusable for a second after each VM start or arrival). These belong to the VM
@@ -464,9 +473,17 @@ pub fn vif_up(iface: &str, addresses: &[IpAddr]) -> Vec<Change> {
         p.push(sysctl(SysctlKey::ipv4_conf(iface, "proxy_arp"), "1"));
         // Answer at once, not after a random delay of up to 0.8 s (the default).
         p.push(sysctl(SysctlKey::ipv4_neigh(iface, "proxy_delay"), "0"));
+        p.push(sysctl(
+            SysctlKey::ipv4_neigh(iface, "unres_qlen_bytes"),
+            VIF_UNRESOLVED_QUEUE_BYTES,
+        ));
     }
     if families.contains(&Family::Ipv6) {
         p.push(sysctl(SysctlKey::ipv6_conf(iface, "accept_dad"), "0"));
+        p.push(sysctl(
+            SysctlKey::ipv6_neigh(iface, "unres_qlen_bytes"),
+            VIF_UNRESOLVED_QUEUE_BYTES,
+        ));
         p.push(Change::Address {
             dev: iface.into(),
             addr: VM_GATEWAY6.parse().expect("constant prefix"),
@@ -681,7 +698,9 @@ mod tests {
                 "ip -6 route add 2001:db8:1::2/128 dev vif0",
                 "sysctl -w net.ipv4.conf.vif0.proxy_arp=1",
                 "sysctl -w net.ipv4.neigh.vif0.proxy_delay=0",
+                "sysctl -w net.ipv4.neigh.vif0.unres_qlen_bytes=4194304",
                 "sysctl -w net.ipv6.conf.vif0.accept_dad=0",
+                "sysctl -w net.ipv6.neigh.vif0.unres_qlen_bytes=4194304",
                 "ip addr add fe80::1/64 dev vif0",
             ]
         );
@@ -696,6 +715,7 @@ mod tests {
                 "ip route add 203.0.113.2/32 dev vif0",
                 "sysctl -w net.ipv4.conf.vif0.proxy_arp=1",
                 "sysctl -w net.ipv4.neigh.vif0.proxy_delay=0",
+                "sysctl -w net.ipv4.neigh.vif0.unres_qlen_bytes=4194304",
             ]
         );
     }
