@@ -635,7 +635,10 @@ mod tests {
         assert_eq!(ops.present.len(), 1);
         assert_eq!(ops.sysctls["net/ipv4/conf/vif0/proxy_arp"], "1");
         assert_eq!(ops.sysctls["net/ipv4/neigh/vif0/proxy_delay"], "0");
-        assert_eq!(ops.sysctls["net/ipv4/neigh/vif0/unres_qlen_bytes"], "4194304");
+        assert_eq!(
+            ops.sysctls["net/ipv4/neigh/vif0/unres_qlen_bytes"],
+            "4194304"
+        );
     }
 
     #[test]
