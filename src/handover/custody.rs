@@ -154,6 +154,15 @@ enum Place {
 }
 
 impl Place {
+    /// The index of the VM's interface here whose routes are kept off (the paused source's,
+    /// or a waiting destination's), if any.
+    fn kept_off(self) -> Option<u32> {
+        match self {
+            Self::Given { ifindex, .. } | Self::Held { ifindex, .. } => Some(ifindex),
+            Self::Here | Self::Away { .. } => None,
+        }
+    }
+
     /// The sighting on the new host this place rests on, if any.
     fn sighting(self) -> Option<ReportId> {
         match self {
@@ -294,12 +303,7 @@ impl Custody {
     /// whose routes stay off them (index).
     pub fn watched(&self) -> Vec<(String, u32)> {
         (self.vms.iter())
-            .filter_map(|vm| match vm.place {
-                Place::Given { ifindex, .. } | Place::Held { ifindex, .. } => {
-                    Some((vm.vif.clone(), ifindex))
-                }
-                _ => None,
-            })
+            .filter_map(|vm| Some((vm.vif.clone(), vm.place.kept_off()?)))
             .collect()
     }
 
@@ -342,22 +346,15 @@ impl Custody {
         }
         vm.decided = Some(id);
         let (place, keep) = match vm.place {
-            Place::Given {
-                by: By::Pause { .. },
-                ifindex,
-            } => (
+            Place::Given { by, ifindex } => (
                 Place::Given {
                     by: By::Report(id),
                     ifindex,
                 },
-                Keep::Confirmed,
-            ),
-            Place::Given { ifindex, .. } => (
-                Place::Given {
-                    by: By::Report(id),
-                    ifindex,
+                match by {
+                    By::Pause { .. } => Keep::Confirmed,
+                    By::Report(_) => Keep::AlreadyGiven,
                 },
-                Keep::AlreadyGiven,
             ),
             Place::Away { .. } => (Place::Away { id: Some(id) }, Keep::AlreadyGiven),
             Place::Held { ifindex, .. } => (
@@ -391,8 +388,10 @@ impl Custody {
             return Decision::Keep(Keep::NotGiven);
         }
         match vm.place {
-            Place::Given { ifindex, .. } | Place::Held { ifindex, .. }
-                if ifindex_of(&vm.vif) == Some(ifindex) =>
+            place
+                if place
+                    .kept_off()
+                    .is_some_and(|i| ifindex_of(&vm.vif) == Some(i)) =>
             {
                 vm.take_back(TakeBack::GoneFromNewHost)
             }
@@ -410,10 +409,7 @@ impl Custody {
     /// A frame arrived from the guest on `vif` (index `ifindex`) here.
     pub fn handle_guest_frame(&mut self, vif: &str, ifindex: u32) -> Decision {
         match self.vms.iter_mut().find(|vm| vm.vif == vif) {
-            Some(vm)
-                if matches!(vm.place,
-                    Place::Given { ifindex: i, .. } | Place::Held { ifindex: i, .. } if i == ifindex) =>
-            {
+            Some(vm) if vm.place.kept_off() == Some(ifindex) => {
                 vm.take_back(TakeBack::GuestSentHere)
             }
             _ => Decision::Keep(Keep::Unchanged),
@@ -500,19 +496,15 @@ impl Custody {
         let Some(vm) = self.vms.iter_mut().find(|vm| vm.vif == vif) else {
             return Decision::Keep(Keep::Unchanged);
         };
-        let (id, now_at) = match vm.place {
-            Place::Given { ifindex: was, .. } | Place::Held { ifindex: was, .. }
-                if ifindex != Some(was) =>
-            {
-                (vm.place.sighting(), ifindex)
-            }
-            Place::Away { id } => (id, ifindex),
-            _ => return Decision::Keep(Keep::Unchanged),
-        };
-        match now_at {
+        let was_away = matches!(vm.place, Place::Away { .. });
+        let kept_off = vm.place.kept_off();
+        if !was_away && (kept_off.is_none() || kept_off == ifindex) {
+            return Decision::Keep(Keep::Unchanged);
+        }
+        let id = vm.place.sighting();
+        match ifindex {
             Some(index) => vm.hold(id, index),
             None => {
-                let was_away = matches!(vm.place, Place::Away { .. });
                 vm.place = Place::Away { id };
                 Decision::Keep(if was_away {
                     Keep::Unchanged
@@ -527,9 +519,7 @@ impl Custody {
     /// they are kept off it (given away or held).
     pub fn routing(&self, vif: &str) -> Routing {
         match self.vms.iter().find(|vm| vm.vif == vif) {
-            Some(vm) if matches!(vm.place, Place::Held { .. } | Place::Given { .. }) => {
-                Routing::AtFirstFrame
-            }
+            Some(vm) if vm.place.kept_off().is_some() => Routing::AtFirstFrame,
             _ => Routing::Now,
         }
     }
@@ -538,7 +528,7 @@ impl Custody {
     /// `vmtun status`).
     pub fn given_away(&self) -> Vec<String> {
         (self.vms.iter())
-            .filter(|vm| matches!(vm.place, Place::Given { .. } | Place::Held { .. }))
+            .filter(|vm| vm.place.kept_off().is_some())
             .map(|vm| vm.vif.clone())
             .collect()
     }

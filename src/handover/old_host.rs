@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
-use super::{
-    CONFIRM_WITHIN, Custody, Decision, Ended, FirstFrame, Keep, Refusal, Remembered, Routing,
-    TakeBack,
-};
+use super::{Custody, Decision, Ended, FirstFrame, Keep, Refusal, Remembered, Routing, TakeBack};
 use crate::config::Config;
 use crate::cutover::index_of;
 use crate::netcfg::{NetOps, SystemOps};
@@ -113,7 +110,7 @@ impl OldHost {
 
     /// The source paused the guest of `vif` for the migration's last stage (`vmtun handover
     /// VIF`): its traffic goes to the new host from now on, unless the new host does not
-    /// report the guest running there within [`CONFIRM_WITHIN`]. The error is one line for
+    /// report the guest running there within [`super::CONFIRM_WITHIN`]. The error is one line for
     /// the operator.
     pub fn hand_over_at_pause(&self, vif: &str) -> Result<(), String> {
         let mut inner = lock(&self.inner);
@@ -130,8 +127,9 @@ impl OldHost {
         if let Some(addresses) = given {
             let weak = Arc::downgrade(&self.inner);
             std::thread::spawn(move || {
-                std::thread::sleep(CONFIRM_WITHIN);
-                confirm_deadline(&weak);
+                while let Some(at) = confirm_deadline(&weak) {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                }
             });
             // After the provider's switch the new host holds a waiting interface until it
             // hears of this (twice: an unanswered datagram, and the tunnel may lose one).
@@ -236,12 +234,10 @@ fn explain(refusal: Refusal, vif: &str, config: &Config) -> String {
     }
 }
 
-/// A VM handed over at its pause may have reached its deadline: those the new host has
-/// not confirmed come back.
-fn confirm_deadline(shared: &Weak<Mutex<Inner>>) {
-    let Some(shared) = shared.upgrade() else {
-        return;
-    };
+/// The VMs handed over at their pause whose deadline has passed and that the new host has
+/// not confirmed come back; when the next deadline is, if any is left.
+fn confirm_deadline(shared: &Weak<Mutex<Inner>>) -> Option<Instant> {
+    let shared = shared.upgrade()?;
     let mut inner = lock(&shared);
     for decision in inner.custody.handle_timeout(Instant::now()) {
         carry_out(
@@ -251,6 +247,7 @@ fn confirm_deadline(shared: &Weak<Mutex<Inner>>) {
             "the deadline of a handover at the pause",
         );
     }
+    inner.custody.poll_timeout()
 }
 
 /// A watch on a given-away interface ended: the guest sent a frame there, or it went away.

@@ -79,7 +79,8 @@ pub(crate) fn destroy_netns(name: &str) {
 }
 
 /// Deletes namespaces named `vmtunlab-<pid>-...` whose process is gone, with vmtun's files
-/// for them under `/run/vmtun/net-<inode>/`: what a lab run that was SIGKILLed left behind. Runs once per process, before the first namespace is made.
+/// for them under `/run/vmtun/net-<inode>/`: what a lab run that was SIGKILLed left behind.
+/// Runs once per process, before the first namespace is made.
 pub(crate) fn sweep_stale() {
     static SWEEP: Once = Once::new();
     SWEEP.call_once(|| {

@@ -7,7 +7,8 @@
 //!
 //! The domains' interfaces are read (`virsh domiflist`) at start and whenever a domain
 //! starts or is redefined, never on the pause's path, unless the paused domain is unknown.
-//! The meaning of the events is [`event`]'s; this module is the process edge.
+//! The meaning of the events is [`parse_event`]'s and [`Domains`]'s; this module is the
+//! process edge.
 
 mod event;
 

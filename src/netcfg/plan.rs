@@ -440,12 +440,12 @@ pub const VIF_UNRESOLVED_QUEUE_BYTES: &str = "4194304";
 
 /// What `vmtun vif-up IFACE` sets: a host route per VM address onto its interface (/32,
 /// /128), a queue for what waits on the VM's address resolution that outlasts a migration's
-/// pause ([`VIF_UNRESOLVED_QUEUE_BYTES`]), and proxy ARP there without delay (the VM's IPv4 default gateway is an arbitrary
-/// address the host answers for). With IPv6 addresses, the host holds the VM's IPv6 gateway
-/// [`VM_GATEWAY6`] on the interface, without duplicate address detection (which would keep
-/// it unusable for a second after each VM start or arrival). These belong to the VM
-/// interface's life: they are not journaled, stay when vmtun exits and go with the
-/// interface. Apply them with [`super::apply_idempotent`].
+/// pause (`VIF_UNRESOLVED_QUEUE_BYTES`), and proxy ARP there without delay (the VM's IPv4
+/// default gateway is an arbitrary address the host answers for). With IPv6 addresses, the
+/// host holds the VM's IPv6 gateway [`VM_GATEWAY6`] on the interface, without duplicate
+/// address detection (which would keep it unusable for a second after each VM start or
+/// arrival). These belong to the VM interface's life: they are not journaled, stay when
+/// vmtun exits and go with the interface. Apply them with [`super::apply_idempotent`].
 pub fn vif_up(iface: &str, addresses: &[IpAddr]) -> Vec<Change> {
     let mut p: Vec<Change> = addresses
         .iter()

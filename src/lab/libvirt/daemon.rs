@@ -111,7 +111,7 @@ pub struct DaemonSpec {
     pub listen: String,
     /// `host_uuid`.
     pub host_uuid: String,
-    /// The text of [`VIF_SCRIPT`] on this host.
+    /// The text of [`super::VIF_SCRIPT`] on this host.
     pub vif_script: String,
 }
 
@@ -213,7 +213,7 @@ impl<'a> Libvirtd<'a> {
     }
 
     /// The host path of `inside`, a path under one of the daemon's private directories
-    /// (e.g. [`VIF_SCRIPT_CALLS`]); `None` for any other path.
+    /// (e.g. [`super::VIF_SCRIPT_CALLS`]); `None` for any other path.
     pub fn host_path(&self, inside: &str) -> Option<PathBuf> {
         private_path(&self.dir, inside)
     }
