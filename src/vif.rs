@@ -19,7 +19,7 @@ use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 
-use crate::config::Config;
+use crate::config::{Config, Vm};
 use crate::cutover::index_of;
 use crate::handover::{Handover, Routing};
 use crate::netcfg::{self, Change, NetOps};
@@ -45,27 +45,28 @@ pub fn up(config: &Config, iface: &str) -> anyhow::Result<()> {
 
 /// The same, with the caller's netlink handle (the link watcher keeps one open).
 pub fn apply(ops: &mut dyn NetOps, config: &Config, iface: &str) -> anyhow::Result<()> {
+    let (vm, plan) = plan_of(config, iface)?;
+    netcfg::apply_idempotent(ops, &plan)?;
+    tracing::info!(iface, addresses = ?vm.addresses, "VM interface routed (gateway answered)");
+    Ok(())
+}
+
+/// The `[[vm]]` of `iface` and what `vif-up` sets for it.
+fn plan_of<'a>(config: &'a Config, iface: &str) -> anyhow::Result<(&'a Vm, Vec<Change>)> {
     let vm = config.vm(iface).with_context(|| {
         format!(
             "vif-up: no [[vm]] with vif = {iface:?} in {}",
             config.path.display()
         )
     })?;
-    netcfg::apply_idempotent(ops, &netcfg::vif_up(iface, &vm.addresses))?;
-    tracing::info!(iface, addresses = ?vm.addresses, "VM interface routed (gateway answered)");
-    Ok(())
+    Ok((vm, netcfg::vif_up(iface, &vm.addresses)))
 }
 
 /// What `vif-up` does but the routes: proxy ARP and the rest of the interface's settings, for
 /// an interface whose VM does not run on it yet.
 pub fn prepare(config: &Config, iface: &str) -> anyhow::Result<()> {
-    let vm = config.vm(iface).with_context(|| {
-        format!(
-            "vif-up: no [[vm]] with vif = {iface:?} in {}",
-            config.path.display()
-        )
-    })?;
-    let settings: Vec<Change> = (netcfg::vif_up(iface, &vm.addresses).into_iter())
+    let (_, plan) = plan_of(config, iface)?;
+    let settings: Vec<Change> = (plan.into_iter())
         .filter(|c| !matches!(c, Change::Route(_)))
         .collect();
     netcfg::apply_idempotent(&mut netcfg::SystemOps::new()?, &settings)?;
@@ -79,13 +80,8 @@ pub fn prepare(config: &Config, iface: &str) -> anyhow::Result<()> {
 /// Takes the `[[vm]]` routes of `iface` off it again (proxy ARP stays): the old host's half
 /// of the handover, once the VM runs on the new host. Routes already gone are fine.
 pub fn unroute(ops: &mut dyn NetOps, config: &Config, iface: &str) -> anyhow::Result<()> {
-    let vm = config.vm(iface).with_context(|| {
-        format!(
-            "no [[vm]] with vif = {iface:?} in {}",
-            config.path.display()
-        )
-    })?;
-    let routes: Vec<netcfg::Route> = (netcfg::vif_up(iface, &vm.addresses).into_iter())
+    let (_, plan) = plan_of(config, iface)?;
+    let routes: Vec<netcfg::Route> = (plan.into_iter())
         .filter_map(|c| match c {
             Change::Route(r) => Some(r),
             _ => None,

@@ -32,18 +32,22 @@ const VIRSH: &str = "virsh";
 /// (libvirtd stopped or restarted), which is an error: the unit restarts it.
 pub fn follow(config: &Config, uri: &str) -> anyhow::Result<()> {
     check_config(config)?;
-    let configured: Vec<String> = config.vms.iter().map(|vm| vm.vif.clone()).collect();
+    let mut follower = Follower {
+        config,
+        uri,
+        configured: config.vms.iter().map(|vm| vm.vif.clone()).collect(),
+        domains: Domains::default(),
+    };
     // Subscribed before the domains are listed, so that no start between the two is missed.
     let mut events = Events::start(uri)?;
-    let mut domains = Domains::default();
     for domain in virsh(uri, &["list", "--name"])?.lines().map(str::trim) {
         if !domain.is_empty() {
-            learn(&mut domains, uri, domain, &configured);
+            follower.learn(domain);
         }
     }
     tracing::info!(
         "following libvirt's lifecycle events on {uri} for the VM interfaces {}",
-        configured.join(", ")
+        follower.configured.join(", ")
     );
     let stdout = events.child.stdout.take().context("virsh event's output")?;
     for line in BufReader::new(stdout).lines() {
@@ -56,19 +60,11 @@ pub fn follow(config: &Config, uri: &str) -> anyhow::Result<()> {
             lifecycle,
             Lifecycle::PausedForMigration | Lifecycle::Resumed
         );
-        if acts_on_vifs && !domains.knows(&domain) {
-            learn(&mut domains, uri, &domain, &configured);
+        if acts_on_vifs && !follower.domains.knows(&domain) {
+            follower.learn(&domain);
         }
-        for action in domains.actions(&domain, &lifecycle) {
-            carry_out(
-                config,
-                &mut domains,
-                uri,
-                &domain,
-                action,
-                seen,
-                &configured,
-            );
+        for action in follower.domains.actions(&domain, &lifecycle) {
+            follower.carry_out(&domain, action, seen);
         }
     }
     let status = events.child.wait().context("waiting for virsh event")?;
@@ -158,48 +154,51 @@ fn virsh(uri: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Reads `domain`'s interfaces; a domain libvirt cannot list (gone meanwhile) has none.
-fn learn(domains: &mut Domains, uri: &str, domain: &str, configured: &[String]) {
-    match virsh(uri, &["domiflist", domain]) {
-        Ok(text) => {
-            domains.learn(domain, &parse_domiflist(&text), configured);
-            let vifs = domains.vifs(domain);
-            if !vifs.is_empty() {
-                tracing::info!("{domain}: VM interfaces {}", vifs.join(", "));
-            }
-        }
-        Err(e) => tracing::warn!("{domain}: cannot read its interfaces: {e:#}"),
-    }
+/// What `follow` keeps: whom to ask, and the domains' VM interfaces as last read.
+struct Follower<'a> {
+    config: &'a Config,
+    uri: &'a str,
+    /// The `[[vm]]` interfaces.
+    configured: Vec<String>,
+    domains: Domains,
 }
 
-/// Carries out one action for `domain`'s event seen at `seen`, logging what it did.
-fn carry_out(
-    config: &Config,
-    domains: &mut Domains,
-    uri: &str,
-    domain: &str,
-    action: Action,
-    seen: Instant,
-    configured: &[String],
-) {
-    let (request, what) = match action {
-        Action::Refresh(domain) => return learn(domains, uri, &domain, configured),
-        Action::HandOver(vif) => (
-            Request::Handover(vif.clone()),
-            format!("{domain} paused for its migration: {vif} handed over to the new host"),
-        ),
-        Action::HandBack(vif) => (
-            Request::HandBack(vif.clone()),
-            format!("{domain} runs here: {vif} routed here"),
-        ),
-    };
-    match control::request(config, request) {
-        Ok(Reply::Ok(_)) => tracing::info!(
-            "{what} ({:.1} ms after the event)",
-            seen.elapsed().as_secs_f64() * 1e3
-        ),
-        Ok(Reply::Error(e)) => tracing::warn!("{domain}: vmtun refused: {e}"),
-        Err(e) => tracing::warn!("{domain}: {e:#}"),
+impl Follower<'_> {
+    /// Reads `domain`'s interfaces; a domain libvirt cannot list (gone meanwhile) has none.
+    fn learn(&mut self, domain: &str) {
+        match virsh(self.uri, &["domiflist", domain]) {
+            Ok(text) => {
+                (self.domains).learn(domain, &parse_domiflist(&text), &self.configured);
+                let vifs = self.domains.vifs(domain);
+                if !vifs.is_empty() {
+                    tracing::info!("{domain}: VM interfaces {}", vifs.join(", "));
+                }
+            }
+            Err(e) => tracing::warn!("{domain}: cannot read its interfaces: {e:#}"),
+        }
+    }
+
+    /// Carries out one action for `domain`'s event seen at `seen`, logging what it did.
+    fn carry_out(&mut self, domain: &str, action: Action, seen: Instant) {
+        let (request, what) = match action {
+            Action::Refresh(domain) => return self.learn(&domain),
+            Action::HandOver(vif) => (
+                Request::Handover(vif.clone()),
+                format!("{domain} paused for its migration: {vif} handed over to the new host"),
+            ),
+            Action::HandBack(vif) => (
+                Request::HandBack(vif.clone()),
+                format!("{domain} runs here: {vif} routed here"),
+            ),
+        };
+        match control::request(self.config, request) {
+            Ok(Reply::Ok(_)) => tracing::info!(
+                "{what} ({:.1} ms after the event)",
+                seen.elapsed().as_secs_f64() * 1e3
+            ),
+            Ok(Reply::Error(e)) => tracing::warn!("{domain}: vmtun refused: {e}"),
+            Err(e) => tracing::warn!("{domain}: {e:#}"),
+        }
     }
 }
 
