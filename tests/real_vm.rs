@@ -19,7 +19,7 @@ use std::time::Duration;
 use vmtun::lab::migration::real_vm::{self, RealVmOptions, RealVmReport, spec};
 use vmtun::lab::migration::topology::{MigrationLab, Site};
 use vmtun::lab::migration::{NEW, VIF, VIF_MAC, VM_ADDR};
-use vmtun::lab::qemu::{GuestImage, MIGRATION_PORT, Qemu, missing_requirement};
+use vmtun::lab::qemu::{GuestImage, GuestRam, MIGRATION_PORT, Qemu, missing_requirement};
 
 /// Runs the scenario with short phases, migrating over the underlay, the old host handing
 /// the VM over at the source's STOP; `None` (skipped) where the machine cannot run a real
@@ -143,7 +143,7 @@ fn the_old_host_stops_routing_to_the_paused_source_once_the_guest_runs_on_the_ne
         &lab.old,
         "qemu-old",
         scratch.path(),
-        spec(&image, &scratch, "old"),
+        spec(&image, &scratch, "old", GuestRam::Preallocated),
         None,
         VIF_MAC,
     )?;
@@ -161,7 +161,7 @@ fn the_old_host_stops_routing_to_the_paused_source_once_the_guest_runs_on_the_ne
         &lab.new,
         "qemu-new",
         scratch.path(),
-        spec(&image, &scratch, "new"),
+        spec(&image, &scratch, "new", GuestRam::Preallocated),
         Some(&incoming),
         VIF_MAC,
     )?;

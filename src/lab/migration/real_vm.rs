@@ -24,7 +24,8 @@ use super::*;
 use crate::config::HandoverMode;
 use crate::control::Request;
 use crate::lab::qemu::{
-    GuestImage, MIGRATE_WAIT, MIGRATION_PORT, MigrationParameter, MigrationStats, Qemu, VmSpec,
+    GuestImage, GuestRam, MIGRATE_WAIT, MIGRATION_PORT, MigrationParameter, MigrationStats, Qemu,
+    VmSpec,
 };
 use crate::lab::{self, Result, Scratch};
 use serde::Serialize;
@@ -99,6 +100,8 @@ pub struct RealVmOptions {
     /// before it is ended and its tap goes: libvirt ends it only after its finish and
     /// confirm round trips; zero ends it at once, as a bare QEMU manager may.
     pub source_linger: Duration,
+    /// When both QEMUs back the guest's RAM with host memory.
+    pub ram: GuestRam,
 }
 
 impl RealVmOptions {
@@ -119,6 +122,7 @@ impl RealVmOptions {
             handover: HandoverMode::FirstFrame,
             hand_over_at_pause: false,
             source_linger: Duration::ZERO,
+            ram: GuestRam::Preallocated,
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct MigrationFigures {
     pub handed_over_unix_ns: Option<u64>,
     /// How long the source QEMU stayed after the guest resumed on the new host (ms).
     pub source_linger_ms: u64,
+    /// When both QEMUs backed the guest's RAM with host memory.
+    pub guest_ram: GuestRam,
     /// The destination's `-incoming` URI.
     pub uri: String,
     /// The migration parameters set (empty: QEMU's defaults).
@@ -289,8 +295,8 @@ pub fn summarise(
 }
 
 /// The QEMU of `side` (`old`, `new`) for the lab's VM: its tap [`VIF`], MAC, address and
-/// gateway, QMP socket and console in `scratch`.
-pub fn spec(image: &GuestImage, scratch: &Scratch, side: &str) -> VmSpec {
+/// gateway, QMP socket and console in `scratch`, its RAM backed as `ram` says.
+pub fn spec(image: &GuestImage, scratch: &Scratch, side: &str, ram: GuestRam) -> VmSpec {
     VmSpec {
         image: image.clone(),
         tap: VIF.into(),
@@ -299,6 +305,7 @@ pub fn spec(image: &GuestImage, scratch: &Scratch, side: &str) -> VmSpec {
         gateway: VM_GATEWAY.into(),
         qmp: scratch.path().join(format!("{side}.qmp")),
         console: scratch.path().join(format!("{side}.console")),
+        ram,
     }
 }
 
@@ -336,7 +343,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         &lab.old,
         "qemu-old",
         scratch.path(),
-        spec(&options.image, &scratch, "old"),
+        spec(&options.image, &scratch, "old", options.ram),
         None,
         VIF_MAC,
     )?;
@@ -365,7 +372,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         &lab.new,
         "qemu-new",
         scratch.path(),
-        spec(&options.image, &scratch, "new"),
+        spec(&options.image, &scratch, "new", options.ram),
         Some(&uri),
         VIF_MAC,
     )?;
@@ -513,6 +520,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         hand_over_at_pause: options.hand_over_at_pause,
         handed_over_unix_ns: handed_over,
         source_linger_ms: options.source_linger.as_millis() as u64,
+        guest_ram: options.ram,
         uri,
         parameters: options.parameters.clone(),
         boot_ms,
@@ -588,6 +596,7 @@ mod tests {
             hand_over_at_pause: false,
             handed_over_unix_ns: None,
             source_linger_ms: 0,
+            guest_ram: GuestRam::Preallocated,
             uri: "tcp:100.64.0.2:4444".into(),
             parameters: Vec::new(),
             boot_ms: 5000.0,
