@@ -51,8 +51,9 @@ impl DomainSpec {
 /// The domain XML of `spec`: the interface as the README documents it (`type='ethernet'`,
 /// the MAC, `<target dev>`, `<script path>` = [`VIF_SCRIPT`], virtio), TCG on q35 with ACPI
 /// declared (without `<acpi/>` libvirt 9.0 passes `-no-acpi`, which QEMU 10 rejects), the
-/// console appended to a file, the disk if there is one, and nothing else a lab guest does
-/// not need.
+/// guest's RAM allocated at start (`<allocation mode='immediate'/>`, see
+/// [`GuestRam`](crate::lab::qemu::GuestRam)), the console appended to a file, the disk if
+/// there is one, and nothing else a lab guest does not need.
 pub fn domain_xml(spec: &DomainSpec) -> String {
     let e = |s: &str| xml_escape(s);
     let disk = spec.disk.as_deref().map_or(String::new(), |path| {
@@ -70,6 +71,9 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
   <name>{name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
+  <memoryBacking>
+    <allocation mode='immediate'/>
+  </memoryBacking>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{kernel}</kernel>
@@ -182,6 +186,7 @@ mod tests {
         let interface = "<interface type='ethernet'>\n      <mac address='52:54:00:00:71:02'/>\n      <target dev='vif0'/>\n      <script path='/etc/libvirt/scripts/vif-route'/>\n      <model type='virtio'/>\n    </interface>";
         assert!(xml.contains(interface), "{xml}");
         assert!(xml.contains("<acpi/>"));
+        assert!(xml.contains("<allocation mode='immediate'/>"));
         assert!(xml.contains("<domain type='qemu'>"));
         assert!(xml.contains("vmtun.addr=203.0.113.2 vmtun.gw=192.0.2.1"));
         assert!(!xml.contains("<disk"));
