@@ -27,6 +27,10 @@
 # zeroing then makes most of the pause, whatever the path (README "The pause through the
 # tunnel"), e.g.
 #   underlay,lazy-ram tunnel,lazy-ram
+# and `underlay-mbit=N` (--underlay-mbit N): the underlay between the hosts limited to N
+# Mbit/s each way, as a real link between data centres is (the lab's veths otherwise carry
+# what the CPU can), e.g.
+#   underlay,underlay-mbit=2500 tunnel,underlay-mbit=2500
 #
 # Usage (root):
 #   benches/real-vm.sh            # 10 runs of each variant
@@ -177,6 +181,10 @@ args_of() { # VARIANT (PATH[-vif-gone][,NAME=NUMBER]...) -> demo options
   for p in "${params[@]}"; do
     if [[ $p == lazy-ram ]]; then
       printf -- ' --guest-ram lazy'
+      continue
+    fi
+    if [[ $p =~ ^underlay-mbit=([0-9]+)$ ]]; then
+      printf -- ' --underlay-mbit %s' "${BASH_REMATCH[1]}"
       continue
     fi
     [[ $p =~ ^[a-z][a-z0-9-]*=[0-9]+$ ]] || return 1

@@ -98,6 +98,11 @@ pub struct DemoArgs {
         value_name = "WHEN"
     )]
     pub guest_ram: GuestRam,
+    /// With --real-vm: limit the underlay between the hosts to this many Mbit/s each way
+    /// (a token bucket on each host's uplink), as a real link between two data centres
+    /// is; without it the lab's links carry whatever the CPU can.
+    #[arg(long, requires = "real_vm", value_name = "MBIT", value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub underlay_mbit: Option<u32>,
 }
 
 /// Runs the demo. Needs root (it creates network namespaces); never touches the root
@@ -119,7 +124,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         args.seed_cutover
             .then_some(["tcpdump", "iptables"])
             .into_iter()
-            .flatten(),
+            .flatten()
+            .chain(args.underlay_mbit.map(|_| "tc")),
     ) {
         if !lab::process::on_path(tool) {
             anyhow::bail!("demo: `{tool}` is not installed or not on PATH; run scripts/setup.sh");
@@ -204,6 +210,7 @@ fn real_vm_options(
     real.handover = args.handover;
     real.hand_over_at_pause = args.hand_over_at_pause;
     real.ram = args.guest_ram;
+    real.underlay_mbit = args.underlay_mbit;
     real
 }
 
@@ -254,13 +261,16 @@ pub fn render_real_vm(report: &RealVmReport) -> String {
     let m = &report.migration;
     let _ = writeln!(
         out,
-        "\nQEMU (TCG, guest RAM {}): the guest booted in {:.1} s; migrated {} ({}) in {} ms: {:.1} MB at {:.0} Mbit/s, {} while the guest was stopped",
+        "\nQEMU (TCG, guest RAM {}): the guest booted in {:.1} s; migrated {}{} ({}) in {} ms: {:.1} MB at {:.0} Mbit/s, {} while the guest was stopped",
         match m.guest_ram {
             GuestRam::Preallocated => "preallocated",
             GuestRam::Lazy => "allocated on first touch",
         },
         m.boot_ms / 1e3,
         m.path.describe(),
+        m.underlay_mbit.map_or(String::new(), |mbit| format!(
+            " (underlay limited to {mbit} Mbit/s)"
+        )),
         m.uri,
         m.qemu.total_ms,
         m.qemu.transferred_bytes as f64 / 1e6,

@@ -102,6 +102,9 @@ pub struct RealVmOptions {
     pub source_linger: Duration,
     /// When both QEMUs back the guest's RAM with host memory.
     pub ram: GuestRam,
+    /// The underlay's rate in Mbit/s each way (a token bucket on each host's uplink);
+    /// `None`: the lab's veths, as fast as the CPU.
+    pub underlay_mbit: Option<u32>,
 }
 
 impl RealVmOptions {
@@ -123,6 +126,7 @@ impl RealVmOptions {
             hand_over_at_pause: false,
             source_linger: Duration::ZERO,
             ram: GuestRam::Preallocated,
+            underlay_mbit: None,
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct MigrationFigures {
     pub source_linger_ms: u64,
     /// When both QEMUs backed the guest's RAM with host memory.
     pub guest_ram: GuestRam,
+    /// The underlay's rate limit in Mbit/s each way, if any.
+    pub underlay_mbit: Option<u32>,
     /// The destination's `-incoming` URI.
     pub uri: String,
     /// The migration parameters set (empty: QEMU's defaults).
@@ -333,6 +339,10 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
     let scratch = Scratch::new("realvm")?;
     progress("building the lab: client, core (provider), old host, new host");
     let lab = MigrationLab::build(1)?;
+    if let Some(mbit) = options.underlay_mbit {
+        progress(&format!("the underlay limited to {mbit} Mbit/s each way"));
+        lab.limit_underlay(mbit)?;
+    }
     // QEMU's tap takes the place of the lab's veth.
     lab.detach_vm(Site::Old)?;
     let mut clock = Clock::new();
@@ -521,6 +531,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         handed_over_unix_ns: handed_over,
         source_linger_ms: options.source_linger.as_millis() as u64,
         guest_ram: options.ram,
+        underlay_mbit: options.underlay_mbit,
         uri,
         parameters: options.parameters.clone(),
         boot_ms,
@@ -597,6 +608,7 @@ mod tests {
             handed_over_unix_ns: None,
             source_linger_ms: 0,
             guest_ram: GuestRam::Preallocated,
+            underlay_mbit: None,
             uri: "tcp:100.64.0.2:4444".into(),
             parameters: Vec::new(),
             boot_ms: 5000.0,

@@ -343,6 +343,26 @@ impl MigrationLab {
         host.link_up(&vif)
     }
 
+    /// Limits what each host sends into the provider's network (`up0`, both directions of
+    /// the underlay) to `mbit` Mbit/s with a token bucket, as a real link between two
+    /// data centres limits it; the lab's veths otherwise carry whatever the CPU can. The
+    /// bucket holds 1 ms of the rate, at least 256 KiB (a 64 KiB GSO packet must fit).
+    pub fn limit_underlay(&self, mbit: u32) -> Result<()> {
+        let bytes_per_ms = u64::from(mbit) * 1_000_000 / 8 / 1_000;
+        let burst = bytes_per_ms.max(256 * 1024).to_string();
+        let rate = format!("{mbit}mbit");
+        for host in [&self.old, &self.new] {
+            host.run(
+                "tc",
+                &[
+                    "qdisc", "add", "dev", "up0", "root", "tbf", "rate", &rate, "burst", &burst,
+                    "latency", "20ms",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Unplugs the VM from `site` (deleting vif0 deletes the VM's eth0 with it, and the /32
     /// route on vif0): what libvirt does to the tap when a migrated VM leaves.
     pub fn detach_vm(&self, site: Site) -> Result<()> {
