@@ -101,7 +101,12 @@ pub struct DemoArgs {
     /// With --real-vm: limit the underlay between the hosts to this many Mbit/s each way
     /// (a token bucket on each host's uplink), as a real link between two data centres
     /// is; without it the lab's links carry whatever the CPU can.
-    #[arg(long, requires = "real_vm", value_name = "MBIT", value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    #[arg(
+        long,
+        requires = "real_vm",
+        value_name = "MBIT",
+        value_parser = clap::value_parser!(u32).range(10..=100_000)
+    )]
     pub underlay_mbit: Option<u32>,
 }
 
@@ -262,10 +267,7 @@ pub fn render_real_vm(report: &RealVmReport) -> String {
     let _ = writeln!(
         out,
         "\nQEMU (TCG, guest RAM {}): the guest booted in {:.1} s; migrated {}{} ({}) in {} ms: {:.1} MB at {:.0} Mbit/s, {} while the guest was stopped",
-        match m.guest_ram {
-            GuestRam::Preallocated => "preallocated",
-            GuestRam::Lazy => "allocated on first touch",
-        },
+        m.guest_ram.describe(),
         m.boot_ms / 1e3,
         m.path.describe(),
         m.underlay_mbit.map_or(String::new(), |mbit| format!(

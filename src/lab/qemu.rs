@@ -145,6 +145,16 @@ pub enum GuestRam {
     Lazy,
 }
 
+impl GuestRam {
+    /// How reports name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GuestRam::Preallocated => "preallocated",
+            GuestRam::Lazy => "allocated on first touch",
+        }
+    }
+}
+
 /// QEMU's arguments for `spec`: TCG on q35, no default devices, the kernel booted directly
 /// with the address and gateway on its command line, one virtio NIC on the tap. A source
 /// starts paused (`-S`, so the tap can get its MAC before the guest sends), a destination
