@@ -15,8 +15,11 @@
 # each alike:
 #   underlay   --migrate-via underlay   QEMU's stream to the new host's underlay address
 #   tunnel     --migrate-via tunnel     to its tunnel address: the stream crosses vmtun
+#   underlay-tls  --migrate-via underlay-tls   to its underlay address, encrypted by QEMU's
+#              own TLS (the seed's alternative): what encryption costs when QEMU does it
 #   underlay-vif-gone, tunnel-vif-gone   the same with --handover vif-gone: the old host
 #              routes the VM to the paused source's tap until that tap goes (the seed's way)
+#   (underlay-tls-vif-gone, underlay-tls-at-pause likewise)
 #   underlay-at-pause, tunnel-at-pause   the same with --hand-over-at-pause: the old host
 #              hands the VM over at the source's STOP (`vmtun handover vif0`), so what is sent
 #              during the pause waits on the new host's tap (issue 12, item 3)
@@ -68,7 +71,7 @@ table() {
 import json, statistics, sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-order = ["underlay", "tunnel", "underlay-vif-gone", "tunnel-vif-gone", "underlay-at-pause", "tunnel-at-pause"]
+order = ["underlay", "underlay-tls", "tunnel", "underlay-vif-gone", "underlay-tls-vif-gone", "tunnel-vif-gone", "underlay-at-pause", "underlay-tls-at-pause", "tunnel-at-pause"]
 def handover(rep):
     m = rep["migration"]
     return "at-pause" if m.get("hand_over_at_pause") else m.get("handover", "—")
@@ -172,9 +175,9 @@ args_of() { # VARIANT (PATH[-vif-gone][,NAME=NUMBER]...) -> demo options
   local path params p
   IFS=, read -r path params <<<"$1"
   case $path in
-    underlay | tunnel) printf -- '--migrate-via %s' "$path" ;;
-    underlay-vif-gone | tunnel-vif-gone) printf -- '--migrate-via %s --handover vif-gone' "${path%-vif-gone}" ;;
-    underlay-at-pause | tunnel-at-pause) printf -- '--migrate-via %s --hand-over-at-pause' "${path%-at-pause}" ;;
+    underlay | tunnel | underlay-tls) printf -- '--migrate-via %s' "$path" ;;
+    underlay-vif-gone | tunnel-vif-gone | underlay-tls-vif-gone) printf -- '--migrate-via %s --handover vif-gone' "${path%-vif-gone}" ;;
+    underlay-at-pause | tunnel-at-pause | underlay-tls-at-pause) printf -- '--migrate-via %s --hand-over-at-pause' "${path%-at-pause}" ;;
     *) return 1 ;;
   esac
   IFS=, read -r -a params <<<"$params"

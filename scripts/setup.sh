@@ -12,6 +12,7 @@ PACKAGES=(
   nftables iptables            # inspecting netfilter in tests; the seed's cutover for comparison
   iperf3 iputils-ping          # transfer and RTT checks
   tcpdump                      # the seed's cutover, for comparison
+  openssl                      # the real-VM lab's TLS certificates (demo --real-vm --migrate-via underlay-tls)
   wireguard-go wireguard-tools # interoperability tests against a stock WireGuard
   procps psmisc                # ps, pkill-free process inspection in tests
   systemd man-db               # systemd-analyze verify of vmtun@.service (it looks up the man pages)

@@ -53,8 +53,9 @@ pub struct DemoArgs {
     /// (scripts/guest.sh; found in $VMTUN_GUEST_DIR or ~/.cache/vmtun-guest).
     #[arg(long, conflicts_with_all = ["seed_cutover", "no_tunnel", "ipv6"])]
     pub real_vm: bool,
-    /// With --real-vm: where QEMU's migration stream goes, the new host's underlay address
-    /// or its tunnel address (through vmtun's tunnel, the seed's way).
+    /// With --real-vm: where QEMU's migration stream goes, the new host's underlay address,
+    /// its tunnel address (through vmtun's tunnel, the seed's way), or its underlay address
+    /// with QEMU's own TLS (a throwaway CA made with openssl).
     #[arg(
         long,
         value_enum,
@@ -130,7 +131,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             .then_some(["tcpdump", "iptables"])
             .into_iter()
             .flatten()
-            .chain(args.underlay_mbit.map(|_| "tc")),
+            .chain(args.underlay_mbit.map(|_| "tc"))
+            .chain((args.real_vm && args.migrate_via.tls()).then_some("openssl")),
     ) {
         if !lab::process::on_path(tool) {
             anyhow::bail!("demo: `{tool}` is not installed or not on PATH; run scripts/setup.sh");

@@ -143,7 +143,7 @@ fn the_old_host_stops_routing_to_the_paused_source_once_the_guest_runs_on_the_ne
         &lab.old,
         "qemu-old",
         scratch.path(),
-        spec(&image, &scratch, "old", GuestRam::Preallocated),
+        spec(&image, &scratch, "old", GuestRam::Preallocated, None),
         None,
         VIF_MAC,
     )?;
@@ -161,7 +161,7 @@ fn the_old_host_stops_routing_to_the_paused_source_once_the_guest_runs_on_the_ne
         &lab.new,
         "qemu-new",
         scratch.path(),
-        spec(&image, &scratch, "new", GuestRam::Preallocated),
+        spec(&image, &scratch, "new", GuestRam::Preallocated, None),
         Some(&incoming),
         VIF_MAC,
     )?;

@@ -23,6 +23,7 @@ pub mod netns;
 pub mod ping;
 pub mod process;
 pub mod qemu;
+pub mod qemu_tls;
 pub mod registry;
 pub mod scratch;
 pub mod wait;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::lab::qemu_tls::MigrationTls;
 use crate::lab::{LabError, Netns, Process, Result, wait_for, wait_until};
 
 /// The QEMU binary the driver runs.
@@ -126,6 +127,8 @@ pub struct VmSpec {
     pub console: PathBuf,
     /// When the guest's RAM gets its host memory.
     pub ram: GuestRam,
+    /// QEMU's own TLS on the migration stream, if it encrypts it.
+    pub tls: Option<MigrationTls>,
 }
 
 /// When QEMU backs the guest's RAM with host memory. It decides how long a destination
@@ -197,6 +200,9 @@ pub fn qemu_args(spec: &VmSpec, incoming: Option<&str>) -> Vec<String> {
     ]);
     if spec.ram == GuestRam::Preallocated {
         args.push("-mem-prealloc".into());
+    }
+    if let Some(tls) = &spec.tls {
+        args.extend(tls.qemu_args());
     }
     match incoming {
         Some(uri) => args.extend(["-incoming".into(), uri.into()]),
@@ -530,14 +536,18 @@ impl Qemu {
         self.finish_migration()
     }
 
-    /// Starts the live migration to `uri` as [`Self::migrate`] does, and returns at once.
+    /// Starts the live migration to `uri` as [`Self::migrate`] does (with TLS if the spec
+    /// has credentials), and returns at once.
     pub fn start_migration(&mut self, uri: &str, parameters: &[MigrationParameter]) -> Result<()> {
         self.enable_migration_events()?;
-        if !parameters.is_empty() {
-            let object: serde_json::Map<String, Value> = parameters
-                .iter()
-                .map(|p| (p.name.clone(), json!(p.value)))
-                .collect();
+        let mut object = self
+            .spec
+            .tls
+            .as_ref()
+            .map(MigrationTls::source_parameters)
+            .unwrap_or_default();
+        object.extend(parameters.iter().map(|p| (p.name.clone(), json!(p.value))));
+        if !object.is_empty() {
             self.qmp
                 .execute("migrate-set-parameters", Value::Object(object))?;
         }
@@ -619,6 +629,7 @@ mod tests {
             qmp: "/s/qmp".into(),
             console: "/s/console".into(),
             ram: GuestRam::Preallocated,
+            tls: None,
         }
     }
 
@@ -649,6 +660,23 @@ mod tests {
             ..spec()
         };
         assert!(!qemu_args(&lazy, None).contains(&"-mem-prealloc".to_owned()));
+        assert!(!source.contains(&"-object".to_owned()));
+        let tls = MigrationTls {
+            dir: "/s/tls/server".into(),
+            endpoint: crate::lab::qemu_tls::Endpoint::Server,
+        };
+        let with_tls = VmSpec {
+            tls: Some(tls.clone()),
+            ..spec()
+        };
+        assert!(
+            qemu_args(&with_tls, Some("tcp:0.0.0.0:4444")).ends_with(
+                &tls.qemu_args()
+                    .into_iter()
+                    .chain(["-incoming".into(), "tcp:0.0.0.0:4444".into()])
+                    .collect::<Vec<_>>()
+            )
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::lab::qemu::{
     GuestImage, GuestRam, MIGRATE_WAIT, MIGRATION_PORT, MigrationParameter, MigrationStats, Qemu,
     VmSpec,
 };
+use crate::lab::qemu_tls::{self, MigrationTls};
 use crate::lab::{self, Result, Scratch};
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -38,9 +39,10 @@ use std::time::{Duration, Instant};
 /// guest needs a moment to take its queued packets.
 pub const AFTER_RESUME: Duration = Duration::from_millis(2);
 
-/// Where QEMU's migration stream goes: the new host's address on the underlay, or its
-/// tunnel address, so that the stream crosses vmtun's tunnel (the seed's way: encrypted
-/// without QEMU's TLS). Also `vmtun demo --migrate-via`'s values.
+/// Where QEMU's migration stream goes: the new host's address on the underlay (in the
+/// clear, or encrypted by QEMU's TLS), or its tunnel address, so that the stream crosses
+/// vmtun's tunnel (the seed's way: encrypted without QEMU's TLS). Also `vmtun demo
+/// --migrate-via`'s values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationPath {
@@ -48,15 +50,23 @@ pub enum MigrationPath {
     Underlay,
     /// The new host's tunnel address: the stream crosses vmtun's tunnel.
     Tunnel,
+    /// The new host's underlay address with QEMU's TLS (`tls-creds`, a throwaway CA): what
+    /// encryption costs when QEMU does it.
+    UnderlayTls,
 }
 
 impl MigrationPath {
     /// The address the destination QEMU listens on and the source sends to.
     pub fn address(self) -> &'static str {
         match self {
-            MigrationPath::Underlay => NEW,
+            MigrationPath::Underlay | MigrationPath::UnderlayTls => NEW,
             MigrationPath::Tunnel => TUNNEL_NEW,
         }
+    }
+
+    /// Whether QEMU encrypts the stream itself.
+    pub fn tls(self) -> bool {
+        self == MigrationPath::UnderlayTls
     }
 
     /// How reports name it.
@@ -64,6 +74,7 @@ impl MigrationPath {
         match self {
             MigrationPath::Underlay => "over the underlay",
             MigrationPath::Tunnel => "through the tunnel",
+            MigrationPath::UnderlayTls => "over the underlay with QEMU's TLS",
         }
     }
 }
@@ -301,8 +312,15 @@ pub fn summarise(
 }
 
 /// The QEMU of `side` (`old`, `new`) for the lab's VM: its tap [`VIF`], MAC, address and
-/// gateway, QMP socket and console in `scratch`, its RAM backed as `ram` says.
-pub fn spec(image: &GuestImage, scratch: &Scratch, side: &str, ram: GuestRam) -> VmSpec {
+/// gateway, QMP socket and console in `scratch`, its RAM backed as `ram` says, its
+/// migration stream encrypted with `tls` if given.
+pub fn spec(
+    image: &GuestImage,
+    scratch: &Scratch,
+    side: &str,
+    ram: GuestRam,
+    tls: Option<MigrationTls>,
+) -> VmSpec {
     VmSpec {
         image: image.clone(),
         tap: VIF.into(),
@@ -312,6 +330,7 @@ pub fn spec(image: &GuestImage, scratch: &Scratch, side: &str, ram: GuestRam) ->
         qmp: scratch.path().join(format!("{side}.qmp")),
         console: scratch.path().join(format!("{side}.console")),
         ram,
+        tls,
     }
 }
 
@@ -343,6 +362,13 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         progress(&format!("the underlay limited to {mbit} Mbit/s each way"));
         lab.limit_underlay(mbit)?;
     }
+    let (server_tls, client_tls) = if options.path.tls() {
+        progress("issuing TLS certificates for QEMU's migration stream (a throwaway CA)");
+        let (server, client) = qemu_tls::issue(&scratch.path().join("tls"))?;
+        (Some(server), Some(client))
+    } else {
+        (None, None)
+    };
     // QEMU's tap takes the place of the lab's veth.
     lab.detach_vm(Site::Old)?;
     let mut clock = Clock::new();
@@ -353,7 +379,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         &lab.old,
         "qemu-old",
         scratch.path(),
-        spec(&options.image, &scratch, "old", options.ram),
+        spec(&options.image, &scratch, "old", options.ram, client_tls),
         None,
         VIF_MAC,
     )?;
@@ -382,7 +408,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         &lab.new,
         "qemu-new",
         scratch.path(),
-        spec(&options.image, &scratch, "new", options.ram),
+        spec(&options.image, &scratch, "new", options.ram, server_tls),
         Some(&uri),
         VIF_MAC,
     )?;
@@ -639,5 +665,8 @@ mod tests {
         assert_eq!(switched.qemu_downtime_ms, None);
         assert_eq!(MigrationPath::Tunnel.address(), TUNNEL_NEW);
         assert_eq!(MigrationPath::Underlay.address(), NEW);
+        assert_eq!(MigrationPath::UnderlayTls.address(), NEW);
+        assert!(MigrationPath::UnderlayTls.tls());
+        assert!(!MigrationPath::Underlay.tls() && !MigrationPath::Tunnel.tls());
     }
 }
