@@ -17,6 +17,8 @@
 #   tunnel     --migrate-via tunnel     to its tunnel address: the stream crosses vmtun
 #   underlay-tls  --migrate-via underlay-tls   to its underlay address, encrypted by QEMU's
 #              own TLS (the seed's alternative): what encryption costs when QEMU does it
+#   wireguard-go  --migrate-via wireguard-go   through a second tunnel between the hosts,
+#              the stock wireguard-go: the seed's way through the reference WireGuard
 #   underlay-vif-gone, tunnel-vif-gone   the same with --handover vif-gone: the old host
 #              routes the VM to the paused source's tap until that tap goes (the seed's way)
 #   (underlay-tls-vif-gone, underlay-tls-at-pause likewise)
@@ -71,7 +73,7 @@ table() {
 import json, statistics, sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-order = ["underlay", "underlay-tls", "tunnel", "underlay-vif-gone", "underlay-tls-vif-gone", "tunnel-vif-gone", "underlay-at-pause", "underlay-tls-at-pause", "tunnel-at-pause"]
+order = ["underlay", "underlay-tls", "tunnel", "wireguard-go", "underlay-vif-gone", "underlay-tls-vif-gone", "tunnel-vif-gone", "underlay-at-pause", "underlay-tls-at-pause", "tunnel-at-pause"]
 def handover(rep):
     m = rep["migration"]
     return "at-pause" if m.get("hand_over_at_pause") else m.get("handover", "—")
@@ -175,7 +177,7 @@ args_of() { # VARIANT (PATH[-vif-gone][,NAME=NUMBER]...) -> demo options
   local path params p
   IFS=, read -r path params <<<"$1"
   case $path in
-    underlay | tunnel | underlay-tls) printf -- '--migrate-via %s' "$path" ;;
+    underlay | tunnel | underlay-tls | wireguard-go) printf -- '--migrate-via %s' "$path" ;;
     underlay-vif-gone | tunnel-vif-gone | underlay-tls-vif-gone) printf -- '--migrate-via %s --handover vif-gone' "${path%-vif-gone}" ;;
     underlay-at-pause | tunnel-at-pause | underlay-tls-at-pause) printf -- '--migrate-via %s --hand-over-at-pause' "${path%-at-pause}" ;;
     *) return 1 ;;

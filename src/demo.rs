@@ -54,8 +54,9 @@ pub struct DemoArgs {
     #[arg(long, conflicts_with_all = ["seed_cutover", "no_tunnel", "ipv6"])]
     pub real_vm: bool,
     /// With --real-vm: where QEMU's migration stream goes, the new host's underlay address,
-    /// its tunnel address (through vmtun's tunnel, the seed's way), or its underlay address
-    /// with QEMU's own TLS (a throwaway CA made with openssl).
+    /// its tunnel address (through vmtun's tunnel, the seed's way), its underlay address
+    /// with QEMU's own TLS (a throwaway CA made with openssl), or its address in a
+    /// wireguard-go tunnel the lab adds between the hosts (the reference WireGuard).
     #[arg(
         long,
         value_enum,
@@ -132,7 +133,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .chain(args.underlay_mbit.map(|_| "tc"))
-            .chain((args.real_vm && args.migrate_via.tls()).then_some("openssl")),
+            .chain((args.real_vm && args.migrate_via.tls()).then_some("openssl"))
+            .chain(
+                (args.real_vm && args.migrate_via == MigrationPath::WireguardGo)
+                    .then_some(["wireguard-go", "wg"])
+                    .into_iter()
+                    .flatten(),
+            ),
     ) {
         if !lab::process::on_path(tool) {
             anyhow::bail!("demo: `{tool}` is not installed or not on PATH; run scripts/setup.sh");

@@ -79,7 +79,7 @@ fn harness_attack_against_wireguard_go() -> Result<()> {
     let b_ns = lan.host("b", UNDERLAY_B)?;
     let m_ns = lan.host("m", UNDERLAY_M)?;
     let (ka, kb) = (wg_keypair(), wg_keypair());
-    let b = WgGo::start(
+    let b = start_wggo(
         &b_ns,
         &lan.scratch,
         &kb,
@@ -87,7 +87,7 @@ fn harness_attack_against_wireguard_go() -> Result<()> {
         TUNNEL_B,
         &PeerCfg::new(&ka.public, None, TUNNEL_A),
     )?;
-    let _a = WgGo::start(
+    let _a = start_wggo(
         &a_ns,
         &lan.scratch,
         &ka,

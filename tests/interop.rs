@@ -23,7 +23,7 @@ fn harness_wireguard_go_pair() -> Result<()> {
     preflight(&["wireguard-go", "wg", "ping"]);
     let net = Pair::new("wgpair")?;
     let (ka, kb) = (wg_keypair(), wg_keypair());
-    let _b = WgGo::start(
+    let _b = start_wggo(
         &net.b,
         &net.scratch,
         &kb,
@@ -31,7 +31,7 @@ fn harness_wireguard_go_pair() -> Result<()> {
         TUNNEL_B,
         &PeerCfg::new(&ka.public, None, TUNNEL_A),
     )?;
-    let a = WgGo::start(
+    let a = start_wggo(
         &net.a,
         &net.scratch,
         &ka,
@@ -58,7 +58,7 @@ fn interop_vmtun_initiates() -> Result<()> {
     preflight(&["wireguard-go", "wg", "ping"]);
     let net = Pair::new("iopvm")?;
     let (ka, kb) = (vmtun_keypair(), wg_keypair());
-    let b = WgGo::start(
+    let b = start_wggo(
         &net.b,
         &net.scratch,
         &kb,
@@ -111,7 +111,7 @@ fn interop_wireguard_go_initiates() -> Result<()> {
             vec![PeerCfg::new(&kb.public, None, TUNNEL_B)],
         ),
     )?;
-    let b = WgGo::start(
+    let b = start_wggo(
         &net.b,
         &net.scratch,
         &kb,

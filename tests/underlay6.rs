@@ -245,7 +245,7 @@ fn interop_with_wireguard_go_over_ipv6() -> Result<()> {
     preflight(&["wireguard-go", "wg", "ping"]);
     let net = Pair6::new("iop6")?;
     let (ka, kb) = (vmtun_keypair(), wg_keypair());
-    let b = WgGo::start(
+    let b = start_wggo(
         &net.b,
         &net.scratch,
         &kb,

@@ -27,6 +27,7 @@ pub mod qemu_tls;
 pub mod registry;
 pub mod scratch;
 pub mod wait;
+pub mod wggo;
 
 pub use address::check_lab_address;
 pub use error::{LabError, Result};

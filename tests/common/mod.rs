@@ -10,7 +10,7 @@ pub mod transfer;
 pub mod wggo;
 
 pub use instance::{PeerCfg, Status, Stopped, Vmtun, VmtunCfg, run_files, run_vmtun};
-pub use wggo::WgGo;
+pub use wggo::{WgGo, start_wggo};
 
 pub use ::vmtun::lab::{self, LabError, Netns, Result, Scratch, wait_for, wait_until};
 use std::process::Command;

@@ -1,120 +1,27 @@
-//! A stock WireGuard peer: `wireguard-go` in a namespace, configured with `wg set` and
-//! `ip`, the reference vmtun must interoperate with.
+//! The harness's side of `vmtun::lab::wggo` (a stock WireGuard peer, the reference vmtun
+//! must interoperate with): wireguard-go started from the harness's key pair and
+//! `[[peer]]`.
 
-use super::{KeyPair, LabError, Netns, PeerCfg, Result, Scratch, TUNNEL_PREFIX, WAIT};
-use ::vmtun::lab::{self, Process};
+use super::{KeyPair, Netns, PeerCfg, Result, Scratch, TUNNEL_PREFIX};
+pub use ::vmtun::lab::wggo::{WgGo, WgPeer};
 
-/// A `wireguard-go` running in the foreground in a namespace, stopped on drop.
-pub struct WgGo<'a> {
+/// Starts `wireguard-go` in `ns` with `keys`, listening on `port`, with tunnel address
+/// `tunnel_addr`/[`TUNNEL_PREFIX`] and one peer, and waits until the device is up.
+pub fn start_wggo<'a>(
     ns: &'a Netns,
-    /// Interface name (unique on the host: its UAPI socket lives in the shared `/run`).
-    pub name: String,
-    /// Its key pair.
-    pub keys: KeyPair,
-    process: Option<Process>,
-}
-
-impl Drop for WgGo<'_> {
-    fn drop(&mut self) {
-        // SIGTERM lets wireguard-go remove its UAPI socket; remove it if a kill did not.
-        drop(self.process.take());
-        let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", self.name));
-    }
-}
-
-impl<'a> WgGo<'a> {
-    /// Starts `wireguard-go` in `ns` listening on `port`, with tunnel address
-    /// `tunnel_addr`/24 and one peer, and waits until the device is up.
-    pub fn start(
-        ns: &'a Netns,
-        scratch: &Scratch,
-        keys: &KeyPair,
-        port: u16,
-        tunnel_addr: &str,
-        peer: &PeerCfg,
-    ) -> Result<Self> {
-        let name = lab::unique_ifname("wg");
-        let mut cmd = ns.command("wireguard-go");
-        cmd.arg(&name)
-            .env("WG_PROCESS_FOREGROUND", "1")
-            .env("LOG_LEVEL", "debug");
-        let mut process = Process::spawn(&format!("wireguard-go-{name}"), scratch.path(), cmd)?;
-        lab::wait_until(WAIT, &format!("wireguard-go to create {name}"), || {
-            process.is_running() && ns.has_link(&name)
-        })
-        .map_err(|e| LabError::Failed(format!("{e}\n{}", process.stderr_tail())))?;
-
-        let key_file = scratch.write(&format!("{name}.key"), &keys.private, 0o600)?;
-        let key_file = key_file.to_string_lossy().into_owned();
-        let port = port.to_string();
-        let allowed = peer.allowed_ips.join(",");
-        let mut args: Vec<&str> = vec![
-            "set",
-            &name,
-            "private-key",
-            &key_file,
-            "listen-port",
-            &port,
-            "peer",
-            &peer.public_key,
-            "allowed-ips",
-            &allowed,
-        ];
-        if let Some(endpoint) = &peer.endpoint {
-            args.extend(["endpoint", endpoint]);
-        }
-        let keepalive = peer.persistent_keepalive.map(|k| k.to_string());
-        if let Some(keepalive) = &keepalive {
-            args.extend(["persistent-keepalive", keepalive]);
-        }
-        let psk_file = match &peer.preshared_key {
-            Some(psk) => Some(
-                scratch
-                    .write(&format!("{name}.psk"), psk, 0o600)?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            None => None,
-        };
-        if let Some(psk_file) = &psk_file {
-            args.extend(["preshared-key", psk_file]);
-        }
-        ns.run("wg", &args)?;
-        ns.add_address(&name, &format!("{tunnel_addr}/{TUNNEL_PREFIX}"))?;
-        ns.link_up(&name)?;
-        Ok(Self {
-            ns,
-            name,
-            keys: keys.clone(),
-            process: Some(process),
-        })
-    }
-
-    /// Seconds since the epoch of the last handshake with `public_key` (`wg show
-    /// latest-handshakes`); `None` if there was none.
-    pub fn latest_handshake(&self, public_key: &str) -> Option<u64> {
-        let out = self
-            .ns
-            .run("wg", &["show", &self.name, "latest-handshakes"])
-            .ok()?;
-        out.lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(public_key))
-                .then(|| fields.next()?.parse::<u64>().ok())
-                .flatten()
-                .filter(|&t| t != 0)
-        })
-    }
-
-    /// The endpoint wireguard-go uses for `public_key` (`wg show endpoints`).
-    pub fn endpoint(&self, public_key: &str) -> Option<String> {
-        let out = self.ns.run("wg", &["show", &self.name, "endpoints"]).ok()?;
-        out.lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(public_key))
-                .then(|| fields.next().map(str::to_owned))
-                .flatten()
-                .filter(|e| e != "(none)")
-        })
-    }
+    scratch: &Scratch,
+    keys: &KeyPair,
+    port: u16,
+    tunnel_addr: &str,
+    peer: &PeerCfg,
+) -> Result<WgGo<'a>> {
+    let peer = WgPeer {
+        public_key: peer.public_key.clone(),
+        endpoint: peer.endpoint.clone(),
+        allowed_ips: peer.allowed_ips.clone(),
+        preshared_key: peer.preshared_key.clone(),
+        persistent_keepalive: peer.persistent_keepalive,
+    };
+    let cidr = format!("{tunnel_addr}/{TUNNEL_PREFIX}");
+    WgGo::start(ns, scratch, &keys.private, port, &cidr, &peer)
 }

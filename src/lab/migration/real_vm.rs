@@ -23,11 +23,13 @@ use super::topology::{CoreCounters, MigrationLab, Site};
 use super::*;
 use crate::config::HandoverMode;
 use crate::control::Request;
+use crate::keys::PrivateKey;
 use crate::lab::qemu::{
     GuestImage, GuestRam, MIGRATE_WAIT, MIGRATION_PORT, MigrationParameter, MigrationStats, Qemu,
     VmSpec,
 };
 use crate::lab::qemu_tls::{self, MigrationTls};
+use crate::lab::wggo::{WgGo, WgPeer};
 use crate::lab::{self, Result, Scratch};
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -53,7 +55,19 @@ pub enum MigrationPath {
     /// The new host's underlay address with QEMU's TLS (`tls-creds`, a throwaway CA): what
     /// encryption costs when QEMU does it.
     UnderlayTls,
+    /// The new host's address in a second tunnel between the hosts, a stock WireGuard
+    /// (`wireguard-go`): what the seed's way costs through the reference implementation.
+    WireguardGo,
 }
+
+/// The old host's address in the wireguard-go tunnel of [`MigrationPath::WireguardGo`].
+const WG_OLD: &str = "100.64.1.1";
+/// The new host's address in it.
+const WG_NEW: &str = "100.64.1.2";
+/// Its prefix length.
+const WG_PREFIX: u8 = 24;
+/// Its UDP port on both hosts (vmtun's is [`TUNNEL_PORT`]).
+const WG_PORT: u16 = 51830;
 
 impl MigrationPath {
     /// The address the destination QEMU listens on and the source sends to.
@@ -61,6 +75,7 @@ impl MigrationPath {
         match self {
             MigrationPath::Underlay | MigrationPath::UnderlayTls => NEW,
             MigrationPath::Tunnel => TUNNEL_NEW,
+            MigrationPath::WireguardGo => WG_NEW,
         }
     }
 
@@ -75,6 +90,7 @@ impl MigrationPath {
             MigrationPath::Underlay => "over the underlay",
             MigrationPath::Tunnel => "through the tunnel",
             MigrationPath::UnderlayTls => "over the underlay with QEMU's TLS",
+            MigrationPath::WireguardGo => "through a wireguard-go tunnel",
         }
     }
 }
@@ -334,6 +350,39 @@ pub fn spec(
     }
 }
 
+/// A wireguard-go tunnel between the lab's hosts beside vmtun's ([`WG_OLD`] ↔
+/// [`WG_NEW`], fresh keys), up once a ping crosses it: the path of
+/// [`MigrationPath::WireguardGo`].
+fn wireguard_go_pair<'a>(lab: &'a MigrationLab, scratch: &Scratch) -> Result<[WgGo<'a>; 2]> {
+    let (old_key, new_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let peer = |key: &PrivateKey, endpoint: Option<String>, addr: &str| WgPeer {
+        public_key: key.public_key().to_base64(),
+        endpoint,
+        allowed_ips: vec![format!("{addr}/32")],
+        ..WgPeer::default()
+    };
+    let new = WgGo::start(
+        &lab.new,
+        scratch,
+        &new_key.to_base64(),
+        WG_PORT,
+        &format!("{WG_NEW}/{WG_PREFIX}"),
+        &peer(&old_key, None, WG_OLD),
+    )?;
+    let old = WgGo::start(
+        &lab.old,
+        scratch,
+        &old_key.to_base64(),
+        WG_PORT,
+        &format!("{WG_OLD}/{WG_PREFIX}"),
+        &peer(&new_key, Some(format!("{NEW}:{WG_PORT}")), WG_NEW),
+    )?;
+    lab::wait_until(scenario::SETUP_WAIT, "a ping through wireguard-go", || {
+        scenario::answers_ping(&lab.old, WG_NEW)
+    })?;
+    Ok([old, new])
+}
+
 /// Waits for the source's `STOP` and hands the VM over on the `old` host at once (the
 /// `handover` request on its control socket); when that was done (Unix ns), if the guest
 /// stopped.
@@ -395,6 +444,12 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         progress,
         &mut clock,
     )?;
+    let wireguard = if options.path == MigrationPath::WireguardGo {
+        progress("a wireguard-go tunnel between the hosts for QEMU's stream");
+        Some(wireguard_go_pair(&lab, &scratch)?)
+    } else {
+        None
+    };
     source.wait_booted()?;
     let boot_ms = booting.elapsed().as_secs_f64() * 1e3;
     clock.now("the guest booted on the old host");
@@ -505,6 +560,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
 
     progress("tearing down: QEMU, vmtun down on both hosts, deleting the namespaces");
     drop(destination);
+    drop(wireguard);
     let vmtun_exits = scenario::stop_hosts(&mut hosts);
     drop(hosts);
     drop(lab);
@@ -668,5 +724,7 @@ mod tests {
         assert_eq!(MigrationPath::UnderlayTls.address(), NEW);
         assert!(MigrationPath::UnderlayTls.tls());
         assert!(!MigrationPath::Underlay.tls() && !MigrationPath::Tunnel.tls());
+        assert_eq!(MigrationPath::WireguardGo.address(), WG_NEW);
+        assert!(!MigrationPath::WireguardGo.tls());
     }
 }
