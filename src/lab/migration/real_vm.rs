@@ -214,7 +214,7 @@ pub struct MigrationFigures {
 /// What the hosts' network stacks lost while QEMU's stream crossed (the changes of their
 /// `/proc/net/snmp` counters from the `migrate` command until the source QEMU has exited,
 /// read outside the pause so that reading them delays nothing): through
-/// the tunnel, a datagram dropped on vmtun's full socket buffer is a TCP segment of the
+/// a tunnel, a datagram dropped on its full socket buffer is a TCP segment of the
 /// stream lost, which the source must retransmit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct StreamLosses {
