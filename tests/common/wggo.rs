@@ -3,7 +3,8 @@
 //! `[[peer]]`.
 
 use super::{KeyPair, Netns, PeerCfg, Result, Scratch, TUNNEL_PREFIX};
-pub use ::vmtun::lab::wggo::{WgGo, WgPeer};
+pub use ::vmtun::lab::wggo::WgGo;
+use ::vmtun::lab::wggo::WgPeer;
 
 /// Starts `wireguard-go` in `ns` with `keys`, listening on `port`, with tunnel address
 /// `tunnel_addr`/[`TUNNEL_PREFIX`] and one peer, and waits until the device is up.

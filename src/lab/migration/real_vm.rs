@@ -42,9 +42,9 @@ use std::time::{Duration, Instant};
 pub const AFTER_RESUME: Duration = Duration::from_millis(2);
 
 /// Where QEMU's migration stream goes: the new host's address on the underlay (in the
-/// clear, or encrypted by QEMU's TLS), or its tunnel address, so that the stream crosses
-/// vmtun's tunnel (the seed's way: encrypted without QEMU's TLS). Also `vmtun demo
-/// --migrate-via`'s values.
+/// clear, or encrypted by QEMU's TLS), its tunnel address, so that the stream crosses
+/// vmtun's tunnel (the seed's way: encrypted without QEMU's TLS), or, for comparison, its
+/// address in a stock WireGuard tunnel. Also `vmtun demo --migrate-via`'s values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationPath {
