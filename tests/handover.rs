@@ -325,7 +325,7 @@ fn after_the_switch_a_moving_vm_is_routed_to_the_new_host_only_once_it_runs_ther
             new.log()
         )
     })?;
-    check(common::ping_once(&lab.client, VM_ADDR), || {
+    check(lab.client.answers_ping(VM_ADDR), || {
         "the VM, still on the old host, does not answer".into()
     })?;
 
@@ -444,7 +444,7 @@ fn a_vm_moving_back_is_routed_to_the_old_host_only_once_it_runs_there() -> Resul
             old.log()
         )
     })?;
-    check(common::ping_once(&lab.client, VM_ADDR), || {
+    check(lab.client.answers_ping(VM_ADDR), || {
         format!(
             "the VM, still on the new host, does not answer:\n{}",
             old.log()
@@ -513,7 +513,7 @@ fn with_handover_vif_gone_the_route_stays_until_the_source_interface_goes() -> R
     let (old, new, copy) = paused_source_and_its_copy(&lab, &scratch, "vif-gone")?;
     announce(&copy)?;
     // The copy answers through the tunnel only once the source's interface is gone.
-    check(!common::ping_once(&lab.client, VM_ADDR), || {
+    check(!lab.client.answers_ping(VM_ADDR), || {
         "the paused source's route answered".into()
     })?;
     check(vm_route_on_vif(&lab.old)?, || old.log())?;

@@ -404,7 +404,7 @@ fn no_false_cutover() -> Result<()> {
     // both answered, so both went where the VM's traffic goes.
     for dst in ["198.18.10.2", "198.18.2.2"] {
         wait_until(WAIT, &format!("the VM's ping to {dst} answered"), || {
-            common::ping_once(&lab.vm, dst)
+            lab.vm.answers_ping(dst)
         })?;
     }
     settle();

@@ -118,7 +118,7 @@ fn a_ping_to_an_unused_address_crosses_the_tunnel_at_most_once() -> Result<()> {
         let unused = unused(family);
         let mut answered = false;
         let crossings = tunnel_crossings(&lab, &old, &new, &[unused.to_owned()], || {
-            answered = ping_once(&lab.client, unused);
+            answered = lab.client.answers_ping(unused);
             Ok(())
         })?;
         eprintln!("one ping to {unused}: {crossings} packet(s) into the tunnel");

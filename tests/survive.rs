@@ -131,7 +131,7 @@ fn without_counters(state: &HostState) -> HostState {
 /// native packet has flipped the kernel for.
 fn vm_reaches_the_client(lab: &MigrationLab) -> Result<()> {
     wait_until(WAIT, "the VM's ping to the client answered", || {
-        common::ping_once(&lab.vm, CLIENT)
+        lab.vm.answers_ping(CLIENT)
     })
 }
 

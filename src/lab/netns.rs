@@ -175,6 +175,17 @@ impl Netns {
             .map_err(|_| LabError::Failed(format!("{path} in {} read {text:?}", self.name)))
     }
 
+    /// Whether `addr` answers one ICMP echo from this namespace within a second: what the
+    /// lab and the tests wait on before they rely on a path.
+    pub fn answers_ping(&self, addr: &str) -> bool {
+        self.command("ping")
+            .args(["-c", "1", "-W", "1", "-q", addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// PIDs of the processes currently inside the namespace.
     pub fn pids(&self) -> Vec<u32> {
         registry::pids_in(&self.name)

@@ -159,7 +159,7 @@ impl Moved<'_> {
 /// Waits for a ping from the old host to the new host's tunnel address: the handshake.
 pub fn wait_tunnel(lab: &MigrationLab) -> Result<()> {
     wait_until(WAIT, "a ping through the tunnel", || {
-        crate::common::ping_once(&lab.old, TUNNEL_NEW)
+        lab.old.answers_ping(TUNNEL_NEW)
     })
 }
 

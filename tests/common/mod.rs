@@ -237,23 +237,12 @@ fn keypair(program: &str, genkey: &str, pubkey: &str) -> KeyPair {
     KeyPair { private, public }
 }
 
-/// One ICMP echo from `ns` to `addr` with a one-second deadline.
-pub fn ping_once(ns: &Netns, addr: &str) -> bool {
-    ns.command("ping")
-        .args(["-c", "1", "-W", "1", "-q", addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// Pings until one echo is answered, at most `timeout`.
 pub fn wait_ping(ns: &Netns, addr: &str, timeout: Duration) -> Result<()> {
     wait_until(
         timeout,
         &format!("a ping from {} to {addr}", ns.name()),
-        || ping_once(ns, addr),
+        || ns.answers_ping(addr),
     )
 }
 

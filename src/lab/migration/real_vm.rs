@@ -378,7 +378,7 @@ fn wireguard_go_pair<'a>(lab: &'a MigrationLab, scratch: &Scratch) -> Result<[Wg
         &peer(&new_key, Some(format!("{NEW}:{WG_PORT}")), WG_NEW),
     )?;
     lab::wait_until(scenario::SETUP_WAIT, "a ping through wireguard-go", || {
-        scenario::answers_ping(&lab.old, WG_NEW)
+        lab.old.answers_ping(WG_NEW)
     })?;
     Ok([old, new])
 }

@@ -297,20 +297,10 @@ pub(super) fn start_hosts<'a>(
     let old = HostVmtun::start(&lab.old, vmtun, scratch, old_config)?;
     progress("waiting for the handshake (ping through the tunnel)");
     lab::wait_until(SETUP_WAIT, "a ping through the tunnel", || {
-        answers_ping(&lab.old, TUNNEL_NEW)
+        lab.old.answers_ping(TUNNEL_NEW)
     })?;
     clock.now("handshake done (ping through the tunnel answered)");
     Ok(vec![new, old])
-}
-
-/// Whether `addr` answers one ping from `ns` within a second.
-pub(super) fn answers_ping(ns: &crate::lab::Netns, addr: &str) -> bool {
-    ns.command("ping")
-        .args(["-c", "1", "-W", "1", "-q", addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Waits (at most [`CUTOVER_WAIT`]) for vmtun on the new host to show its cutover done;
