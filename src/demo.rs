@@ -133,12 +133,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .chain(args.underlay_mbit.map(|_| "tc"))
-            .chain((args.real_vm && args.migrate_via.tls()).then_some("openssl"))
             .chain(
-                (args.real_vm && args.migrate_via == MigrationPath::WireguardGo)
-                    .then_some(["wireguard-go", "wg"])
+                args.real_vm
+                    .then(|| args.migrate_via.tools())
                     .into_iter()
-                    .flatten(),
+                    .flatten()
+                    .copied(),
             ),
     ) {
         if !lab::process::on_path(tool) {

@@ -116,9 +116,9 @@ fn issue_one(
     ca_cert: &Path,
     endpoint: Endpoint,
 ) -> Result<MigrationTls> {
-    let (role, usage) = match endpoint {
-        Endpoint::Server => ("server", "serverAuth"),
-        Endpoint::Client => ("client", "clientAuth"),
+    let (role, usage, serial) = match endpoint {
+        Endpoint::Server => ("server", "serverAuth", "1"),
+        Endpoint::Client => ("client", "clientAuth", "2"),
     };
     let out = dir.join(role);
     let io = |e| super::LabError::io(out.display().to_string(), e);
@@ -166,11 +166,7 @@ fn issue_one(
             "-CAkey",
             &ca_key.display().to_string(),
             "-set_serial",
-            if endpoint == Endpoint::Server {
-                "1"
-            } else {
-                "2"
-            },
+            serial,
             "-days",
             DAYS,
             "-extfile",

@@ -79,9 +79,14 @@ impl MigrationPath {
         }
     }
 
-    /// Whether QEMU encrypts the stream itself.
-    pub fn tls(self) -> bool {
-        self == MigrationPath::UnderlayTls
+    /// The tools this path needs on the machine beyond the lab's own, for a one-line error
+    /// before anything is built.
+    pub fn tools(self) -> &'static [&'static str] {
+        match self {
+            MigrationPath::Underlay | MigrationPath::Tunnel => &[],
+            MigrationPath::UnderlayTls => &["openssl"],
+            MigrationPath::WireguardGo => &["wireguard-go", "wg"],
+        }
     }
 
     /// How reports name it.
@@ -411,7 +416,7 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
         progress(&format!("the underlay limited to {mbit} Mbit/s each way"));
         lab.limit_underlay(mbit)?;
     }
-    let (server_tls, client_tls) = if options.path.tls() {
+    let (server_tls, client_tls) = if options.path == MigrationPath::UnderlayTls {
         progress("issuing TLS certificates for QEMU's migration stream (a throwaway CA)");
         let (server, client) = qemu_tls::issue(&scratch.path().join("tls"))?;
         (Some(server), Some(client))
@@ -722,9 +727,11 @@ mod tests {
         assert_eq!(MigrationPath::Tunnel.address(), TUNNEL_NEW);
         assert_eq!(MigrationPath::Underlay.address(), NEW);
         assert_eq!(MigrationPath::UnderlayTls.address(), NEW);
-        assert!(MigrationPath::UnderlayTls.tls());
-        assert!(!MigrationPath::Underlay.tls() && !MigrationPath::Tunnel.tls());
+        assert_eq!(MigrationPath::UnderlayTls.tools(), ["openssl"]);
+        assert!(
+            MigrationPath::Underlay.tools().is_empty() && MigrationPath::Tunnel.tools().is_empty()
+        );
         assert_eq!(MigrationPath::WireguardGo.address(), WG_NEW);
-        assert!(!MigrationPath::WireguardGo.tls());
+        assert_eq!(MigrationPath::WireguardGo.tools(), ["wireguard-go", "wg"]);
     }
 }
