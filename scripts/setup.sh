@@ -21,6 +21,10 @@ PACKAGES=(
   # tests/libvirt.rs: libvirtd, its QEMU driver and virsh (bookworm's 9.0). Not
   # libvirt-daemon-system: its units would start a daemon in the root namespace; these ship none.
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  # tests/libvirt.rs migrates over SSH (qemu+ssh://): OpenSSH's client, which libvirt runs, and
+  # dropbear as the new host's server in its namespaces. dropbear-bin is its binaries only: no
+  # unit or init script that would start a server in the root namespace (openssh-server has both).
+  openssh-client dropbear-bin
 )
 
 # PIDs of libvirt daemons running in this (the root) network namespace.

@@ -2,12 +2,14 @@
 //! the old host, with the interface the README documents ("With libvirt": `type='ethernet'`,
 //! `<target dev='vif0'/>`, `<script path>` running `packaging/libvirt/vif-up`), vmtun runs
 //! on both hosts, and `virsh migrate --live --p2p --persistent` moves the guest to the new
-//! host's libvirtd; then the provider switches.
+//! host's libvirtd over SSH (`qemu+ssh://198.18.2.2/system`, the README's peer URI); then the
+//! provider switches.
 //!
 //! ```text
 //!  client ── core ──┬── old host: libvirtd (TCP 198.18.1.2:16509), QEMU on vif0, vmtun old
-//!                   └── new host: libvirtd (TCP 198.18.2.2:16509), vmtun new
-//!        virsh migrate --p2p: the old host's libvirtd drives the new host's, QEMU's stream
+//!                   └── new host: libvirtd (TCP 198.18.2.2:16509), SSH (:22), vmtun new
+//!        virsh migrate --p2p: the old host's libvirtd drives the new host's through SSH
+//!        (the test's own virsh reaches each daemon over TCP), QEMU's stream
 //!        goes old -> core -> new on the underlay (tcp://198.18.2.2), or through vmtun's
 //!        tunnel (tcp://100.64.0.2), with --copy-storage-all the disk's NBD copy with it
 //! ```
@@ -29,6 +31,7 @@ use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use vmtun::lab::libvirt::ssh::SshServer;
 use vmtun::lab::libvirt::{
     self, DaemonSpec, Disks, DomainSpec, Libvirtd, MIGRATE_WAIT, VIF_SCRIPT_CALLS, migrate_args,
 };
@@ -171,20 +174,22 @@ fn place_disks(source: &Libvirtd<'_>, destination: &Libvirtd<'_>, bytes: &[u8]) 
 /// The two hosts' daemons, the old one running the booted guest: its `<script>` (with the
 /// old host's vmtun config `old_config`) ran and routed the guest's address onto vif0. The
 /// new host's script uses `new_config`. With `disk`, the guest has it as `/dev/vda` (see
-/// [`place_disks`]).
+/// [`place_disks`]). The old host's root logs in to the new host over SSH, as the README's
+/// `qemu+ssh://` needs; the third value is the new host's SSH server (drop it first).
 fn guest_on_old_host<'a>(
     lab: &'a MigrationLab,
     scratch: &Scratch,
     old_config: &Path,
     new_config: &Path,
     disk: Option<&[u8]>,
-) -> Result<(Libvirtd<'a>, Libvirtd<'a>)> {
+) -> Result<(Libvirtd<'a>, Libvirtd<'a>, SshServer)> {
     let image = GuestImage::build(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     // The libvirt domain's tap takes the place of the lab's veth.
     lab.detach_vm(Site::Old)?;
     let source = Libvirtd::start(&lab.old, scratch.path(), &daemon("old", OLD, 0, old_config))?;
     let destination =
         Libvirtd::start(&lab.new, scratch.path(), &daemon("new", NEW, 1, new_config))?;
+    let ssh_server = libvirt::ssh::open(&source, &destination, scratch.path())?;
     let domain = DomainSpec {
         name: DOMAIN.into(),
         image,
@@ -210,7 +215,7 @@ fn guest_on_old_host<'a>(
     check(vif_routed(&lab.old)?, || {
         format!("the old host's <script> routed {VM_ADDR} onto {VIF} with proxy ARP")
     })?;
-    Ok((source, destination))
+    Ok((source, destination, ssh_server))
 }
 
 /// `vmtun follow-libvirt` on the old host for `source`'s events (the README's
@@ -260,16 +265,21 @@ fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Re
     let scratch = Scratch::new("libvirt")?;
     let lab = MigrationLab::build(1)?;
     let (mut old, mut new) = prepare_hosts(&lab, &scratch, "auto")?;
-    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &new.path, None)?;
+    let (source, destination, ssh_server) =
+        guest_on_old_host(&lab, &scratch, &old.path, &new.path, None)?;
 
     launch_both(&lab, &mut old, &mut new)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     let follower = follow_libvirt(&lab, &scratch, &old.path, &source)?;
 
     let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
+    let logins = ssh_server.logins();
     let migrating = Instant::now();
     migrate(&source, MigrationPath::Underlay, Disks::Leave)?;
     let migrate_took = migrating.elapsed();
+    check(ssh_server.logins() > logins, || {
+        "the old host's libvirtd reached the new host's over SSH for the migration".into()
+    })?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     let trace = pings.stop()?;
     // ping sends every PING_INTERVAL only while replies come: with replies outstanding it
@@ -359,7 +369,8 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
     let lab = MigrationLab::build(1)?;
     let (old, _) = prepare_hosts(&lab, &scratch, "auto")?;
     let absent = scratch.path().join("absent.toml");
-    let (source, destination) = guest_on_old_host(&lab, &scratch, &old.path, &absent, None)?;
+    let (source, destination, _ssh_server) =
+        guest_on_old_host(&lab, &scratch, &old.path, &absent, None)?;
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
 
     let refused = match migrate(&source, MigrationPath::Underlay, Disks::Leave) {
@@ -413,7 +424,7 @@ fn copy_storage_all(path: MigrationPath) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |t| t.as_nanos() as u64);
     let (image, sum) = disk_image(seed);
-    let (source, destination) =
+    let (source, destination, _ssh_server) =
         guest_on_old_host(&lab, &scratch, &old.path, &new.path, Some(&image))?;
     drop(image);
     launch_both(&lab, &mut old, &mut new)?;

@@ -4,6 +4,7 @@
 //! running `virsh` are the thin edge.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use super::{DAEMON_WAIT, LIBVIRTD, VIRSH, VIRSH_WAIT, uri};
@@ -11,20 +12,23 @@ use crate::lab::{LabError, Netns, Process, Result, process, wait_for};
 
 /// The private directories of a daemon: the name of each one's source under the host's
 /// directory, and where it is mounted.
-pub const PRIVATE_DIRS: [(&str, &str); 5] = [
+pub const PRIVATE_DIRS: [(&str, &str); 6] = [
     ("etc", "/etc/libvirt"),
     ("run", "/run/libvirt"),
     ("lib", "/var/lib/libvirt"),
     ("log", "/var/log/libvirt"),
     ("cache", "/var/cache/libvirt"),
+    // Root's SSH keys for `qemu+ssh://` (see `super::ssh`).
+    ("ssh", "/root/.ssh"),
 ];
 
 /// The helper that makes a daemon's namespace: a shell script run with `sh -c` under
 /// `unshare --mount --uts --propagation private`, with the host's directory, hostname and
 /// pid file as `$1`..`$3`. `/run` becomes an empty tmpfs (the host's `/run` holds other
 /// daemons' sockets, and `/run/systemd/system` would send libvirt to systemd-machined);
-/// `/var` an overlay whose upper layer lives in that tmpfs (any file system below will do),
-/// so the mount points of [`PRIVATE_DIRS`] can be made without touching the host; then
+/// `/var` and `/root` overlays whose upper layers live in that tmpfs (any file system below
+/// will do), so the mount points of [`PRIVATE_DIRS`] can be made without touching the host
+/// while the rest stays readable (the guest's image may be cached under `/root`); then
 /// each private directory is bind-mounted from `$1`. `/etc/libvirt` must exist
 /// (libvirt-daemon ships it).
 pub fn namespace_script() -> String {
@@ -37,8 +41,10 @@ pub fn namespace_script() -> String {
         r#"set -eu
 dir=$1
 mount -t tmpfs -o mode=0755 vmtunlab /run
-mkdir -p /run/vmtunlab-var/upper /run/vmtunlab-var/work
-mount -t overlay vmtunlab -o lowerdir=/var,upperdir=/run/vmtunlab-var/upper,workdir=/run/vmtunlab-var/work /var
+for top in var root; do
+  mkdir -p /run/vmtunlab-$top/upper /run/vmtunlab-$top/work
+  mount -t overlay vmtunlab -o lowerdir=/$top,upperdir=/run/vmtunlab-$top/upper,workdir=/run/vmtunlab-$top/work /$top
+done
 mkdir -p {mounts}
 for pair in {pairs}; do
   mount --bind "$dir/${{pair%%:*}}" "${{pair#*:}}"
@@ -60,9 +66,9 @@ pub fn private_path(dir: &Path, inside: &str) -> Option<PathBuf> {
     })
 }
 
-/// `libvirtd.conf`: plain TCP without authentication on the host's underlay address (the
-/// lab's hosts trust each other; a real host uses `qemu+ssh://` or TLS), the host's own
-/// UUID, and the daemon's log in its private `/var/log/libvirt`.
+/// `libvirtd.conf`: plain TCP without authentication on the host's underlay address, for
+/// the test's own `virsh` (the daemons reach each other over SSH, see [`super::ssh`]), the
+/// host's own UUID, and the daemon's log in its private `/var/log/libvirt`.
 pub fn libvirtd_conf(listen: &str, host_uuid: &str) -> String {
     format!(
         r#"listen_tls = 0
@@ -121,6 +127,7 @@ pub struct DaemonSpec {
 pub struct Libvirtd<'a> {
     ns: &'a Netns,
     dir: PathBuf,
+    spec: DaemonSpec,
     uri: String,
     process: Process,
 }
@@ -178,6 +185,7 @@ impl<'a> Libvirtd<'a> {
         Ok(Self {
             ns,
             dir,
+            spec: spec.clone(),
             uri: daemon_uri,
             process,
         })
@@ -186,6 +194,31 @@ impl<'a> Libvirtd<'a> {
     /// Its URI (`qemu+tcp://ADDR/system`).
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The host's underlay address, where it listens.
+    pub fn address(&self) -> &str {
+        &self.spec.listen
+    }
+
+    /// Its short name (`old`, `new`).
+    pub fn label(&self) -> &str {
+        &self.spec.label
+    }
+
+    /// Its host's hostname (its UTS namespace's).
+    pub fn hostname(&self) -> &str {
+        &self.spec.hostname
+    }
+
+    /// A command that runs `program` where the daemon runs: in its host's network namespace
+    /// and in its mount and UTS namespaces, so that it sees the private directories (its
+    /// socket, root's `/root/.ssh`) as the daemon and its children do.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["--target", &self.process.pid().to_string()])
+            .args(["--net", "--mount", "--uts", "--", program]);
+        cmd
     }
 
     /// Runs `virsh -c URI ARGS` in the host's namespace, at most [`VIRSH_WAIT`]; its stdout.
@@ -297,14 +330,15 @@ mod tests {
     fn the_namespace_script_mounts_every_private_directory() {
         let script = namespace_script();
         assert!(script.contains(
-            "mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt\n"
+            "mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt /root/.ssh\n"
         ));
         assert!(script.contains(
-            "for pair in etc:/etc/libvirt run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/var/cache/libvirt; do\n"
+            "for pair in etc:/etc/libvirt run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/var/cache/libvirt ssh:/root/.ssh; do\n"
         ));
         assert!(script.contains("  mount --bind \"$dir/${pair%%:*}\" \"${pair#*:}\"\n"));
         assert!(script.contains("mount -t tmpfs -o mode=0755 vmtunlab /run\n"));
-        assert!(script.contains("lowerdir=/var,upperdir=/run/vmtunlab-var/upper,"));
+        assert!(script.contains("for top in var root; do\n"));
+        assert!(script.contains("lowerdir=/$top,upperdir=/run/vmtunlab-$top/upper,"));
         assert!(script.ends_with("exec libvirtd --listen --pid-file \"$3\"\n"));
     }
 

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use super::{VIF_SCRIPT, VIF_SCRIPT_CALLS, uri};
+use super::ssh::ssh_uri;
+use super::{VIF_SCRIPT, VIF_SCRIPT_CALLS};
 use crate::lab::qemu::{GuestImage, QEMU};
 
 /// `text` with the five XML special characters escaped, for attribute and element text.
@@ -140,8 +141,8 @@ pub enum Disks {
 }
 
 /// `virsh migrate` of `domain` to the daemon on `dest`, the lab's form of the README's
-/// command: live, peer to peer (the source daemon drives it), persistent on the
-/// destination, and QEMU's stream (and with [`Disks::CopyAll`] the disks' copy) sent to
+/// command: live, peer to peer (the source daemon drives it, over SSH as root),
+/// persistent on the destination, and QEMU's stream (and with [`Disks::CopyAll`] the disks' copy) sent to
 /// `stream` (`--migrateuri`): the destination's underlay address, or its tunnel address
 /// so that they cross vmtun's tunnel. Without `--migrateuri` the destination offers its
 /// hostname, which the source cannot resolve.
@@ -154,7 +155,7 @@ pub fn migrate_args(domain: &str, dest: &str, stream: &str, disks: Disks) -> Vec
     }
     args.extend([
         domain.into(),
-        uri(dest),
+        ssh_uri(dest),
         "--migrateuri".into(),
         format!("tcp://{stream}"),
     ]);
@@ -231,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn migration_is_live_peer_to_peer_and_to_the_underlay_address() {
+    fn migration_is_live_peer_to_peer_over_ssh_and_to_the_underlay_address() {
         let args = migrate_args("g", "198.18.2.2", "198.18.2.2", Disks::Leave);
         assert_eq!(
             args,
@@ -242,7 +243,7 @@ mod tests {
                 "--persistent",
                 "--verbose",
                 "g",
-                "qemu+tcp://198.18.2.2/system",
+                "qemu+ssh://198.18.2.2/system",
                 "--migrateuri",
                 "tcp://198.18.2.2"
             ]
@@ -262,7 +263,7 @@ mod tests {
                 "--verbose",
                 "--copy-storage-all",
                 "g",
-                "qemu+tcp://198.18.2.2/system",
+                "qemu+ssh://198.18.2.2/system",
                 "--migrateuri",
                 "tcp://100.64.0.2"
             ]

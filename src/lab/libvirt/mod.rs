@@ -4,15 +4,17 @@
 //!
 //! Each daemon runs in the host's network namespace and in a mount and UTS namespace of its
 //! own (`unshare --mount --uts --propagation private`): `/etc/libvirt`, `/run/libvirt`,
-//! `/var/lib/libvirt`, `/var/log/libvirt` and `/var/cache/libvirt` are bind mounts of
-//! directories in the test's scratch directory, `/run` is a fresh tmpfs and `/var` an overlay
-//! whose writes land in that tmpfs (the directories libvirt needs do not exist on a host
-//! without libvirt-daemon-system, and making them there would touch the host). Nothing of
+//! `/var/lib/libvirt`, `/var/log/libvirt`, `/var/cache/libvirt` and root's `/root/.ssh` are
+//! bind mounts of directories in the test's scratch directory, `/run` is a fresh tmpfs, and
+//! `/var` and `/root` are overlays whose writes land in that tmpfs (the directories libvirt
+//! needs do not exist on a host without libvirt-daemon-system, and making them there would
+//! touch the host). Nothing of
 //! the host's own `/etc/libvirt` or `/run/libvirt` is read or written, and the mounts vanish
 //! with the namespace when its last process (the daemon, its QEMUs) exits. Each daemon has
 //! its own hostname and `host_uuid` (libvirt refuses to migrate to a host that looks like
 //! itself) and listens with TCP on the host's underlay address; the client (`virsh`)
-//! connects to that from the host's network namespace.
+//! connects to that from the host's network namespace. A migration goes to the peer over
+//! SSH, as the README's procedure has it (`qemu+ssh://`, see [`ssh`]).
 //!
 //! What this must not do: start anything in the root network namespace, or leave a mount
 //! in the host's mount namespace.
@@ -20,10 +22,12 @@
 //! - [`domain`]: the guest as a domain (its XML, the lab's `<script>`, the `virsh migrate`
 //!   arguments), pure;
 //! - [`daemon`]: a daemon's configuration and namespace (pure) and [`Libvirtd`], the running
-//!   daemon and its `virsh` (the thin edge).
+//!   daemon and its `virsh` (the thin edge);
+//! - [`ssh`]: root's SSH login from the old host's daemon to the new host's.
 
 pub mod daemon;
 pub mod domain;
+pub mod ssh;
 
 pub use daemon::{DaemonSpec, Libvirtd, host_uuid};
 pub use domain::{Disks, DomainSpec, domain_xml, migrate_args, vif_script};
@@ -57,13 +61,18 @@ pub const VIF_SCRIPT: &str = "/etc/libvirt/scripts/vif-route";
 pub const VIF_SCRIPT_CALLS: &str = "/var/log/libvirt/vif-route.calls";
 
 /// Why this machine cannot run the libvirt lab, if it cannot: QEMU, libvirt's daemon and
-/// client, `/etc/libvirt` and the `libvirt-qemu` user, all of which `scripts/setup.sh`
-/// provides.
+/// client, SSH's client and the lab's server, `/etc/libvirt` and the `libvirt-qemu` user,
+/// all of which `scripts/setup.sh` provides.
 pub fn missing_requirement() -> Option<String> {
     if !Path::new("/dev/net/tun").exists() {
         return Some("no /dev/net/tun (QEMU's tap needs it)".into());
     }
-    for program in [QEMU, LIBVIRTD, VIRSH] {
+    let ssh = [ssh::SSH_SERVER, ssh::SSH_SERVER_KEYGEN, "nsenter"];
+    for program in [QEMU, LIBVIRTD, VIRSH]
+        .into_iter()
+        .chain(ssh)
+        .chain(ssh::SSH_CLIENT)
+    {
         if !process::on_path(program) {
             return Some(format!("no {program} on PATH: run scripts/setup.sh"));
         }
