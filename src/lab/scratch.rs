@@ -34,33 +34,29 @@ impl Scratch {
 
     /// Writes `contents` to `name` inside the directory with file mode `mode`; its path.
     pub fn write(&self, name: &str, contents: &str, mode: u32) -> Result<PathBuf> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        use std::os::unix::fs::PermissionsExt as _;
         let path = self.path.join(name);
-        let what = || format!("writing {}", path.display());
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
-            .map_err(|e| LabError::io(what(), e))?;
-        file.write_all(contents.as_bytes())
-            .map_err(|e| LabError::io(what(), e))?;
-        // The umask may have narrowed `mode` at creation; tests depend on the exact bits.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| LabError::io(what(), e))?;
+        write_with_mode(&path, contents, mode)?;
         Ok(path)
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("lab: kept {} for inspection", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+/// Writes `contents` to `path` with file mode `mode` exactly (whatever the umask): keys
+/// and configs that their readers refuse when others may read or write them.
+pub fn write_with_mode(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let what = || format!("writing {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| LabError::io(what(), e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| LabError::io(what(), e))?;
+    // The umask may have narrowed `mode` at creation; tests depend on the exact bits.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| LabError::io(what(), e))
 }

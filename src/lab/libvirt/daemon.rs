@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{DAEMON_WAIT, LIBVIRTD, VIRSH, VIRSH_WAIT, uri};
+use super::{DAEMON_WAIT, LIBVIRTD, LIBVIRTD_LOG, VIRSH, VIRSH_WAIT, uri};
+use crate::lab::scratch::write_with_mode;
 use crate::lab::{LabError, Netns, Process, Result, process, wait_for};
 
 /// The private directories of a daemon: the name of each one's source under the host's
@@ -76,7 +77,7 @@ listen_tcp = 1
 listen_addr = "{listen}"
 auth_tcp = "none"
 host_uuid = "{host_uuid}"
-log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+log_outputs = "3:file:{LIBVIRTD_LOG}"
 "#
     )
 }
@@ -143,15 +144,8 @@ impl<'a> Libvirtd<'a> {
             std::fs::create_dir_all(d)
                 .map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
         }
-        let write = |name: &str, text: &str, mode: u32| -> Result<()> {
-            use std::os::unix::fs::PermissionsExt as _;
-            let path = dir.join(name);
-            std::fs::write(&path, text)
-                .and_then(|()| {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                })
-                .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
-        };
+        let write =
+            |name: &str, text: &str, mode: u32| write_with_mode(&dir.join(name), text, mode);
         write(
             "etc/libvirtd.conf",
             &libvirtd_conf(&spec.listen, &spec.host_uuid),
@@ -231,6 +225,18 @@ impl<'a> Libvirtd<'a> {
         virsh_command(self.ns, &self.uri, limit, args)
     }
 
+    /// Runs `virsh -c qemu:///system ARGS` as root logged in on this host would: in the
+    /// daemon's namespaces (its socket, root's SSH keys), at most `limit`; its stdout.
+    pub fn local_virsh(&self, limit: Duration, args: &[&str]) -> Result<String> {
+        let limit = limit.as_secs().max(1).to_string();
+        process::run_checked(
+            &format!("virsh {} on the {} host", args.join(" "), self.spec.label),
+            self.command("timeout")
+                .args(["--kill-after=5", &limit, VIRSH, "-c", "qemu:///system"])
+                .args(args),
+        )
+    }
+
     /// Defines the domain `xml` (written to this host's directory) and starts it.
     pub fn define_and_start(&self, name: &str, xml: &str) -> Result<()> {
         let path = self.dir.join(format!("{name}.xml"));
@@ -271,7 +277,7 @@ impl Drop for Libvirtd<'_> {
             eprintln!(
                 "--- libvirtd log ({}) ---\n{}",
                 self.dir.display(),
-                self.read("/var/log/libvirt/libvirtd.log")
+                self.read(LIBVIRTD_LOG)
             );
         }
         let _ = self.process.terminate(process::DROP_GRACE);

@@ -140,16 +140,35 @@ pub enum Disks {
     CopyAll,
 }
 
+/// Who drives a `virsh migrate`: the source's libvirtd or `virsh` itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// `--p2p`: the source's libvirtd connects to the destination's (over SSH as root) and
+    /// runs the migration's steps; `virsh` only asks.
+    SourceDaemon,
+    /// No `--p2p`: `virsh` connects to both daemons and runs the steps between them, so it
+    /// gets each daemon's error first hand.
+    Virsh,
+}
+
 /// `virsh migrate` of `domain` to the daemon on `dest`, the lab's form of the README's
-/// command: live, peer to peer (the source daemon drives it, over SSH as root),
-/// persistent on the destination, and QEMU's stream (and with [`Disks::CopyAll`] the disks' copy) sent to
+/// command: live, driven by `driver`, to `qemu+ssh://DEST/system`, persistent on the
+/// destination, and QEMU's stream (and with [`Disks::CopyAll`] the disks' copy) sent to
 /// `stream` (`--migrateuri`): the destination's underlay address, or its tunnel address
 /// so that they cross vmtun's tunnel. Without `--migrateuri` the destination offers its
 /// hostname, which the source cannot resolve.
-pub fn migrate_args(domain: &str, dest: &str, stream: &str, disks: Disks) -> Vec<String> {
-    let mut args: Vec<String> = ["migrate", "--live", "--p2p", "--persistent", "--verbose"]
-        .map(String::from)
-        .to_vec();
+pub fn migrate_args(
+    domain: &str,
+    dest: &str,
+    stream: &str,
+    disks: Disks,
+    driver: Driver,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec!["migrate".into(), "--live".into()];
+    if driver == Driver::SourceDaemon {
+        args.push("--p2p".into());
+    }
+    args.extend(["--persistent".into(), "--verbose".into()]);
     if disks == Disks::CopyAll {
         args.push("--copy-storage-all".into());
     }
@@ -233,7 +252,13 @@ mod tests {
 
     #[test]
     fn migration_is_live_peer_to_peer_over_ssh_and_to_the_underlay_address() {
-        let args = migrate_args("g", "198.18.2.2", "198.18.2.2", Disks::Leave);
+        let args = migrate_args(
+            "g",
+            "198.18.2.2",
+            "198.18.2.2",
+            Disks::Leave,
+            Driver::SourceDaemon,
+        );
         assert_eq!(
             args,
             [
@@ -252,7 +277,13 @@ mod tests {
 
     #[test]
     fn the_stream_and_the_disks_copy_can_go_to_the_tunnel_address() {
-        let args = migrate_args("g", "198.18.2.2", "100.64.0.2", Disks::CopyAll);
+        let args = migrate_args(
+            "g",
+            "198.18.2.2",
+            "100.64.0.2",
+            Disks::CopyAll,
+            Driver::SourceDaemon,
+        );
         assert_eq!(
             args,
             [
@@ -267,6 +298,15 @@ mod tests {
                 "--migrateuri",
                 "tcp://100.64.0.2"
             ]
+        );
+    }
+
+    #[test]
+    fn without_p2p_virsh_drives_the_migration_itself() {
+        let args = migrate_args("g", "198.18.2.2", "198.18.2.2", Disks::Leave, Driver::Virsh);
+        assert_eq!(
+            args.join(" "),
+            "migrate --live --persistent --verbose g qemu+ssh://198.18.2.2/system --migrateuri tcp://198.18.2.2"
         );
     }
 }

@@ -30,7 +30,7 @@ pub mod domain;
 pub mod ssh;
 
 pub use daemon::{DaemonSpec, Libvirtd, host_uuid};
-pub use domain::{Disks, DomainSpec, domain_xml, migrate_args, vif_script};
+pub use domain::{Disks, DomainSpec, Driver, domain_xml, migrate_args, vif_script};
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,6 +53,9 @@ pub const DAEMON_WAIT: Duration = Duration::from_secs(120);
 pub const VIRSH_WAIT: Duration = Duration::from_secs(120);
 /// The ceiling of `virsh migrate` of the small guest (2.3–3.7 s measured).
 pub const MIGRATE_WAIT: Duration = Duration::from_secs(180);
+/// The daemon's log (inside its private `/var/log/libvirt`): where a host's libvirtd writes
+/// the errors it sends back, a failing `<script>`'s among them.
+pub const LIBVIRTD_LOG: &str = "/var/log/libvirt/libvirtd.log";
 /// Where the domain's `<script path=...>` points, on every host (inside its private
 /// `/etc/libvirt`).
 pub const VIF_SCRIPT: &str = "/etc/libvirt/scripts/vif-route";

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{Libvirtd, VIRSH};
+use crate::lab::scratch::write_with_mode;
 use crate::lab::{LabError, Process, Result, process, wait_for};
 
 /// The lab's SSH server.
@@ -107,13 +108,15 @@ pub fn open(client: &Libvirtd<'_>, server: &Libvirtd<'_>, log_dir: &Path) -> Res
             "no ssh-ed25519 key in dropbearkey -y's output:\n{shown}"
         ))
     })?;
-    write_private(
+    write_with_mode(
         &server_dir.join("authorized_keys"),
         &read(&key.with_extension("pub"))?,
+        0o600,
     )?;
-    write_private(
+    write_with_mode(
         &client_dir.join("known_hosts"),
         &known_hosts_line(server.address(), host_public),
+        0o600,
     )?;
 
     let mut cmd = server.command(SSH_SERVER);
@@ -162,14 +165,6 @@ fn ssh_dir(daemon: &Libvirtd<'_>) -> Result<PathBuf> {
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path)
         .map_err(|e| LabError::io(format!("reading {}", path.display()), e))
-}
-
-/// Writes `text` to `path` with mode 0600.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, text)
-        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
-        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]
