@@ -35,11 +35,11 @@ pub fn ssh_uri(addr: &str) -> String {
 /// The server's command line after the program: foreground, log to stderr, no password
 /// logins, listening on `addr` port 22 only, with the lab's host key.
 pub fn server_args(addr: &str) -> Vec<String> {
-    ["-F", "-E", "-s", "-p"]
+    let listen = format!("{addr}:22");
+    let args = ["-F", "-E", "-s", "-p", &listen, "-r", HOST_KEY];
+    args.into_iter()
+        .chain(["-P", "/run/dropbear.pid"])
         .map(String::from)
-        .into_iter()
-        .chain([format!("{addr}:22"), "-r".into(), HOST_KEY.into()])
-        .chain(["-P".into(), "/run/dropbear.pid".into()])
         .collect()
 }
 
@@ -123,6 +123,7 @@ pub fn open(client: &Libvirtd<'_>, server: &Libvirtd<'_>, log_dir: &Path) -> Res
     cmd.args(server_args(server.address()));
     let mut sshd = Process::spawn(&format!("ssh-server-{}", server.label()), log_dir, cmd)?;
     let uri = ssh_uri(server.address());
+    let mut last_error = String::new();
     let reached = wait_for(LOGIN_WAIT, &format!("virsh -c {uri} hostname"), || {
         if let Some(status) = sshd.exit_status() {
             return Some(Err(LabError::Failed(format!(
@@ -130,14 +131,19 @@ pub fn open(client: &Libvirtd<'_>, server: &Libvirtd<'_>, log_dir: &Path) -> Res
                 sshd.stderr_tail()
             ))));
         }
-        process::run_checked(
+        let attempt = process::run_checked(
             "virsh over SSH",
             client
                 .command("timeout")
                 .args(["10", VIRSH, "-c", &uri, "hostname"]),
-        )
-        .ok()
-        .map(Ok)
+        );
+        attempt.map_err(|e| last_error = e.to_string()).ok().map(Ok)
+    })
+    .map_err(|e| {
+        LabError::Failed(format!(
+            "{e}; the last attempt: {last_error}\n{}",
+            sshd.stderr_tail()
+        ))
     })??;
     let reached = reached.trim();
     if reached != server.hostname() {
