@@ -258,12 +258,18 @@ fn refusal(attempt: Result<String>) -> Result<String> {
     }
 }
 
-/// `virsh migrate` of the guest from `source` to the new host, as the README has it, the
-/// stream (and the disks' copy) to `stream`.
-fn migrate(source: &Libvirtd<'_>, stream: MigrationPath, disks: Disks) -> Result<String> {
-    let args = migrate_args(DOMAIN, NEW, stream.address(), disks, Driver::SourceDaemon);
+/// `virsh migrate` of the guest from `source` to the new host, as the README has it, run
+/// by root on the old host and driven by `driver`, the stream (and the disks' copy) to
+/// `stream`.
+fn migrate(
+    source: &Libvirtd<'_>,
+    stream: MigrationPath,
+    disks: Disks,
+    driver: Driver,
+) -> Result<String> {
+    let args = migrate_args(DOMAIN, NEW, stream.address(), disks, driver);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    source.virsh_within(MIGRATE_WAIT, &args)
+    source.local_virsh(MIGRATE_WAIT, &args)
 }
 
 /// A real guest, defined and started by the old host's libvirtd, answers the client; the
@@ -290,7 +296,12 @@ fn virsh_migrate_moves_a_real_vm_between_two_libvirt_hosts_running_vmtun() -> Re
     let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
     let logins = ssh_server.logins();
     let migrating = Instant::now();
-    migrate(&source, MigrationPath::Underlay, Disks::Leave)?;
+    migrate(
+        &source,
+        MigrationPath::Underlay,
+        Disks::Leave,
+        Driver::SourceDaemon,
+    )?;
     let migrate_took = migrating.elapsed();
     check(ssh_server.logins() > logins, || {
         "the old host's libvirtd reached the new host's over SSH for the migration".into()
@@ -394,7 +405,12 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
     // The README's command: the old host's libvirtd drives the move (`--p2p`) and gets the
     // new host's refusal; over SSH libvirt 9.0 then often reports its connection's end
     // instead (5 of 6 runs here), and the new host's libvirtd log keeps vmtun's words.
-    let p2p = refusal(migrate(&source, MigrationPath::Underlay, Disks::Leave))?;
+    let p2p = refusal(migrate(
+        &source,
+        MigrationPath::Underlay,
+        Disks::Leave,
+        Driver::SourceDaemon,
+    ))?;
     eprintln!("libvirt: virsh migrate --p2p refused: {p2p}");
     check(
         p2p.contains(&absent) || p2p.contains(SSH_CONNECTION_ENDED),
@@ -406,9 +422,12 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
     })?;
     // Without `--p2p` virsh, run by root on the old host, drives the move and reports the
     // new host's error itself.
-    let args = migrate_args(DOMAIN, NEW, NEW, Disks::Leave, Driver::Virsh);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let direct = refusal(source.local_virsh(MIGRATE_WAIT, &args))?;
+    let direct = refusal(migrate(
+        &source,
+        MigrationPath::Underlay,
+        Disks::Leave,
+        Driver::Virsh,
+    ))?;
     eprintln!("libvirt: virsh migrate refused: {direct}");
     check(direct.contains(&absent), || {
         format!("virsh migrate's error carries vmtun's, naming {absent}: {direct}")
@@ -430,13 +449,14 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
     wait_ping(&lab.client, VM_ADDR, WAIT)
 }
 
-/// A guest with a disk moves as the README's step 5 has it: `virsh migrate-setmaxdowntime`
-/// on the running domain, then `virsh migrate --copy-storage-all`, QEMU's stream and the
-/// disk's NBD copy both sent to `path`'s address of the new host. The guest answers on the
-/// new host, reads from its disk there exactly what it read on the old host, the new
-/// host's image holds the old one's bytes, and the copy crossed vmtun's tunnel exactly
-/// when it was sent to the tunnel address. Prints libvirt's figures of the copy.
-fn copy_storage_all(path: MigrationPath) -> Result<()> {
+/// A guest with a disk moves as the README's step 5 has it: `virsh
+/// migrate-setmaxdowntime` on the running domain, then `virsh migrate --copy-storage-all`
+/// run by root on the old host and driven by `driver`, QEMU's stream and the disk's NBD
+/// copy both sent to `path`'s address of the new host. The guest answers on the new host,
+/// reads from its disk there exactly what it read on the old host, the new host's image
+/// holds the old one's bytes, and the copy crossed vmtun's tunnel exactly when it was sent
+/// to the tunnel address. Prints libvirt's figures of the copy.
+fn copy_storage_all(path: MigrationPath, driver: Driver) -> Result<()> {
     if let Some(why) = libvirt::missing_requirement() {
         eprintln!("skipped: {why}");
         return Ok(());
@@ -469,14 +489,14 @@ fn copy_storage_all(path: MigrationPath) -> Result<()> {
     let rx_before = tunnel_rx()?;
     let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
     let migrating = Instant::now();
-    migrate(&source, path, Disks::CopyAll)?;
+    migrate(&source, path, Disks::CopyAll, driver)?;
     let migrate_took = migrating.elapsed();
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     let trace = pings.stop()?;
     let through_tunnel = tunnel_rx()? - rx_before;
     let info = source.virsh(&["domjobinfo", DOMAIN, "--completed"])?;
     eprintln!(
-        "libvirt --copy-storage-all {}: virsh migrate took {migrate_took:.2?}; {} MiB through the tunnel; the client's longest gap {:.1?}; domjobinfo --completed:\n{info}",
+        "libvirt --copy-storage-all {} ({driver:?}): virsh migrate took {migrate_took:.2?}; {} MiB through the tunnel; the client's longest gap {:.1?}; domjobinfo --completed:\n{info}",
         path.describe(),
         through_tunnel >> 20,
         trace.longest_gap().unwrap_or_default(),
@@ -526,15 +546,17 @@ fn copy_storage_all(path: MigrationPath) -> Result<()> {
 
 /// `--copy-storage-all` with `--migrateuri tcp://<new host's tunnel address>`: the guest's
 /// memory and its disk both move through vmtun's tunnel (the seed's way, encrypted without
-/// QEMU's TLS).
+/// QEMU's TLS), with the README's step 5 as it stands: `virsh` itself drives the move (no
+/// `--p2p`).
 #[test]
 fn copy_storage_all_moves_the_guest_and_its_disk_through_the_tunnel() -> Result<()> {
-    copy_storage_all(MigrationPath::Tunnel)
+    copy_storage_all(MigrationPath::Tunnel, Driver::Virsh)
 }
 
-/// The same over the underlay (`--migrateuri tcp://<new host's underlay address>`): the
-/// disk arrives too, and nothing of it crosses the tunnel.
+/// The same over the underlay (`--migrateuri tcp://<new host's underlay address>`), the
+/// old host's libvirtd driving it (`--p2p`): the disk arrives too, and nothing of it
+/// crosses the tunnel.
 #[test]
 fn copy_storage_all_over_the_underlay_leaves_the_tunnel_alone() -> Result<()> {
-    copy_storage_all(MigrationPath::Underlay)
+    copy_storage_all(MigrationPath::Underlay, Driver::SourceDaemon)
 }
