@@ -451,12 +451,13 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
 
 /// A guest with a disk moves as the README's step 5 has it: `virsh
 /// migrate-setmaxdowntime` on the running domain, then `virsh migrate --copy-storage-all`
-/// run by root on the old host and driven by `driver`, QEMU's stream and the disk's NBD
+/// run by root on the old host and driving the move itself (no `--p2p`, as step 5 has it;
+/// the move with the follower takes `--p2p`), QEMU's stream and the disk's NBD
 /// copy both sent to `path`'s address of the new host. The guest answers on the new host,
 /// reads from its disk there exactly what it read on the old host, the new host's image
 /// holds the old one's bytes, and the copy crossed vmtun's tunnel exactly when it was sent
 /// to the tunnel address. Prints libvirt's figures of the copy.
-fn copy_storage_all(path: MigrationPath, driver: Driver) -> Result<()> {
+fn copy_storage_all(path: MigrationPath) -> Result<()> {
     if let Some(why) = libvirt::missing_requirement() {
         eprintln!("skipped: {why}");
         return Ok(());
@@ -489,14 +490,14 @@ fn copy_storage_all(path: MigrationPath, driver: Driver) -> Result<()> {
     let rx_before = tunnel_rx()?;
     let pings = Pinger::start(&lab.client, scratch.path(), VM_ADDR, PING_INTERVAL)?;
     let migrating = Instant::now();
-    migrate(&source, path, Disks::CopyAll, driver)?;
+    migrate(&source, path, Disks::CopyAll, Driver::Virsh)?;
     let migrate_took = migrating.elapsed();
     wait_ping(&lab.client, VM_ADDR, WAIT)?;
     let trace = pings.stop()?;
     let through_tunnel = tunnel_rx()? - rx_before;
     let info = source.virsh(&["domjobinfo", DOMAIN, "--completed"])?;
     eprintln!(
-        "libvirt --copy-storage-all {} ({driver:?}): virsh migrate took {migrate_took:.2?}; {} MiB through the tunnel; the client's longest gap {:.1?}; domjobinfo --completed:\n{info}",
+        "libvirt --copy-storage-all {}: virsh migrate took {migrate_took:.2?}; {} MiB through the tunnel; the client's longest gap {:.1?}; domjobinfo --completed:\n{info}",
         path.describe(),
         through_tunnel >> 20,
         trace.longest_gap().unwrap_or_default(),
@@ -546,17 +547,15 @@ fn copy_storage_all(path: MigrationPath, driver: Driver) -> Result<()> {
 
 /// `--copy-storage-all` with `--migrateuri tcp://<new host's tunnel address>`: the guest's
 /// memory and its disk both move through vmtun's tunnel (the seed's way, encrypted without
-/// QEMU's TLS), with the README's step 5 as it stands: `virsh` itself drives the move (no
-/// `--p2p`).
+/// QEMU's TLS).
 #[test]
 fn copy_storage_all_moves_the_guest_and_its_disk_through_the_tunnel() -> Result<()> {
-    copy_storage_all(MigrationPath::Tunnel, Driver::Virsh)
+    copy_storage_all(MigrationPath::Tunnel)
 }
 
-/// The same over the underlay (`--migrateuri tcp://<new host's underlay address>`), the
-/// old host's libvirtd driving it (`--p2p`): the disk arrives too, and nothing of it
-/// crosses the tunnel.
+/// The same over the underlay (`--migrateuri tcp://<new host's underlay address>`): the
+/// disk arrives too, and nothing of it crosses the tunnel.
 #[test]
 fn copy_storage_all_over_the_underlay_leaves_the_tunnel_alone() -> Result<()> {
-    copy_storage_all(MigrationPath::Underlay, Driver::SourceDaemon)
+    copy_storage_all(MigrationPath::Underlay)
 }
