@@ -1,15 +1,16 @@
 //! The move with libvirt in the loop: the guest of `scripts/guest.sh` is a libvirt domain on
 //! the old host, with the interface the README documents ("With libvirt": `type='ethernet'`,
 //! `<target dev='vif0'/>`, `<script path>` running `packaging/libvirt/vif-up`), vmtun runs
-//! on both hosts, and `virsh migrate --live --p2p --persistent` moves the guest to the new
-//! host's libvirtd over SSH (`qemu+ssh://198.18.2.2/system`, the README's peer URI); then the
-//! provider switches.
+//! on both hosts, and `virsh migrate --live --persistent` to the new host's libvirtd over
+//! SSH (`qemu+ssh://198.18.2.2/system`, the README's peer URI), run as root on the old host
+//! with `--p2p` or without, moves the guest; then the provider switches.
 //!
 //! ```text
 //!  client ── core ──┬── old host: libvirtd (TCP 198.18.1.2:16509), QEMU on vif0, vmtun old
 //!                   └── new host: libvirtd (TCP 198.18.2.2:16509), SSH (:22), vmtun new
-//!        virsh migrate --p2p: the old host's libvirtd drives the new host's through SSH
-//!        (the test's own virsh reaches each daemon over TCP), QEMU's stream
+//!        virsh migrate, run in the old host's daemon namespaces: with --p2p the old
+//!        host's libvirtd drives the new host's through SSH, without it virsh does (the
+//!        test's other virsh commands reach each daemon over TCP); QEMU's stream
 //!        goes old -> core -> new on the underlay (tcp://198.18.2.2), or through vmtun's
 //!        tunnel (tcp://100.64.0.2), with --copy-storage-all the disk's NBD copy with it
 //! ```

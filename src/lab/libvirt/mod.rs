@@ -1,6 +1,6 @@
 //! libvirt in the lab: one `libvirtd` per host namespace, so a real guest can be moved with
-//! `virsh migrate --live --p2p` between two lab hosts as an operator moves it between two
-//! machines.
+//! `virsh migrate --live` (with `--p2p` or without) between two lab hosts as an operator
+//! moves it between two machines.
 //!
 //! Each daemon runs in the host's network namespace and in a mount and UTS namespace of its
 //! own (`unshare --mount --uts --propagation private`): `/etc/libvirt`, `/run/libvirt`,
