@@ -28,11 +28,14 @@
 //!   [`scenario::Report`].
 //! - [`real_vm`]: the same move with a real guest that QEMU live-migrates, reported per
 //!   phase with QEMU's downtime and the guest's real pause ([`real_vm::RealVmReport`]).
+//! - [`handover_trail`]: the first-frame handover's steps read from the hosts' vmtun logs,
+//!   for that report's timeline.
 //!
 //! Everything is created inside lab namespaces (see [`crate::lab`]) and removed with them;
 //! nothing here touches the root namespace.
 
 pub mod guest;
+pub mod handover_trail;
 pub mod hosts;
 pub mod probe;
 pub mod real_vm;

@@ -15,6 +15,7 @@
 //! The source QEMU ends (SIGTERM, as libvirt destroys it) as soon as the destination
 //! reports `RESUME`: until its tap goes, the old host routes the VM's /32 to it.
 
+use super::handover_trail;
 use super::hosts::{HostConfig, HostVmtun};
 use super::probe::{Prober, unix_ns};
 use super::scenario::{self, Clock, Moments, Report};
@@ -545,6 +546,9 @@ pub fn run(options: &RealVmOptions, progress: &mut dyn FnMut(&str)) -> Result<Re
             "replies did not resume within {:?} after the move",
             scenario::RESUME_WAIT
         )),
+    }
+    for (at, what) in handover_trail::trail(&hosts[0].log(), &hosts[1].log()) {
+        clock.note(at, what);
     }
     let after_move_start = (gone + scenario::nanos(options.settle)).max(unix_ns());
     scenario::sleep_until(after_move_start + scenario::nanos(options.after_move));
