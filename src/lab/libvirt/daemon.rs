@@ -228,12 +228,13 @@ impl<'a> Libvirtd<'a> {
     /// Runs `virsh -c qemu:///system ARGS` as root logged in on this host would: in the
     /// daemon's namespaces (its socket, root's SSH keys), at most `limit`; its stdout.
     pub fn local_virsh(&self, limit: Duration, args: &[&str]) -> Result<String> {
-        let limit = limit.as_secs().max(1).to_string();
-        process::run_checked(
-            &format!("virsh {} on the {} host", args.join(" "), self.spec.label),
-            self.command("timeout")
-                .args(["--kill-after=5", &limit, VIRSH, "-c", "qemu:///system"])
-                .args(args),
+        let place = format!("on the {} host", self.spec.label);
+        run_virsh(
+            self.command("timeout"),
+            &place,
+            "qemu:///system",
+            limit,
+            args,
         )
     }
 
@@ -286,11 +287,29 @@ impl Drop for Libvirtd<'_> {
 
 /// `virsh -c uri ARGS` in `ns`, killed after `limit`.
 fn virsh_command(ns: &Netns, uri: &str, limit: Duration, args: &[&str]) -> Result<String> {
+    run_virsh(
+        ns.command("timeout"),
+        &format!("on {uri}"),
+        uri,
+        limit,
+        args,
+    )
+}
+
+/// `virsh -c uri ARGS` under `timeout` (a `timeout` command placed in the namespaces to run
+/// it in), killed after `limit`; `place` names where it ran, for the error.
+fn run_virsh(
+    mut timeout: Command,
+    place: &str,
+    uri: &str,
+    limit: Duration,
+    args: &[&str],
+) -> Result<String> {
     let limit = limit.as_secs().max(1).to_string();
-    let what = format!("virsh {} on {uri}", args.join(" "));
+    let what = format!("virsh {} {place}", args.join(" "));
     process::run_checked(
         &what,
-        ns.command("timeout")
+        timeout
             .args(["--kill-after=5", &limit, VIRSH, "-c", uri])
             .args(args),
     )

@@ -70,12 +70,7 @@ pub fn missing_requirement() -> Option<String> {
     if !Path::new("/dev/net/tun").exists() {
         return Some("no /dev/net/tun (QEMU's tap needs it)".into());
     }
-    let ssh = [ssh::SSH_SERVER, ssh::SSH_SERVER_KEYGEN, "nsenter"];
-    for program in [QEMU, LIBVIRTD, VIRSH]
-        .into_iter()
-        .chain(ssh)
-        .chain(ssh::SSH_CLIENT)
-    {
+    for program in [QEMU, LIBVIRTD, VIRSH].into_iter().chain(ssh::PROGRAMS) {
         if !process::on_path(program) {
             return Some(format!("no {program} on PATH: run scripts/setup.sh"));
         }

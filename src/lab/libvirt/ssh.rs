@@ -17,11 +17,14 @@ use crate::lab::scratch::write_with_mode;
 use crate::lab::{LabError, Process, Result, process, wait_for};
 
 /// The lab's SSH server.
-pub const SSH_SERVER: &str = "dropbear";
+const SSH_SERVER: &str = "dropbear";
 /// Its key generator (dropbear's own key format).
-pub const SSH_SERVER_KEYGEN: &str = "dropbearkey";
-/// OpenSSH's client, which libvirt runs for `qemu+ssh://`, and its key generator.
-pub const SSH_CLIENT: [&str; 2] = ["ssh", "ssh-keygen"];
+const SSH_SERVER_KEYGEN: &str = "dropbearkey";
+/// OpenSSH's key generator (its client, `ssh`, is what libvirt runs for `qemu+ssh://`).
+const SSH_KEYGEN: &str = "ssh-keygen";
+/// Every program the lab's SSH needs: the server and its key generator, OpenSSH's client
+/// and key generator, and `nsenter` to start the server in a daemon's namespaces.
+pub const PROGRAMS: [&str; 5] = [SSH_SERVER, SSH_SERVER_KEYGEN, "ssh", SSH_KEYGEN, "nsenter"];
 /// The server's host key, inside its host's private `/root/.ssh`.
 const HOST_KEY: &str = "/root/.ssh/lab_host_key";
 /// The ceiling of the first login (the server's start included).
@@ -83,7 +86,7 @@ pub fn open(client: &Libvirtd<'_>, server: &Libvirtd<'_>, log_dir: &Path) -> Res
     let _ = std::fs::remove_file(key.with_extension("pub"));
     process::run_checked(
         "making root's SSH key for the old host",
-        Command::new(SSH_CLIENT[1])
+        Command::new(SSH_KEYGEN)
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "vmtunlab", "-f"])
             .arg(&key),
     )?;
